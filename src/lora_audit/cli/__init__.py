@@ -1,0 +1,45 @@
+"""The ``lora-audit`` command: wires the subcommands together; nothing else happens here."""
+
+from __future__ import annotations
+
+import typer
+
+from lora_audit import __version__
+from lora_audit.cli import _state
+from lora_audit.cli.inspect import inspect_command
+
+app = typer.Typer(
+    name="lora-audit",
+    help="How much of a LoRA adapter's rank is actually used — and how to give the rest back.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lora-audit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show a traceback when a command fails."
+    ),
+) -> None:
+    """Exit codes: 0 ok · 1 policy findings · 2 usage error · 3 unreadable or invalid input."""
+    _state.DEBUG = debug
+
+
+app.command("inspect")(inspect_command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

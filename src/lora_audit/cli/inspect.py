@@ -1,0 +1,72 @@
+"""``lora-audit inspect``: parse → run → render → exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lora_audit.cli._common import (
+    check_fraction,
+    emit,
+    progress_bar,
+    run_guarded,
+    stdout_is_terminal,
+    terminal_width,
+    warn,
+)
+from lora_audit.cli._options import (
+    AlphaOption,
+    CoverageOption,
+    Device,
+    DeviceOption,
+    EnergyOption,
+    Method,
+    MethodOption,
+    OutputOption,
+)
+from lora_audit.errors import ExitCode
+from lora_audit.render import OutputFormat
+
+
+def inspect_command(
+    adapter: Annotated[
+        Path,
+        typer.Argument(
+            help="A PEFT adapter directory or a .safetensors file.", show_default=False
+        ),
+    ],
+    energy: EnergyOption = 0.99,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Report format.")
+    ] = OutputFormat.TABLE,
+    output: OutputOption = None,
+    alpha: AlphaOption = None,
+    coverage: CoverageOption = 0.9,
+    device: DeviceOption = Device.AUTO,
+    method: MethodOption = Method.AUTO,
+) -> None:
+    """Per-layer singular spectra, stable and effective ranks, energy ranks and advice."""
+
+    def body() -> int:
+        from lora_audit.audit import AuditOptions, inspect_adapter
+        from lora_audit.engine import EngineOptions
+        from lora_audit.formats import load_adapter
+        from lora_audit.render import render
+
+        options = AuditOptions(
+            energy=check_fraction("--energy", energy),
+            coverage=check_fraction("--coverage", coverage),
+            engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
+        )
+        loaded = load_adapter(adapter, alpha=alpha)
+        for message in loaded.warnings:
+            warn(message)
+        with progress_bar(len(loaded.layers), description="spectra") as advance:
+            report = inspect_adapter(loaded, options=options, progress=advance, warn=warn)
+        color = output is None and output_format is OutputFormat.TABLE and stdout_is_terminal()
+        emit(render(report, output_format, width=terminal_width(), color=color), output=output)
+        return int(ExitCode.OK)
+
+    run_guarded(body)

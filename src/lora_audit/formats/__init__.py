@@ -1,0 +1,86 @@
+"""On-disk adapter formats: find the files a path refers to, detect the format, read it.
+
+Only safetensors is ever read. Pickled checkpoints (``.bin``, ``.pt``, ``.pth``, ``.ckpt``)
+are refused without being opened, because unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lora_audit.adapter import Adapter
+from lora_audit.errors import InputError
+from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME, read_peft
+
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
+
+__all__ = ["PICKLE_SUFFIXES", "load_adapter", "resolve_files"]
+
+
+def _refuse_pickle(path: Path) -> InputError:
+    return InputError(
+        f"{path}: pickled checkpoints are never opened (unpickling can run arbitrary code)",
+        hint="convert it to safetensors in a trusted environment, e.g. "
+        "PeftModel.from_pretrained(...).save_pretrained(dir, safe_serialization=True)",
+    )
+
+
+def resolve_files(path: Path) -> tuple[Path, Path | None]:
+    """Find the tensor file and the config file that ``path`` refers to.
+
+    Returns
+    -------
+    tensor_file, config_file
+        ``config_file`` is ``None`` when there is no ``adapter_config.json``.
+    """
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if path.is_file():
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise _refuse_pickle(path)
+        config = path.parent / CONFIG_NAME
+        return path, (config if path.name == WEIGHTS_NAME and config.is_file() else None)
+    if not path.is_dir():
+        raise InputError(f"{path}: not a regular file or directory")
+    weights = path / WEIGHTS_NAME
+    config = path / CONFIG_NAME
+    if weights.is_file():
+        return weights, (config if config.is_file() else None)
+    pickles = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise _refuse_pickle(pickles[0])
+    candidates = sorted(p for p in path.iterdir() if p.suffix == ".safetensors" and p.is_file())
+    candidates += sorted(d / WEIGHTS_NAME for d in path.iterdir() if (d / WEIGHTS_NAME).is_file())
+    if len(candidates) == 1:
+        found = candidates[0]
+        sibling = found.parent / CONFIG_NAME
+        return found, (sibling if found.name == WEIGHTS_NAME and sibling.is_file() else None)
+    if not candidates:
+        raise InputError(
+            f"{path}: no adapter here (no {WEIGHTS_NAME} and no .safetensors file)",
+            hint="point at a PEFT adapter directory or a .safetensors file",
+        )
+    names = ", ".join(str(c.relative_to(path)) for c in candidates[:5])
+    raise InputError(
+        f"{path}: {len(candidates)} candidate adapters ({names})",
+        hint="name the one to read",
+    )
+
+
+def load_adapter(path: Path, *, alpha: float | None = None) -> Adapter:
+    """Read the adapter at ``path`` (a directory or a ``.safetensors`` file).
+
+    Parameters
+    ----------
+    path
+        A PEFT adapter directory, or a ``.safetensors`` file.
+    alpha
+        ``lora_alpha`` to use when neither a config nor the file header gives one.
+
+    Raises
+    ------
+    InputError
+        When the path holds no readable, valid adapter.
+    """
+    tensor_file, config_file = resolve_files(path)
+    return read_peft(path=path, tensor_file=tensor_file, config_file=config_file, alpha=alpha)

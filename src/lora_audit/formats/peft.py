@@ -1,0 +1,326 @@
+"""PEFT adapters: a directory with ``adapter_config.json`` and ``adapter_model.safetensors``.
+
+Keys look like ``base_model.model.<module>.lora_A.weight`` / ``.lora_B.weight`` (Linear,
+Conv1D, conv) or ``base_model.model.<module>.lora_embedding_A`` / ``_B`` (embedding). The
+rank of a layer is read from its tensors; its ``lora_alpha`` from ``alpha_pattern`` or the
+top-level value, with PEFT's own matching (:mod:`lora_audit.formats.patterns`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lora_audit.adapter import Adapter, LayerKind, LoraLayer, lora_scale, natural_key
+from lora_audit.errors import InputError
+from lora_audit.formats.patterns import match_pattern
+from lora_audit.formats.safetensors_io import (
+    FLOAT_DTYPES,
+    Header,
+    SafetensorsSource,
+    TensorInfo,
+    read_header,
+)
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+_FACTOR = re.compile(
+    r"^(?P<module>.+)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
+    r"(?:\.(?P<adapter>[A-Za-z0-9_\-]+))?(?P<suffix>\.weight)?$"
+)
+_EXTRA = re.compile(r"^(?P<module>.+)\.(?:lora_B\.bias|lora_magnitude_vector(?:\.weight)?)$")
+_SUPPORTED_PEFT_TYPES = {"LORA"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeftConfig:
+    """The fields of ``adapter_config.json`` that decide each layer's scale."""
+
+    r: int | None
+    lora_alpha: float | None
+    use_rslora: bool
+    rank_pattern: Mapping[str, int]
+    alpha_pattern: Mapping[str, float]
+    use_dora: bool
+    modules_to_save: tuple[str, ...]
+    base_model: str | None
+    raw: Mapping[str, Any]
+
+
+def module_name(key_module: str) -> str:
+    """The module path in the base model: PEFT's ``base_model.model.`` prefix removed."""
+    return key_module.removeprefix(PREFIX)
+
+
+def parse_config(raw: Mapping[str, Any], *, where: str) -> PeftConfig:
+    """Validate the fields lora-audit uses; every other field is kept but ignored.
+
+    Raises
+    ------
+    InputError
+        For a non-LoRA ``peft_type``, ``r ≤ 0``, a non-numeric ``lora_alpha`` or malformed
+        patterns.
+    """
+    peft_type = str(raw.get("peft_type", "LORA")).upper()
+    if peft_type not in _SUPPORTED_PEFT_TYPES:
+        raise InputError(
+            f"{where}: peft_type {peft_type!r} is not supported",
+            hint="lora-audit reads plain LoRA (and DoRA) adapters; AdaLoRA, IA3, OFT, … differ",
+        )
+    r = raw.get("r")
+    if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r <= 0):
+        raise InputError(f"{where}: r = {r!r} must be a positive integer")
+    alpha = raw.get("lora_alpha")
+    if alpha is not None and (
+        isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha)
+    ):
+        raise InputError(f"{where}: lora_alpha = {alpha!r} must be a finite number")
+    rank_pattern = raw.get("rank_pattern") or {}
+    alpha_pattern = raw.get("alpha_pattern") or {}
+    for name, pattern, kind in (
+        ("rank_pattern", rank_pattern, int),
+        ("alpha_pattern", alpha_pattern, (int, float)),
+    ):
+        if not isinstance(pattern, dict) or not all(
+            isinstance(v, kind) and not isinstance(v, bool) for v in pattern.values()
+        ):
+            raise InputError(
+                f"{where}: {name} must map module patterns to numbers",
+                hint="AdaLoRA-style boolean masks are not supported",
+            )
+    modules_to_save = raw.get("modules_to_save") or ()
+    base = raw.get("base_model_name_or_path")
+    return PeftConfig(
+        r=r,
+        lora_alpha=float(alpha) if alpha is not None else None,
+        use_rslora=bool(raw.get("use_rslora", False)),
+        rank_pattern=rank_pattern,
+        alpha_pattern={k: float(v) for k, v in alpha_pattern.items()},
+        use_dora=bool(raw.get("use_dora", False)),
+        modules_to_save=tuple(str(m) for m in modules_to_save)
+        if isinstance(modules_to_save, list | tuple)
+        else (),
+        base_model=str(base) if base else None,
+        raw=dict(raw),
+    )
+
+
+def read_config(path: Path) -> PeftConfig:
+    """Read and validate an ``adapter_config.json``."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(
+            f"{path}: not valid JSON ({exc})", hint="fix or regenerate adapter_config.json"
+        ) from exc
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: must contain a JSON object")
+    return parse_config(raw, where=str(path))
+
+
+def config_from_metadata(header: Header, *, where: str) -> PeftConfig | None:
+    """The LoRA config that diffusers stores in the header as ``lora_adapter_metadata``."""
+    text = header.metadata.get("lora_adapter_metadata")
+    if text is None:
+        return None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: lora_adapter_metadata in the header is not JSON") from exc
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: lora_adapter_metadata in the header is not a JSON object")
+    return parse_config(raw, where=f"{where} (lora_adapter_metadata)")
+
+
+def looks_like_peft(header: Header) -> bool:
+    """True when any key is a PEFT LoRA factor."""
+    return any(_FACTOR.match(k) for k in header.tensors)
+
+
+def read_peft(
+    *, path: Path, tensor_file: Path, config_file: Path | None, alpha: float | None
+) -> Adapter:
+    """Read a PEFT adapter.
+
+    Parameters
+    ----------
+    path
+        What the user named (directory or file), recorded in the report.
+    tensor_file
+        The ``adapter_model.safetensors`` file.
+    config_file
+        ``adapter_config.json``, or ``None`` when there is none.
+    alpha
+        ``--alpha`` from the command line: used only when no config gives one.
+    """
+    header = read_header(tensor_file)
+    warnings: list[str] = []
+    config = read_config(config_file) if config_file is not None else None
+    if config is None:
+        config = config_from_metadata(header, where=str(tensor_file))
+    if config is None:
+        config = parse_config({}, where=str(tensor_file))
+    if config.lora_alpha is None and alpha is not None:
+        config = parse_config({**config.raw, "lora_alpha": alpha}, where="--alpha")
+    if config.lora_alpha is None:
+        warnings.append(
+            f"{tensor_file}: no adapter_config.json and no lora_alpha in the header; "
+            "assuming scale 1 (pass --alpha to set it)"
+        )
+    layers, passthrough = _pair_layers(header, config=config, tensor_file=tensor_file)
+    if config.lora_alpha is not None and config.r is not None:
+        _check_ranks(layers, config=config, where=str(config_file or tensor_file))
+    return Adapter(
+        path=path,
+        tensor_file=tensor_file,
+        format="peft",
+        layers=tuple(layers),
+        passthrough_keys=tuple(passthrough),
+        modules_to_save=config.modules_to_save,
+        config=config.raw,
+        metadata=header.metadata,
+        base_model=config.base_model,
+        warnings=tuple(warnings),
+        source=SafetensorsSource(tensor_file, header),
+    )
+
+
+def _pair_layers(
+    header: Header, *, config: PeftConfig, tensor_file: Path
+) -> tuple[list[LoraLayer], list[str]]:
+    factors: dict[str, dict[str, str]] = {}
+    extras: dict[str, list[str]] = {}
+    passthrough: list[str] = []
+    for key in header.tensors:
+        if m := _FACTOR.match(key):
+            side = "A" if m["which"].endswith("A") else "B"
+            slot = factors.setdefault(m["module"], {})
+            if side in slot:
+                raise InputError(
+                    f"{tensor_file}: module {module_name(m['module'])!r} has two lora_{side} "
+                    f"tensors ({slot[side]!r} and {key!r})",
+                    hint="the file holds several adapters; save them separately",
+                )
+            slot[side] = key
+        elif m := _EXTRA.match(key):
+            extras.setdefault(m["module"], []).append(key)
+            passthrough.append(key)
+        else:
+            passthrough.append(key)
+    halves = [
+        f"{module_name(mod)} (only {next(iter(slot.values()))!r})"
+        for mod, slot in factors.items()
+        if len(slot) != 2
+    ]
+    if halves:
+        shown = "; ".join(halves[:3]) + (f"; … {len(halves) - 3} more" if len(halves) > 3 else "")
+        raise InputError(
+            f"{tensor_file}: {len(halves)} LoRA factor(s) without their partner: {shown}",
+            hint="every lora_A needs its lora_B; the file is incomplete",
+        )
+    if not factors:
+        raise InputError(
+            f"{tensor_file}: no LoRA factors found (no '*.lora_A.weight' / '*.lora_B.weight' keys)",
+            hint="is this a PEFT LoRA adapter? other formats are not supported yet",
+        )
+    layers = [
+        _make_layer(
+            module_key=mod,
+            a_key=slot["A"],
+            b_key=slot["B"],
+            a=header.tensors[slot["A"]],
+            b=header.tensors[slot["B"]],
+            extras=tuple(extras.get(mod, ())),
+            config=config,
+            tensor_file=tensor_file,
+        )
+        for mod, slot in factors.items()
+    ]
+    layers.sort(key=lambda layer: natural_key(layer.name))
+    return layers, passthrough
+
+
+def _make_layer(
+    *,
+    module_key: str,
+    a_key: str,
+    b_key: str,
+    a: TensorInfo,
+    b: TensorInfo,
+    extras: tuple[str, ...],
+    config: PeftConfig,
+    tensor_file: Path,
+) -> LoraLayer:
+    name = module_name(module_key)
+    where = f"{tensor_file}: {name}"
+    for key, info in ((a_key, a), (b_key, b)):
+        if info.dtype not in FLOAT_DTYPES:
+            raise InputError(f"{tensor_file}: tensor {key!r} has dtype {info.dtype}, not float")
+        if len(info.shape) < 2:
+            raise InputError(
+                f"{tensor_file}: tensor {key!r} has shape {list(info.shape)}, expected ≥ 2 dims"
+            )
+        if 0 in info.shape:
+            raise InputError(
+                f"{tensor_file}: tensor {key!r} is empty (shape {list(info.shape)})",
+                hint="this happens when a DeepSpeed ZeRO-3 run saves without gathering "
+                "parameters; save again with the full state dict",
+            )
+    embedding = "lora_embedding" in a_key
+    rank = a.shape[0]
+    if b.shape[1] != rank or any(d != 1 for d in b.shape[2:]):
+        raise InputError(
+            f"{where}: rank mismatch: A {a_key!r} has shape {list(a.shape)} but B {b_key!r} "
+            f"has shape {list(b.shape)}",
+            hint="B must be (out, r) when A is (r, in)",
+        )
+    out_features, in_features = b.shape[0], math.prod(a.shape[1:])
+    if embedding:
+        kind, weight_shape = LayerKind.EMBEDDING, (in_features, out_features)
+    elif len(a.shape) > 2:
+        kind, weight_shape = LayerKind.CONV, (out_features, *a.shape[1:])
+    else:
+        kind, weight_shape = LayerKind.LINEAR, (out_features, in_features)
+    alpha = match_pattern(config.alpha_pattern, name)
+    if alpha is None:
+        alpha = config.lora_alpha
+    scale = 1.0 if alpha is None else lora_scale(alpha=alpha, rank=rank, rslora=config.use_rslora)
+    dora = any("lora_magnitude_vector" in k for k in extras)
+    return LoraLayer(
+        name=name,
+        kind=kind,
+        a_key=a_key,
+        b_key=b_key,
+        a_shape=a.shape,
+        b_shape=b.shape,
+        out_features=out_features,
+        in_features=in_features,
+        rank=rank,
+        alpha=alpha,
+        scale=scale,
+        dtype=a.dtype if a.dtype == b.dtype else f"{b.dtype}/{a.dtype}",
+        weight_shape=weight_shape,
+        extra_keys=extras,
+        dora=dora,
+    )
+
+
+def _check_ranks(layers: list[LoraLayer], *, config: PeftConfig, where: str) -> None:
+    for layer in layers:
+        expected = match_pattern(config.rank_pattern, layer.name) or config.r
+        if expected is not None and expected != layer.rank:
+            raise InputError(
+                f"{where}: layer {layer.name!r} has rank {layer.rank} in its tensors but the "
+                f"config gives r = {expected}",
+                hint="the config does not belong to these weights; use the matching "
+                "adapter_config.json",
+            )

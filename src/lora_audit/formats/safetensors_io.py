@@ -1,0 +1,220 @@
+"""Reading safetensors files without trusting them, and writing them atomically.
+
+The header is parsed and validated here before any tensor is touched, so that a truncated,
+hostile or malformed file ends in one :class:`~lora_audit.errors.InputError` naming the
+file (and tensor) instead of a traceback. Tensor data is then read lazily through the
+``safetensors`` library's memory map.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import struct
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lora_audit.errors import InputError, OutputError
+
+if TYPE_CHECKING:
+    import torch
+
+#: Largest header accepted, in bytes. Real adapters have headers of a few hundred KiB.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+#: Bytes per element of every dtype safetensors defines.
+DTYPE_SIZES: Mapping[str, int] = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+
+#: Dtypes a LoRA factor may have.
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor's entry in the header: dtype, shape and byte range in the data section."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Header:
+    """A validated safetensors header."""
+
+    tensors: Mapping[str, TensorInfo]
+    metadata: Mapping[str, str]
+
+
+def read_header(path: Path) -> Header:
+    """Read and validate the header of a safetensors file.
+
+    Raises
+    ------
+    InputError
+        If the file is too short, its header length runs past the end of the file or over
+        :data:`MAX_HEADER_BYTES`, the header is not a JSON object, a dtype is unknown, a
+        shape or byte range is malformed, out of range or overlaps another.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            prefix = fh.read(8)
+            if len(prefix) < 8:
+                raise InputError(
+                    f"{path}: file is {size} bytes, too short to be safetensors",
+                    hint="the file is empty or truncated; download or save it again",
+                )
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > MAX_HEADER_BYTES:
+                raise InputError(
+                    f"{path}: header claims {header_len} bytes, over the "
+                    f"{MAX_HEADER_BYTES // (1024 * 1024)} MiB limit",
+                    hint="this is not a valid safetensors file",
+                )
+            if 8 + header_len > size:
+                raise InputError(
+                    f"{path}: header length {header_len} runs past the end of the "
+                    f"{size}-byte file",
+                    hint="the file is truncated or not safetensors; download or save it again",
+                )
+            raw = fh.read(header_len)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        parsed = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(
+            f"{path}: header is not valid JSON ({exc.__class__.__name__})",
+            hint="the file is corrupt or not safetensors",
+        ) from exc
+    if not isinstance(parsed, dict):
+        raise InputError(f"{path}: header is not a JSON object", hint="not a safetensors file")
+    return _validate(path, parsed, data_len=size - 8 - header_len)
+
+
+def _validate(path: Path, parsed: dict[str, Any], *, data_len: int) -> Header:
+    metadata_raw = parsed.pop("__metadata__", None) or {}
+    if not isinstance(metadata_raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata_raw.items()
+    ):
+        raise InputError(f"{path}: __metadata__ must map strings to strings")
+    tensors: dict[str, TensorInfo] = {}
+    for key, entry in parsed.items():
+        where = f"{path}: tensor {key!r}"
+        if not isinstance(entry, dict):
+            raise InputError(f"{where}: header entry is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in DTYPE_SIZES:
+            raise InputError(
+                f"{where}: unknown dtype {dtype!r}",
+                hint=f"known dtypes: {', '.join(sorted(DTYPE_SIZES))}",
+            )
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise InputError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_len
+        ):
+            raise InputError(
+                f"{where}: data offsets {offsets!r} are outside the {data_len}-byte data section",
+                hint="the file is truncated or corrupt",
+            )
+        nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
+        if offsets[1] - offsets[0] != nbytes:
+            raise InputError(
+                f"{where}: {offsets[1] - offsets[0]} bytes stored for shape {shape} {dtype} "
+                f"({nbytes} bytes)",
+                hint="the file is corrupt",
+            )
+        tensors[key] = TensorInfo(dtype, tuple(shape), offsets[0], offsets[1])
+    spans = sorted((t.start, t.end, k) for k, t in tensors.items() if t.end > t.start)
+    for (_, end_a, key_a), (start_b, _, key_b) in zip(spans, spans[1:], strict=False):
+        if start_b < end_a:
+            raise InputError(
+                f"{path}: tensors {key_a!r} and {key_b!r} overlap in the data section",
+                hint="the file is corrupt or crafted",
+            )
+    return Header(tensors=tensors, metadata=dict(metadata_raw))
+
+
+class SafetensorsSource:
+    """Lazy, memory-mapped access to the tensors of a validated safetensors file."""
+
+    def __init__(self, path: Path, header: Header) -> None:
+        self.path = path
+        self.header = header
+        self._handle: Any = None
+
+    def get(self, key: str) -> torch.Tensor:
+        """Return tensor ``key`` in its stored dtype (a view of the memory map where possible)."""
+        if self._handle is None:
+            from safetensors import safe_open
+
+            try:
+                self._handle = safe_open(str(self.path), framework="pt")
+            except Exception as exc:  # the library validates again; report its words
+                raise InputError(f"{self.path}: cannot open tensors: {exc}") from exc
+        try:
+            tensor: torch.Tensor = self._handle.get_tensor(key)
+        except Exception as exc:
+            raise InputError(f"{self.path}: cannot read tensor {key!r}: {exc}") from exc
+        return tensor
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory.
+
+    The temporary file is flushed, fsync'ed and renamed over ``path``; if anything fails,
+    it is removed and ``path`` is left as it was.
+
+    Raises
+    ------
+    OutputError
+        On any OS error (permission denied, disk full, …).
+    """
+    directory = path.parent
+    tmp_name: str | None = None
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+        tmp_name = None
+    except OSError as exc:
+        raise OutputError(
+            f"{path}: cannot write: {exc.strerror or exc}",
+            hint="check free disk space and write permission on the output directory",
+        ) from exc
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+
+
+def serialize(tensors: Mapping[str, torch.Tensor], *, metadata: Mapping[str, str]) -> bytes:
+    """Serialise tensors (made contiguous) and string metadata to safetensors bytes."""
+    from safetensors.torch import save
+
+    data: bytes = save(
+        {k: v.detach().contiguous() for k, v in tensors.items()}, metadata=dict(metadata)
+    )
+    return data
+

@@ -1,0 +1,117 @@
+"""Decisions: per-layer recommended ranks, the adapter-wide rank and its ``rank_pattern``.
+
+How the retraining rank is chosen
+---------------------------------
+Each layer ℓ needs ``k_ℓ`` = its energy rank at τ (the smallest k keeping a fraction τ of
+‖ΔW_ℓ‖_F²). The adapter-wide advice is one rank ``k`` for most layers plus a PEFT
+``rank_pattern`` for the rest:
+
+1. Take the ``coverage`` quantile (default 0.9) of the ``k_ℓ`` of the trained layers, so that
+   a few outlier layers do not decide the rank of all the others.
+2. Round it up to a power of two, capped at the nominal rank. A retrained adapter does not
+   reproduce the same spectrum, so the headroom (up to 2×) is deliberate; powers of two are
+   also what practitioners use and what kernels are tuned for.
+3. Every layer with ``k_ℓ > k`` gets a ``rank_pattern`` entry: ``k_ℓ`` rounded up to a power
+   of two, capped at its own rank. Its key matches that module only (see
+   :func:`lora_audit.formats.patterns.pattern_key_for`).
+4. ``lora_alpha`` is scaled so that every layer keeps its current ``alpha/r`` (or
+   ``alpha/√r`` with rsLoRA) ratio, and pattern layers get an ``alpha_pattern`` entry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from lora_audit.adapter import LoraLayer
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankPlan:
+    """The retraining advice for a whole adapter."""
+
+    rank: int
+    lora_alpha: float | None
+    rank_pattern: dict[str, int]
+    alpha_pattern: dict[str, float]
+    layers_covered: int
+    params: int
+
+
+def next_power_of_two(k: int) -> int:
+    """The smallest power of two ≥ ``k`` (1 for k ≤ 1)."""
+    return 1 if k <= 1 else 1 << (k - 1).bit_length()
+
+
+def quantile_rank(ranks: Sequence[int], coverage: float) -> int:
+    """The smallest value ≥ a fraction ``coverage`` of ``ranks`` (0 for no ranks)."""
+    if not ranks:
+        return 0
+    ordered = sorted(ranks)
+    index = max(0, math.ceil(coverage * len(ordered)) - 1)
+    return ordered[min(index, len(ordered) - 1)]
+
+
+def plan_retrain(
+    layers: Sequence[LoraLayer],
+    energy_ranks: Sequence[int],
+    *,
+    coverage: float,
+    pattern_key: Callable[[str], str],
+    rslora: bool,
+) -> RankPlan:
+    """Choose a global rank, a ``rank_pattern`` and alphas for retraining.
+
+    Parameters
+    ----------
+    layers
+        The adapter's layers.
+    energy_ranks
+        ``k_ℓ`` for each layer, in the same order.
+    coverage
+        Fraction of trained layers the global rank must cover, in (0, 1].
+    pattern_key
+        Callable turning a module name into a pattern key.
+    rslora
+        Whether the adapter uses rsLoRA (scale ``alpha/√r``).
+    """
+    trained = [k for k in energy_ranks if k > 0]
+    nominal = max((layer.rank for layer in layers), default=0)
+    rank = min(next_power_of_two(quantile_rank(trained, coverage)), max(nominal, 1))
+    rank_pattern: dict[str, int] = {}
+    alpha_pattern: dict[str, float] = {}
+    ratios = {_ratio(layer, rslora=rslora) for layer in layers if layer.alpha is not None}
+    ratio = ratios.pop() if len(ratios) == 1 else None
+    params = 0
+    covered = 0
+    for layer, k in zip(layers, energy_ranks, strict=True):
+        layer_rank = rank
+        if k > rank:
+            layer_rank = min(next_power_of_two(k), layer.rank)
+            key = pattern_key(layer.name)
+            rank_pattern[key] = layer_rank
+            if ratio is not None:
+                alpha_pattern[key] = _alpha_for(ratio, layer_rank, rslora=rslora)
+        else:
+            covered += 1
+        params += layer_rank * layer.params_per_rank
+    lora_alpha = _alpha_for(ratio, rank, rslora=rslora) if ratio is not None else None
+    return RankPlan(
+        rank=rank,
+        lora_alpha=lora_alpha,
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        layers_covered=covered,
+        params=params,
+    )
+
+
+def _ratio(layer: LoraLayer, *, rslora: bool) -> float:
+    assert layer.alpha is not None
+    return layer.alpha / (math.sqrt(layer.rank) if rslora else layer.rank)
+
+
+def _alpha_for(ratio: float, rank: int, *, rslora: bool) -> float:
+    value = ratio * (math.sqrt(rank) if rslora else rank)
+    return float(round(value, 6))

@@ -1,0 +1,153 @@
+"""Rich tables for people: one row per layer, then the summary and the advice."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Sequence
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from lora_audit.report import InspectReport, LayerReport
+
+SPARK = "▁▂▃▄▅▆▇█"
+SPARK_WIDTH = 12
+
+
+def sparkline(values: Sequence[float], *, width: int = SPARK_WIDTH) -> str:
+    """Bars for ``values / max(values)``; longer spectra are bucketed by their maximum."""
+    if not values:
+        return ""
+    if len(values) > width:
+        step = len(values) / width
+        values = [max(values[int(i * step) : max(int((i + 1) * step), int(i * step) + 1)])
+                  for i in range(width)]  # fmt: skip
+    top = max(values)
+    if top <= 0:
+        return " " * len(values)
+    return "".join(
+        " " if v <= 0 else SPARK[min(len(SPARK) - 1, int(v / top * (len(SPARK) - 1) + 0.5))]
+        for v in values
+    )
+
+
+def common_prefix(names: Sequence[str]) -> str:
+    """The longest shared prefix of dotted names that ends at a dot."""
+    if len(names) < 2:
+        return ""
+    prefix = os.path.commonprefix(list(names))
+    return prefix[: prefix.rfind(".") + 1]
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _to_text(renderable: RenderableType, *, width: int, color: bool) -> str:
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=width,
+        force_terminal=color,
+        color_system="standard" if color else None,
+        no_color=not color,
+        highlight=False,
+        emoji=False,
+    )
+    console.print(renderable)
+    return buffer.getvalue()
+
+
+def layer_table(report: InspectReport) -> Table:
+    """The per-layer table."""
+    names = [layer.name for layer in report.layers]
+    prefix = common_prefix(names)
+    tau = f"{report.settings.energy:g}"
+    title = f"{report.adapter.path} · {len(names)} layers" + (f" · {prefix}…" if prefix else "")
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    table.add_column("layer", overflow="fold", min_width=12, ratio=1)
+    table.add_column("shape", justify="right", no_wrap=True)
+    table.add_column("r", justify="right")
+    table.add_column("scale", justify="right")
+    table.add_column("σ spectrum", no_wrap=True)
+    table.add_column("σ₁", justify="right")
+    table.add_column("‖ΔW‖F", justify="right")
+    table.add_column("sr", justify="right")
+    table.add_column("erank", justify="right")
+    table.add_column(f"k@{tau}", justify="right")
+    table.add_column("waste", justify="right")
+    for layer in report.layers:
+        table.add_row(*_row(layer, prefix=prefix))
+    return table
+
+
+def _row(layer: LayerReport, *, prefix: str) -> list[str | Text]:
+    waste = Text(str(layer.wasted_rank), style="bold red" if layer.wasted_rank * 2 > layer.rank
+                 else "")  # fmt: skip
+    k = Text(str(layer.energy_rank), style="yellow" if layer.untrained else "bold")
+    return [
+        layer.name.removeprefix(prefix),
+        f"{layer.shape[0]}×{layer.shape[1]}",
+        str(layer.rank),
+        f"{layer.scale:.3g}",
+        Text(sparkline(layer.singular_values), style="cyan"),
+        _num(layer.spectral_norm),
+        _num(layer.frobenius_norm),
+        f"{layer.stable_rank:.2f}",
+        f"{layer.effective_rank:.2f}",
+        k,
+        waste,
+    ]
+
+
+def summary_table(report: InspectReport) -> Table:
+    """Totals, the retraining plan and the biggest wasters."""
+    s = report.summary
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column()
+    a = report.adapter
+    alpha = f", lora_alpha={a.lora_alpha:g}" if a.lora_alpha is not None else ""
+    flags = "".join(
+        f", {flag}" for flag, on in (("rsLoRA", a.use_rslora), ("DoRA", a.use_dora)) if on
+    )
+    info.add_row("adapter", f"{a.format}, r={s.nominal_rank}{alpha}{flags}, {', '.join(a.dtypes)}")
+    if a.base_model:
+        info.add_row("base model", a.base_model)
+    info.add_row(
+        "stable rank", f"mean {s.mean_stable_rank:.2f}, max {s.max_stable_rank:.2f}"
+    )
+    info.add_row(
+        "parameters",
+        f"{s.params:,} now → {s.params_after:,} truncated at τ={report.settings.energy:g} "
+        f"({s.wasted_fraction:.1%} wasted)",
+    )
+    plan = f"r={s.recommended_rank}"
+    if s.lora_alpha is not None:
+        plan += f", lora_alpha={s.lora_alpha:g}"
+    info.add_row("retrain", f"{plan} ({s.params_retrain:,} parameters)")
+    if s.rank_pattern:
+        info.add_row("rank_pattern", json.dumps(s.rank_pattern))
+    if s.alpha_pattern:
+        info.add_row("alpha_pattern", json.dumps(s.alpha_pattern))
+    if s.top_wasters:
+        info.add_row("most waste", ", ".join(s.top_wasters))
+    if s.untrained_layers:
+        info.add_row("untrained", ", ".join(s.untrained_layers))
+    if a.modules_to_save:
+        info.add_row("not audited", "modules_to_save: " + ", ".join(a.modules_to_save))
+    return info
+
+
+def render_inspect(report: InspectReport, *, width: int = 100, color: bool = False) -> str:
+    """The full human-readable inspect report."""
+    advice = Text("\n".join(f"→ {line}" for line in report.summary.advice), style="green")
+    return _to_text(
+        Group(layer_table(report), summary_table(report), Text(""), advice),
+        width=width,
+        color=color,
+    )

@@ -1,0 +1,130 @@
+"""Singular values and vectors of thin products ``s·B·A``, without forming ``B·A``.
+
+For ``B`` of shape ``(out, r)`` and ``A`` of shape ``(r, in)``, the non-zero singular values
+of ``B·A`` are those of a small core matrix built from the two factors:
+
+* **QR** (``method="qr"``): ``B = Q_B R_B`` and ``Aᵀ = Q_A R_A`` (thin QR), then
+  ``B·A = Q_B (R_B R_Aᵀ) Q_Aᵀ``; the SVD of the ``r×r`` core ``R_B R_Aᵀ = U Σ Vᵀ`` gives
+  ``B·A = (Q_B U) Σ (Q_A V)ᵀ``. Backward stable: errors are ``O(ε·‖B‖·‖A‖)``.
+  Cost ``O((in + out)·r²)``.
+* **Gram** (``method="gram"``, values only): eigendecompositions ``BᵀB = V_B Λ_B V_Bᵀ`` and
+  ``A·Aᵀ = V_A Λ_A V_Aᵀ`` give the core ``Λ_B^½ V_Bᵀ V_A Λ_A^½`` with the same singular values.
+  About half the flops of QR and all of them in matrix products, but squaring the factors
+  limits the accuracy of the smallest singular values to ``O(√ε·‖B‖·‖A‖)``.
+* **auto**: Gram, then QR again for any matrix in the batch where Gram's error bound
+  ``√ε·‖B‖·‖A‖`` exceeds ``1e-7·σ₁`` (so that every value is accurate to well below
+  ``1e-6·σ₁``); in practice, trained adapters rarely need the second pass.
+
+All functions take batches: ``B`` of shape ``(n, out, r)`` and ``A`` of shape ``(n, r, in)``
+in the compute dtype (float64 for accuracy) on any device. This module imports only torch.
+
+References
+----------
+Golub & Van Loan, *Matrix Computations*, 4th ed., §2.4 and §5.2 (QR-based SVD of products).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+Method = Literal["auto", "qr", "gram"]
+
+#: Gram's error bound must stay below this fraction of σ₁, or ``auto`` redoes the matrix by QR.
+GRAM_RELATIVE_TOLERANCE = 1e-7
+
+
+def singular_values(
+    b: torch.Tensor, a: torch.Tensor, *, method: Method = "auto"
+) -> torch.Tensor:
+    """Singular values of each ``B[i] @ A[i]`` in a batch, descending.
+
+    Parameters
+    ----------
+    b : torch.Tensor of shape (n, out, r)
+    a : torch.Tensor of shape (n, r, in)
+        Same dtype and device as ``b``; use float64 for results accurate to ``1e-6``.
+    method : {"auto", "qr", "gram"}
+        See the module docstring for the accuracy/speed trade-off.
+
+    Returns
+    -------
+    sigma : torch.Tensor of shape (n, r)
+        Descending; padded with zeros past ``min(r, out, in)``.
+    """
+    r = b.shape[2]
+    if method == "qr":
+        sigma = _svdvals_qr(b, a)
+    else:
+        sigma, error_bound = _svdvals_gram(b, a)
+        if method == "auto":
+            redo = error_bound > GRAM_RELATIVE_TOLERANCE * sigma[:, 0]
+            redo &= error_bound > 0
+            if bool(redo.any()):
+                sigma = sigma.clone()
+                sigma[redo] = _svdvals_qr(b[redo], a[redo])
+    return _pad(sigma, r)
+
+
+def _svdvals_qr(b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    r_b = torch.linalg.qr(b, mode="r").R  # (n, min(out, r), r)
+    r_a = torch.linalg.qr(a.mT, mode="r").R  # (n, min(in, r), r)
+    sigma = torch.linalg.svdvals(r_b @ r_a.mT)
+    return _pad(sigma, b.shape[2])
+
+
+def _svdvals_gram(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    lam_b, vec_b = torch.linalg.eigh(b.mT @ b)  # (n, r), (n, r, r)
+    lam_a, vec_a = torch.linalg.eigh(a @ a.mT)
+    root_b = lam_b.clamp_min(0).sqrt()
+    root_a = lam_a.clamp_min(0).sqrt()
+    core = (root_b.unsqueeze(-1) * vec_b.mT) @ (vec_a * root_a.unsqueeze(-2))
+    sigma = torch.linalg.svdvals(core)
+    eps = torch.finfo(b.dtype).eps
+    error_bound = (eps**0.5) * root_b[:, -1] * root_a[:, -1]
+    return sigma, error_bound
+
+
+def _pad(sigma: torch.Tensor, r: int) -> torch.Tensor:
+    import torch
+
+    if sigma.shape[1] >= r:
+        return sigma
+    return torch.cat([sigma, sigma.new_zeros(sigma.shape[0], r - sigma.shape[1])], dim=1)
+
+
+def svd(
+    b: torch.Tensor, a: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD of each ``B[i] @ A[i]`` from its factors, by QR, with deterministic signs.
+
+    Parameters
+    ----------
+    b : torch.Tensor of shape (n, out, r)
+    a : torch.Tensor of shape (n, r, in)
+
+    Returns
+    -------
+    u : torch.Tensor of shape (n, out, k)
+    sigma : torch.Tensor of shape (n, k)
+    vh : torch.Tensor of shape (n, k, in)
+        With ``k = min(r, out, in)``, ``B @ A ≈ u @ diag(sigma) @ vh``, ``sigma`` descending,
+        and each column of ``u`` signed so that its entry of largest magnitude is positive.
+    """
+    import torch
+
+    q_b, r_b = torch.linalg.qr(b)  # (n, out, kb), (n, kb, r)
+    q_a, r_a = torch.linalg.qr(a.mT)  # (n, in, ka), (n, ka, r)
+    u_core, sigma, vh_core = torch.linalg.svd(r_b @ r_a.mT, full_matrices=False)
+    u = q_b @ u_core
+    vh = vh_core @ q_a.mT
+    pivot = u.abs().argmax(dim=1, keepdim=True)  # (n, 1, k)
+    signs = torch.sign(torch.gather(u, 1, pivot))
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+    return u * signs, sigma, vh * signs.mT
