@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
 
 
-class LayerKind(str, Enum):
+class LayerKind(StrEnum):
     """What kind of module a LoRA layer adapts."""
 
     LINEAR = "linear"

@@ -7,7 +7,7 @@ retraining plan, and the advice text, assembled into frozen report objects.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lora_audit import __version__
 from lora_audit.adapter import Adapter, LoraLayer
@@ -46,7 +46,7 @@ class AuditOptions:
 
     energy: float = 0.99
     coverage: float = 0.9
-    engine: EngineOptions = EngineOptions()
+    engine: EngineOptions = field(default_factory=EngineOptions)
 
 
 def inspect_adapter(
@@ -67,7 +67,8 @@ def inspect_adapter(
     sigmas = spectra(adapter, options=options.engine, progress=progress, warn=collect)
     summaries = [summarize(sigmas[layer.name], energy=options.energy) for layer in adapter.layers]
     layers = tuple(
-        _layer_report(layer, summary) for layer, summary in zip(adapter.layers, summaries, strict=True)
+        _layer_report(layer, summary)
+        for layer, summary in zip(adapter.layers, summaries, strict=True)
     )
     rslora = bool(adapter.config.get("use_rslora", False))
     plan = plan_retrain(

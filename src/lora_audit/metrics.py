@@ -38,45 +38,54 @@ class SpectrumSummary:
     energy_rank: int
 
 
+def _relative_squares(sigma: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``(σᵢ/σ₁)²``: scale-free, so neither tiny nor huge spectra under- or overflow."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    top = float(sigma.max(initial=0.0))
+    if top == 0.0:
+        return np.zeros_like(sigma)
+    return np.square(sigma / top)
+
+
 def cumulative_energy(sigma: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """``C(k)`` for k = 1…len(sigma); all zeros when ``sigma`` is all zero."""
-    squares = np.square(sigma, dtype=np.float64)
+    squares = _relative_squares(sigma)
     total = float(squares.sum())
     if total == 0.0:
-        return np.zeros_like(squares)
+        return squares
     return np.minimum(np.cumsum(squares) / total, 1.0)
 
 
 def energy_rank(sigma: npt.NDArray[np.float64], energy: float) -> int:
-    """The smallest k with ``C(k) ≥ energy``; 0 when ``sigma`` is all zero."""
-    squares = np.square(sigma, dtype=np.float64)
+    """The smallest k with ``C(k) ≥ energy``; 0 when ``sigma`` is all zero or energy ≤ 0."""
+    squares = _relative_squares(sigma)
     total = float(squares.sum())
-    if total == 0.0:
+    if total == 0.0 or energy <= 0:
         return 0
-    cumulative = np.cumsum(squares)
     target = energy * total * (1.0 - ENERGY_SLACK)
-    return int(np.searchsorted(cumulative, target, side="left")) + 1 if energy > 0 else 0
+    k = int(np.searchsorted(np.cumsum(squares), target, side="left")) + 1
+    return min(k, int(squares.size))
 
 
 def summarize(sigma: npt.NDArray[np.float64], *, energy: float) -> SpectrumSummary:
     """All metrics of one descending spectrum ``sigma`` of shape (r,)."""
     sigma = np.asarray(sigma, dtype=np.float64)
-    squares = np.square(sigma)
-    total = float(squares.sum())
-    top = float(sigma[0]) if sigma.size else 0.0
+    squares = _relative_squares(sigma)
+    total = float(squares.sum())  # ‖ΔW‖_F² / σ₁², i.e. the stable rank
+    top = float(sigma.max(initial=0.0))
     if total > 0.0:
         p = squares / total
         nz = p[p > 0]
         effective = math.exp(float(-(nz * np.log(nz)).sum()))
-        stable = total / (top * top)
+        stable = total
     else:
         effective = stable = 0.0
     return SpectrumSummary(
         singular_values=tuple(float(s) for s in sigma),
-        frobenius_norm=math.sqrt(total),
+        frobenius_norm=top * math.sqrt(total),
         spectral_norm=top,
         stable_rank=stable,
         effective_rank=effective,
         energy=tuple(float(c) for c in cumulative_energy(sigma)),
-        energy_rank=min(energy_rank(sigma, energy), int(sigma.size)),
+        energy_rank=energy_rank(sigma, energy),
     )

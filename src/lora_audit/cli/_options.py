@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -35,7 +35,7 @@ AlphaOption = Annotated[
         help="lora_alpha to use when neither adapter_config.json nor the file header gives one.",
     ),
 ]
-class Device(str, Enum):
+class Device(StrEnum):
     """Where the spectra are computed."""
 
     AUTO = "auto"
@@ -43,7 +43,7 @@ class Device(str, Enum):
     CUDA = "cuda"
 
 
-class Method(str, Enum):
+class Method(StrEnum):
     """Core factorisation of the spectral engine."""
 
     AUTO = "auto"

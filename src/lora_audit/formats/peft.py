@@ -201,7 +201,10 @@ def _pair_layers(
     extras: dict[str, list[str]] = {}
     passthrough: list[str] = []
     for key in header.tensors:
-        if m := _FACTOR.match(key):
+        if m := _EXTRA.match(key):
+            extras.setdefault(m["module"], []).append(key)
+            passthrough.append(key)
+        elif m := _FACTOR.match(key):
             side = "A" if m["which"].endswith("A") else "B"
             slot = factors.setdefault(m["module"], {})
             if side in slot:
@@ -211,9 +214,6 @@ def _pair_layers(
                     hint="the file holds several adapters; save them separately",
                 )
             slot[side] = key
-        elif m := _EXTRA.match(key):
-            extras.setdefault(m["module"], []).append(key)
-            passthrough.append(key)
         else:
             passthrough.append(key)
     halves = [
@@ -265,15 +265,15 @@ def _make_layer(
     for key, info in ((a_key, a), (b_key, b)):
         if info.dtype not in FLOAT_DTYPES:
             raise InputError(f"{tensor_file}: tensor {key!r} has dtype {info.dtype}, not float")
-        if len(info.shape) < 2:
-            raise InputError(
-                f"{tensor_file}: tensor {key!r} has shape {list(info.shape)}, expected ≥ 2 dims"
-            )
         if 0 in info.shape:
             raise InputError(
                 f"{tensor_file}: tensor {key!r} is empty (shape {list(info.shape)})",
                 hint="this happens when a DeepSpeed ZeRO-3 run saves without gathering "
                 "parameters; save again with the full state dict",
+            )
+        if len(info.shape) < 2:
+            raise InputError(
+                f"{tensor_file}: tensor {key!r} has shape {list(info.shape)}, expected ≥ 2 dims"
             )
     embedding = "lora_embedding" in a_key
     rank = a.shape[0]
@@ -284,6 +284,7 @@ def _make_layer(
             hint="B must be (out, r) when A is (r, in)",
         )
     out_features, in_features = b.shape[0], math.prod(a.shape[1:])
+    weight_shape: tuple[int, ...]
     if embedding:
         kind, weight_shape = LayerKind.EMBEDDING, (in_features, out_features)
     elif len(a.shape) > 2:

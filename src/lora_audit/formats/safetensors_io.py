@@ -9,6 +9,7 @@ file (and tensor) instead of a traceback. Tensor data is then read lazily throug
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -116,7 +117,7 @@ def _validate(path: Path, parsed: dict[str, Any], *, data_len: int) -> Header:
         if not isinstance(entry, dict):
             raise InputError(f"{where}: header entry is not an object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in DTYPE_SIZES:
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
             raise InputError(
                 f"{where}: unknown dtype {dtype!r}",
                 hint=f"known dtypes: {', '.join(sorted(DTYPE_SIZES))}",
@@ -144,7 +145,7 @@ def _validate(path: Path, parsed: dict[str, Any], *, data_len: int) -> Header:
             )
         tensors[key] = TensorInfo(dtype, tuple(shape), offsets[0], offsets[1])
     spans = sorted((t.start, t.end, k) for k, t in tensors.items() if t.end > t.start)
-    for (_, end_a, key_a), (start_b, _, key_b) in zip(spans, spans[1:], strict=False):
+    for (_, end_a, key_a), (start_b, _, key_b) in itertools.pairwise(spans):
         if start_b < end_a:
             raise InputError(
                 f"{path}: tensors {key_a!r} and {key_b!r} overlap in the data section",
