@@ -37,6 +37,33 @@ class LayerKind(StrEnum):
     EMBEDDING = "embedding"
 
 
+class Structure(StrEnum):
+    """How the stored tensors make up ``ΔW``; all but ``KRON`` are thin products ``B·A``.
+
+    ``LORA``
+        ``B`` = up / ``lora_B``, ``A`` = down / ``lora_A``.
+    ``TUCKER``
+        LoCon with a Tucker core ``mid (r, r, kh, kw)``:
+        ``A[a, (i,h,w)] = Σ_b mid[a,b,h,w]·down[b,i]``.
+    ``LOHA``
+        ``ΔW = (w1a·w1b) ⊙ (w2a·w2b)``: a thin product of face-splitting factors of inner
+        dimension ``r₁·r₂``: ``B[o,(p,q)] = w1a[o,p]·w2a[o,q]``, ``A[(p,q),i] = w1b[p,i]·w2b[q,i]``.
+    ``LOKR``
+        ``ΔW = kron(W1, W2)`` with a low-rank ``W2 = w2a·w2b``: ``B = kron(W1, w2a)``,
+        ``A = kron(I, w2b)`` of inner dimension ``cols(W1)·r₂``.
+    ``KRON``
+        ``ΔW = kron(W1, W2)`` with a full ``W2``: its singular values are the products
+        ``σᵢ(W1)·σⱼ(W2)``; as factors, ``B = kron(U₁S₁, U₂S₂)``, ``A = kron(V₁ᵀ, V₂ᵀ)`` from the
+        SVDs of the two (small) factors.
+    """
+
+    LORA = "lora"
+    TUCKER = "tucker"
+    LOHA = "loha"
+    LOKR = "lokr"
+    KRON = "kron"
+
+
 class TensorSource(Protocol):
     """Where tensors are read from (a memory-mapped safetensors file, or memory in tests)."""
 
@@ -93,10 +120,16 @@ class LoraLayer:
     weight_shape: tuple[int, ...]
     extra_keys: tuple[str, ...] = ()
     dora: bool = False
+    structure: Structure = Structure.LORA
+    keys: Mapping[str, str] = field(default_factory=dict)
+    stored_params: int | None = None
+    network_dim: int | None = None
 
     @property
     def params(self) -> int:
-        """Number of LoRA parameters, ``rank · (in + out)``."""
+        """Number of stored parameters: ``rank · (in + out)`` for plain LoRA."""
+        if self.stored_params is not None:
+            return self.stored_params
         return self.rank * (self.in_features + self.out_features)
 
     @property
@@ -160,9 +193,88 @@ class Adapter:
         """
         if self.source is None:
             raise RuntimeError("adapter has no tensor source")
-        a = self.source.get(layer.a_key).reshape(layer.rank, layer.in_features)
-        b = self.source.get(layer.b_key).reshape(layer.out_features, layer.rank)
+        if layer.structure is Structure.LORA:
+            a = self.source.get(layer.a_key).reshape(layer.rank, layer.in_features)
+            b = self.source.get(layer.b_key).reshape(layer.out_features, layer.rank)
+            return b, a
+        return thin_factors(layer, {role: self.source.get(k) for role, k in layer.keys.items()})
+
+    def load_tensors(self, layer: LoraLayer) -> dict[str, torch.Tensor]:
+        """The stored tensors of a structured layer, by role (``w1``, ``w2``, …)."""
+        if self.source is None:
+            raise RuntimeError("adapter has no tensor source")
+        return {role: self.source.get(key) for role, key in layer.keys.items()}
+
+
+def thin_factors(
+    layer: LoraLayer, t: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, A)`` with ``B·A = ΔW/scale`` for the thin structures, in float64.
+
+    Returns
+    -------
+    b : torch.Tensor of shape (out_features, rank)
+    a : torch.Tensor of shape (rank, in_features)
+    """
+    import torch
+
+    out, inp, r = layer.out_features, layer.in_features, layer.rank
+    f = {role: v.to(torch.float64) for role, v in t.items()}
+    if layer.structure is Structure.TUCKER:
+        mid = f["mid"]
+        down = f["down"].reshape(mid.shape[1], -1)
+        a = torch.einsum("abhw,bi->aihw", mid, down).reshape(mid.shape[0], inp)
+        return f["up"].reshape(out, -1), a
+    if layer.structure is Structure.LOHA:
+        w1a, w1b = _loha_half(f, "1", out=out, inp=inp)
+        w2a, w2b = _loha_half(f, "2", out=out, inp=inp)
+        b = (w1a.unsqueeze(2) * w2a.unsqueeze(1)).reshape(out, r)
+        a = (w1b.unsqueeze(1) * w2b.unsqueeze(0)).reshape(r, inp)
         return b, a
+    if layer.structure is Structure.LOKR:
+        w1 = kron_w1(f)
+        w2a = f["w2_a"]
+        w2b = f["w2_b"].reshape(w2a.shape[1], -1)
+        eye = torch.eye(w1.shape[1], dtype=torch.float64)
+        return torch.kron(w1, w2a), torch.kron(eye, w2b)
+    # KRON: kron(U1·S1, U2·S2) · kron(V1ᵀ, V2ᵀ) — exact, of inner dimension rank(W1)·rank(W2)
+    u1, s1, v1 = torch.linalg.svd(kron_w1(f), full_matrices=False)
+    u2, s2, v2 = torch.linalg.svd(kron_w2(f), full_matrices=False)
+    return torch.kron(u1 * s1, u2 * s2), torch.kron(v1, v2)
+
+
+def _loha_half(
+    f: Mapping[str, torch.Tensor], which: str, *, out: int, inp: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(w_a (out, r), w_b (r, in))`` of one Hadamard factor, Tucker core folded in."""
+    import torch
+
+    wa, wb = f[f"w{which}_a"], f[f"w{which}_b"]
+    core = f.get(f"t{which}")
+    if core is None:
+        return wa.reshape(out, -1), wb.reshape(wa.shape[-1], inp)
+    # Tucker: w_a is (r, out), w_b is (r, in); W = Σ_i w_a[i,:]ᵀ ⊗ (Σ_j core[i,j]·w_b[j,:])
+    m = torch.einsum("ijhw,jc->ichw", core, wb).reshape(core.shape[0], inp)
+    return wa.T.reshape(out, -1), m
+
+
+def kron_w1(f: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """LoKr's small factor ``W1`` (2-D), from ``w1`` or ``w1_a·w1_b``."""
+    if "w1" in f:
+        return f["w1"].reshape(f["w1"].shape[0], -1)
+    return f["w1_a"] @ f["w1_b"]
+
+
+def kron_w2(f: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """LoKr's large factor ``W2`` as a matrix (conv kernels flattened into its columns)."""
+    if "w2" in f:
+        return f["w2"].reshape(f["w2"].shape[0], -1)
+    if "t2" in f:
+        import torch
+
+        w = torch.einsum("ijhw,jr,ip->prhw", f["t2"], f["w2_b"], f["w2_a"])
+        return w.reshape(w.shape[0], -1)
+    return f["w2_a"] @ f["w2_b"].reshape(f["w2_a"].shape[1], -1)
 
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:

@@ -10,11 +10,17 @@ from pathlib import Path
 
 from lora_audit.adapter import Adapter
 from lora_audit.errors import InputError
-from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME, read_peft
+from lora_audit.formats.kohya import looks_like_kohya, read_kohya
+from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME, looks_like_peft, read_peft
+from lora_audit.formats.safetensors_io import read_header
 
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 
-__all__ = ["PICKLE_SUFFIXES", "load_adapter", "resolve_files"]
+#: Values of ``--input-format``: ``peft``, or ``kohya`` for every single-file SD format
+#: (kohya / sd-scripts, LyCORIS, diffusers attention processors).
+INPUT_FORMATS = ("auto", "peft", "kohya")
+
+__all__ = ["INPUT_FORMATS", "PICKLE_SUFFIXES", "load_adapter", "resolve_files"]
 
 
 def _refuse_pickle(path: Path) -> InputError:
@@ -67,15 +73,20 @@ def resolve_files(path: Path) -> tuple[Path, Path | None]:
     )
 
 
-def load_adapter(path: Path, *, alpha: float | None = None) -> Adapter:
+def load_adapter(
+    path: Path, *, alpha: float | None = None, input_format: str = "auto"
+) -> Adapter:
     """Read the adapter at ``path`` (a directory or a ``.safetensors`` file).
 
     Parameters
     ----------
     path
-        A PEFT adapter directory, or a ``.safetensors`` file.
+        A PEFT adapter directory, or a ``.safetensors`` file in any supported format.
     alpha
-        ``lora_alpha`` to use when neither a config nor the file header gives one.
+        PEFT: ``lora_alpha`` to use when neither a config nor the file header gives one.
+    input_format
+        ``auto`` detects the format from the keys (and ``adapter_config.json``); ``peft`` or
+        ``kohya`` force one.
 
     Raises
     ------
@@ -83,4 +94,13 @@ def load_adapter(path: Path, *, alpha: float | None = None) -> Adapter:
         When the path holds no readable, valid adapter.
     """
     tensor_file, config_file = resolve_files(path)
-    return read_peft(path=path, tensor_file=tensor_file, config_file=config_file, alpha=alpha)
+    header = read_header(tensor_file)
+    fmt = input_format
+    if fmt == "auto":
+        fmt = "kohya" if config_file is None and not looks_like_peft(header) and \
+            looks_like_kohya(header) else "peft"  # fmt: skip
+    if fmt == "kohya":
+        return read_kohya(path=path, tensor_file=tensor_file, header=header)
+    return read_peft(
+        path=path, tensor_file=tensor_file, config_file=config_file, alpha=alpha, header=header
+    )

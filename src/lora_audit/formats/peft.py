@@ -147,7 +147,12 @@ def looks_like_peft(header: Header) -> bool:
 
 
 def read_peft(
-    *, path: Path, tensor_file: Path, config_file: Path | None, alpha: float | None
+    *,
+    path: Path,
+    tensor_file: Path,
+    config_file: Path | None,
+    alpha: float | None,
+    header: Header | None = None,
 ) -> Adapter:
     """Read a PEFT adapter.
 
@@ -162,7 +167,7 @@ def read_peft(
     alpha
         ``--alpha`` from the command line: used only when no config gives one.
     """
-    header = read_header(tensor_file)
+    header = header or read_header(tensor_file)
     warnings: list[str] = []
     config = read_config(config_file) if config_file is not None else None
     if config is None:
