@@ -48,7 +48,11 @@ def build() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     # LoCon 3x3
     m = "lora_unet_down_blocks_0_resnets_0_conv1"
     down, up = rnd(4, 6, 3, 3), rnd(10, 4, 1, 1)
-    t[f"{m}.lora_down.weight"], t[f"{m}.lora_up.weight"], t[f"{m}.alpha"] = down, up, torch.tensor(1.0)
+    t[f"{m}.lora_down.weight"], t[f"{m}.lora_up.weight"], t[f"{m}.alpha"] = (
+        down,
+        up,
+        torch.tensor(1.0),
+    )
     ref[m] = 0.25 * up.reshape(10, 4).to(d) @ down.reshape(4, -1).to(d)
     # LoCon with Tucker core
     m = "lora_unet_down_blocks_1_resnets_0_conv2"
@@ -60,36 +64,72 @@ def build() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     # LoHa linear
     m = "lora_unet_up_blocks_0_attentions_0_proj_out"
     w1a, w1b, w2a, w2b = rnd(14, 3), rnd(3, 9), rnd(14, 3), rnd(3, 9)
-    t.update({f"{m}.hada_w1_a": w1a, f"{m}.hada_w1_b": w1b, f"{m}.hada_w2_a": w2a,
-              f"{m}.hada_w2_b": w2b, f"{m}.alpha": torch.tensor(6.0)})  # fmt: skip
+    t.update(
+        {
+            f"{m}.hada_w1_a": w1a,
+            f"{m}.hada_w1_b": w1b,
+            f"{m}.hada_w2_a": w2a,
+            f"{m}.hada_w2_b": w2b,
+            f"{m}.alpha": torch.tensor(6.0),
+        }
+    )
     ref[m] = 2.0 * (w1a.to(d) @ w1b.to(d)) * (w2a.to(d) @ w2b.to(d))
     # LoHa conv with Tucker cores: w_a (r, out), w_b (r, in), t (r, r, kh, kw)
     m = "lora_unet_up_blocks_1_resnets_0_conv1"
     t1, t2 = rnd(3, 3, 3, 3), rnd(3, 3, 3, 3)
     w1a, w1b, w2a, w2b = rnd(3, 8), rnd(3, 5), rnd(3, 8), rnd(3, 5)
-    t.update({f"{m}.hada_t1": t1, f"{m}.hada_t2": t2, f"{m}.hada_w1_a": w1a,
-              f"{m}.hada_w1_b": w1b, f"{m}.hada_w2_a": w2a, f"{m}.hada_w2_b": w2b})  # fmt: skip
+    t.update(
+        {
+            f"{m}.hada_t1": t1,
+            f"{m}.hada_t2": t2,
+            f"{m}.hada_w1_a": w1a,
+            f"{m}.hada_w1_b": w1b,
+            f"{m}.hada_w2_a": w2a,
+            f"{m}.hada_w2_b": w2b,
+        }
+    )
     r1 = tucker(t1.to(d), w1b.to(d), w1a.to(d))
     r2 = tucker(t2.to(d), w2b.to(d), w2a.to(d))
     ref[m] = (r1 * r2).reshape(8, -1)
     # LoKr: full w1, low-rank w2
     m = "lora_unet_up_blocks_2_attentions_0_to_q"
     w1, w2a, w2b = rnd(4, 2), rnd(6, 3), rnd(3, 7)
-    t.update({f"{m}.lokr_w1": w1, f"{m}.lokr_w2_a": w2a, f"{m}.lokr_w2_b": w2b,
-              f"{m}.alpha": torch.tensor(1.5)})  # fmt: skip
+    t.update(
+        {
+            f"{m}.lokr_w1": w1,
+            f"{m}.lokr_w2_a": w2a,
+            f"{m}.lokr_w2_b": w2b,
+            f"{m}.alpha": torch.tensor(1.5),
+        }
+    )
     ref[m] = 0.5 * torch.kron(w1.to(d), w2a.to(d) @ w2b.to(d))
     # LoKr: low-rank w1, full w2 (scale alpha / w1 rank)
     m = "lora_unet_up_blocks_2_attentions_0_to_k"
     w1a, w1b, w2 = rnd(4, 2), rnd(2, 3), rnd(5, 6)
-    t.update({f"{m}.lokr_w1_a": w1a, f"{m}.lokr_w1_b": w1b, f"{m}.lokr_w2": w2,
-              f"{m}.alpha": torch.tensor(1.0)})  # fmt: skip
+    t.update(
+        {
+            f"{m}.lokr_w1_a": w1a,
+            f"{m}.lokr_w1_b": w1b,
+            f"{m}.lokr_w2": w2,
+            f"{m}.alpha": torch.tensor(1.0),
+        }
+    )
     ref[m] = 0.5 * torch.kron(w1a.to(d) @ w1b.to(d), w2.to(d))
     # LoKr conv: full w1, Tucker w2 (no low-rank w1/w2 dim? w2 is low-rank → alpha/r)
     m = "lora_unet_down_blocks_2_resnets_0_conv1"
     w1, t2, w2a, w2b = rnd(2, 2), rnd(3, 3, 3, 3), rnd(3, 4), rnd(3, 5)
-    t.update({f"{m}.lokr_w1": w1, f"{m}.lokr_t2": t2, f"{m}.lokr_w2_a": w2a,
-              f"{m}.lokr_w2_b": w2b, f"{m}.alpha": torch.tensor(3.0)})  # fmt: skip
-    w2full = torch.einsum("i j k l, i p, j r -> p r k l", t2.to(d), w2a.to(d), w2b.to(d)).contiguous()
+    t.update(
+        {
+            f"{m}.lokr_w1": w1,
+            f"{m}.lokr_t2": t2,
+            f"{m}.lokr_w2_a": w2a,
+            f"{m}.lokr_w2_b": w2b,
+            f"{m}.alpha": torch.tensor(3.0),
+        }
+    )
+    w2full = torch.einsum(
+        "i j k l, i p, j r -> p r k l", t2.to(d), w2a.to(d), w2b.to(d)
+    ).contiguous()
     ref[m] = torch.kron(w1.to(d).unsqueeze(2).unsqueeze(2), w2full).reshape(8, -1)
     return t, ref
 
@@ -98,8 +138,15 @@ def build() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
 def sd_file(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     tensors, ref = build()
     path = tmp_path / "my_lora.safetensors"
-    save_file(tensors, str(path), metadata={"ss_network_dim": "4", "ss_network_alpha": "Dynamic",
-                                            "ss_network_module": "lycoris.kohya"})  # fmt: skip
+    save_file(
+        tensors,
+        str(path),
+        metadata={
+            "ss_network_dim": "4",
+            "ss_network_alpha": "Dynamic",
+            "ss_network_module": "lycoris.kohya",
+        },
+    )
     return path, ref
 
 
@@ -125,9 +172,15 @@ def test_every_structure_matches_dense(sd_file: tuple[Path, dict[str, torch.Tens
 
 def test_plain_kohya_and_metadata(tmp_path: Path) -> None:
     path = tmp_path / "k.safetensors"
-    save_file({"lora_unet_a.lora_down.weight": rnd(2, 5), "lora_unet_a.lora_up.weight": rnd(7, 2),
-               "lora_unet_a.alpha": torch.tensor(1.0)}, str(path),
-              metadata={"ss_network_dim": "2"})  # fmt: skip
+    save_file(
+        {
+            "lora_unet_a.lora_down.weight": rnd(2, 5),
+            "lora_unet_a.lora_up.weight": rnd(7, 2),
+            "lora_unet_a.alpha": torch.tensor(1.0),
+        },
+        str(path),
+        metadata={"ss_network_dim": "2"},
+    )
     adapter = load_adapter(path)
     assert adapter.format == "kohya" and adapter.layers[0].scale == 0.5
     assert adapter.metadata["ss_network_dim"] == "2"
@@ -136,9 +189,15 @@ def test_plain_kohya_and_metadata(tmp_path: Path) -> None:
 def test_diffusers_processor_names(tmp_path: Path) -> None:
     path = tmp_path / "d.safetensors"
     p = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor"
-    save_file({f"{p}.to_q_lora.down.weight": rnd(2, 5), f"{p}.to_q_lora.up.weight": rnd(5, 2),
-               f"{p}.to_out_lora.down.weight": rnd(2, 5),
-               f"{p}.to_out_lora.up.weight": rnd(5, 2)}, str(path))  # fmt: skip
+    save_file(
+        {
+            f"{p}.to_q_lora.down.weight": rnd(2, 5),
+            f"{p}.to_q_lora.up.weight": rnd(5, 2),
+            f"{p}.to_out_lora.down.weight": rnd(2, 5),
+            f"{p}.to_out_lora.up.weight": rnd(5, 2),
+        },
+        str(path),
+    )
     adapter = load_adapter(path)
     assert adapter.format == "diffusers"
     assert [layer.name for layer in adapter.layers] == [f"{p}.to_out", f"{p}.to_q"]
@@ -156,8 +215,10 @@ def test_half_modules_and_unknown_keys(tmp_path: Path) -> None:
     save_file({"a.lora_down.weight": rnd(2, 5), "a.alpha": torch.tensor(1.0)}, str(path))
     with pytest.raises(InputError, match="not lora_up"):
         load_adapter(path)
-    save_file({"a.lora_down.weight": rnd(2, 5), "a.lora_up.weight": rnd(7, 2),
-               "mystery.thing": rnd(3)}, str(path))  # fmt: skip
+    save_file(
+        {"a.lora_down.weight": rnd(2, 5), "a.lora_up.weight": rnd(7, 2), "mystery.thing": rnd(3)},
+        str(path),
+    )
     adapter = load_adapter(path)
     assert "match no known pattern: 'mystery.thing'" in adapter.warnings[0]
     save_file({"mystery.thing": rnd(3)}, str(path))
