@@ -76,7 +76,9 @@ def test_summary_totals(mixed_adapter: Path) -> None:
     s = report.summary
     assert s.params == sum(lr.rank * sum(lr.shape) for lr in report.layers)
     assert s.params_after == sum(lr.energy_rank * sum(lr.shape) for lr in report.layers)
-    assert s.wasted_fraction == pytest.approx(1 - s.params_after / s.params)
+    waste = sum((lr.rank - lr.energy_rank) * sum(lr.shape) for lr in report.layers)
+    assert s.wasted_fraction == pytest.approx(waste / s.params)
+    assert s.wasted_fraction == pytest.approx(1 - s.params_after / s.params)  # plain LoRA
     assert s.untrained_layers == ("model.layers.1.down_proj",)
     assert any("untrained" in line for line in s.advice)
     assert s.recommended_rank == 4 and len(s.rank_pattern) == 2  # the full-rank emb and conv

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from lora_audit import __version__
 from lora_audit.adapter import Adapter, LoraLayer
-from lora_audit.engine import EngineOptions, Progress, Warn, resolve_device, spectra
+from lora_audit.engine import EngineOptions, Progress, Warn, device_type, spectra
+from lora_audit.formats.kohya import SHOWN_METADATA
 from lora_audit.formats.patterns import pattern_key_for
 from lora_audit.metrics import SpectrumSummary, summarize
 from lora_audit.policy import RankPlan, plan_retrain
@@ -78,7 +79,7 @@ def inspect_adapter(
         pattern_key=pattern_key_for,
         rslora=rslora,
     )
-    device = resolve_device(options.engine.device).type
+    device = device_type(options.engine.device)
     return InspectReport(
         tool=TOOL,
         adapter=adapter_info(adapter),
@@ -117,6 +118,7 @@ def adapter_info(adapter: Adapter) -> AdapterInfo:
         modules_to_save=tuple(adapter.modules_to_save),
         passthrough_tensors=len(adapter.passthrough_keys),
         file_bytes=file_bytes,
+        metadata={k: adapter.metadata[k] for k in SHOWN_METADATA if k in adapter.metadata},
     )
 
 
@@ -142,8 +144,10 @@ def _layer_report(layer: LoraLayer, s: SpectrumSummary) -> LayerReport:
         recommended_rank=k,
         wasted_rank=layer.rank - k,
         params=layer.params,
-        params_after=k * layer.params_per_rank,
+        params_after=min(k * layer.params_per_rank, layer.params),
         untrained=s.spectral_norm == 0.0,
+        structure=layer.structure.value,
+        network_dim=layer.network_dim,
     )
 
 
@@ -154,10 +158,13 @@ def _summary(layers: Sequence[LayerReport], plan: RankPlan, *, energy: float) ->
     trained = [layer for layer in layers if not layer.untrained]
     stable = [layer.stable_rank for layer in trained]
     nominal = max((layer.rank for layer in layers), default=0)
-    wasted_fraction = (params - params_after) / params if params else 0.0
+    # Σ(r − k)(in + out) / Σ r(in + out): rank paid for and unused, weighted by its cost
+    rank_cost = sum(layer.rank * sum(layer.shape) for layer in layers)
+    wasted_cost = sum(layer.wasted_rank * sum(layer.shape) for layer in layers)
+    wasted_fraction = wasted_cost / rank_cost if rank_cost else 0.0
     wasters = sorted(
         (layer for layer in layers if layer.wasted_rank > 0),
-        key=lambda layer: (-(layer.params - layer.params_after), layer.name),
+        key=lambda layer: (-layer.wasted_rank * sum(layer.shape), layer.name),
     )
     return Summary(
         layer_count=len(layers),

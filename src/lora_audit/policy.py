@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from lora_audit.adapter import LoraLayer
+from lora_audit.adapter import LoraLayer, Structure
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,7 +82,8 @@ def plan_retrain(
     rank_pattern: dict[str, int] = {}
     alpha_pattern: dict[str, float] = {}
     ratios = {_ratio(layer, rslora=rslora) for layer in layers if layer.alpha is not None}
-    ratio = ratios.pop() if len(ratios) == 1 else None
+    plain = all(layer.structure in {Structure.LORA, Structure.TUCKER} for layer in layers)
+    ratio = ratios.pop() if len(ratios) == 1 and plain else None
     params = 0
     covered = 0
     for layer, k in zip(layers, energy_ranks, strict=True):

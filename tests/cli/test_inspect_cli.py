@@ -117,3 +117,12 @@ def test_version() -> None:
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.strip() == f"lora-audit {__version__}"
+
+
+def test_offered_formats_are_the_registered_ones() -> None:
+    from lora_audit.cli._options import InspectFormat
+    from lora_audit.render import formats_for
+
+    assert [f.value for f in InspectFormat] == [f.value for f in formats_for("inspect")]
+    result = runner.invoke(app, ["inspect", "x", "--format", "junit"])
+    assert result.exit_code == 2

@@ -22,6 +22,9 @@ from lora_audit.cli._options import (
     Device,
     DeviceOption,
     EnergyOption,
+    InputFormat,
+    InputFormatOption,
+    InspectFormat,
     Method,
     MethodOption,
     OutputOption,
@@ -34,18 +37,21 @@ def inspect_command(
     adapter: Annotated[
         Path,
         typer.Argument(
-            help="A PEFT adapter directory or a .safetensors file.", show_default=False
+            help="A PEFT adapter directory or a .safetensors file (PEFT, kohya, LyCORIS, "
+            "diffusers).",
+            show_default=False,
         ),
     ],
     energy: EnergyOption = 0.99,
     output_format: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="Report format.")
-    ] = OutputFormat.TABLE,
+        InspectFormat, typer.Option("--format", "-f", help="Report format.")
+    ] = InspectFormat.TABLE,
     output: OutputOption = None,
     alpha: AlphaOption = None,
     coverage: CoverageOption = 0.9,
     device: DeviceOption = Device.AUTO,
     method: MethodOption = Method.AUTO,
+    input_format: InputFormatOption = InputFormat.AUTO,
 ) -> None:
     """Per-layer singular spectra, stable and effective ranks, energy ranks and advice."""
 
@@ -60,13 +66,14 @@ def inspect_command(
             coverage=check_fraction("--coverage", coverage),
             engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
         )
-        loaded = load_adapter(adapter, alpha=alpha)
+        loaded = load_adapter(adapter, alpha=alpha, input_format=input_format.value)
         for message in loaded.warnings:
             warn(message)
         with progress_bar(len(loaded.layers), description="spectra") as advance:
             report = inspect_adapter(loaded, options=options, progress=advance, warn=warn)
-        color = output is None and output_format is OutputFormat.TABLE and stdout_is_terminal()
-        emit(render(report, output_format, width=terminal_width(), color=color), output=output)
+        fmt = OutputFormat(output_format.value)
+        color = output is None and fmt is OutputFormat.TABLE and stdout_is_terminal()
+        emit(render(report, fmt, width=terminal_width(), color=color), output=output)
         return int(ExitCode.OK)
 
     run_guarded(body)

@@ -12,7 +12,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lora_audit.report import InspectReport, LayerReport
+from lora_audit.report import CheckReport, InspectReport, LayerReport
 
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 12
@@ -25,7 +25,7 @@ def sparkline(values: Sequence[float], *, width: int = SPARK_WIDTH) -> str:
     if len(values) > width:
         step = len(values) / width
         values = [max(values[int(i * step) : max(int((i + 1) * step), int(i * step) + 1)])
-                  for i in range(width)]  # fmt: skip
+                  for i in range(width)]
     top = max(values)
     if top <= 0:
         return " " * len(values)
@@ -36,11 +36,11 @@ def sparkline(values: Sequence[float], *, width: int = SPARK_WIDTH) -> str:
 
 
 def common_prefix(names: Sequence[str]) -> str:
-    """The longest shared prefix of dotted names that ends at a dot."""
+    """The longest shared prefix of the names that ends at a ``.`` or ``_`` boundary."""
     if len(names) < 2:
         return ""
-    prefix = os.path.commonprefix(list(names))
-    return prefix[: prefix.rfind(".") + 1]
+    prefix = os.path.commonprefix(list(names))  # noqa: RUF071 (character-wise is intended)
+    return prefix[: max(prefix.rfind("."), prefix.rfind("_")) + 1]
 
 
 def _num(x: float) -> str:
@@ -63,37 +63,44 @@ def _to_text(renderable: RenderableType, *, width: int, color: bool) -> str:
 
 
 def layer_table(report: InspectReport) -> Table:
-    """The per-layer table."""
+    """The per-layer table; the scale column appears only when layers differ in scale."""
     names = [layer.name for layer in report.layers]
     prefix = common_prefix(names)
     tau = f"{report.settings.energy:g}"
-    title = f"{report.adapter.path} · {len(names)} layers" + (f" · {prefix}…" if prefix else "")
-    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    table.add_column("layer", overflow="fold", min_width=12, ratio=1)
+    scales = {layer.scale for layer in report.layers}
+    show_scale = len(scales) > 1
+    title = f"{report.adapter.path} · {len(names)} layers"
+    if not show_scale and scales:
+        title += f" · scale {next(iter(scales)):.3g}"
+    if prefix:
+        title += f" · {prefix}…"
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
+                  collapse_padding=True)
+    table.add_column("layer", overflow="fold", min_width=20, ratio=1)
     table.add_column("shape", justify="right", no_wrap=True)
-    table.add_column("r", justify="right")
-    table.add_column("scale", justify="right")
+    table.add_column("r", justify="right", no_wrap=True)
+    if show_scale:
+        table.add_column("scale", justify="right", no_wrap=True)
     table.add_column("σ spectrum", no_wrap=True)
-    table.add_column("σ₁", justify="right")
-    table.add_column("‖ΔW‖F", justify="right")
-    table.add_column("sr", justify="right")
-    table.add_column("erank", justify="right")
-    table.add_column(f"k@{tau}", justify="right")
-    table.add_column("waste", justify="right")
+    for header in ("σ₁", "‖ΔW‖F", "sr", "erank", f"k@{tau}", "waste"):
+        table.add_column(header, justify="right", no_wrap=True)
     for layer in report.layers:
-        table.add_row(*_row(layer, prefix=prefix))
+        table.add_row(*_row(layer, prefix=prefix, show_scale=show_scale))
     return table
 
 
-def _row(layer: LayerReport, *, prefix: str) -> list[str | Text]:
-    waste = Text(str(layer.wasted_rank), style="bold red" if layer.wasted_rank * 2 > layer.rank
-                 else "")  # fmt: skip
+def _row(layer: LayerReport, *, prefix: str, show_scale: bool) -> list[str | Text]:
+    heavy = layer.wasted_rank * 2 > layer.rank
+    waste = Text(str(layer.wasted_rank), style="bold red" if heavy else "")
     k = Text(str(layer.energy_rank), style="yellow" if layer.untrained else "bold")
-    return [
+    cells: list[str | Text] = [
         layer.name.removeprefix(prefix),
         f"{layer.shape[0]}×{layer.shape[1]}",
         str(layer.rank),
-        f"{layer.scale:.3g}",
+    ]
+    if show_scale:
+        cells.append(f"{layer.scale:.3g}")
+    cells += [
         Text(sparkline(layer.singular_values), style="cyan"),
         _num(layer.spectral_norm),
         _num(layer.frobenius_norm),
@@ -102,6 +109,7 @@ def _row(layer: LayerReport, *, prefix: str) -> list[str | Text]:
         k,
         waste,
     ]
+    return cells
 
 
 def summary_table(report: InspectReport) -> Table:
@@ -118,6 +126,8 @@ def summary_table(report: InspectReport) -> Table:
     info.add_row("adapter", f"{a.format}, r={s.nominal_rank}{alpha}{flags}, {', '.join(a.dtypes)}")
     if a.base_model:
         info.add_row("base model", a.base_model)
+    if a.metadata:
+        info.add_row("metadata", ", ".join(f"{k}={v}" for k, v in a.metadata.items()))
     info.add_row(
         "stable rank", f"mean {s.mean_stable_rank:.2f}, max {s.max_stable_rank:.2f}"
     )
@@ -151,3 +161,56 @@ def render_inspect(report: InspectReport, *, width: int = 100, color: bool = Fal
         width=width,
         color=color,
     )
+
+
+_STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold yellow"}
+
+
+def render_check(report: CheckReport, *, width: int = 100, color: bool = False) -> str:
+    """The check report: one row per adapter, then the findings, the errors and the verdict."""
+    from lora_audit.render._text import number, policy_values, verdict
+
+    adapters = Table(title="lora-audit check", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    adapters.add_column("adapter", overflow="fold", ratio=1)
+    adapters.add_column("status", no_wrap=True)
+    adapters.add_column("layers", justify="right")
+    adapters.add_column("r", justify="right")
+    adapters.add_column(f"wasted@{report.policy.get('energy', 0):g}", justify="right")
+    adapters.add_column("retrain", justify="right", no_wrap=True)
+    adapters.add_column("findings", justify="right")
+    for inspect in report.adapters:
+        s = inspect.summary
+        found = len(report.findings_for(inspect.adapter.path))
+        status = "fail" if found else "pass"
+        adapters.add_row(
+            inspect.adapter.path, Text(status, style=_STATUS_STYLE[status]), str(s.layer_count),
+            str(s.nominal_rank), f"{s.wasted_fraction:.1%}", f"r={s.recommended_rank}", str(found),
+        )
+    for error in report.errors:
+        adapters.add_row(error.path, Text("unreadable", style=_STATUS_STYLE["error"]),
+                         "", "", "", "", "")
+    parts: list[RenderableType] = [adapters]
+    if report.findings:
+        findings = Table.grid(padding=(0, 1))
+        findings.add_column(no_wrap=True)
+        findings.add_column(overflow="fold")
+        for f in report.findings:
+            where = f"{f.adapter} · {f.layer}" if f.layer else f.adapter
+            body = Text.assemble(
+                (where, "bold"), " · ", (f.rule, "red"),
+                f" · measured {number(f.measured)}, limit {number(f.limit)}\n",
+                f.message, "\n", ("fix: ", "green"), f.fix,
+            )
+            findings.add_row(Text("✗", style="red"), body)
+        parts += [Text("findings", style="bold"), findings, Text("")]
+    for error in report.errors:
+        parts.append(Text(f"✗ {error.message}", style="yellow"))
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column(overflow="fold")
+    info.add_row("policy", policy_values(report))
+    info.add_row("policy file", report.policy_file or "none (defaults and flags)")
+    info.add_row("rules", ", ".join(report.rules) or "none")
+    parts.append(info)
+    parts.append(Text(verdict(report), style=_STATUS_STYLE.get(report.status, "")))
+    return _to_text(Group(*parts), width=width, color=color)
