@@ -20,6 +20,11 @@ def sample_adapter_dirs() -> list[Path]:
     return sorted(p for p in SAMPLES.iterdir() if (p / "adapter_model.safetensors").is_file())
 
 
+def sample_sd_files() -> list[Path]:
+    """The synthetic single-file SD adapters in sample_adapters/sd/."""
+    return sorted((SAMPLES / "sd").glob("*.safetensors"))
+
+
 @pytest.fixture
 def mixed_adapter(tmp_path: Path) -> Path:
     """Linear layers with planted spectra, an embedding, a conv, an untrained layer; bf16/fp16."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import sample_adapter_dirs
+from conftest import sample_adapter_dirs, sample_sd_files
 
 from lora_audit.adapter import Adapter, LayerKind
 from lora_audit.audit import AuditOptions, inspect_adapter
@@ -20,7 +20,7 @@ TOL = 1e-6
 def dense_delta(adapter: Adapter, name: str) -> np.ndarray:
     """ΔW = scale·B·A (transposed for embeddings), materialised in float64."""
     layer = next(layer for layer in adapter.layers if layer.name == name)
-    b, a = adapter.load_factors(layer)
+    b, a = adapter.load_factors(layer)  # structured layers: their thin factors, checked elsewhere
     delta = layer.scale * (b.double().numpy() @ a.double().numpy())
     return delta.T if layer.kind is LayerKind.EMBEDDING else delta
 
@@ -92,3 +92,11 @@ def test_sample_adapters_match_dense(path: Path) -> None:
     assert report.layers
     assert check_against_dense(adapter, report) <= TOL
     assert all(not lr.untrained for lr in report.layers), "sample adapters are trained"
+
+
+@pytest.mark.parametrize("path", sample_sd_files(), ids=lambda p: p.name)
+def test_sample_sd_files_match_dense(path: Path) -> None:
+    adapter = load_adapter(path)
+    report = inspect_adapter(adapter, options=AuditOptions())
+    assert report.adapter.format in {"kohya", "lycoris", "diffusers"}
+    assert check_against_dense(adapter, report) <= TOL

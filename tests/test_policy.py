@@ -52,3 +52,11 @@ def test_mixed_ratios_give_no_alpha_advice() -> None:
     plan = plan_retrain(layers, [1, 9], coverage=0.5, pattern_key=pattern_key_for, rslora=False)
     assert plan.lora_alpha is None and plan.alpha_pattern == {}
     assert plan.rank == 1 and plan.rank_pattern == {"b": 16}
+
+
+def test_layers_trained_below_the_global_rank_keep_their_rank() -> None:
+    layers = [layer("a", rank=16), layer("b", rank=16), layer("small", rank=4)]
+    plan = plan_retrain(layers, [7, 8, 2], coverage=1.0, pattern_key=pattern_key_for,
+                        rslora=False)  # fmt: skip
+    assert plan.rank == 8 and plan.rank_pattern == {"small": 4}
+    assert plan.params == (8 + 8 + 4) * 30

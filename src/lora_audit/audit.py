@@ -204,7 +204,7 @@ def _advice(
     if plan.rank < nominal or plan.rank_pattern:
         alpha = f", lora_alpha={plan.lora_alpha:g}" if plan.lora_alpha is not None else ""
         extra = (
-            f", with a rank_pattern for the {len(plan.rank_pattern)} layer(s) that need more"
+            f", with a rank_pattern for {len(plan.rank_pattern)} layer(s)"
             if plan.rank_pattern
             else ""
         )

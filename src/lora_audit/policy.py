@@ -12,7 +12,8 @@ Each layer ℓ needs ``k_ℓ`` = its energy rank at τ (the smallest k keeping a
    reproduce the same spectrum, so the headroom (up to 2×) is deliberate; powers of two are
    also what practitioners use and what kernels are tuned for.
 3. Every layer with ``k_ℓ > k`` gets a ``rank_pattern`` entry: ``k_ℓ`` rounded up to a power
-   of two, capped at its own rank. Its key matches that module only (see
+   of two, capped at its own rank; so does a layer whose own rank is below ``k`` (it keeps
+   its rank: a layer never grows). Its key matches that module only (see
    :func:`lora_audit.formats.patterns.pattern_key_for`).
 4. ``lora_alpha`` is scaled so that every layer keeps its current ``alpha/r`` (or
    ``alpha/√r`` with rsLoRA) ratio, and pattern layers get an ``alpha_pattern`` entry.
@@ -87,15 +88,14 @@ def plan_retrain(
     params = 0
     covered = 0
     for layer, k in zip(layers, energy_ranks, strict=True):
-        layer_rank = rank
-        if k > rank:
-            layer_rank = min(next_power_of_two(k), layer.rank)
+        layer_rank = min(rank if k <= rank else next_power_of_two(k), layer.rank)
+        if k <= rank:
+            covered += 1
+        if layer_rank != rank:  # needs more, or was trained below the global rank: keep that
             key = pattern_key(layer.name)
             rank_pattern[key] = layer_rank
             if ratio is not None:
                 alpha_pattern[key] = _alpha_for(ratio, layer_rank, rslora=rslora)
-        else:
-            covered += 1
         params += layer_rank * layer.params_per_rank
     lora_alpha = _alpha_for(ratio, rank, rslora=rslora) if ratio is not None else None
     return RankPlan(
