@@ -13,7 +13,7 @@ from lora_audit import __version__
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.engine import EngineOptions, Progress, Warn, device_type, spectra
 from lora_audit.formats.kohya import SHOWN_METADATA
-from lora_audit.formats.patterns import pattern_key_for
+from lora_audit.formats.patterns import pattern_keys
 from lora_audit.metrics import SpectrumSummary, summarize
 from lora_audit.policy import RankPlan, plan_retrain
 from lora_audit.report import (
@@ -76,7 +76,7 @@ def inspect_adapter(
         adapter.layers,
         [s.energy_rank for s in summaries],
         coverage=options.coverage,
-        pattern_key=pattern_key_for,
+        pattern_key=pattern_keys([layer.name for layer in adapter.layers]).__getitem__,
         rslora=rslora,
     )
     device = device_type(options.engine.device)

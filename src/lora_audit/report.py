@@ -41,6 +41,7 @@ class AdapterInfo:
     modules_to_save: tuple[str, ...]
     passthrough_tensors: int
     file_bytes: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +79,8 @@ class LayerReport:
     params: int
     params_after: int
     untrained: bool
+    structure: str = "lora"
+    network_dim: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,3 +132,160 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Finding:
+    """One broken policy rule (``lora-audit check``).
+
+    Attributes
+    ----------
+    adapter
+        The adapter's path as given (``AdapterInfo.path``).
+    layer
+        The layer concerned, or ``None`` for a finding about the whole adapter.
+    rule
+        The rule's name (``"max-waste"``).
+    measured, limit
+        The measured value and the policy's limit it breaks.
+    message
+        What is wrong, without the adapter and layer names (renderers add them).
+    fix
+        What to do about it.
+    severity
+        ``"error"`` (fails the gate).
+    """
+
+    adapter: str
+    layer: str | None
+    rule: str
+    measured: float | int
+    limit: float | int
+    message: str
+    fix: str
+    severity: str = "error"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterError:
+    """An adapter ``check`` could not read or found invalid (exit 3)."""
+
+    path: str
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckReport:
+    """Everything ``lora-audit check`` reports: the inspect reports plus the findings.
+
+    Attributes
+    ----------
+    policy
+        The policy applied, by field name (``{"energy": 0.99, "max_waste": 0.5, …}``).
+    policy_file
+        The policy file read, or ``None`` when only defaults and flags applied.
+    rules
+        Names of the rules that were evaluated (those the policy turns on).
+    adapters
+        The inspect report of every adapter that could be read, in the order given.
+    errors
+        The adapters that could not be read, in the order given.
+    findings
+        Every finding, by adapter (in the order given), then rule, then layer.
+    status
+        ``"pass"``, ``"fail"`` (findings) or ``"error"`` (an adapter could not be read).
+    exit_code
+        The process exit code: the worst of 0 (pass), 1 (findings) and 3 (errors).
+    """
+
+    tool: ToolInfo
+    policy: Mapping[str, float | int]
+    policy_file: str | None
+    rules: tuple[str, ...]
+    adapters: tuple[InspectReport, ...]
+    errors: tuple[AdapterError, ...]
+    findings: tuple[Finding, ...]
+    status: str
+    exit_code: int
+    schema_version: str = field(default=SCHEMA_VERSION)
+    kind: str = "check"
+
+    def findings_for(self, adapter: str) -> tuple[Finding, ...]:
+        """The findings about one adapter (by its path), in report order."""
+        return tuple(f for f in self.findings if f.adapter == adapter)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressSettings:
+    """How ``compress`` chose the ranks."""
+
+    mode: str
+    value: float
+    min_rank: int
+    max_rank: int | None
+    device: str
+    method: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerCompression:
+    """One layer before and after ``compress``.
+
+    Attributes
+    ----------
+    action
+        ``"truncated"`` (rewritten at ``new_rank``) or ``"kept"`` (tensors unchanged: the rule
+        keeps its full rank, or a structured layer would not get smaller as plain LoRA).
+    energy_kept
+        ``C(new_rank)``: the fraction of ‖ΔW‖_F² the new layer keeps.
+    relative_error
+        ``‖ΔW − ΔW_k‖_F / ‖ΔW‖_F = √(1 − C(k))``.
+    """
+
+    name: str
+    kind: str
+    structure: str
+    shape: tuple[int, int]
+    rank: int
+    new_rank: int
+    action: str
+    energy_kept: float
+    relative_error: float
+    frobenius_norm: float
+    params: int
+    params_after: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressSummary:
+    """Totals over all layers.
+
+    ``relative_error`` is the adapter-wide ``√(Σ‖ΔW_ℓ − ΔW_ℓ,k‖_F² / Σ‖ΔW_ℓ‖_F²)``.
+    """
+
+    layer_count: int
+    truncated: int
+    params: int
+    params_after: int
+    min_energy_kept: float
+    max_relative_error: float
+    relative_error: float
+    file_bytes: int
+    file_bytes_after: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressReport:
+    """Everything ``lora-audit compress`` reports (also for ``--dry-run``)."""
+
+    tool: ToolInfo
+    adapter: AdapterInfo
+    settings: CompressSettings
+    output: str | None
+    output_format: str
+    dry_run: bool
+    layers: tuple[LayerCompression, ...]
+    summary: CompressSummary
+    warnings: tuple[str, ...] = ()
+    schema_version: str = field(default=SCHEMA_VERSION)
+    kind: str = "compress"

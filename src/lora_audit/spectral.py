@@ -15,8 +15,18 @@ of ``B·A`` are those of a small core matrix built from the two factors:
   ``√ε·‖B‖·‖A‖`` exceeds ``1e-7·σ₁`` (so that every value is accurate to well below
   ``1e-6·σ₁``); in practice, trained adapters rarely need the second pass.
 
-All functions take batches: ``B`` of shape ``(n, out, r)`` and ``A`` of shape ``(n, r, in)``
-in the compute dtype (float64 for accuracy) on any device. This module imports only torch.
+The torch functions take batches: ``B`` of shape ``(n, out, r)`` and ``A`` of shape
+``(n, r, in)`` in the compute dtype (float64 for accuracy) on any device; torch is imported
+only when one of them is called. The numpy functions (:func:`gram_singular_values`,
+:func:`qr_singular_values`) do the same math on the host, from the Gram matrices (batched) or
+from one pair of factors, and are what the engine uses on the CPU and to finish GPU batches:
+
+* :func:`gram_singular_values` takes the core as ``R_B·R_Aᵀ`` with ``R`` the Cholesky factor
+  of each Gram (``RᵀR = G``). Any ``W`` with ``WᵀW = G`` gives the same singular values
+  (``σ(W_B W_Aᵀ)² = λ(G_B G_A)``), so this is the Gram method above with the same error
+  bound, but a Cholesky factorisation costs a small fraction of an eigendecomposition. A Gram
+  that is singular to working precision (an untrained layer, ``r > out``) falls back to
+  ``W = Λ^½Vᵀ`` from ``eigh``. ``‖B‖₂² = λ_max(BᵀB)`` comes from ``eigvalsh``.
 
 References
 ----------
@@ -25,10 +35,15 @@ Golub & Van Loan, *Matrix Computations*, 4th ed., §2.4 and §5.2 (QR-based SVD 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
+
+import numpy as np
+import numpy.typing as npt
 
 if TYPE_CHECKING:
     import torch
+
+Float64Array = npt.NDArray[np.float64]
 
 Method = Literal["auto", "qr", "gram"]
 
@@ -128,3 +143,72 @@ def svd(
     signs = torch.sign(torch.gather(u, 1, pivot))
     signs = torch.where(signs == 0, torch.ones_like(signs), signs)
     return u * signs, sigma, vh * signs.mT
+
+
+def gram_singular_values(
+    gram_b: Float64Array, gram_a: Float64Array
+) -> tuple[Float64Array, Float64Array]:
+    """Singular values of each ``B[i] @ A[i]`` from its Gram matrices (numpy, float64).
+
+    Parameters
+    ----------
+    gram_b : ndarray of shape (n, r, r)
+        ``B[i]ᵀ B[i]``.
+    gram_a : ndarray of shape (n, r, r)
+        ``A[i] A[i]ᵀ``. Both finite (the caller checks their diagonals).
+
+    Returns
+    -------
+    sigma : ndarray of shape (n, r)
+        Descending; values past ``rank(B·A)`` are rounding noise of order the error bound.
+    error_bound : ndarray of shape (n,)
+        ``√ε·‖B‖₂·‖A‖₂``: the Gram method's error on every value (see the module docstring);
+        ``auto`` redoes a matrix by QR when it exceeds ``GRAM_RELATIVE_TOLERANCE·σ₁``.
+    """
+    factor_b = _gram_factor(gram_b)
+    factor_a = _gram_factor(gram_a)
+    core = factor_b @ factor_a.swapaxes(-1, -2)
+    sigma = cast("Float64Array", np.linalg.svd(core, compute_uv=False))
+    top_b = np.linalg.eigvalsh(gram_b)[:, -1]
+    top_a = np.linalg.eigvalsh(gram_a)[:, -1]
+    norms = np.sqrt(np.clip(top_b, 0.0, None) * np.clip(top_a, 0.0, None))
+    error_bound: Float64Array = np.sqrt(np.finfo(np.float64).eps) * norms
+    return sigma, error_bound
+
+
+def _gram_factor(gram: Float64Array) -> Float64Array:
+    """``W`` of shape (n, r, r) with ``WᵀW = G`` for each PSD ``G``: Cholesky, else ``Λ^½Vᵀ``."""
+    try:
+        return cast("Float64Array", np.linalg.cholesky(gram).swapaxes(-1, -2))
+    except np.linalg.LinAlgError:
+        pass
+    out = np.empty_like(gram)
+    for i, g in enumerate(gram):
+        try:
+            out[i] = np.linalg.cholesky(g).T
+        except np.linalg.LinAlgError:  # singular to working precision
+            lam, vec = np.linalg.eigh(g)
+            out[i] = np.sqrt(np.clip(lam, 0.0, None))[:, None] * vec.T
+    return out
+
+
+def qr_singular_values(b: Float64Array, a: Float64Array) -> Float64Array:
+    """Singular values of ``B @ A`` for one pair of factors by QR (numpy, float64).
+
+    Parameters
+    ----------
+    b : ndarray of shape (out, r)
+    a : ndarray of shape (r, in)
+
+    Returns
+    -------
+    sigma : ndarray of shape (r,)
+        Descending; padded with zeros past ``min(r, out, in)``.
+    """
+    r = b.shape[1]
+    r_b = cast("Float64Array", np.linalg.qr(b, mode="r"))  # (min(out, r), r)
+    r_a = cast("Float64Array", np.linalg.qr(a.T, mode="r"))  # (min(in, r), r)
+    sigma = cast("Float64Array", np.linalg.svd(r_b @ r_a.T, compute_uv=False))
+    if sigma.shape[0] < r:
+        sigma = np.concatenate([sigma, np.zeros(r - sigma.shape[0])])
+    return sigma

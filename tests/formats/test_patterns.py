@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lora_audit.formats.patterns import match_pattern, pattern_key_for
+from lora_audit.formats.patterns import match_pattern, pattern_key_for, pattern_keys
 
 peft_other = pytest.importorskip("peft.utils.other")
 
@@ -39,9 +39,25 @@ def test_match_agrees_with_peft(patterns: dict[str, int], name: str) -> None:
     assert match_pattern(patterns, name) == expected
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_pattern_key_matches_only_its_module(name: str) -> None:
-    key = pattern_key_for(name)
-    for other in NAMES:
-        hit = peft_other.get_pattern_key([key], other) == key
-        assert hit == (other == name or other.endswith("." + name)), (key, other)
+MODULES = [
+    "bert.encoder.layer.0.attention.self.query",
+    "bert.encoder.layer.0.attention.output.dense",
+    "bert.encoder.layer.0.output.dense",
+    "bert.pooler.dense",
+    "pooler.dense",
+    "dense",
+    "fc1",
+    "text_model.encoder.layers.0.q_proj",
+    "vision_model.encoder.layers.0.q_proj",
+    "encoder.layers.0.q_proj",
+]
+
+
+def test_pattern_keys_match_exactly_their_module_in_peft() -> None:
+    keys = pattern_keys(MODULES)
+    for name, key in keys.items():
+        hits = [m for m in MODULES if peft_other.get_pattern_key([key], m) == key]
+        assert hits == [name], (name, key, hits)
+    assert keys["bert.encoder.layer.0.output.dense"] == r"encoder\.layer\.0\.output\.dense"
+    assert keys["pooler.dense"] == r"^pooler\.dense$"
+    assert pattern_key_for("bert.pooler.dense") == r"pooler\.dense"

@@ -6,6 +6,8 @@ import typer
 
 from lora_audit import __version__
 from lora_audit.cli import _state
+from lora_audit.cli.check import check_command
+from lora_audit.cli.compress import compress_command
 from lora_audit.cli.inspect import inspect_command
 
 app = typer.Typer(
@@ -38,6 +40,8 @@ def _root(
 
 
 app.command("inspect")(inspect_command)
+app.command("check")(check_command)
+app.command("compress")(compress_command)
 
 
 def main() -> None:

@@ -65,3 +65,90 @@ MethodOption = Annotated[
         help="Core factorisation: auto (Gram, QR where Gram is not accurate enough), qr, gram.",
     ),
 ]
+
+# Policy options of ``check``: ``None`` when not given, so that a policy file can set them.
+PolicyEnergyOption = Annotated[
+    float | None,
+    typer.Option(
+        "--energy",
+        "-e",
+        help="τ: each layer's rank k keeps at least this fraction of ‖ΔW‖_F², in (0, 1]. "
+        "Default 0.99.",
+        show_default=False,
+    ),
+]
+PolicyCoverageOption = Annotated[
+    float | None,
+    typer.Option(
+        "--coverage",
+        help="Fraction of layers the advised retraining rank must cover, in (0, 1]. "
+        "Default 0.9.",
+        show_default=False,
+    ),
+]
+MaxWasteOption = Annotated[
+    float | None,
+    typer.Option(
+        "--max-waste",
+        help="Fail when more than this fraction of the adapter's LoRA parameters lies beyond "
+        "each layer's energy rank, Σ(r−k)(in+out)/Σr(in+out), in [0, 1]; 1 turns it off. "
+        "Default 0.5.",
+        show_default=False,
+    ),
+]
+MaxLayerWasteOption = Annotated[
+    float | None,
+    typer.Option(
+        "--max-layer-waste",
+        help="Fail when a trained layer wastes more than this fraction (r−k)/r of its rank, "
+        "in [0, 1]. Default 1 (off).",
+        show_default=False,
+    ),
+]
+MinRankUsedOption = Annotated[
+    int | None,
+    typer.Option(
+        "--min-rank-used",
+        help="Fail when a layer's energy rank is below this; 1 flags untrained layers "
+        "(ΔW = 0), 0 turns it off. Default 1.",
+        show_default=False,
+    ),
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Policy file to read (a lora-audit.toml, or a pyproject.toml with a tool.lora-audit "
+        "table) instead of searching upward from the working directory.",
+        show_default=False,
+    ),
+]
+NoConfigOption = Annotated[
+    bool,
+    typer.Option("--no-config", help="Read no policy file: defaults and flags only."),
+]
+
+
+class InputFormat(StrEnum):
+    """``--input-format``: force a reader instead of detecting one from the keys."""
+
+    AUTO = "auto"
+    PEFT = "peft"
+    KOHYA = "kohya"
+
+
+InputFormatOption = Annotated[
+    InputFormat,
+    typer.Option(
+        "--input-format",
+        help="auto (detect from the keys), peft, or kohya (kohya/sd-scripts, LyCORIS, diffusers).",
+    ),
+]
+
+
+class InspectFormat(StrEnum):
+    """Formats ``inspect`` offers (a test keeps this equal to ``formats_for("inspect")``)."""
+
+    TABLE = "table"
+    JSON = "json"
+    MARKDOWN = "markdown"

@@ -9,7 +9,7 @@ Keys are regular expressions; unmatched keys are ignored.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -27,14 +27,30 @@ def match_pattern(patterns: Mapping[str, T], module_name: str) -> T | None:
 
 
 def pattern_key_for(module_name: str) -> str:
-    """A pattern key that matches ``module_name`` alone, in every PEFT version.
+    """The preferred pattern key for ``module_name``: its path without the first segment.
 
-    The first path segment is dropped (before PEFT 0.15 the rule was ``.*\\.{key}$``, under
-    which a full module name never matches) and the rest is escaped.
+    Before PEFT 0.15 the rule was ``.*\\.{key}$``, under which a full module name never
+    matches; a key without the first segment works in every version. Names of fewer than
+    three segments keep them all (dropping one would leave a bare ``dense`` or ``q_proj``).
+    Use :func:`pattern_keys` to get keys that are also unique among an adapter's modules.
 
     >>> pattern_key_for("model.layers.0.self_attn.q_proj")
     'layers\\\\.0\\\\.self_attn\\\\.q_proj'
     """
-    parts = module_name.split(".", 1)
-    tail = parts[1] if len(parts) == 2 else module_name
+    parts = module_name.split(".")
+    tail = ".".join(parts[1:]) if len(parts) >= 3 else module_name
     return re.escape(tail)
+
+
+def pattern_keys(module_names: Sequence[str]) -> dict[str, str]:
+    """A key for each module that PEFT matches to that module and no other of ``module_names``.
+
+    The key of :func:`pattern_key_for` where it is unique; otherwise the anchored full name
+    ``^…$``, which matches exactly one module in PEFT ≥ 0.15.
+    """
+    keys = {}
+    for name in module_names:
+        key = pattern_key_for(name)
+        hits = [other for other in module_names if match_pattern({key: True}, other)]
+        keys[name] = key if hits == [name] else f"^{re.escape(name)}$"
+    return keys

@@ -8,17 +8,21 @@ its report kind.
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
-from lora_audit.render import json_, table
+from lora_audit.errors import UsageError
+from lora_audit.render import github, json_, junit, markdown, table
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     """Output formats a command may offer."""
 
     TABLE = "table"
     JSON = "json"
+    MARKDOWN = "markdown"
+    GITHUB = "github"
+    JUNIT = "junit"
 
 
 Renderer = Callable[..., str]
@@ -27,7 +31,19 @@ Renderer = Callable[..., str]
 RENDERERS: dict[tuple[str, OutputFormat], Renderer] = {
     ("inspect", OutputFormat.TABLE): table.render_inspect,
     ("inspect", OutputFormat.JSON): json_.render,
+    ("inspect", OutputFormat.MARKDOWN): markdown.render_inspect,
+    ("check", OutputFormat.TABLE): table.render_check,
+    ("check", OutputFormat.JSON): json_.render,
+    ("check", OutputFormat.MARKDOWN): markdown.render_check,
+    ("check", OutputFormat.GITHUB): github.render_check,
+    ("check", OutputFormat.JUNIT): junit.render_check,
+    ("compress", OutputFormat.TABLE): table.render_compress,
+    ("compress", OutputFormat.JSON): json_.render,
 }
+
+
+class UnsupportedFormat(UsageError, ValueError):
+    """A format that is not registered for a report kind (exit 2)."""
 
 
 def formats_for(kind: str) -> list[OutputFormat]:
@@ -40,5 +56,8 @@ def render(report: Any, fmt: OutputFormat, *, width: int = 100, color: bool = Fa
     try:
         renderer = RENDERERS[(report.kind, fmt)]
     except KeyError:
-        raise ValueError(f"no {fmt.value} renderer for {report.kind} reports") from None
+        offered = ", ".join(f.value for f in formats_for(report.kind))
+        raise UnsupportedFormat(
+            f"--format {fmt.value} is not available for {report.kind}", hint=f"use {offered}"
+        ) from None
     return renderer(report, width=width, color=color)

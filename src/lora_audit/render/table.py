@@ -12,7 +12,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lora_audit.report import CheckReport, InspectReport, LayerReport
+from lora_audit.report import CheckReport, CompressReport, InspectReport, LayerReport
 
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 12
@@ -24,8 +24,10 @@ def sparkline(values: Sequence[float], *, width: int = SPARK_WIDTH) -> str:
         return ""
     if len(values) > width:
         step = len(values) / width
-        values = [max(values[int(i * step) : max(int((i + 1) * step), int(i * step) + 1)])
-                  for i in range(width)]
+        values = [
+            max(values[int(i * step) : max(int((i + 1) * step), int(i * step) + 1)])
+            for i in range(width)
+        ]
     top = max(values)
     if top <= 0:
         return " " * len(values)
@@ -74,8 +76,9 @@ def layer_table(report: InspectReport) -> Table:
         title += f" · scale {next(iter(scales)):.3g}"
     if prefix:
         title += f" · {prefix}…"
-    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
-                  collapse_padding=True)
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True
+    )
     table.add_column("layer", overflow="fold", min_width=20, ratio=1)
     table.add_column("shape", justify="right", no_wrap=True)
     table.add_column("r", justify="right", no_wrap=True)
@@ -128,9 +131,7 @@ def summary_table(report: InspectReport) -> Table:
         info.add_row("base model", a.base_model)
     if a.metadata:
         info.add_row("metadata", ", ".join(f"{k}={v}" for k, v in a.metadata.items()))
-    info.add_row(
-        "stable rank", f"mean {s.mean_stable_rank:.2f}, max {s.max_stable_rank:.2f}"
-    )
+    info.add_row("stable rank", f"mean {s.mean_stable_rank:.2f}, max {s.max_stable_rank:.2f}")
     info.add_row(
         "parameters",
         f"{s.params:,} now → {s.params_after:,} truncated at τ={report.settings.energy:g} "
@@ -183,12 +184,18 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
         found = len(report.findings_for(inspect.adapter.path))
         status = "fail" if found else "pass"
         adapters.add_row(
-            inspect.adapter.path, Text(status, style=_STATUS_STYLE[status]), str(s.layer_count),
-            str(s.nominal_rank), f"{s.wasted_fraction:.1%}", f"r={s.recommended_rank}", str(found),
+            inspect.adapter.path,
+            Text(status, style=_STATUS_STYLE[status]),
+            str(s.layer_count),
+            str(s.nominal_rank),
+            f"{s.wasted_fraction:.1%}",
+            f"r={s.recommended_rank}",
+            str(found),
         )
     for error in report.errors:
-        adapters.add_row(error.path, Text("unreadable", style=_STATUS_STYLE["error"]),
-                         "", "", "", "", "")
+        adapters.add_row(
+            error.path, Text("unreadable", style=_STATUS_STYLE["error"]), "", "", "", "", ""
+        )
     parts: list[RenderableType] = [adapters]
     if report.findings:
         findings = Table.grid(padding=(0, 1))
@@ -197,9 +204,14 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
         for f in report.findings:
             where = f"{f.adapter} · {f.layer}" if f.layer else f.adapter
             body = Text.assemble(
-                (where, "bold"), " · ", (f.rule, "red"),
+                (where, "bold"),
+                " · ",
+                (f.rule, "red"),
                 f" · measured {number(f.measured)}, limit {number(f.limit)}\n",
-                f.message, "\n", ("fix: ", "green"), f.fix,
+                f.message,
+                "\n",
+                ("fix: ", "green"),
+                f.fix,
             )
             findings.add_row(Text("✗", style="red"), body)
         parts += [Text("findings", style="bold"), findings, Text("")]
@@ -214,3 +226,60 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
     parts.append(info)
     parts.append(Text(verdict(report), style=_STATUS_STYLE.get(report.status, "")))
     return _to_text(Group(*parts), width=width, color=color)
+
+
+def render_compress(report: CompressReport, *, width: int = 100, color: bool = False) -> str:
+    """Per layer old r → new k, energy kept and error; then totals and file sizes."""
+    names = [layer.name for layer in report.layers]
+    prefix = common_prefix(names)
+    s = report.settings
+    rule = f"{s.mode} {s.value:g}" + (
+        f", ranks in [{s.min_rank}, {s.max_rank}]" if s.max_rank is not None else ""
+    )
+    title = f"{report.adapter.path} → {report.output or '(dry run)'} · {rule}"
+    if prefix:
+        title += f" · {prefix}…"
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True
+    )
+    table.add_column("layer", overflow="fold", min_width=20, ratio=1)
+    table.add_column("shape", justify="right", no_wrap=True)
+    table.add_column("r → k", justify="right", no_wrap=True)
+    table.add_column("energy kept", justify="right", no_wrap=True)
+    table.add_column("rel. error", justify="right", no_wrap=True)
+    table.add_column("params", justify="right", no_wrap=True)
+    for layer in report.layers:
+        change = (
+            f"{layer.rank} → {layer.new_rank}"
+            if layer.action == "truncated"
+            else (f"{layer.rank} (kept)")
+        )
+        table.add_row(
+            layer.name.removeprefix(prefix),
+            f"{layer.shape[0]}×{layer.shape[1]}",
+            change,
+            f"{layer.energy_kept:.4f}",
+            f"{layer.relative_error:.4f}",
+            f"{layer.params:,} → {layer.params_after:,}",
+        )
+    t = report.summary
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column()
+    saved = 1 - t.params_after / t.params if t.params else 0.0
+    info.add_row("layers", f"{t.truncated} of {t.layer_count} truncated")
+    info.add_row("parameters", f"{t.params:,} → {t.params_after:,} ({saved:.1%} fewer)")
+    info.add_row(
+        "error",
+        f"adapter ‖ΔW − ΔW_k‖F/‖ΔW‖F = {t.relative_error:.4f}; worst layer "
+        f"{t.max_relative_error:.4f}; min energy kept {t.min_energy_kept:.4f}",
+    )
+    after = (
+        "(dry run: nothing written)"
+        if t.file_bytes_after is None
+        else (f"{t.file_bytes_after:,} bytes")
+    )
+    info.add_row("file", f"{t.file_bytes:,} bytes → {after}")
+    if report.output and not report.dry_run:
+        info.add_row("written", f"{report.output} ({report.output_format})")
+    return _to_text(Group(table, info), width=width, color=color)

@@ -1,0 +1,136 @@
+"""``lora-audit check``: parse → run → render → exit (0 pass, 1 findings, 2 usage, 3 input)."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from lora_audit.cli._common import (
+    emit,
+    err,
+    options_dict,
+    progress_bar,
+    run_guarded,
+    stdout_is_terminal,
+    terminal_width,
+    warn,
+)
+from lora_audit.cli._options import (
+    AlphaOption,
+    ConfigOption,
+    Device,
+    DeviceOption,
+    InputFormat,
+    InputFormatOption,
+    MaxLayerWasteOption,
+    MaxWasteOption,
+    Method,
+    MethodOption,
+    MinRankUsedOption,
+    NoConfigOption,
+    OutputOption,
+    PolicyCoverageOption,
+    PolicyEnergyOption,
+)
+from lora_audit.errors import UsageError
+from lora_audit.render import OutputFormat
+
+if TYPE_CHECKING:
+    from lora_audit.engine import Progress
+
+
+def check_command(
+    adapters: Annotated[
+        list[Path],
+        typer.Argument(
+            help="PEFT adapter directories or .safetensors files (several allowed).",
+            show_default=False,
+        ),
+    ],
+    energy: PolicyEnergyOption = None,
+    max_waste: MaxWasteOption = None,
+    max_layer_waste: MaxLayerWasteOption = None,
+    min_rank_used: MinRankUsedOption = None,
+    coverage: PolicyCoverageOption = None,
+    config: ConfigOption = None,
+    no_config: NoConfigOption = False,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Report format: table, json (the inspect reports plus findings), markdown "
+            "(for $GITHUB_STEP_SUMMARY), github (workflow annotations) or junit (XML).",
+        ),
+    ] = OutputFormat.TABLE,
+    output: OutputOption = None,
+    alpha: AlphaOption = None,
+    device: DeviceOption = Device.AUTO,
+    method: MethodOption = Method.AUTO,
+    input_format: InputFormatOption = InputFormat.AUTO,
+) -> None:
+    """Gate adapters on a policy: fail (exit 1) when one pays for rank it does not use.
+
+    Policy: defaults < lora-audit.toml or tool.lora-audit in pyproject.toml < flags.
+    The policy file is found upward from the working directory, or named with --config.
+
+    Exit codes: 0 every adapter passes · 1 policy findings · 2 usage error · 3 an adapter or
+    the policy file cannot be read or is invalid (the worst over all adapters).
+    """
+
+    def body() -> int:
+        from lora_audit.engine import EngineOptions
+        from lora_audit.gate import run_check
+        from lora_audit.policy_file import resolve_policy
+        from lora_audit.render import render
+
+        if config is not None and no_config:
+            raise UsageError("--config and --no-config exclude each other")
+        flags = _validated_flags(
+            energy=energy,
+            coverage=coverage,
+            max_waste=max_waste,
+            max_layer_waste=max_layer_waste,
+            min_rank_used=min_rank_used,
+        )
+        policy, policy_file = resolve_policy(
+            flags=flags, config=config, search_from=None if no_config else Path.cwd()
+        )
+        report = run_check(
+            adapters,
+            policy=policy,
+            policy_file=policy_file,
+            engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
+            alpha=alpha,
+            input_format=input_format.value,
+            warn=warn,
+            on_error=lambda exc: err(f"lora-audit: error: {exc}"),
+            progress=_progress,
+        )
+        color = output is None and output_format is OutputFormat.TABLE and stdout_is_terminal()
+        emit(render(report, output_format, width=terminal_width(), color=color), output=output)
+        return report.exit_code
+
+    run_guarded(body)
+
+
+def _validated_flags(**given: float | int | None) -> dict[str, float | int]:
+    """The policy flags the user gave, by field name; an invalid value is a usage error."""
+    from lora_audit.rules import SETTINGS, Policy
+
+    values = options_dict(**given)
+    for setting in SETTINGS:
+        value = values.get(setting.field)
+        if value is not None and (problem := setting.problem(value)) is not None:
+            default = getattr(Policy(), setting.field)
+            raise UsageError(
+                f"--{setting.key} = {value:g} {problem}", hint=f"e.g. --{setting.key} {default:g}"
+            )
+    return values
+
+
+def _progress(path: str, layers: int) -> AbstractContextManager[Progress | None]:
+    return progress_bar(layers, description=path)

@@ -1,0 +1,204 @@
+"""``lora-audit compress``: parse → run → render → exit."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from lora_audit.cli._common import (
+    check_fraction,
+    emit,
+    progress_bar,
+    run_guarded,
+    stdout_is_terminal,
+    terminal_width,
+    warn,
+)
+from lora_audit.cli._options import (
+    AlphaOption,
+    Device,
+    DeviceOption,
+    InputFormat,
+    InputFormatOption,
+    Method,
+    MethodOption,
+)
+from lora_audit.errors import ExitCode, UsageError
+from lora_audit.render import OutputFormat
+
+if TYPE_CHECKING:
+    from lora_audit.selection import RankRule
+
+_SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+def parse_budget(text: str) -> int:
+    """``"2M"`` → 2000000; also ``500k``, ``1.5G``, ``120000`` (case-insensitive).
+
+    Raises
+    ------
+    UsageError
+        When the text is not a positive count of parameters.
+    """
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)\s*", text)
+    if not match:
+        raise UsageError(f"--budget {text!r} is not a parameter count", hint="e.g. 2M, 500k")
+    value = int(float(match[1]) * _SUFFIXES[match[2].lower()])
+    if value <= 0:
+        raise UsageError(f"--budget {text!r} must be positive")
+    return value
+
+
+class CompressFormat(StrEnum):
+    """Report formats ``compress`` offers (a test keeps this equal to ``formats_for``)."""
+
+    TABLE = "table"
+    JSON = "json"
+
+
+def compress_command(
+    adapter: Annotated[
+        Path,
+        typer.Argument(
+            help="A PEFT adapter directory or a .safetensors file (PEFT, kohya, LyCORIS, "
+            "diffusers).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write the compressed adapter (a directory for PEFT directories, "
+            "else a .safetensors file). Never the input.",
+            show_default=False,
+        ),
+    ] = None,
+    rank: Annotated[
+        int | None, typer.Option("--rank", help="Every layer to at most this rank.")
+    ] = None,
+    energy: Annotated[
+        float | None,
+        typer.Option(
+            "--energy", help="Per layer, the smallest k keeping this fraction of ‖ΔW‖_F²."
+        ),
+    ] = None,
+    ratio: Annotated[
+        float | None,
+        typer.Option("--ratio", help="Keep the singular values σᵢ ≥ σ₁/RATIO (RATIO ≥ 1)."),
+    ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            help="Total LoRA parameters (e.g. 2M, 500k), allocated greedily where they remove "
+            "the most error per parameter.",
+        ),
+    ] = None,
+    min_rank: Annotated[int, typer.Option("--min-rank", help="No layer below this rank.")] = 1,
+    max_rank: Annotated[
+        int | None, typer.Option("--max-rank", help="No layer above this rank.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan; write nothing.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
+    allow_dora: Annotated[
+        bool,
+        typer.Option(
+            "--allow-dora",
+            help="Compress a DoRA adapter's B·A and keep its magnitude vectors unchanged.",
+        ),
+    ] = False,
+    output_format: Annotated[
+        CompressFormat, typer.Option("--format", "-f", help="Report format.")
+    ] = CompressFormat.TABLE,
+    report_file: Annotated[
+        Path | None,
+        typer.Option("--report", help="Write the report to this file instead of stdout."),
+    ] = None,
+    alpha: AlphaOption = None,
+    device: DeviceOption = Device.AUTO,
+    method: MethodOption = Method.AUTO,
+    input_format: InputFormatOption = InputFormat.AUTO,
+) -> None:
+    """Rewrite an adapter at a smaller rank with the optimal (Eckart–Young) error."""
+
+    def body() -> int:
+        from lora_audit.compress import CompressOptions, compress_adapter
+        from lora_audit.engine import EngineOptions
+        from lora_audit.formats import load_adapter
+        from lora_audit.render import render
+
+        options = CompressOptions(
+            rule=_rule(
+                rank=rank,
+                energy=energy,
+                ratio=ratio,
+                budget=budget,
+                min_rank=min_rank,
+                max_rank=max_rank,
+            ),
+            output=output,
+            dry_run=dry_run,
+            force=force,
+            allow_dora=allow_dora,
+            engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
+        )
+        if output is None and not dry_run:
+            raise UsageError("--output is required", hint="or pass --dry-run to see the plan")
+        loaded = load_adapter(adapter, alpha=alpha, input_format=input_format.value)
+        for message in loaded.warnings:
+            warn(message)
+        with progress_bar(len(loaded.layers), description="compress") as advance:
+            report = compress_adapter(loaded, options=options, progress=advance, warn=warn)
+        fmt = OutputFormat(output_format.value)
+        color = report_file is None and fmt is OutputFormat.TABLE and stdout_is_terminal()
+        emit(render(report, fmt, width=terminal_width(), color=color), output=report_file)
+        return int(ExitCode.OK)
+
+    run_guarded(body)
+
+
+def _rule(
+    *,
+    rank: int | None,
+    energy: float | None,
+    ratio: float | None,
+    budget: str | None,
+    min_rank: int,
+    max_rank: int | None,
+) -> RankRule:
+    """The one rank rule the flags ask for; exactly one of the four must be given."""
+    from lora_audit.selection import Mode, RankRule
+
+    flags = {"--rank": rank, "--energy": energy, "--ratio": ratio, "--budget": budget}
+    given = [flag for flag, value in flags.items() if value is not None]
+    if len(given) != 1:
+        raise UsageError(
+            "give exactly one of --rank, --energy, --ratio, --budget"
+            + (f" (got {', '.join(given)})" if given else ""),
+            hint="e.g. lora-audit compress ADAPTER -o OUT --energy 0.99",
+        )
+    if min_rank < 1 or (max_rank is not None and max_rank < min_rank):
+        raise UsageError(f"--min-rank {min_rank} / --max-rank {max_rank}: need 1 ≤ min ≤ max")
+    mode: Mode
+    if rank is not None:
+        if rank < 1:
+            raise UsageError(f"--rank {rank} must be at least 1")
+        mode, value = "rank", float(rank)
+    elif energy is not None:
+        mode, value = "energy", check_fraction("--energy", energy)
+    elif ratio is not None:
+        if not ratio >= 1:
+            raise UsageError(f"--ratio {ratio:g} must be at least 1", hint="e.g. --ratio 20")
+        mode, value = "ratio", ratio
+    else:
+        assert budget is not None
+        mode, value = "budget", float(parse_budget(budget))
+    return RankRule(mode=mode, value=value, min_rank=min_rank, max_rank=max_rank)

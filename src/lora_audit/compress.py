@@ -1,0 +1,239 @@
+"""Run ``compress``: choose ranks, refactorise the layers that shrink, write, report.
+
+The pipeline: spectra from the engine → ranks from :mod:`lora_audit.selection` → for each
+layer that gets smaller, the balanced rank-k factors of its truncated SVD
+(:mod:`lora_audit.truncate`, batched by shape through :func:`lora_audit.engine.map_groups`)
+→ :mod:`lora_audit.formats.writer` → a finished :class:`CompressReport`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lora_audit import __version__
+from lora_audit.adapter import Adapter, LoraLayer
+from lora_audit.audit import TOOL, adapter_info
+from lora_audit.engine import EngineOptions, Progress, Warn, map_groups, resolve_device, spectra
+from lora_audit.errors import UsageError
+from lora_audit.formats.writer import NewLayer, check_output, output_is_directory, write_compressed
+from lora_audit.metrics import cumulative_energy
+from lora_audit.report import CompressReport, CompressSettings, CompressSummary, LayerCompression
+from lora_audit.selection import RankRule, select_ranks
+from lora_audit.truncate import relative_error, truncated_factors
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import torch
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressOptions:
+    """What ``compress`` does.
+
+    Attributes
+    ----------
+    rule
+        How ranks are chosen.
+    output
+        Where to write; ``None`` with ``dry_run``.
+    dry_run
+        Plan and report, write nothing.
+    force
+        Replace an existing output.
+    allow_dora
+        Compress a DoRA adapter although its magnitude vectors were trained against the
+        full-rank update (they are kept as they are).
+    """
+
+    rule: RankRule
+    output: Path | None
+    dry_run: bool = False
+    force: bool = False
+    allow_dora: bool = False
+    engine: EngineOptions = field(default_factory=EngineOptions)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Plan:
+    layer: LoraLayer
+    new_rank: int
+    truncate: bool
+    energy_kept: float
+    frobenius_norm: float
+
+
+def compress_adapter(
+    adapter: Adapter,
+    *,
+    options: CompressOptions,
+    progress: Progress | None = None,
+    warn: Warn | None = None,
+) -> CompressReport:
+    """Compress ``adapter`` as ``options`` say and return the report.
+
+    Raises
+    ------
+    UsageError
+        For a DoRA adapter without ``allow_dora``, or an output that exists or is the input.
+    """
+    warnings = list(adapter.warnings)
+    if any(layer.dora for layer in adapter.layers):
+        if not options.allow_dora:
+            raise UsageError(
+                f"{adapter.path}: DoRA adapter: its magnitude vectors depend on the base weights "
+                "and were trained against the full-rank update, so a truncated adapter would "
+                "not be the best rank-k version of what it does",
+                hint="pass --allow-dora to compress B·A anyway and keep the magnitudes as they are",
+            )
+        message = (
+            "DoRA: lora_magnitude_vector kept unchanged; the result only approximates the "
+            "original (the magnitudes need the base weights)"
+        )
+        warnings.append(message)
+        if warn is not None:
+            warn(message)
+    if not options.dry_run:
+        if options.output is None:
+            raise UsageError("--output is required unless --dry-run is given")
+        check_output(adapter, options.output, force=options.force)
+    sigmas = spectra(adapter, options=options.engine, progress=progress, warn=warn)
+    plans = _plan(adapter, sigmas, rule=options.rule)
+    new_layers: dict[str, NewLayer] = {}
+    file_after: int | None = None
+    if not options.dry_run and options.output is not None:
+        new_layers = _refactor(adapter, plans, options=options.engine, warn=warn)
+        written = write_compressed(
+            adapter,
+            new_layers=new_layers,
+            output=options.output,
+            provenance=_provenance(adapter, options.rule),
+            force=options.force,
+        )
+        file_after = written.stat().st_size
+    return _report(adapter, plans, options=options, file_after=file_after, warnings=warnings)
+
+
+def _plan(
+    adapter: Adapter, sigmas: dict[str, npt.NDArray[np.float64]], *, rule: RankRule
+) -> list[_Plan]:
+    layers = adapter.layers
+    spectra_ = [sigmas[layer.name] for layer in layers]
+    ranks = select_ranks(spectra_, costs=[layer.params_per_rank for layer in layers], rule=rule)
+    plans = []
+    for layer, sigma, k in zip(layers, spectra_, ranks, strict=True):
+        k = min(k, layer.out_features, layer.in_features)
+        smaller = k < layer.rank and k * layer.params_per_rank < layer.params
+        energy = cumulative_energy(sigma)
+        kept = float(energy[k - 1]) if smaller and float(sigma[0]) > 0 else 1.0
+        plans.append(
+            _Plan(
+                layer=layer,
+                new_rank=k if smaller else layer.rank,
+                truncate=smaller,
+                energy_kept=kept,
+                frobenius_norm=math.sqrt(float((sigma.astype("float64") ** 2).sum())),
+            )
+        )
+    return plans
+
+
+def _refactor(
+    adapter: Adapter, plans: Sequence[_Plan], *, options: EngineOptions, warn: Warn | None
+) -> dict[str, NewLayer]:
+    todo = {p.layer.name: p for p in plans if p.truncate}
+    if not todo:
+        return {}
+    subset = replace(adapter, layers=tuple(p.layer for p in plans if p.truncate))
+
+    def batch(layers: Sequence[LoraLayer], b: torch.Tensor, a: torch.Tensor) -> list[NewLayer]:
+        import torch
+
+        scale = torch.tensor([layer.scale for layer in layers], dtype=b.dtype, device=b.device)
+        factors = truncated_factors(
+            b * scale.reshape(-1, 1, 1), a, ranks=[todo[layer.name].new_rank for layer in layers]
+        )
+        return [NewLayer(b=bk.cpu(), a=ak.cpu()) for bk, ak in factors]
+
+    return map_groups(subset, batch, options=options, warn=warn)
+
+
+def _provenance(adapter: Adapter, rule: RankRule) -> dict[str, str]:
+    digest = hashlib.sha256()
+    with adapter.tensor_file.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return {
+        "lora_audit.version": __version__,
+        "lora_audit.method": rule.mode,
+        "lora_audit.parameter": f"{rule.value:g}",
+        "lora_audit.min_rank": str(rule.min_rank),
+        "lora_audit.max_rank": "" if rule.max_rank is None else str(rule.max_rank),
+        "lora_audit.source_sha256": digest.hexdigest(),
+        "lora_audit.source_file": adapter.tensor_file.name,
+    }
+
+
+def _report(
+    adapter: Adapter,
+    plans: Sequence[_Plan],
+    *,
+    options: CompressOptions,
+    file_after: int | None,
+    warnings: list[str],
+) -> CompressReport:
+    layers = tuple(
+        LayerCompression(
+            name=p.layer.name,
+            kind=p.layer.kind.value,
+            structure=p.layer.structure.value,
+            shape=(p.layer.out_features, p.layer.in_features),
+            rank=p.layer.rank,
+            new_rank=p.new_rank,
+            action="truncated" if p.truncate else "kept",
+            energy_kept=p.energy_kept,
+            relative_error=relative_error(p.energy_kept),
+            frobenius_norm=p.frobenius_norm,
+            params=p.layer.params,
+            params_after=p.new_rank * p.layer.params_per_rank if p.truncate else p.layer.params,
+        )
+        for p in plans
+    )
+    total = sum(layer.frobenius_norm**2 for layer in layers)
+    lost = sum((layer.relative_error * layer.frobenius_norm) ** 2 for layer in layers)
+    info = adapter_info(adapter)
+    output = options.output
+    fmt = "peft directory" if output_is_directory(adapter) else f"{adapter.format} file"
+    return CompressReport(
+        tool=TOOL,
+        adapter=info,
+        settings=CompressSettings(
+            mode=options.rule.mode,
+            value=options.rule.value,
+            min_rank=options.rule.min_rank,
+            max_rank=options.rule.max_rank,
+            device=resolve_device(options.engine.device).type,
+            method=options.engine.method,
+        ),
+        output=None if output is None else str(output),
+        output_format=fmt,
+        dry_run=options.dry_run,
+        layers=layers,
+        summary=CompressSummary(
+            layer_count=len(layers),
+            truncated=sum(layer.action == "truncated" for layer in layers),
+            params=sum(layer.params for layer in layers),
+            params_after=sum(layer.params_after for layer in layers),
+            min_energy_kept=min((layer.energy_kept for layer in layers), default=1.0),
+            max_relative_error=max((layer.relative_error for layer in layers), default=0.0),
+            relative_error=math.sqrt(lost / total) if total > 0 else 0.0,
+            file_bytes=info.file_bytes,
+            file_bytes_after=file_after,
+        ),
+        warnings=tuple(warnings),
+    )

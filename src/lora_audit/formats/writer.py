@@ -1,0 +1,270 @@
+"""Writing a compressed adapter back in the format it was read from, atomically.
+
+PEFT
+    A directory with ``adapter_model.safetensors`` and ``adapter_config.json`` (or a bare
+    ``.safetensors`` file when the input was one, with the config in the header's
+    ``lora_adapter_metadata``). The config makes PEFT rebuild every layer exactly: the scale of
+    a rewritten layer is baked into its factors, so ``use_rslora`` is turned off and each layer
+    gets ``rank_pattern[key] = k`` and ``alpha_pattern[key] = k`` (scale 1) — or, for a layer
+    left as it was, its rank and ``alpha = scale·r`` — unless it matches the top-level
+    ``r``/``lora_alpha``, which are the most common pair. The old patterns are replaced (their
+    keys could match the new modules first). Everything else in the config is kept.
+kohya / LyCORIS / diffusers
+    One ``.safetensors`` file with the same key names; a rewritten layer gets
+    ``<module>.alpha = k`` so that ``alpha/k·up·down`` is the truncation (diffusers files have
+    no alpha keys: scale 1 is baked in). LoHa, LoKr and Tucker layers that are rewritten come
+    out as plain ``lora_down``/``lora_up`` layers under the same module name.
+    ``ss_network_dim``/``ss_network_alpha`` are updated (``"Dynamic"`` when ranks differ).
+
+Every file is written to a temporary name in the target directory, fsync'ed and renamed; a
+directory is built as a temporary sibling and renamed into place, so an interrupted run leaves
+no output (and, with ``--force``, the previous output) behind. The input is never written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure
+from lora_audit.errors import OutputError, UsageError
+from lora_audit.formats.patterns import pattern_keys
+from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME
+from lora_audit.formats.safetensors_io import serialize, write_atomic
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewLayer:
+    """A rewritten layer: factors with the scale baked in (``ΔW_k = b @ a``).
+
+    ``b`` has shape (out, k), ``a`` shape (k, in) (flattened as in :class:`LoraLayer`).
+    """
+
+    b: torch.Tensor
+    a: torch.Tensor
+
+    @property
+    def rank(self) -> int:
+        return int(self.b.shape[1])
+
+
+def output_is_directory(adapter: Adapter) -> bool:
+    """PEFT adapters read from a directory (or with a config) are written as directories."""
+    return adapter.format == "peft" and bool(adapter.config) and "lora_adapter_metadata" \
+        not in adapter.metadata  # fmt: skip
+
+
+def check_output(adapter: Adapter, output: Path, *, force: bool) -> None:
+    """Refuse outputs that would overwrite or delete the input, or an existing path.
+
+    Raises
+    ------
+    UsageError
+        When ``output`` is the input, contains it, or exists and ``force`` is off.
+    """
+    out = output.resolve()
+    inputs = {adapter.path.resolve(), adapter.tensor_file.resolve()}
+    config = adapter.tensor_file.parent / CONFIG_NAME
+    if config.exists():
+        inputs.add(config.resolve())
+    for item in inputs:
+        if out == item or out in item.parents:
+            raise UsageError(
+                f"--output {output} would overwrite the input {item}",
+                hint="choose another output path; lora-audit never writes over its input",
+            )
+    if output.exists() and not force:
+        raise UsageError(f"--output {output} already exists", hint="pass --force to replace it")
+
+
+def write_compressed(
+    adapter: Adapter,
+    *,
+    new_layers: Mapping[str, NewLayer],
+    output: Path,
+    provenance: Mapping[str, str],
+    force: bool,
+) -> Path:
+    """Write ``adapter`` with ``new_layers`` replacing the layers of the same name.
+
+    Returns
+    -------
+    Path
+        The tensor file written.
+    """
+    check_output(adapter, output, force=force)
+    tensors, metadata = _tensors(adapter, new_layers)
+    metadata.update(provenance)
+    if adapter.format == "peft":
+        config = peft_config(adapter, new_layers)
+        if output_is_directory(adapter):
+            with atomic_directory(output, force=force) as tmp:
+                _write_plain(tmp / WEIGHTS_NAME, serialize(tensors, metadata=metadata))
+                text = json.dumps(config, indent=2) + "\n"  # pattern order matters to PEFT
+                _write_plain(tmp / CONFIG_NAME, text.encode("utf-8"))
+            return output / WEIGHTS_NAME
+        metadata["lora_adapter_metadata"] = json.dumps(config)
+    else:
+        metadata.update(_kohya_metadata(adapter, new_layers))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a directory; this format is a single file")
+    write_atomic(output, serialize(tensors, metadata=metadata))
+    return output
+
+
+def _tensors(
+    adapter: Adapter, new_layers: Mapping[str, NewLayer]
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    assert adapter.source is not None
+    replaced: set[str] = set()
+    out: dict[str, torch.Tensor] = {}
+    by_name = {layer.name: layer for layer in adapter.layers}
+    for name, new in new_layers.items():
+        layer = by_name[name]
+        replaced |= {layer.a_key, layer.b_key, *layer.keys.values()}
+        for key, tensor in _new_keys(adapter, layer, new).items():
+            out[key] = tensor
+    for key in _all_keys(adapter):
+        if key not in replaced and key not in out:
+            out[key] = adapter.source.get(key)
+    return out, dict(adapter.metadata)
+
+
+def _all_keys(adapter: Adapter) -> list[str]:
+    keys: list[str] = []
+    for layer in adapter.layers:
+        keys += [layer.a_key, layer.b_key, *layer.keys.values(), *layer.extra_keys]
+    keys += list(adapter.passthrough_keys)
+    return list(dict.fromkeys(keys))
+
+
+def _new_keys(adapter: Adapter, layer: LoraLayer, new: NewLayer) -> dict[str, torch.Tensor]:
+    """The stored tensors of a rewritten layer, in the layer's own dtype and layout."""
+    import torch
+
+    k = new.rank
+    dtype = _torch_dtype(layer.dtype.split("/")[0])
+    spatial = layer.weight_shape[2:] if layer.kind is LayerKind.CONV else ()
+    if layer.kind is LayerKind.CONV:
+        a = new.a.reshape(k, layer.weight_shape[1], *spatial)
+        b = new.b.reshape(layer.out_features, k, *([1] * len(spatial)))
+    else:
+        a, b = new.a, new.b
+    a, b = a.to(dtype).contiguous(), b.to(dtype).contiguous()
+    if adapter.format == "peft" or (adapter.format == "diffusers"
+                                    and layer.structure is Structure.LORA):  # fmt: skip
+        return {layer.a_key: a, layer.b_key: b}
+    module = layer.name
+    return {
+        f"{module}.lora_down.weight": a,
+        f"{module}.lora_up.weight": b,
+        f"{module}.alpha": torch.tensor(float(k), dtype=dtype),
+    }
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}.get(
+        name, torch.float32
+    )
+
+
+def peft_config(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> dict[str, Any]:
+    """The ``adapter_config.json`` under which PEFT rebuilds every layer exactly."""
+    pairs: dict[str, tuple[int, float]] = {}
+    for layer in adapter.layers:
+        if layer.name in new_layers:
+            k = new_layers[layer.name].rank
+            pairs[layer.name] = (k, float(k))  # scale 1, baked into the factors
+        else:
+            pairs[layer.name] = (layer.rank, layer.scale * layer.rank)
+    (top_rank, top_alpha), _ = Counter(pairs.values()).most_common(1)[0]
+    rank_pattern: dict[str, int] = {}
+    alpha_pattern: dict[str, float | int] = {}
+    keys = pattern_keys(list(pairs))
+    for name, (rank, alpha) in pairs.items():
+        if (rank, alpha) != (top_rank, top_alpha):
+            key = keys[name]
+            rank_pattern[key] = rank
+            alpha_pattern[key] = _number(alpha)
+    config = dict(adapter.config)
+    config.update(
+        r=top_rank,
+        lora_alpha=_number(top_alpha),
+        use_rslora=False,
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+    )
+    return config
+
+
+def _number(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else x
+
+
+def _kohya_metadata(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> dict[str, str]:
+    ranks = {new_layers[n].rank if n in new_layers else layer.network_dim or layer.rank
+             for n, layer in ((layer.name, layer) for layer in adapter.layers)}  # fmt: skip
+    if "ss_network_dim" not in adapter.metadata:
+        return {}
+    if len(ranks) == 1 and all(name in new_layers for name in (x.name for x in adapter.layers)):
+        k = str(ranks.pop())
+        return {"ss_network_dim": k, "ss_network_alpha": k}
+    return {"ss_network_dim": "Dynamic", "ss_network_alpha": "Dynamic"}
+
+
+def _write_plain(path: Path, data: bytes) -> None:
+    with path.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@contextmanager
+def atomic_directory(output: Path, *, force: bool) -> Iterator[Path]:
+    """Yield a temporary sibling of ``output``; rename it into place when the block ends.
+
+    On any error the temporary directory is removed and ``output`` is left as it was.
+    """
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary dir
+    except OSError as exc:
+        raise OutputError(f"{output}: cannot create: {exc.strerror or exc}") from exc
+    try:
+        yield tmp
+        if output.exists():
+            if not force:
+                raise UsageError(f"--output {output} already exists", hint="pass --force")
+            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old",
+                                        dir=output.parent))  # fmt: skip
+            os.replace(output, old / output.name)
+            os.replace(tmp, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, output)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(
+            f"{output}: cannot write: {exc.strerror or exc}",
+            hint="check free disk space and write permission on the output directory",
+        ) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

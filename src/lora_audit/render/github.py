@@ -1,0 +1,55 @@
+"""GitHub Actions workflow commands: one ``::error`` annotation per finding and per error.
+
+Each line is ``::error file=…,title=…::message``; GitHub shows it on the run's summary page
+and, when ``file`` is part of the pull request, on the file. A last ``::notice`` line names
+the verdict, so a passing run also says what was checked.
+
+Escaping follows GitHub's runner (``toolkit/packages/core/src/command.ts``): in the message,
+``%`` → ``%25``, ``\\r`` → ``%0D``, ``\\n`` → ``%0A``; in property values additionally
+``:`` → ``%3A`` and ``,`` → ``%2C``.
+"""
+
+from __future__ import annotations
+
+from lora_audit.render._text import finding_text, policy_text, verdict
+from lora_audit.report import CheckReport
+
+
+def escape_data(text: str) -> str:
+    """Escape a workflow command's message."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    """Escape a workflow command's property value."""
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def command(name: str, message: str, **properties: str | None) -> str:
+    """One workflow command line, ``::name key=value,…::message``, properties in given order."""
+    props = ",".join(
+        f"{key}={escape_property(value)}" for key, value in properties.items() if value is not None
+    )
+    return f"::{name}{' ' + props if props else ''}::{escape_data(message)}"
+
+
+def render_check(report: CheckReport, *, width: int = 100, color: bool = False) -> str:
+    """Annotations for a check report; ``width`` and ``color`` are ignored."""
+    del width, color
+    files = {a.adapter.path: a.adapter.tensor_file for a in report.adapters}
+    lines = [
+        command("error", error.message, title="lora-audit unreadable adapter")
+        for error in report.errors
+    ]
+    lines += [
+        command(
+            finding.severity,
+            f"{finding_text(finding)} (fix: {finding.fix})",
+            file=files.get(finding.adapter),
+            title=f"lora-audit {finding.rule}",
+        )
+        for finding in report.findings
+    ]
+    summary = f"{verdict(report)}; policy {policy_text(report)}"
+    lines.append(command("notice", summary, title="lora-audit check"))
+    return "\n".join(lines) + "\n"

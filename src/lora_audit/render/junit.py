@@ -1,0 +1,94 @@
+"""JUnit XML for CI test reporters: one test suite per adapter, one test case per rule.
+
+Layout (the common "Jenkins" dialect that GitLab, Jenkins, Azure and the GitHub test-report
+actions read)::
+
+    <testsuites name="lora-audit check" tests=… failures=… errors=…>
+      <properties><property name="policy.max_waste" value="0.5"/>…</properties>
+      <testsuite name="ADAPTER" tests=… failures=… errors=…>
+        <testcase classname="ADAPTER" name="max-waste"/>                      passed
+        <testcase classname="ADAPTER" name="min-rank-used">
+          <failure type="min-rank-used" message="2 finding(s)">one line each</failure>
+        </testcase>
+      </testsuite>
+      <testsuite name="BROKEN" tests="1" errors="1">
+        <testcase classname="BROKEN" name="read"><error type="InputError" message="…"/>
+      </testsuite>
+    </testsuites>
+
+Built with :mod:`xml.etree.ElementTree`, so any standard parser reads it.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+from lora_audit.render._text import finding_text, number, policy_source, verdict
+from lora_audit.report import CheckReport, Finding
+
+
+def _counts(element: ET.Element, *, tests: int, failures: int, errors: int) -> None:
+    element.set("tests", str(tests))
+    element.set("failures", str(failures))
+    element.set("errors", str(errors))
+    element.set("skipped", "0")
+
+
+def _sub(parent: ET.Element, tag: str, attrs: dict[str, str]) -> ET.Element:
+    return ET.SubElement(parent, tag, {k: _xml_safe(v) for k, v in attrs.items()})
+
+
+def render_check(report: CheckReport, *, width: int = 100, color: bool = False) -> str:
+    """The check report as JUnit XML; ``width`` and ``color`` are ignored."""
+    del width, color
+    root = ET.Element("testsuites", {"name": "lora-audit check"})
+    properties = ET.SubElement(root, "properties")
+    for key, value in report.policy.items():
+        _sub(properties, "property", {"name": f"policy.{key}", "value": number(value)})
+    _sub(properties, "property", {"name": "policy.source", "value": policy_source(report)})
+    _sub(properties, "property", {"name": "verdict", "value": verdict(report)})
+    total = failures = errors = 0
+    for adapter in report.adapters:
+        path = adapter.adapter.path
+        suite = _sub(root, "testsuite", {"name": path})
+        found = report.findings_for(path)
+        failed = 0
+        for rule in report.rules:
+            case = _sub(suite, "testcase", {"classname": path, "name": rule})
+            broken = [f for f in found if f.rule == rule]
+            if broken:
+                failed += 1
+                failure = _sub(case, "failure", {"type": rule, "message": _summary(broken)})
+                failure.text = _xml_safe(
+                    "\n".join(f"{finding_text(f)}\nfix: {f.fix}" for f in broken)
+                )
+        _counts(suite, tests=len(report.rules), failures=failed, errors=0)
+        total += len(report.rules)
+        failures += failed
+    for error in report.errors:
+        suite = _sub(root, "testsuite", {"name": error.path})
+        case = _sub(suite, "testcase", {"classname": error.path, "name": "read"})
+        element = _sub(case, "error", {"type": "InputError", "message": error.message})
+        element.text = _xml_safe(error.message)
+        _counts(suite, tests=1, failures=0, errors=1)
+        total += 1
+        errors += 1
+    _counts(root, tests=total, failures=failures, errors=errors)
+    ET.indent(root, space="  ")
+    body = ET.tostring(root, encoding="unicode")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"
+
+
+def _summary(findings: list[Finding]) -> str:
+    first = findings[0]
+    text = f"layer {first.layer} {first.message}" if first.layer else first.message
+    return text if len(findings) == 1 else f"{len(findings)} findings; first: {text}"
+
+
+_XML_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml_safe(text: str) -> str:
+    """``text`` without the control characters XML 1.0 cannot hold."""
+    return _XML_ILLEGAL.sub("\ufffd", text)

@@ -1,0 +1,119 @@
+"""GitHub-flavoured Markdown: for ``$GITHUB_STEP_SUMMARY``, pull-request comments and docs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lora_audit.render._text import (
+    SETTING_NAMES,
+    finding_text,
+    number,
+    policy_source,
+    verdict,
+)
+from lora_audit.report import CheckReport, InspectReport
+
+_ICONS = {"pass": "✅", "fail": "❌", "error": "⚠️"}
+
+
+def cell(text: str) -> str:
+    """Text safe inside a table cell: pipes escaped, newlines as ``<br>``."""
+    return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+
+
+def code(text: str) -> str:
+    """Inline code that survives backticks in ``text``."""
+    fence = "``" if "`" in text else "`"
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, right: int = 0) -> list[str]:
+    """A pipe table; the last ``right`` columns are right-aligned."""
+    align = ["---"] * (len(header) - right) + ["---:"] * right
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def render_check(report: CheckReport, *, width: int = 100, color: bool = False) -> str:
+    """The check report as Markdown; ``width`` and ``color`` are ignored."""
+    del width, color
+    icon = _ICONS.get(report.status, "")
+    lines = [f"## {icon} lora-audit check: {verdict(report)}", ""]
+    lines += [
+        "Policy "
+        + ", ".join(
+            f"{code(SETTING_NAMES.get(k, k))} {number(v)}" for k, v in report.policy.items()
+        )
+        + f" ({policy_source(report)}); rules: "
+        + (", ".join(code(rule) for rule in report.rules) or "none"),
+        "",
+    ]
+    rows = []
+    for adapter in report.adapters:
+        s = adapter.summary
+        found = report.findings_for(adapter.adapter.path)
+        status = f"{_ICONS['fail']} fail" if found else f"{_ICONS['pass']} pass"
+        rows.append([
+            code(adapter.adapter.path), status, str(s.layer_count), str(s.nominal_rank),
+            f"{s.wasted_fraction:.1%}", f"r={s.recommended_rank}", str(len(found)),
+        ])  # fmt: skip
+    for error in report.errors:
+        rows.append([code(error.path), f"{_ICONS['error']} unreadable", "", "", "", "", ""])
+    header = ["adapter", "status", "layers", "r", "wasted", "retrain at", "findings"]
+    lines += table(header, rows, right=5)
+    if report.findings:
+        lines += ["", "### Findings", ""]
+        lines += table(
+            ["adapter", "layer", "rule", "measured", "limit", "fix"],
+            [
+                [code(f.adapter), code(f.layer) if f.layer else "(adapter)", code(f.rule),
+                 number(f.measured), number(f.limit), f.fix]
+                for f in report.findings
+            ],
+        )  # fmt: skip
+        lines += ["", "<details><summary>Messages</summary>", ""]
+        lines += [f"- {cell(finding_text(f))}" for f in report.findings]
+        lines += ["", "</details>"]
+    if report.errors:
+        lines += ["", "### Unreadable adapters", ""]
+        lines += [f"- {cell(e.message)}" for e in report.errors]
+    lines += ["", f"<sub>{report.tool.name} {report.tool.version}</sub>"]
+    return "\n".join(lines) + "\n"
+
+
+def render_inspect(report: InspectReport, *, width: int = 100, color: bool = False) -> str:
+    """The inspect report as Markdown: summary, advice, and one row per layer."""
+    del width, color
+    a, s = report.adapter, report.summary
+    tau = f"{report.settings.energy:g}"
+    alpha = f", lora_alpha={a.lora_alpha:g}" if a.lora_alpha is not None else ""
+    lines = [
+        f"## lora-audit inspect: {code(a.path)}",
+        "",
+        f"- adapter: {a.format}, r={s.nominal_rank}{alpha}, {', '.join(a.dtypes)}, "
+        f"{s.layer_count} layers",
+        f"- parameters: {s.params:,} now → {s.params_after:,} truncated at τ={tau} "
+        f"({s.wasted_fraction:.1%} wasted)",
+        f"- retrain: r={s.recommended_rank}"
+        + (f", lora_alpha={s.lora_alpha:g}" if s.lora_alpha is not None else "")
+        + f" ({s.params_retrain:,} parameters)",
+    ]
+    if s.untrained_layers:
+        lines.append("- untrained: " + ", ".join(code(n) for n in s.untrained_layers))
+    lines.append("")
+    lines += [f"- {cell(line)}" for line in s.advice]
+    lines.append("")
+    lines += table(
+        ["layer", "shape", "r", "σ₁", "‖ΔW‖F", "stable rank", "eff. rank", f"k@{tau}", "waste"],
+        [
+            [code(layer.name), f"{layer.shape[0]}×{layer.shape[1]}", str(layer.rank),
+             f"{layer.spectral_norm:.3g}", f"{layer.frobenius_norm:.3g}",
+             f"{layer.stable_rank:.2f}", f"{layer.effective_rank:.2f}", str(layer.energy_rank),
+             str(layer.wasted_rank)]
+            for layer in report.layers
+        ],
+        right=8,
+    )  # fmt: skip
+    return "\n".join(lines) + "\n"
