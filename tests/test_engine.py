@@ -29,7 +29,7 @@ def test_out_of_memory_halves_the_chunk_then_falls_back(mixed_adapter: Path) -> 
 
     def flaky(layers: Sequence[LoraLayer], b: torch.Tensor, a: torch.Tensor) -> list[int]:
         seen.append(len(layers))
-        if len(layers) > 1 or failures["left"] > 0 and layers[0].name.endswith("up_proj"):
+        if len(layers) > 1 or (failures["left"] > 0 and layers[0].name.endswith("up_proj")):
             failures["left"] -= len(layers) == 1
             raise torch.cuda.OutOfMemoryError("simulated")
         return [b.shape[0]] * len(layers)
@@ -43,8 +43,12 @@ def test_out_of_memory_halves_the_chunk_then_falls_back(mixed_adapter: Path) -> 
 def test_progress_counts_every_layer(mixed_adapter: Path) -> None:
     adapter = load_adapter(mixed_adapter)
     ticks: list[int] = []
-    map_groups(adapter, lambda layers, b, a: [0] * len(layers),
-               options=EngineOptions(device="cpu", chunk_bytes=1), progress=ticks.append)  # fmt: skip
+    map_groups(
+        adapter,
+        lambda layers, b, a: [0] * len(layers),
+        options=EngineOptions(device="cpu", chunk_bytes=1),
+        progress=ticks.append,
+    )
     assert sum(ticks) == len(adapter.layers)
 
 

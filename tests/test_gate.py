@@ -52,8 +52,9 @@ def test_unreadable_is_recorded_and_the_rest_still_checked(tmp_path: Path) -> No
         opened.append((path, layers))
         return nullcontext()
 
-    report = run_check([broken, lean, lean], policy=Policy(), engine=CPU,
-                       on_error=seen.append, progress=progress)  # fmt: skip
+    report = run_check(
+        [broken, lean, lean], policy=Policy(), engine=CPU, on_error=seen.append, progress=progress
+    )
     assert [e.path for e in report.errors] == [str(broken)]
     assert report.errors[0].message == str(seen[0])
     assert [a.adapter.path for a in report.adapters] == [str(lean)], "repeats are checked once"

@@ -13,9 +13,21 @@ from lora_audit.policy import next_power_of_two, plan_retrain, quantile_rank
 
 def layer(name: str, *, rank: int = 16, alpha: float = 32, rslora: bool = False) -> LoraLayer:
     scale = alpha / (math.sqrt(rank) if rslora else rank)
-    return LoraLayer(name=name, kind=LayerKind.LINEAR, a_key="a", b_key="b", a_shape=(rank, 10),
-                     b_shape=(20, rank), out_features=20, in_features=10, rank=rank, alpha=alpha,
-                     scale=scale, dtype="F32", weight_shape=(20, 10))  # fmt: skip
+    return LoraLayer(
+        name=name,
+        kind=LayerKind.LINEAR,
+        a_key="a",
+        b_key="b",
+        a_shape=(rank, 10),
+        b_shape=(20, rank),
+        out_features=20,
+        in_features=10,
+        rank=rank,
+        alpha=alpha,
+        scale=scale,
+        dtype="F32",
+        weight_shape=(20, 10),
+    )
 
 
 def test_helpers() -> None:
@@ -27,8 +39,9 @@ def test_helpers() -> None:
 def test_outliers_get_rank_pattern_entries_that_match_them() -> None:
     names = [f"model.layers.{i}.q_proj" for i in range(10)]
     ks = [2, 3, 2, 2, 3, 2, 2, 3, 2, 11]
-    plan = plan_retrain([layer(n) for n in names], ks, coverage=0.9, pattern_key=pattern_key_for,
-                        rslora=False)  # fmt: skip
+    plan = plan_retrain(
+        [layer(n) for n in names], ks, coverage=0.9, pattern_key=pattern_key_for, rslora=False
+    )
     assert plan.rank == 4 and plan.layers_covered == 9
     assert plan.lora_alpha == 8  # keeps alpha/r = 2
     assert plan.rank_pattern == {pattern_key_for(names[9]): 16}
@@ -41,8 +54,9 @@ def test_outliers_get_rank_pattern_entries_that_match_them() -> None:
 
 def test_rank_never_exceeds_nominal_and_rslora_alpha() -> None:
     layers = [layer(f"l.{i}", rank=12, alpha=24, rslora=True) for i in range(3)]
-    plan = plan_retrain(layers, [12, 12, 11], coverage=1.0, pattern_key=pattern_key_for,
-                        rslora=True)  # fmt: skip
+    plan = plan_retrain(
+        layers, [12, 12, 11], coverage=1.0, pattern_key=pattern_key_for, rslora=True
+    )
     assert plan.rank == 12 and not plan.rank_pattern
     assert plan.lora_alpha == pytest.approx(24 / math.sqrt(12) * math.sqrt(12))
 
@@ -56,7 +70,6 @@ def test_mixed_ratios_give_no_alpha_advice() -> None:
 
 def test_layers_trained_below_the_global_rank_keep_their_rank() -> None:
     layers = [layer("a", rank=16), layer("b", rank=16), layer("small", rank=4)]
-    plan = plan_retrain(layers, [7, 8, 2], coverage=1.0, pattern_key=pattern_key_for,
-                        rslora=False)  # fmt: skip
+    plan = plan_retrain(layers, [7, 8, 2], coverage=1.0, pattern_key=pattern_key_for, rslora=False)
     assert plan.rank == 8 and plan.rank_pattern == {"small": 4}
     assert plan.params == (8 + 8 + 4) * 30

@@ -50,9 +50,12 @@ def test_read_pyproject_table_with_both_spellings(tmp_path: Path) -> None:
     source = read_policy_file(path)
     assert source.path == path
     assert dict(source.values) == {
-        "energy": 0.95, "max_waste": 0.4, "max_layer_waste": 0.8, "min_rank_used": 2,
+        "energy": 0.95,
+        "max_waste": 0.4,
+        "max_layer_waste": 0.8,
+        "min_rank_used": 2,
         "coverage": 1,
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize(

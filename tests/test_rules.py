@@ -13,9 +13,12 @@ from lora_audit.rules import RULES, SETTINGS, Policy, Setting, active_rules, eva
 
 def test_defaults_are_documented_values() -> None:
     assert Policy().as_dict() == {
-        "energy": 0.99, "coverage": 0.9, "max_waste": 0.5, "max_layer_waste": 1.0,
+        "energy": 0.99,
+        "coverage": 0.9,
+        "max_waste": 0.5,
+        "max_layer_waste": 1.0,
         "min_rank_used": 1,
-    }  # fmt: skip
+    }
     assert [r.name for r in active_rules(Policy())] == ["max-waste", "min-rank-used"]
 
 
@@ -94,13 +97,23 @@ def test_recommended_rank_equal_to_nominal_suggests_only_compress() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "ok"),
     [
-        ("energy", 0.99, True), ("energy", 1, True), ("energy", 0, False), ("energy", 1.5, False),
-        ("energy", math.nan, False), ("energy", True, False), ("energy", "0.9", False),
-        ("max-waste", 0, True), ("max-waste", 1.0, True), ("max-waste", -0.1, False),
-        ("min-rank-used", 0, True), ("min-rank-used", 7, True), ("min-rank-used", -1, False),
-        ("min-rank-used", 1.0, False), ("min-rank-used", False, False),
+        ("energy", 0.99, True),
+        ("energy", 1, True),
+        ("energy", 0, False),
+        ("energy", 1.5, False),
+        ("energy", math.nan, False),
+        ("energy", True, False),
+        ("energy", "0.9", False),
+        ("max-waste", 0, True),
+        ("max-waste", 1.0, True),
+        ("max-waste", -0.1, False),
+        ("min-rank-used", 0, True),
+        ("min-rank-used", 7, True),
+        ("min-rank-used", -1, False),
+        ("min-rank-used", 1.0, False),
+        ("min-rank-used", False, False),
     ],
-)  # fmt: skip
+)
 def test_setting_validation(key: str, value: object, ok: bool) -> None:
     setting: Setting = next(s for s in SETTINGS if s.key == key)
     problem = setting.problem(value)
@@ -118,13 +131,27 @@ def test_merge_converts_types() -> None:
 @pytest.mark.parametrize(
     ("name", "forbidden"),
     [
-        ("rules.py", ("typer", "rich", "click", "torch", "numpy", "lora_audit.formats",
-                      "lora_audit.render", "lora_audit.cli", "lora_audit.engine")),
-        ("policy_file.py", ("typer", "rich", "click", "torch", "lora_audit.render",
-                            "lora_audit.cli")),
+        (
+            "rules.py",
+            (
+                "typer",
+                "rich",
+                "click",
+                "torch",
+                "numpy",
+                "lora_audit.formats",
+                "lora_audit.render",
+                "lora_audit.cli",
+                "lora_audit.engine",
+            ),
+        ),
+        (
+            "policy_file.py",
+            ("typer", "rich", "click", "torch", "lora_audit.render", "lora_audit.cli"),
+        ),
         ("gate.py", ("typer", "rich", "click", "lora_audit.render", "lora_audit.cli")),
     ],
-)  # fmt: skip
+)
 def test_gate_modules_keep_the_layering(name: str, forbidden: tuple[str, ...]) -> None:
     import ast
     from pathlib import Path

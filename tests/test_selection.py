@@ -36,8 +36,10 @@ def test_zero_spectrum_keeps_one_unit() -> None:
     assert select_ranks([np.zeros(4)], costs=[5], rule=RankRule(mode="energy", value=0.9)) == [1]
 
 
-@given(st.lists(st.lists(st.floats(0, 100), min_size=1, max_size=12), min_size=1, max_size=6),
-       st.integers(1, 2000))  # fmt: skip
+@given(
+    st.lists(st.lists(st.floats(0, 100), min_size=1, max_size=12), min_size=1, max_size=6),
+    st.integers(1, 2000),
+)
 def test_budget_is_respected_and_greedy(values: list[list[float]], budget: int) -> None:
     spectra = [np.sort(np.array(v))[::-1] for v in values]
     costs = [7 * (i + 1) for i in range(len(spectra))]

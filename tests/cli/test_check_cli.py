@@ -49,8 +49,9 @@ def test_lean_adapter_passes(adapters: dict[str, str]) -> None:
 
 
 def test_wasteful_adapter_fails(adapters: dict[str, str]) -> None:
-    code, out, err = check(adapters["lean"], adapters["wasteful"], "--energy", "0.99",
-                           "--max-waste", "0.5")  # fmt: skip
+    code, out, err = check(
+        adapters["lean"], adapters["wasteful"], "--energy", "0.99", "--max-waste", "0.5"
+    )
     assert code == 1, err
     assert err == ""
     assert "✗ adapters/wasteful · max-waste · measured 0.875, limit 0.5" in out
@@ -94,8 +95,10 @@ def test_missing_adapter_exits_3(adapters: dict[str, str]) -> None:
 def test_unreadable_in_a_real_process_has_no_traceback(adapters: dict[str, str]) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "lora_audit", "check", "--device", "cpu", adapters["broken"]],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 3
     assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
     assert "unreadable" in done.stdout
@@ -177,8 +180,13 @@ def test_flags_override_the_file(adapters: dict[str, str], workdir: Path) -> Non
     code, out, _ = check(adapters["wasteful"], "--max-waste", "0.5", "-f", "json")
     report = json.loads(out)
     assert code == 1
-    assert report["policy"] == {"energy": 0.95, "coverage": 0.9, "max_waste": 0.5,
-                                "max_layer_waste": 1.0, "min_rank_used": 1}  # fmt: skip
+    assert report["policy"] == {
+        "energy": 0.95,
+        "coverage": 0.9,
+        "max_waste": 0.5,
+        "max_layer_waste": 1.0,
+        "min_rank_used": 1,
+    }
     assert report["adapters"][0]["settings"]["energy"] == 0.95
 
 
@@ -196,13 +204,17 @@ def test_explicit_config_and_no_config(adapters: dict[str, str], workdir: Path) 
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
-        ("[tool.lora-audit]\nmax-waste = 'lots'\n",
-         'pyproject.toml: [tool.lora-audit]: max-waste = "lots" must be a number in [0, 1]'),
-        ("[tool.lora-audit]\nmax-wast = 0.5\n",
-         "pyproject.toml: [tool.lora-audit]: unknown key 'max-wast'"),
+        (
+            "[tool.lora-audit]\nmax-waste = 'lots'\n",
+            'pyproject.toml: [tool.lora-audit]: max-waste = "lots" must be a number in [0, 1]',
+        ),
+        (
+            "[tool.lora-audit]\nmax-wast = 0.5\n",
+            "pyproject.toml: [tool.lora-audit]: unknown key 'max-wast'",
+        ),
         ("[tool.lora-audit\n", "pyproject.toml: not valid TOML"),
     ],
-)  # fmt: skip
+)
 def test_malformed_policy_file_exits_3_with_one_line(
     adapters: dict[str, str], workdir: Path, text: str, needle: str
 ) -> None:
@@ -223,8 +235,14 @@ def test_missing_config_file_exits_3(adapters: dict[str, str]) -> None:
 def test_help_lists_the_policy_and_exit_codes() -> None:
     result = runner.invoke(app, ["check", "--help"])
     assert result.exit_code == 0
-    for needle in ("--max-waste", "--max-layer-waste", "--min-rank-used", "--config",
-                   "junit", "Exit codes"):  # fmt: skip
+    for needle in (
+        "--max-waste",
+        "--max-layer-waste",
+        "--min-rank-used",
+        "--config",
+        "junit",
+        "Exit codes",
+    ):
         assert needle in result.stdout
 
 

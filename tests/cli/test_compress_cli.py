@@ -48,8 +48,9 @@ def test_parse_budget() -> None:
 def test_peft_directory_round_trip(mixed_adapter: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     before = digest(mixed_adapter)
-    result = runner.invoke(app, ["compress", str(mixed_adapter), "-o", str(out), "--rank", "2",
-                                 "-f", "json"])  # fmt: skip
+    result = runner.invoke(
+        app, ["compress", str(mixed_adapter), "-o", str(out), "--rank", "2", "-f", "json"]
+    )
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["kind"] == "compress" and report["summary"]["file_bytes_after"] > 0
@@ -70,9 +71,16 @@ def test_dry_run_writes_nothing(mixed_adapter: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["--rank", "2", "--energy", "0.9"], ["--energy", "1.5"], ["--ratio", "0.5"],
-     ["--rank", "0"], ["--budget", "lots"], ["--rank", "2", "--min-rank", "3", "--max-rank", "2"]],
-)  # fmt: skip
+    [
+        [],
+        ["--rank", "2", "--energy", "0.9"],
+        ["--energy", "1.5"],
+        ["--ratio", "0.5"],
+        ["--rank", "0"],
+        ["--budget", "lots"],
+        ["--rank", "2", "--min-rank", "3", "--max-rank", "2"],
+    ],
+)
 def test_usage_errors(mixed_adapter: Path, tmp_path: Path, args: list[str]) -> None:
     result = runner.invoke(app, ["compress", str(mixed_adapter), "-o", str(tmp_path / "o"), *args])
     assert result.exit_code == 2, result.stdout
@@ -89,18 +97,24 @@ def test_existing_output_needs_force(mixed_adapter: Path, tmp_path: Path) -> Non
     assert (out / "keep.txt").read_text() == "mine"
     result = runner.invoke(app, [*args, "--force"])
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json",
-                                                     "adapter_model.safetensors"]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 @pytest.mark.parametrize("target", ["dir", "file", "config"])
 def test_never_writes_over_the_input(mixed_adapter: Path, target: str) -> None:
-    out = {"dir": mixed_adapter, "file": mixed_adapter / "adapter_model.safetensors",
-           "config": mixed_adapter / "adapter_config.json"}[target]  # fmt: skip
+    out = {
+        "dir": mixed_adapter,
+        "file": mixed_adapter / "adapter_model.safetensors",
+        "config": mixed_adapter / "adapter_config.json",
+    }[target]
     before = digest(mixed_adapter)
-    result = runner.invoke(app, ["compress", str(mixed_adapter), "-o", str(out), "--rank", "2",
-                                 "--force"])  # fmt: skip
+    result = runner.invoke(
+        app, ["compress", str(mixed_adapter), "-o", str(out), "--rank", "2", "--force"]
+    )
     assert result.exit_code == 2 and "overwrite the input" in result.stderr
     assert digest(mixed_adapter) == before
 
@@ -125,16 +139,18 @@ def test_interrupted_write_leaves_nothing(
     assert digest(mixed_adapter) == before
 
 
-def test_disk_full_is_exit_3(mixed_adapter: Path, tmp_path: Path,
-                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_disk_full_is_exit_3(
+    mixed_adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import lora_audit.formats.writer as writer
 
     def full(path: Path, data: bytes) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(writer, "_write_plain", full)
-    result = runner.invoke(app, ["compress", str(mixed_adapter), "-o", str(tmp_path / "o"),
-                                 "--rank", "2"])  # fmt: skip
+    result = runner.invoke(
+        app, ["compress", str(mixed_adapter), "-o", str(tmp_path / "o"), "--rank", "2"]
+    )
     assert result.exit_code == 3 and "No space left" in result.stderr
     assert [p for p in tmp_path.iterdir() if p != mixed_adapter] == []
 
@@ -150,17 +166,21 @@ def test_dora_needs_an_explicit_flag(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "magnitude" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["kohya-lora", "lycoris-loha", "lycoris-lokr",
-                                  "lycoris-locon-tucker", "diffusers-processor"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    ["kohya-lora", "lycoris-loha", "lycoris-lokr", "lycoris-locon-tucker", "diffusers-processor"],
+)
 def test_single_files_compress_to_their_format(tmp_path: Path, name: str) -> None:
     source = SAMPLES / "sd" / f"{name}.safetensors"
     out = tmp_path / f"{name}-r2.safetensors"
-    result = runner.invoke(app, ["compress", str(source), "-o", str(out), "--rank", "2",
-                                 "-f", "json"])  # fmt: skip
+    result = runner.invoke(
+        app, ["compress", str(source), "-o", str(out), "--rank", "2", "-f", "json"]
+    )
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    truncated = {layer["name"]: layer for layer in report["layers"]
-                 if layer["action"] == "truncated"}  # fmt: skip
+    truncated = {
+        layer["name"]: layer for layer in report["layers"] if layer["action"] == "truncated"
+    }
     old, new = spectra(source), spectra(out)
     again = load_adapter(out)
     assert again.format == ("diffusers" if name.startswith("diffusers") else again.format)

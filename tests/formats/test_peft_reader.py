@@ -27,8 +27,13 @@ def test_scales_follow_patterns_and_rslora(tmp_path: Path) -> None:
         _layer("m.layers.0.v_proj", r=8),
         _layer("m.layers.1.q_proj", r=2),
     ]
-    config = {"r": 8, "lora_alpha": 16, "use_rslora": True, "rank_pattern": {"q_proj": 2},
-              "alpha_pattern": {r"layers\.1\.q_proj": 4}}  # fmt: skip
+    config = {
+        "r": 8,
+        "lora_alpha": 16,
+        "use_rslora": True,
+        "rank_pattern": {"q_proj": 2},
+        "alpha_pattern": {r"layers\.1\.q_proj": 4},
+    }
     adapter = load_adapter(write_peft(tmp_path / "a", FakeAdapter(layers, config)))
     by_name = {layer.name: layer for layer in adapter.layers}
     assert by_name["m.layers.0.q_proj"].scale == pytest.approx(16 / math.sqrt(2))
@@ -41,7 +46,10 @@ def test_plain_scale_and_natural_order(tmp_path: Path) -> None:
     layers = [_layer(f"m.layers.{i}.q_proj", seed=i) for i in (10, 2, 1)]
     adapter = load_adapter(write_peft(tmp_path / "a", FakeAdapter(layers, {"lora_alpha": 8})))
     assert [layer.name for layer in adapter.layers] == [
-        "m.layers.1.q_proj", "m.layers.2.q_proj", "m.layers.10.q_proj"]  # fmt: skip
+        "m.layers.1.q_proj",
+        "m.layers.2.q_proj",
+        "m.layers.10.q_proj",
+    ]
     assert {layer.scale for layer in adapter.layers} == {2.0}
 
 
@@ -75,11 +83,13 @@ def test_passthrough_dora_bias_and_modules_to_save(tmp_path: Path) -> None:
 
 def test_alpha_from_header_metadata_then_flag_then_default(tmp_path: Path) -> None:
     meta = {"lora_adapter_metadata": json.dumps({"r": 4, "lora_alpha": 2})}
-    a = load_adapter(write_peft(tmp_path / "m", FakeAdapter([_layer("q")]), with_config=False,
-                                metadata=meta))  # fmt: skip
+    a = load_adapter(
+        write_peft(tmp_path / "m", FakeAdapter([_layer("q")]), with_config=False, metadata=meta)
+    )
     assert a.layers[0].scale == 0.5 and not a.warnings
-    b = load_adapter(write_peft(tmp_path / "f", FakeAdapter([_layer("q")]), with_config=False),
-                     alpha=12)  # fmt: skip
+    b = load_adapter(
+        write_peft(tmp_path / "f", FakeAdapter([_layer("q")]), with_config=False), alpha=12
+    )
     assert b.layers[0].scale == 3.0 and not b.warnings
     c = load_adapter(write_peft(tmp_path / "d", FakeAdapter([_layer("q")]), with_config=False))
     assert c.layers[0].scale == 1.0 and "assuming scale 1" in c.warnings[0]
@@ -102,8 +112,9 @@ def _error(path: Path, **kwargs: object) -> str:
 def test_half_pair_is_named(tmp_path: Path) -> None:
     d = tmp_path / "a"
     d.mkdir()
-    save_file({"base_model.model.q.lora_A.weight": torch.ones(2, 3)},
-              str(d / "adapter_model.safetensors"))  # fmt: skip
+    save_file(
+        {"base_model.model.q.lora_A.weight": torch.ones(2, 3)}, str(d / "adapter_model.safetensors")
+    )
     assert "without their partner" in _error(d) and "'q'" not in _error(d).split("(")[0]
 
 

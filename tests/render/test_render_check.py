@@ -46,8 +46,9 @@ def test_every_format_is_registered_for_check() -> None:
 def test_status_and_exit_code_are_the_worst(report: CheckReport, passing: CheckReport) -> None:
     assert (report.status, report.exit_code) == ("error", ExitCode.INPUT)
     assert (passing.status, passing.exit_code) == ("pass", ExitCode.OK)
-    failing = assemble(reports=[lean_report(), wasteful_report()], errors=[], policy=Policy(),
-                       policy_file=None)  # fmt: skip
+    failing = assemble(
+        reports=[lean_report(), wasteful_report()], errors=[], policy=Policy(), policy_file=None
+    )
     assert (failing.status, failing.exit_code) == ("fail", ExitCode.FINDINGS)
 
 
@@ -76,8 +77,13 @@ def test_json_is_the_inspect_reports_plus_findings(report: CheckReport) -> None:
         "severity": "error",
     }
     assert data["errors"] == [{"path": "adapters/broken", "message": BROKEN}]
-    assert data["policy"] == {"energy": 0.99, "coverage": 0.9, "max_waste": 0.5,
-                              "max_layer_waste": 1.0, "min_rank_used": 1}  # fmt: skip
+    assert data["policy"] == {
+        "energy": 0.99,
+        "coverage": 0.9,
+        "max_waste": 0.5,
+        "max_layer_waste": 1.0,
+        "min_rank_used": 1,
+    }
     assert (data["policy_file"], data["rules"]) == (
         "pyproject.toml",
         ["max-waste", "min-rank-used"],
@@ -228,8 +234,11 @@ def test_junit_parses_with_a_standard_parser(report: CheckReport) -> None:
     root = ET.fromstring(render(report, OutputFormat.JUNIT).encode("utf-8"))
     assert root.tag == "testsuites"
     suites = root.findall("testsuite")
-    assert [s.get("name") for s in suites] == ["adapters/lean", "adapters/wasteful",
-                                               "adapters/broken"]  # fmt: skip
+    assert [s.get("name") for s in suites] == [
+        "adapters/lean",
+        "adapters/wasteful",
+        "adapters/broken",
+    ]
     cases = root.findall("./testsuite/testcase")
     # one test case per adapter and rule, plus one "read" case for the unreadable adapter
     assert len(cases) == 2 * len(report.rules) + 1 == int(root.get("tests", "0"))

@@ -31,9 +31,7 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
-    debug: bool = typer.Option(
-        False, "--debug", help="Show a traceback when a command fails."
-    ),
+    debug: bool = typer.Option(False, "--debug", help="Show a traceback when a command fails."),
 ) -> None:
     """Exit codes: 0 ok · 1 policy findings · 2 usage error · 3 unreadable or invalid input."""
     _state.DEBUG = debug

@@ -35,6 +35,8 @@ AlphaOption = Annotated[
         help="lora_alpha to use when neither adapter_config.json nor the file header gives one.",
     ),
 ]
+
+
 class Device(StrEnum):
     """Where the spectra are computed."""
 
@@ -81,8 +83,7 @@ PolicyCoverageOption = Annotated[
     float | None,
     typer.Option(
         "--coverage",
-        help="Fraction of layers the advised retraining rank must cover, in (0, 1]. "
-        "Default 0.9.",
+        help="Fraction of layers the advised retraining rank must cover, in (0, 1]. Default 0.9.",
         show_default=False,
     ),
 ]

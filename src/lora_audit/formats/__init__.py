@@ -73,9 +73,7 @@ def resolve_files(path: Path) -> tuple[Path, Path | None]:
     )
 
 
-def load_adapter(
-    path: Path, *, alpha: float | None = None, input_format: str = "auto"
-) -> Adapter:
+def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = "auto") -> Adapter:
     """Read the adapter at ``path`` (a directory or a ``.safetensors`` file).
 
     Parameters
@@ -97,8 +95,11 @@ def load_adapter(
     header = read_header(tensor_file)
     fmt = input_format
     if fmt == "auto":
-        fmt = "kohya" if config_file is None and not looks_like_peft(header) and \
-            looks_like_kohya(header) else "peft"  # fmt: skip
+        fmt = (
+            "kohya"
+            if config_file is None and not looks_like_peft(header) and looks_like_kohya(header)
+            else "peft"
+        )
     if fmt == "kohya":
         return read_kohya(path=path, tensor_file=tensor_file, header=header)
     return read_peft(

@@ -47,9 +47,15 @@ _NOT_LOW_RANK = re.compile(r"\.(diff|diff_b|oft_blocks|oft_diag|on_input|rescale
 
 #: ``ss_*`` metadata keys shown in reports.
 SHOWN_METADATA = (
-    "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
-    "ss_base_model_version", "ss_output_name", "ss_training_comment", "sshs_model_hash",
-)  # fmt: skip
+    "ss_network_module",
+    "ss_network_dim",
+    "ss_network_alpha",
+    "ss_network_args",
+    "ss_base_model_version",
+    "ss_output_name",
+    "ss_training_comment",
+    "sshs_model_hash",
+)
 
 
 class _Common(TypedDict):
@@ -209,23 +215,42 @@ def _layer(
     if "lora_mid" in roles:
         mid = shape["lora_mid"]
         if mid[:2] != (rank, rank) or any(d != 1 for d in down[2:]):
-            raise InputError(f"{tensor_file}: {module}: lora_mid {list(mid)} does not fit "
-                             f"lora_down {list(down)}")  # fmt: skip
+            raise InputError(
+                f"{tensor_file}: {module}: lora_mid {list(mid)} does not fit lora_down {list(down)}"
+            )
         weight_shape = (out, down[1], *mid[2:])
         return LoraLayer(
-            kind=LayerKind.CONV, a_key=roles["lora_down"], b_key=roles["lora_up"], a_shape=down,
-            b_shape=up, out_features=out, in_features=math.prod(weight_shape[1:]), rank=rank,
-            alpha=alpha, scale=_scale(alpha, rank), weight_shape=weight_shape,
+            kind=LayerKind.CONV,
+            a_key=roles["lora_down"],
+            b_key=roles["lora_up"],
+            a_shape=down,
+            b_shape=up,
+            out_features=out,
+            in_features=math.prod(weight_shape[1:]),
+            rank=rank,
+            alpha=alpha,
+            scale=_scale(alpha, rank),
+            weight_shape=weight_shape,
             structure=Structure.TUCKER,
             keys={"up": roles["lora_up"], "mid": roles["lora_mid"], "down": roles["lora_down"]},
-            stored_params=sum(math.prod(s) for s in (down, up, mid)), **common,
-        )  # fmt: skip
+            stored_params=sum(math.prod(s) for s in (down, up, mid)),
+            **common,
+        )
     kind = LayerKind.CONV if len(down) > 2 else LayerKind.LINEAR
     return LoraLayer(
-        kind=kind, a_key=roles["lora_down"], b_key=roles["lora_up"], a_shape=down, b_shape=up,
-        out_features=out, in_features=math.prod(down[1:]), rank=rank, alpha=alpha,
-        scale=_scale(alpha, rank), weight_shape=(out, *down[1:]), **common,
-    )  # fmt: skip
+        kind=kind,
+        a_key=roles["lora_down"],
+        b_key=roles["lora_up"],
+        a_shape=down,
+        b_shape=up,
+        out_features=out,
+        in_features=math.prod(down[1:]),
+        rank=rank,
+        alpha=alpha,
+        scale=_scale(alpha, rank),
+        weight_shape=(out, *down[1:]),
+        **common,
+    )
 
 
 def _scale(alpha: float | None, rank: int) -> float:
@@ -241,8 +266,15 @@ def _loha(
     tensor_file: Path,
 ) -> LoraLayer:
     name = common["name"]
-    _need(roles, "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", module=name,
-          tensor_file=tensor_file)  # fmt: skip
+    _need(
+        roles,
+        "hada_w1_a",
+        "hada_w1_b",
+        "hada_w2_a",
+        "hada_w2_b",
+        module=name,
+        tensor_file=tensor_file,
+    )
     tucker = "hada_t1" in roles
     w1a, w1b, w2a, w2b = (shape[f"hada_{r}"] for r in ("w1_a", "w1_b", "w2_a", "w2_b"))
     if tucker:
@@ -265,12 +297,22 @@ def _loha(
         keys |= {"t1": roles["hada_t1"], "t2": roles["hada_t2"]}
     return LoraLayer(
         kind=LayerKind.CONV if len(weight_shape) > 2 else LayerKind.LINEAR,
-        a_key=roles["hada_w1_b"], b_key=roles["hada_w1_a"], a_shape=w1b, b_shape=w1a,
-        out_features=out, in_features=inp, rank=r1 * r2, alpha=alpha,
-        scale=_scale(alpha, r1), weight_shape=weight_shape, structure=Structure.LOHA, keys=keys,
-        stored_params=sum(math.prod(shape[r]) for r in roles), network_dim=r1,
+        a_key=roles["hada_w1_b"],
+        b_key=roles["hada_w1_a"],
+        a_shape=w1b,
+        b_shape=w1a,
+        out_features=out,
+        in_features=inp,
+        rank=r1 * r2,
+        alpha=alpha,
+        scale=_scale(alpha, r1),
+        weight_shape=weight_shape,
+        structure=Structure.LOHA,
+        keys=keys,
+        stored_params=sum(math.prod(shape[r]) for r in roles),
+        network_dim=r1,
         **common,
-    )  # fmt: skip
+    )
 
 
 def _lokr(
@@ -311,10 +353,19 @@ def _lokr(
     weight_shape = (out, b1 * i2, *spatial)
     return LoraLayer(
         kind=LayerKind.CONV if spatial else LayerKind.LINEAR,
-        a_key=next(iter(roles.values())), b_key=next(iter(roles.values())),
-        a_shape=shape[next(iter(roles))], b_shape=shape[next(iter(roles))],
-        out_features=out, in_features=inp, rank=rank, alpha=alpha, scale=scale,
-        weight_shape=weight_shape, structure=structure, keys=keys,
-        stored_params=sum(math.prod(shape[r]) for r in roles), network_dim=low_rank_dim,
+        a_key=next(iter(roles.values())),
+        b_key=next(iter(roles.values())),
+        a_shape=shape[next(iter(roles))],
+        b_shape=shape[next(iter(roles))],
+        out_features=out,
+        in_features=inp,
+        rank=rank,
+        alpha=alpha,
+        scale=scale,
+        weight_shape=weight_shape,
+        structure=structure,
+        keys=keys,
+        stored_params=sum(math.prod(shape[r]) for r in roles),
+        network_dim=low_rank_dim,
         **common,
-    )  # fmt: skip
+    )

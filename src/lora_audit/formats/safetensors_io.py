@@ -30,11 +30,22 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 #: Bytes per element of every dtype safetensors defines.
 DTYPE_SIZES: Mapping[str, int] = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-}  # fmt: skip
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 
 #: Dtypes a LoRA factor may have.
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
@@ -86,8 +97,7 @@ def read_header(path: Path) -> Header:
                 )
             if 8 + header_len > size:
                 raise InputError(
-                    f"{path}: header length {header_len} runs past the end of the "
-                    f"{size}-byte file",
+                    f"{path}: header length {header_len} runs past the end of the {size}-byte file",
                     hint="the file is truncated or not safetensors; download or save it again",
                 )
             raw = fh.read(header_len)
@@ -218,4 +228,3 @@ def serialize(tensors: Mapping[str, torch.Tensor], *, metadata: Mapping[str, str
         {k: v.detach().contiguous() for k, v in tensors.items()}, metadata=dict(metadata)
     )
     return data
-

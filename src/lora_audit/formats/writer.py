@@ -61,8 +61,11 @@ class NewLayer:
 
 def output_is_directory(adapter: Adapter) -> bool:
     """PEFT adapters read from a directory (or with a config) are written as directories."""
-    return adapter.format == "peft" and bool(adapter.config) and "lora_adapter_metadata" \
-        not in adapter.metadata  # fmt: skip
+    return (
+        adapter.format == "peft"
+        and bool(adapter.config)
+        and "lora_adapter_metadata" not in adapter.metadata
+    )
 
 
 def check_output(adapter: Adapter, output: Path, *, force: bool) -> None:
@@ -163,8 +166,9 @@ def _new_keys(adapter: Adapter, layer: LoraLayer, new: NewLayer) -> dict[str, to
     else:
         a, b = new.a, new.b
     a, b = a.to(dtype).contiguous(), b.to(dtype).contiguous()
-    if adapter.format == "peft" or (adapter.format == "diffusers"
-                                    and layer.structure is Structure.LORA):  # fmt: skip
+    if adapter.format == "peft" or (
+        adapter.format == "diffusers" and layer.structure is Structure.LORA
+    ):
         return {layer.a_key: a, layer.b_key: b}
     module = layer.name
     return {
@@ -216,8 +220,10 @@ def _number(x: float) -> float | int:
 
 
 def _kohya_metadata(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> dict[str, str]:
-    ranks = {new_layers[n].rank if n in new_layers else layer.network_dim or layer.rank
-             for n, layer in ((layer.name, layer) for layer in adapter.layers)}  # fmt: skip
+    ranks = {
+        new_layers[n].rank if n in new_layers else layer.network_dim or layer.rank
+        for n, layer in ((layer.name, layer) for layer in adapter.layers)
+    }
     if "ss_network_dim" not in adapter.metadata:
         return {}
     if len(ranks) == 1 and all(name in new_layers for name in (x.name for x in adapter.layers)):
@@ -252,8 +258,9 @@ def atomic_directory(output: Path, *, force: bool) -> Iterator[Path]:
         if output.exists():
             if not force:
                 raise UsageError(f"--output {output} already exists", hint="pass --force")
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old",
-                                        dir=output.parent))  # fmt: skip
+            old = Path(
+                tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent)
+            )
             os.replace(output, old / output.name)
             os.replace(tmp, output)
             shutil.rmtree(old, ignore_errors=True)

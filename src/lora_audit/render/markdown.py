@@ -55,10 +55,17 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
         s = adapter.summary
         found = report.findings_for(adapter.adapter.path)
         status = f"{_ICONS['fail']} fail" if found else f"{_ICONS['pass']} pass"
-        rows.append([
-            code(adapter.adapter.path), status, str(s.layer_count), str(s.nominal_rank),
-            f"{s.wasted_fraction:.1%}", f"r={s.recommended_rank}", str(len(found)),
-        ])  # fmt: skip
+        rows.append(
+            [
+                code(adapter.adapter.path),
+                status,
+                str(s.layer_count),
+                str(s.nominal_rank),
+                f"{s.wasted_fraction:.1%}",
+                f"r={s.recommended_rank}",
+                str(len(found)),
+            ]
+        )
     for error in report.errors:
         rows.append([code(error.path), f"{_ICONS['error']} unreadable", "", "", "", "", ""])
     header = ["adapter", "status", "layers", "r", "wasted", "retrain at", "findings"]
@@ -68,11 +75,17 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
         lines += table(
             ["adapter", "layer", "rule", "measured", "limit", "fix"],
             [
-                [code(f.adapter), code(f.layer) if f.layer else "(adapter)", code(f.rule),
-                 number(f.measured), number(f.limit), f.fix]
+                [
+                    code(f.adapter),
+                    code(f.layer) if f.layer else "(adapter)",
+                    code(f.rule),
+                    number(f.measured),
+                    number(f.limit),
+                    f.fix,
+                ]
                 for f in report.findings
             ],
-        )  # fmt: skip
+        )
         lines += ["", "<details><summary>Messages</summary>", ""]
         lines += [f"- {cell(finding_text(f))}" for f in report.findings]
         lines += ["", "</details>"]
@@ -108,12 +121,19 @@ def render_inspect(report: InspectReport, *, width: int = 100, color: bool = Fal
     lines += table(
         ["layer", "shape", "r", "σ₁", "‖ΔW‖F", "stable rank", "eff. rank", f"k@{tau}", "waste"],
         [
-            [code(layer.name), f"{layer.shape[0]}×{layer.shape[1]}", str(layer.rank),
-             f"{layer.spectral_norm:.3g}", f"{layer.frobenius_norm:.3g}",
-             f"{layer.stable_rank:.2f}", f"{layer.effective_rank:.2f}", str(layer.energy_rank),
-             str(layer.wasted_rank)]
+            [
+                code(layer.name),
+                f"{layer.shape[0]}×{layer.shape[1]}",
+                str(layer.rank),
+                f"{layer.spectral_norm:.3g}",
+                f"{layer.frobenius_norm:.3g}",
+                f"{layer.stable_rank:.2f}",
+                f"{layer.effective_rank:.2f}",
+                str(layer.energy_rank),
+                str(layer.wasted_rank),
+            ]
             for layer in report.layers
         ],
         right=8,
-    )  # fmt: skip
+    )
     return "\n".join(lines) + "\n"
