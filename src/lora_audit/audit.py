@@ -214,7 +214,10 @@ def _advice(
             f"instead of {params:,}."
         )
     else:
-        lines.append(f"The adapter uses its rank: keep r={nominal}.")
+        lines.append(
+            f"Keep r={nominal}: at τ={pct}, {plan.coverage:.0%} of the trained layers need up "
+            f"to {plan.quantile} of it."
+        )
     if params_after < params:
         saved = 1 - params_after / params
         lines.append(

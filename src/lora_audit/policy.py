@@ -38,6 +38,8 @@ class RankPlan:
     alpha_pattern: dict[str, float]
     layers_covered: int
     params: int
+    quantile: int = 0
+    coverage: float = 0.9
 
 
 def next_power_of_two(k: int) -> int:
@@ -79,7 +81,8 @@ def plan_retrain(
     """
     trained = [k for k in energy_ranks if k > 0]
     nominal = max((layer.rank for layer in layers), default=0)
-    rank = min(next_power_of_two(quantile_rank(trained, coverage)), max(nominal, 1))
+    quantile = quantile_rank(trained, coverage)
+    rank = min(next_power_of_two(quantile), max(nominal, 1))
     rank_pattern: dict[str, int] = {}
     alpha_pattern: dict[str, float] = {}
     ratios = {_ratio(layer, rslora=rslora) for layer in layers if layer.alpha is not None}
@@ -105,6 +108,8 @@ def plan_retrain(
         alpha_pattern=alpha_pattern,
         layers_covered=covered,
         params=params,
+        quantile=quantile,
+        coverage=coverage,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from collections.abc import Sequence
 
 from rich import box
@@ -87,17 +88,35 @@ def layer_table(report: InspectReport) -> Table:
     table.add_column("σ spectrum", no_wrap=True)
     for header in ("σ₁", "‖ΔW‖F", "sr", "erank", f"k@{tau}", "waste"):
         table.add_column(header, justify="right", no_wrap=True)
+    current = None
     for layer in report.layers:
-        table.add_row(*_row(layer, prefix=prefix, show_scale=show_scale))
+        group, label = split_block(layer.name.removeprefix(prefix))
+        if group and group != current:
+            table.add_row(Text(group, style="bold"))
+        current = group
+        table.add_row(*_row(layer, label=("  " if group else "") + label, show_scale=show_scale))
     return table
 
 
-def _row(layer: LayerReport, *, prefix: str, show_scale: bool) -> list[str | Text]:
+_BLOCK = re.compile(r"^(.*[._]\d+[._])(.+)$")
+
+
+def split_block(name: str) -> tuple[str, str]:
+    """Split a layer name after its last numbered segment: ``("model.layers.3.", "mlp.up")``.
+
+    The table prints each block once, then the short names under it, so that long module
+    paths fit in 100 columns; the JSON report keeps the full names.
+    """
+    match = _BLOCK.match(name)
+    return (match[1], match[2]) if match else ("", name)
+
+
+def _row(layer: LayerReport, *, label: str, show_scale: bool) -> list[str | Text]:
     heavy = layer.wasted_rank * 2 > layer.rank
     waste = Text(str(layer.wasted_rank), style="bold red" if heavy else "")
     k = Text(str(layer.energy_rank), style="yellow" if layer.untrained else "bold")
     cells: list[str | Text] = [
-        layer.name.removeprefix(prefix),
+        label,
         f"{layer.shape[0]}×{layer.shape[1]}",
         str(layer.rank),
     ]
