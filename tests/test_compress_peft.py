@@ -34,7 +34,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
         rank_pattern={"query": 4, "layer.1.output.dense": 6},
         alpha_pattern={"value": 24},
     ),
-    "rslora": dict(r=8, lora_alpha=8, use_rslora=True, target_modules=["query", "key", "dense"]),
+    "rslora": dict(
+        r=8,
+        lora_alpha=8,
+        use_rslora=True,
+        target_modules=["query", "key", "dense"],
+        rank_pattern={"key": 4},  # with --rank 6 these are kept (at scale 8/√4) and others cut
+    ),
 }
 
 
@@ -98,8 +104,9 @@ def run(source: Path, out: Path, rule: RankRule) -> CompressReport:
         RankRule(mode="energy", value=0.9),
         RankRule(mode="budget", value=2000),
         RankRule(mode="ratio", value=4),
+        RankRule(mode="rank", value=6),
     ],
-    ids=["rank", "energy", "budget", "ratio"],
+    ids=["rank", "energy", "budget", "ratio", "rank-mixed"],
 )
 def test_peft_rebuilds_the_optimal_truncation(
     saved: tuple[Path, dict[str, np.ndarray]], tmp_path: Path, rule: RankRule
@@ -112,6 +119,7 @@ def test_peft_rebuilds_the_optimal_truncation(
     worst = 0.0
     for name, delta in original.items():
         k = by_name[name].new_rank
+        assert k == expected_rank(delta, rule, rank=by_name[name].rank) or rule.mode == "budget"
         best = optimal(delta, k)
         err = np.linalg.norm(rebuilt[name] - best) / np.linalg.norm(delta)
         worst = max(worst, float(err))
@@ -122,6 +130,55 @@ def test_peft_rebuilds_the_optimal_truncation(
     assert config["use_rslora"] is False
     if rule.mode == "budget":
         assert report.summary.params_after <= rule.value
+    if rule.mode == "rank" and rule.value == 6:
+        actions = {layer.action for layer in report.layers}
+        assert actions == {"kept", "truncated"}, actions
+    check_config(config, source, report)
+
+
+def expected_rank(delta: np.ndarray, rule: RankRule, *, rank: int) -> int:
+    """The rank each rule keeps, from the dense spectrum (clamped to 1 ≤ k ≤ r)."""
+    s = np.linalg.svd(delta, compute_uv=False)[:rank]
+    if rule.mode == "rank":
+        k = int(rule.value)
+    elif rule.mode == "energy":
+        energy = np.cumsum(s**2) / np.sum(s**2)
+        k = int(np.argmax(energy >= rule.value * (1 - 1e-12))) + 1
+    else:
+        k = int(np.count_nonzero(s >= s[0] / rule.value))
+    return max(1, min(k, rank))
+
+
+def check_config(config: dict[str, Any], source: Path, report: CompressReport) -> None:
+    """Under PEFT's own pattern rule, every layer resolves to the (r, alpha) we meant."""
+    from peft.utils.other import get_pattern_key
+
+    old = json.loads((source / "adapter_config.json").read_text())
+    keys_seen = set()
+    for layer in report.layers:
+        r_key = get_pattern_key(list(config["rank_pattern"]), layer.name)
+        a_key = get_pattern_key(list(config["alpha_pattern"]), layer.name)
+        r = config["rank_pattern"].get(r_key, config["r"])
+        alpha = config["alpha_pattern"].get(a_key, config["lora_alpha"])
+        keys_seen |= {r_key, a_key}
+        assert r == layer.new_rank, layer.name
+        if layer.action == "truncated":
+            assert alpha == r, layer.name  # scale 1: baked into the factors
+        else:  # kept bit for bit: alpha/r must give back the original scale
+            assert alpha / r == pytest.approx(
+                old_scale(old, layer.name, rank=layer.rank), rel=1e-12
+            ), layer.name
+    # every pattern key matches some module (and none names the wrong one, checked above)
+    assert set(config["rank_pattern"]) <= keys_seen
+    assert set(config["alpha_pattern"]) <= keys_seen
+
+
+def old_scale(config: dict[str, Any], name: str, *, rank: int) -> float:
+    from peft.utils.other import get_pattern_key
+
+    key = get_pattern_key(list(config.get("alpha_pattern") or {}), name)
+    alpha = (config.get("alpha_pattern") or {}).get(key, config["lora_alpha"])
+    return float(alpha / (rank**0.5 if config.get("use_rslora") else rank))
 
 
 def test_budget_is_no_worse_than_uniform(
@@ -162,3 +219,40 @@ def test_untouched_layers_keep_their_bits(
             assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
         meta = b.metadata()
     assert meta["lora_audit.method"] == "rank" and len(meta["lora_audit.source_sha256"]) == 64
+
+
+def test_dora_needs_allow_dora_and_keeps_the_magnitudes(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from lora_audit.errors import UsageError
+
+    torch.manual_seed(1)
+    config = peft.LoraConfig(
+        init_lora_weights=False, r=8, lora_alpha=16, use_dora=True, target_modules=["query"]
+    )
+    model = peft.get_peft_model(tiny_base(), config)
+    source = tmp_path / "dora"
+    model.save_pretrained(str(source))
+    original = lora_deltas(model)
+    with pytest.raises(UsageError, match="--allow-dora"):
+        run(source, tmp_path / "refused", RankRule(mode="rank", value=3))
+    assert not (tmp_path / "refused").exists()
+
+    out = tmp_path / "out"
+    report = compress_adapter(
+        load_adapter(source),
+        options=CompressOptions(rule=RankRule(mode="rank", value=3), output=out, allow_dora=True),
+    )
+    assert any("magnitude" in w for w in report.warnings)
+    rebuilt = load_back(out)
+    for name, delta in original.items():  # the low-rank part is still the optimal truncation
+        err = np.linalg.norm(rebuilt[name] - optimal(delta, 3)) / np.linalg.norm(delta)
+        assert err <= 1e-5, (name, err)
+    with (
+        safe_open(str(source / "adapter_model.safetensors"), "pt") as a,
+        safe_open(str(out / "adapter_model.safetensors"), "pt") as b,
+    ):
+        magnitudes = [k for k in a.keys() if "lora_magnitude_vector" in k]  # noqa: SIM118
+        assert len(magnitudes) == len(original)
+        for key in magnitudes:
+            assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key

@@ -80,7 +80,8 @@ def compress_adapter(
     Raises
     ------
     UsageError
-        For a DoRA adapter without ``allow_dora``, or an output that exists or is the input.
+        For a DoRA adapter without ``allow_dora``, an output that exists or is the input, or
+        a budget below what every layer needs at ``min_rank``.
     """
     warnings = list(adapter.warnings)
     if any(layer.dora for layer in adapter.layers):
@@ -124,7 +125,15 @@ def _plan(
 ) -> list[_Plan]:
     layers = adapter.layers
     spectra_ = [sigmas[layer.name] for layer in layers]
-    ranks = select_ranks(spectra_, costs=[layer.params_per_rank for layer in layers], rule=rule)
+    costs = [layer.params_per_rank for layer in layers]
+    ranks = select_ranks(spectra_, costs=costs, rule=rule)
+    spent = sum(k * c for k, c in zip(ranks, costs, strict=True))
+    if rule.mode == "budget" and spent > rule.value:  # greedy never overspends: the floor does
+        raise UsageError(
+            f"--budget {rule.value:,.0f} is below the {spent:,} parameters that every layer "
+            f"needs at --min-rank {rule.min_rank}",
+            hint=f"give a budget of at least {spent:,}, or use --rank/--energy",
+        )
     plans = []
     for layer, sigma, k in zip(layers, spectra_, ranks, strict=True):
         k = min(k, layer.out_features, layer.in_features)
@@ -171,12 +180,17 @@ def _provenance(adapter: Adapter, rule: RankRule) -> dict[str, str]:
     return {
         "lora_audit.version": __version__,
         "lora_audit.method": rule.mode,
-        "lora_audit.parameter": f"{rule.value:g}",
+        "lora_audit.parameter": format_value(rule.value),
         "lora_audit.min_rank": str(rule.min_rank),
         "lora_audit.max_rank": "" if rule.max_rank is None else str(rule.max_rank),
         "lora_audit.source_sha256": digest.hexdigest(),
         "lora_audit.source_file": adapter.tensor_file.name,
     }
+
+
+def format_value(value: float) -> str:
+    """A rule's value as written in provenance: ``2000000`` (not ``2e+06``), ``0.99``."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.12g}"
 
 
 def _report(

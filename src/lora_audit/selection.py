@@ -11,13 +11,25 @@ Four rules, then the same clamps for all of them:
     The number of singular values with ``σᵢ ≥ σ₁ / R`` — exactly those, unlike sd-scripts'
     ``sv_ratio``, which keeps one more.
 ``budget``
-    A total parameter budget ``P`` shared across layers greedily: starting from ``min_rank``
+    A total parameter budget ``P`` shared across layers. Starting from ``min_rank``
     everywhere, the next unit of rank goes to the layer whose next singular value gives the
     largest ``σ²_{ℓ,k+1} / (in_ℓ + out_ℓ)`` — squared Frobenius error removed per parameter —
-    while it fits in what is left of ``P``. Each layer's σ² are non-increasing, so units are
-    taken in an order the layers allow, and the allocation is optimal for the fractional
-    relaxation of this knapsack; it is exactly optimal as long as no unit had to be skipped
-    for lack of room (then only the last, partly-fitting units can differ).
+    while it fits in what is left of ``P``; a unit that no longer fits is skipped and cheaper
+    ones still may. A unit whose ``σ`` is zero (at most ``ZERO_TOLERANCE·σ₁`` of its layer,
+    the accuracy of the spectra) removes no error and is never bought, so ``P`` is an upper
+    bound, not a target.
+
+    What this guarantees: each layer's σ² are non-increasing, so until the first unit that
+    does not fit, the greedy has taken the top of the list of all units sorted by
+    ``σ²/(in + out)``, and no allocation of at most that many parameters removes more error
+    (the exchange argument of the fractional knapsack, whose optimum this prefix is). When
+    every layer costs the same ``in + out``, the result is optimal for ``P``. With unequal
+    costs, a large unit that does not fit at the end can leave the greedy behind a plain
+    uniform truncation of the same size (layers costing 10 and 3 with σ² = (20, 10) and
+    (10, 3.3, 3.3), ``P = 26``: the greedy buys both 3.3s and then has no room for the 10).
+    So the same greedy fill is also run from the largest uniform rank that fits in ``P``, and
+    the allocation with the smaller total error is kept: ``budget`` is never worse than
+    truncating every layer to one rank at the same parameter count.
 
 Every rule is then clamped to ``[min_rank, max_rank]`` and to the layer's own rank ``r``
 (a layer never grows). ``min_rank`` is at least 1: a layer is never dropped (PEFT would then
@@ -37,6 +49,11 @@ import numpy.typing as npt
 from lora_audit.metrics import energy_rank
 
 Mode = Literal["rank", "energy", "ratio", "budget"]
+
+#: ``budget`` treats a singular value at most this fraction of its layer's σ₁ as zero: the
+#: spectra are accurate to about this level (``lora_audit.spectral.GRAM_RELATIVE_TOLERANCE``),
+#: and such a unit would remove at most 1e-14 of the layer's energy.
+ZERO_TOLERANCE = 1e-7
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,8 +130,39 @@ def _budget(
     low: int,
     high: int | None,
 ) -> list[int]:
-    ranks = [_clamp(low, r=len(s), low=low, high=high) for s in spectra]
+    floor = [_clamp(low, r=len(s), low=low, high=high) for s in spectra]
     caps = [_clamp(len(s), r=len(s), low=low, high=high) for s in spectra]
+    # units past the last non-zero singular value remove no error: never buy them
+    useful = [max(k, min(cap, _nonzero(s))) for s, k, cap in zip(spectra, floor, caps, strict=True)]
+    greedy = _fill(spectra, floor, caps=useful, costs=costs, budget=budget)
+    uniform = _best_uniform(spectra, floor, caps=useful, costs=costs, budget=budget)
+    if uniform is None:
+        return greedy
+    from_uniform = _fill(spectra, uniform, caps=useful, costs=costs, budget=budget)
+    return from_uniform if _lost(spectra, from_uniform) < _lost(spectra, greedy) else greedy
+
+
+def _nonzero(sigma: npt.NDArray[np.float64]) -> int:
+    """How many singular values exceed ``ZERO_TOLERANCE·σ₁`` (0 for a zero spectrum)."""
+    top = float(sigma[0]) if sigma.size else 0.0
+    return int(np.count_nonzero(sigma > ZERO_TOLERANCE * top)) if top > 0 else 0
+
+
+def _lost(spectra: Sequence[npt.NDArray[np.float64]], ranks: Sequence[int]) -> float:
+    """``Σ_ℓ ‖ΔW_ℓ − ΔW_ℓ,k‖_F²``: the squared singular values left out."""
+    return sum(float(np.square(s[k:]).sum()) for s, k in zip(spectra, ranks, strict=True))
+
+
+def _fill(
+    spectra: Sequence[npt.NDArray[np.float64]],
+    start: Sequence[int],
+    *,
+    caps: Sequence[int],
+    costs: Sequence[int],
+    budget: float,
+) -> list[int]:
+    """Greedy by ``σ²_{k+1}/cost`` from ``start`` while units fit in ``budget``."""
+    ranks = list(start)
     left = budget - sum(k * c for k, c in zip(ranks, costs, strict=True))
     heap: list[tuple[float, int]] = []
     for i, (sigma, k) in enumerate(zip(spectra, ranks, strict=True)):
@@ -129,3 +177,21 @@ def _budget(
         if ranks[i] < caps[i]:
             heapq.heappush(heap, (-(float(spectra[i][ranks[i]]) ** 2) / costs[i], i))
     return ranks
+
+
+def _best_uniform(
+    spectra: Sequence[npt.NDArray[np.float64]],
+    floor: Sequence[int],
+    *,
+    caps: Sequence[int],
+    costs: Sequence[int],
+    budget: float,
+) -> list[int] | None:
+    """The largest one-rank-for-all allocation (within the clamps) that fits in ``budget``."""
+    best: list[int] | None = None
+    for k in range(1, max(caps, default=0) + 1):
+        ranks = [min(max(k, lo), cap) for lo, cap in zip(floor, caps, strict=True)]
+        if sum(r * c for r, c in zip(ranks, costs, strict=True)) > budget:
+            break  # the cost only grows with k
+        best = ranks
+    return best

@@ -198,3 +198,69 @@ def test_single_files_compress_to_their_format(tmp_path: Path, name: str) -> Non
             meta = f.metadata()
         assert meta["ss_network_dim"] == "2" and meta["ss_network_alpha"] == "2"
         assert meta["lora_audit.method"] == "rank"
+
+
+def test_budget_below_the_floor_is_a_usage_error(mixed_adapter: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["compress", str(mixed_adapter), "-o", str(tmp_path / "o"), "--budget", "10"]
+    )
+    assert result.exit_code == 2 and "at least" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_budget_is_written_as_a_count(mixed_adapter: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["compress", str(mixed_adapter), "-o", str(out), "--budget", "2M", "--max-rank", "3"]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "2,000,000" in result.stdout and "2e+06" not in result.stdout  # the table title
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["lora_audit.parameter"] == "2000000" and meta["lora_audit.method"] == "budget"
+    assert meta["lora_audit.max_rank"] == "3"
+
+
+@pytest.mark.parametrize("name", ["dir", "file.safetensors"])
+def test_output_under_a_file_is_exit_3(mixed_adapter: Path, tmp_path: Path, name: str) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    source = mixed_adapter
+    if name.endswith(".safetensors"):  # a single-file input is written as a single file
+        source = SAMPLES / "sd" / "kohya-lora.safetensors"
+    result = runner.invoke(app, ["compress", str(source), "-o", str(blocker / name), "--rank", "1"])
+    assert result.exit_code == 3, result.stderr
+    assert "cannot create the directory" in result.stderr and "unexpected" not in result.stderr
+
+
+@pytest.mark.parametrize("single_file", [False, True])
+def test_interrupted_mid_write_leaves_nothing(
+    mixed_adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_file: bool
+) -> None:
+    source = SAMPLES / "sd" / "kohya-lora.safetensors" if single_file else mixed_adapter
+    out = tmp_path / "out" / ("o.safetensors" if single_file else "o")
+    before = digest(source)
+
+    def killed(fd: int) -> None:  # the data is written, not yet on disk: ^C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", killed)
+    result = runner.invoke(app, ["compress", str(source), "-o", str(out), "--rank", "1"])
+    assert result.exit_code == 130
+    assert list(out.parent.iterdir()) == []  # no output, no temporary file or directory
+    assert digest(source) == before
+
+
+def test_json_report_validates_against_the_schema(mixed_adapter: Path, tmp_path: Path) -> None:
+    from importlib import resources
+
+    import jsonschema
+
+    text = (resources.files("lora_audit") / "schema" / "compress.schema.json").read_text("utf-8")
+    result = runner.invoke(
+        app, ["compress", str(mixed_adapter), "--energy", "0.9", "--dry-run", "-f", "json"]
+    )
+    assert result.exit_code == 0, result.stderr
+    jsonschema.validate(json.loads(result.stdout), json.loads(text))

@@ -120,7 +120,7 @@ def write_compressed(
         metadata["lora_adapter_metadata"] = json.dumps(config)
     else:
         metadata.update(_kohya_metadata(adapter, new_layers))
-    output.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(output)
     if output.is_dir():
         raise UsageError(f"--output {output} is a directory; this format is a single file")
     write_atomic(output, serialize(tensors, metadata=metadata))
@@ -232,6 +232,28 @@ def _kohya_metadata(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> dic
     return {"ss_network_dim": "Dynamic", "ss_network_alpha": "Dynamic"}
 
 
+def _make_parent(output: Path) -> None:
+    """Create the directory ``output`` goes in.
+
+    Raises
+    ------
+    OutputError
+        When it cannot be created (a component is a file, permission denied, …).
+    """
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        hint = (
+            "a component of the path is an existing file"
+            if isinstance(exc, FileExistsError | NotADirectoryError)
+            else "check write permission"
+        )
+        raise OutputError(
+            f"{output}: cannot create the directory {output.parent}: {exc.strerror or exc}",
+            hint=hint,
+        ) from exc
+
+
 def _write_plain(path: Path, data: bytes) -> None:
     with path.open("wb") as fh:
         fh.write(data)
@@ -245,8 +267,8 @@ def atomic_directory(output: Path, *, force: bool) -> Iterator[Path]:
 
     On any error the temporary directory is removed and ``output`` is left as it was.
     """
+    _make_parent(output)
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
         umask = os.umask(0)
         os.umask(umask)
