@@ -610,7 +610,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"{tag}: floor and engine, in process (cpu, for comparison)")
                 (row["in_process_cpu"],) = engine_points([(directory, None)], device="cpu",
                                                          repeats=args.repeats)  # fmt: skip
-            if compress:
+            compress_sizes = args.compress_sizes.split(",")
+            if compress and ("all" in compress_sizes or size in compress_sizes):
                 measure_compress(row, cli=cli, out=out, tag=tag, device=device, args=args)
             dense_sizes = args.dense_sizes.split(",")
             if args.dense_samples > 0 and ("all" in dense_sizes or size in dense_sizes):
@@ -620,11 +621,23 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     for dev in dense_devices
                 }
             report["results"].append(row)
+            save_partial(args, report)
 
     if args.scaling:
         report["scaling"] = scaling(args, device=device, out=out)
     report["targets"] = targets(report)
     return report
+
+
+def json_path(args: argparse.Namespace) -> Path:
+    return Path(args.json) if args.json else Path(args.out) / "bench.json"
+
+
+def save_partial(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """Write what has been measured so far, so that an interrupted run keeps it."""
+    path = json_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**report, "partial": True}, indent=2) + "\n")
 
 
 def adapter_dir(out: Path, shape: ModelShape, rank: int, layers: int) -> Path:
@@ -862,14 +875,19 @@ def markdown(report: dict[str, Any]) -> str:
     if comp:
         lines += [
             "",
-            "| adapter | floor + write (whole process) | `lora-audit compress` | ratio |",
-            "|---|---:|---:|---:|",
+            "**Compress** (whole process, `--energy 0.99`; the floor reads + upcasts the input "
+            "and writes, with fsync, as many bytes as compress wrote):",
+            "",
+            "| adapter | output | floor + write | `lora-audit compress` | ratio "
+            "| peak RSS: compress |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for row in comp:
             fw, c = row["floor_write_process"], row["compress_process"]
             lines.append(
-                f"| {row['size']} r={row['rank']} | {mm(fw)} | {mm(c)} "
-                f"| {c['min'] / fw['min']:.2f}× |"
+                f"| {row['size']} r={row['rank']} | {row['compress_output_bytes'] / MB:.0f} MB "
+                f"| {mm(fw)} | {mm(c)} | {c['min'] / fw['min']:.2f}× "
+                f"| {c['max_rss_bytes'] / MB:.0f} MB |"
             )
     h = report["help"]
     lines += ["", f"`lora-audit --help` (whole process): {mm(h)}."]
@@ -981,6 +999,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--skip-compress", action="store_true", help="do not time compress")
     p.add_argument(
+        "--compress-sizes",
+        default="all",
+        help="sizes whose compress is timed, or all (default: %(default)s)",
+    )
+    p.add_argument(
         "--no-scaling", dest="scaling", action="store_false", help="skip the scaling tables"
     )
     p.add_argument("--scaling-size", default="7b", help="model shape for the scaling tables")
@@ -1012,7 +1035,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = bench(args)
     text = markdown(report)
     sys.stdout.write(text)
-    path = Path(args.json) if args.json else Path(args.out) / "bench.json"
+    path = json_path(args)
     path.parent.mkdir(parents=True, exist_ok=True)
     report["markdown"] = text
     path.write_text(json.dumps(report, indent=2) + "\n")

@@ -49,6 +49,9 @@ class CompressOptions:
     allow_dora
         Compress a DoRA adapter although its magnitude vectors were trained against the
         full-rank update (they are kept as they are).
+    base
+        The base model's weights: DoRA layers are then truncated exactly, keeping each output
+        row's DoRA scale (:class:`lora_audit.base_audit.DoraCompression`).
     """
 
     rule: RankRule
@@ -57,6 +60,7 @@ class CompressOptions:
     force: bool = False
     allow_dora: bool = False
     engine: EngineOptions = field(default_factory=EngineOptions)
+    base: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +88,7 @@ def compress_adapter(
         a budget below what every layer needs at ``min_rank``.
     """
     warnings = list(adapter.warnings)
-    if any(layer.dora for layer in adapter.layers):
+    if any(layer.dora for layer in adapter.layers) and options.base is None:
         if not options.allow_dora:
             raise UsageError(
                 f"{adapter.path}: DoRA adapter: its magnitude vectors depend on the base weights "
@@ -104,11 +108,20 @@ def compress_adapter(
             raise UsageError("--output is required unless --dry-run is given")
         check_output(adapter, options.output, force=options.force)
     sigmas = spectra(adapter, options=options.engine, progress=progress, warn=warn)
+    dora = None
+    if options.base is not None:  # DoRA layers: spectra of the update as DoRA applies it
+        from lora_audit.base_audit import DoraCompression
+
+        dora = DoraCompression.prepare(adapter, options.base, engine=options.engine, warn=warn)
+        sigmas = {**sigmas, **(dora.sigmas if dora is not None else {})}
     plans = _plan(adapter, sigmas, rule=options.rule)
     new_layers: dict[str, NewLayer] = {}
     file_after: int | None = None
     if not options.dry_run and options.output is not None:
         new_layers = _refactor(adapter, plans, options=options.engine, warn=warn)
+        if dora is not None:
+            ranks = {p.layer.name: p.new_rank for p in plans if p.truncate}
+            new_layers.update(dora.refactor({n: ranks[n] for n in dora.sigmas if n in ranks}))
         written = write_compressed(
             adapter,
             new_layers=new_layers,

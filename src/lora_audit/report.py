@@ -81,6 +81,8 @@ class LayerReport:
     untrained: bool
     structure: str = "lora"
     network_dim: int | None = None
+    #: Base-aware metrics (``inspect --base``); ``None`` without a base or for an unmatched layer.
+    base: BaseLayerReport | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +105,8 @@ class Summary:
     max_stable_rank: float
     top_wasters: tuple[str, ...]
     advice: tuple[str, ...]
+    #: Adapter-wide base-aware summary (``inspect --base``); ``None`` without a base.
+    base: BaseSummary | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -289,3 +293,322 @@ class CompressReport:
     warnings: tuple[str, ...] = ()
     schema_version: str = field(default=SCHEMA_VERSION)
     kind: str = "compress"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointSummary:
+    """One checkpoint of a training run, as ``trend`` saw it.
+
+    Attributes
+    ----------
+    step
+        Its position in training: a step, an epoch or a number from its name or metadata
+        (``TrendSettings.step_source`` says which), or its place in the given order.
+    mean_stable_rank, max_stable_rank
+        Over the trained layers (as in ``inspect``'s summary).
+    mean_energy_rank
+        Mean energy rank at τ over the trained layers.
+    frobenius_norm
+        The adapter's ``√Σ‖ΔW_ℓ‖_F²`` over all layers.
+    """
+
+    path: str
+    tensor_file: str
+    format: str
+    step: int
+    layer_count: int
+    rank: int
+    mean_stable_rank: float
+    max_stable_rank: float
+    mean_energy_rank: float
+    frobenius_norm: float
+    wasted_fraction: float
+    untrained_layers: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerTrend:
+    """One layer's metrics across the checkpoints, in step order.
+
+    Each series has one entry per checkpoint (``None`` where the layer is missing).
+    ``drift`` names the metrics flagged as rising (``"stable_rank"``, ``"energy_rank"``).
+    """
+
+    name: str
+    shape: tuple[int, int]
+    rank: int
+    stable_rank: tuple[float | None, ...]
+    energy_rank: tuple[int | None, ...]
+    frobenius_norm: tuple[float | None, ...]
+    drift: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrendSettings:
+    """The options the trend depends on.
+
+    Attributes
+    ----------
+    window
+        A metric drifts when it never falls over the last ``window`` checkpoints …
+    min_rise
+        … and rises there by more than this fraction of its value at the window's start.
+    step_source
+        Where the steps came from: ``"name"``, ``"ss_steps"``, ``"ss_epoch"`` or ``"order"``.
+    step_unit
+        ``"step"``, ``"epoch"``, ``"number"`` (a bare number in the names) or ``"order"``.
+    """
+
+    energy: float
+    window: int
+    min_rise: float
+    fail_on_drift: bool
+    device: str
+    method: str
+    step_source: str
+    step_unit: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrendReport:
+    """Everything ``lora-audit trend`` reports about a series of checkpoints."""
+
+    tool: ToolInfo
+    settings: TrendSettings
+    checkpoints: tuple[CheckpointSummary, ...]
+    layers: tuple[LayerTrend, ...]
+    findings: tuple[Finding, ...]
+    status: str
+    exit_code: int
+    warnings: tuple[str, ...] = ()
+    schema_version: str = field(default=SCHEMA_VERSION)
+    kind: str = "trend"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerComparison:
+    """One layer present in both adapters, ``ΔW_A`` against ``ΔW_B``.
+
+    Attributes
+    ----------
+    name, name_b
+        The layer's name in A, and in B when it differs (matched after normalising).
+    relative_difference
+        ``‖ΔW_A − ΔW_B‖_F / ‖ΔW_A‖_F``; ``None`` when ``ΔW_A = 0``.
+    cosine
+        ``⟨ΔW_A, ΔW_B⟩_F / (‖ΔW_A‖_F·‖ΔW_B‖_F)``; ``None`` when either is zero.
+    k
+        Dimension of the compared singular subspaces.
+    left_angles, right_angles
+        Principal angles in degrees, ascending, between the top-k left (output side of
+        ``B·A``) and right (input side) singular subspaces.
+    left_overlap, right_overlap
+        ``mean cos²θ`` of those angles, in [0, 1]; ``None`` when ``k = 0``.
+    """
+
+    name: str
+    name_b: str | None
+    shape: tuple[int, int]
+    rank_a: int
+    rank_b: int
+    norm_a: float
+    norm_b: float
+    difference_norm: float
+    difference_spectral_norm: float
+    relative_difference: float | None
+    cosine: float | None
+    k: int
+    left_angles: tuple[float, ...]
+    right_angles: tuple[float, ...]
+    left_overlap: float | None
+    right_overlap: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShapeMismatch:
+    """A layer both adapters adapt, with different shapes (not compared)."""
+
+    name: str
+    name_b: str | None
+    shape_a: tuple[int, int]
+    shape_b: tuple[int, int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareSummary:
+    """Totals over the matched layers.
+
+    ``relative_difference`` is ``√(Σ‖ΔW_A − ΔW_B‖_F²) / √(Σ‖ΔW_A‖_F²)`` and ``cosine`` is
+    ``Σ⟨ΔW_A, ΔW_B⟩_F / (√Σ‖ΔW_A‖_F² · √Σ‖ΔW_B‖_F²)``; the overlaps are means over the
+    layers that have one; ``most_different`` names the layers with the largest relative
+    difference.
+    """
+
+    matched: int
+    only_in_a: tuple[str, ...]
+    only_in_b: tuple[str, ...]
+    relative_difference: float | None
+    cosine: float | None
+    mean_left_overlap: float | None
+    mean_right_overlap: float | None
+    most_different: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareReport:
+    """Everything ``lora-audit compare`` reports about two adapters."""
+
+    tool: ToolInfo
+    adapter_a: AdapterInfo
+    adapter_b: AdapterInfo
+    top_k: int
+    layers: tuple[LayerComparison, ...]
+    mismatched: tuple[ShapeMismatch, ...]
+    summary: CompareSummary
+    warnings: tuple[str, ...] = ()
+    schema_version: str = field(default=SCHEMA_VERSION)
+    kind: str = "compare"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseLayerReport:
+    """How one layer's update sits against its pretrained weight ``W`` (``inspect --base``).
+
+    ``ΔW`` is ``s·B·A``, or for DoRA the effective update ``W′ − W`` with
+    ``W′ = m ⊙ (W + s·B·A) / ‖W + s·B·A‖_row``; ``W + ΔW`` is the merged weight. Stable ranks
+    are ``‖·‖_F² / ‖·‖₂²``. ``U_k, V_k`` are ``W``'s top-k singular vectors and ``U_Δ, V_Δ``
+    ``ΔW``'s. ``iterative`` names the fields computed iteratively (to ``BaseSummary.tolerance``);
+    all others are exact up to rounding. ``nan`` (JSON ``null``) marks an undefined value.
+
+    Attributes
+    ----------
+    key, file, transposed
+        The base tensor, its file, and whether it is stored ``(in, out)`` (``Conv1D``,
+        embeddings).
+    update
+        ``"lora"`` or ``"dora"``.
+    k
+        Dimension of the subspaces compared (0 for an untrained layer).
+    weight_frobenius_norm, weight_spectral_norm, weight_stable_rank
+        ``‖W‖_F``, ``σ₁(W)``, ``sr(W)``.
+    merged_frobenius_norm, merged_spectral_norm, merged_stable_rank
+        The same for ``W + ΔW``.
+    stable_rank_change
+        ``sr(W + ΔW) − sr(W)``.
+    update_frobenius_norm, update_spectral_norm
+        ``‖ΔW‖_F``, ``σ₁(ΔW)``.
+    relative_frobenius, relative_spectral
+        ``‖ΔW‖_F / ‖W‖_F`` and ``σ₁(ΔW) / σ₁(W)``.
+    top_k_alignment
+        ``‖U_kᵀ ΔW V_k‖_F / ‖ΔW‖_F``: the part of the update inside ``W``'s top-k directions.
+    amplification
+        ``‖ΔW‖_F / ‖U_Δᵀ W V_Δ‖_F`` (Hu et al., 2022): how much the update amplifies
+        directions that ``W`` does not emphasise.
+    left_angles, right_angles
+        Principal angles in degrees, ascending, between ``span(U_k)`` and ``span(U_Δ)``
+        (``V_k`` and ``V_Δ``).
+    subspace_overlap
+        Mean of the ``2k`` squared cosines of those angles: 1 for the same subspaces, about
+        ``k/out`` and ``k/in`` for unrelated ones.
+    update_energy_at_rank
+        DoRA only: the fraction of ``‖ΔW‖_F²`` in its best rank-r approximation.
+    residual
+        Largest relative residual ``‖Mv − σ̃u‖ / σ̃₁`` of the iterative triplets.
+    subspace_error
+        Estimated sine of the largest angle between the computed and exact top-k subspaces.
+    converged
+        Whether every iterative triplet met the tolerance.
+    iterative
+        The fields above that come from iterative triplets.
+    random_alignment, random_overlap
+        Reference values: ``k/√(out·in)`` and ``(k/out + k/in)/2``, what ``top_k_alignment``
+        (root mean square) and ``subspace_overlap`` (mean) would be for an update whose
+        singular directions were random. Values near them mean the update ignores ``W``'s
+        top directions; values near 1 mean it reinforces them.
+    """
+
+    key: str
+    file: str
+    transposed: bool
+    update: str
+    k: int
+    weight_frobenius_norm: float
+    weight_spectral_norm: float
+    weight_stable_rank: float
+    merged_frobenius_norm: float
+    merged_spectral_norm: float
+    merged_stable_rank: float
+    stable_rank_change: float
+    update_frobenius_norm: float
+    update_spectral_norm: float
+    relative_frobenius: float
+    relative_spectral: float
+    top_k_alignment: float
+    amplification: float
+    left_angles: tuple[float, ...]
+    right_angles: tuple[float, ...]
+    subspace_overlap: float
+    update_energy_at_rank: float | None
+    residual: float
+    subspace_error: float
+    converged: bool
+    iterative: tuple[str, ...]
+    random_alignment: float
+    random_overlap: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseStat:
+    """One base-aware metric over the audited layers (undefined values left out)."""
+
+    mean: float
+    median: float
+    min: float
+    max: float
+    min_layer: str
+    max_layer: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseSummary:
+    """Adapter-wide base-aware results (``inspect --base``).
+
+    Attributes
+    ----------
+    path, index, files
+        The base as given, its shard index (or ``None``) and the files weights were read from.
+    layers_matched, unmatched_layers
+        Layers audited against the base, and those without a matching weight
+        (``--base-partial``).
+    k
+        ``--base-k``, or ``None`` when each layer's energy rank was used.
+    tolerance
+        Relative residual tolerance of the iterative triplets.
+    exact, iterative
+        Which :class:`BaseLayerReport` fields are exact and which iterative.
+    stats
+        Per metric (``weight_stable_rank``, ``merged_stable_rank``, ``stable_rank_change``,
+        ``relative_frobenius``, ``relative_spectral``, ``top_k_alignment``,
+        ``subspace_overlap``, ``amplification``, ``random_alignment``, ``random_overlap``, and
+        for DoRA ``update_energy_at_rank``):
+        mean, median, min, max, and the layers with the min and the max.
+    total_relative_frobenius
+        ``√(Σ‖ΔW‖_F² / Σ‖W‖_F²)`` over the audited layers.
+    max_residual, max_subspace_error, converged
+        The worst accuracy figures over all layers.
+    """
+
+    path: str
+    index: str | None
+    files: tuple[str, ...]
+    layers_matched: int
+    unmatched_layers: tuple[str, ...]
+    k: int | None
+    tolerance: float
+    exact: tuple[str, ...]
+    iterative: tuple[str, ...]
+    stats: Mapping[str, BaseStat]
+    total_relative_frobenius: float
+    max_residual: float
+    max_subspace_error: float
+    converged: bool

@@ -7,8 +7,10 @@ import typer
 from lora_audit import __version__
 from lora_audit.cli import _state
 from lora_audit.cli.check import check_command
+from lora_audit.cli.compare import compare_command
 from lora_audit.cli.compress import compress_command
 from lora_audit.cli.inspect import inspect_command
+from lora_audit.cli.trend import trend_command
 
 app = typer.Typer(
     name="lora-audit",
@@ -40,6 +42,8 @@ def _root(
 app.command("inspect")(inspect_command)
 app.command("check")(check_command)
 app.command("compress")(compress_command)
+app.command("trend")(trend_command)
+app.command("compare")(compare_command)
 
 
 def main() -> None:

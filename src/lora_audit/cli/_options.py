@@ -153,3 +153,64 @@ class InspectFormat(StrEnum):
     TABLE = "table"
     JSON = "json"
     MARKDOWN = "markdown"
+
+
+class TrendFormat(StrEnum):
+    """Formats ``trend`` offers (a test keeps this equal to ``formats_for("trend")``)."""
+
+    TABLE = "table"
+    JSON = "json"
+
+
+class CompareFormat(StrEnum):
+    """Formats ``compare`` offers (a test keeps this equal to ``formats_for("compare")``)."""
+
+    TABLE = "table"
+    JSON = "json"
+
+
+PlotOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot",
+        help="Also draw the report into this .png or .svg file (needs matplotlib: "
+        "pip install 'lora-audit[plot]').",
+        show_default=False,
+    ),
+]
+PlotLayersOption = Annotated[
+    str | None,
+    typer.Option(
+        "--plot-layers",
+        help="With --plot: draw the spectra of the layers whose name matches this regular "
+        "expression (default: all).",
+        show_default=False,
+    ),
+]
+BaseOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--base",
+        help="The base model's weights (a .safetensors file, a directory, or a sharded model "
+        "with model.safetensors.index.json): also measure sr(W), sr(W+ΔW), ‖ΔW‖/‖W‖ and how "
+        "the update aligns with W's top singular directions.",
+        show_default=False,
+    ),
+]
+BaseKOption = Annotated[
+    int | None,
+    typer.Option(
+        "--base-k",
+        help="With --base: compare top-K singular subspaces in every layer (default: each "
+        "layer's energy rank at τ).",
+        show_default=False,
+    ),
+]
+BasePartialOption = Annotated[
+    bool,
+    typer.Option(
+        "--base-partial",
+        help="With --base: audit the layers that match a base weight and warn about the rest, "
+        "instead of failing.",
+    ),
+]

@@ -126,6 +126,16 @@ def compress_command(
     device: DeviceOption = Device.AUTO,
     method: MethodOption = Method.AUTO,
     input_format: InputFormatOption = InputFormat.AUTO,
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            "--base",
+            help="The base model's weights (a .safetensors file, a directory, or a sharded "
+            "model): truncate a PEFT DoRA adapter exactly, keeping each output row's DoRA scale "
+            "and recomputing the magnitudes.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Rewrite an adapter at a smaller rank with the optimal (Eckart–Young) error."""
 
@@ -149,6 +159,7 @@ def compress_command(
             force=force,
             allow_dora=allow_dora,
             engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
+            base=base,
         )
         if output is None and not dry_run:
             raise UsageError("--output is required", hint="or pass --dry-run to see the plan")

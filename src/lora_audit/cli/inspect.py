@@ -18,6 +18,9 @@ from lora_audit.cli._common import (
 )
 from lora_audit.cli._options import (
     AlphaOption,
+    BaseKOption,
+    BaseOption,
+    BasePartialOption,
     CoverageOption,
     Device,
     DeviceOption,
@@ -28,6 +31,8 @@ from lora_audit.cli._options import (
     Method,
     MethodOption,
     OutputOption,
+    PlotLayersOption,
+    PlotOption,
 )
 from lora_audit.errors import ExitCode
 from lora_audit.render import OutputFormat
@@ -52,11 +57,17 @@ def inspect_command(
     device: DeviceOption = Device.AUTO,
     method: MethodOption = Method.AUTO,
     input_format: InputFormatOption = InputFormat.AUTO,
+    plot: PlotOption = None,
+    plot_layers: PlotLayersOption = None,
+    base: BaseOption = None,
+    base_k: BaseKOption = None,
+    base_partial: BasePartialOption = False,
 ) -> None:
     """Per-layer singular spectra, stable and effective ranks, energy ranks and advice."""
 
     def body() -> int:
         from lora_audit.audit import AuditOptions, inspect_adapter
+        from lora_audit.cli._plot import draw, plot_request
         from lora_audit.engine import EngineOptions
         from lora_audit.formats import load_adapter
         from lora_audit.render import render
@@ -66,11 +77,31 @@ def inspect_command(
             coverage=check_fraction("--coverage", coverage),
             engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
         )
+        plot_request(plot, layers=plot_layers)  # a bad --plot fails before any work
+        if base is not None or base_k is not None or base_partial:
+            from lora_audit.base_audit import check_base_options
+
+            check_base_options(base, k=base_k, partial=base_partial)  # before any work
         loaded = load_adapter(adapter, alpha=alpha, input_format=input_format.value)
+        request = plot_request(plot, layers=plot_layers, names=[x.name for x in loaded.layers])
         for message in loaded.warnings:
             warn(message)
         with progress_bar(len(loaded.layers), description="spectra") as advance:
             report = inspect_adapter(loaded, options=options, progress=advance, warn=warn)
+        if base is not None:
+            from lora_audit.base_audit import BaseOptions, audit_base
+
+            base_options = BaseOptions(path=base, k=base_k, partial=base_partial)
+            with progress_bar(len(loaded.layers), description="base") as advance:
+                report = audit_base(
+                    report,
+                    loaded,
+                    options=base_options,
+                    engine=options.engine,
+                    progress=advance,
+                    warn=warn,
+                )
+        draw(report, request)
         fmt = OutputFormat(output_format.value)
         color = output is None and fmt is OutputFormat.TABLE and stdout_is_terminal()
         emit(render(report, fmt, width=terminal_width(), color=color), output=output)

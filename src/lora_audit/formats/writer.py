@@ -30,7 +30,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,10 +49,13 @@ class NewLayer:
     """A rewritten layer: factors with the scale baked in (``ΔW_k = b @ a``).
 
     ``b`` has shape (out, k), ``a`` shape (k, in) (flattened as in :class:`LoraLayer`).
+    ``extra`` holds other tensors of the layer to replace, by key, as they are to be stored
+    (DoRA magnitudes recomputed by ``compress --base``).
     """
 
     b: torch.Tensor
     a: torch.Tensor
+    extra: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def rank(self) -> int:
@@ -139,6 +142,7 @@ def _tensors(
         replaced |= {layer.a_key, layer.b_key, *layer.keys.values()}
         for key, tensor in _new_keys(adapter, layer, new).items():
             out[key] = tensor
+        out.update(new.extra)
     for key in _all_keys(adapter):
         if key not in replaced and key not in out:
             out[key] = adapter.source.get(key)

@@ -39,6 +39,10 @@ RENDERERS: dict[tuple[str, OutputFormat], Renderer] = {
     ("check", OutputFormat.JUNIT): junit.render_check,
     ("compress", OutputFormat.TABLE): table.render_compress,
     ("compress", OutputFormat.JSON): json_.render,
+    ("trend", OutputFormat.TABLE): table.render_trend,
+    ("trend", OutputFormat.JSON): json_.render,
+    ("compare", OutputFormat.TABLE): table.render_compare,
+    ("compare", OutputFormat.JSON): json_.render,
 }
 
 

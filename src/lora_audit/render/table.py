@@ -13,7 +13,14 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lora_audit.report import CheckReport, CompressReport, InspectReport, LayerReport
+from lora_audit.report import (
+    CheckReport,
+    CompareReport,
+    CompressReport,
+    InspectReport,
+    LayerReport,
+    TrendReport,
+)
 
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 12
@@ -177,7 +184,7 @@ def render_inspect(report: InspectReport, *, width: int = 100, color: bool = Fal
     """The full human-readable inspect report."""
     advice = Text("\n".join(f"→ {line}" for line in report.summary.advice), style="green")
     return _to_text(
-        Group(layer_table(report), summary_table(report), Text(""), advice),
+        Group(layer_table(report), summary_table(report), *base_parts(report), Text(""), advice),
         width=width,
         color=color,
     )
@@ -252,8 +259,11 @@ def render_compress(report: CompressReport, *, width: int = 100, color: bool = F
     names = [layer.name for layer in report.layers]
     prefix = common_prefix(names)
     s = report.settings
-    rule = f"{s.mode} {s.value:g}" + (
-        f", ranks in [{s.min_rank}, {s.max_rank}]" if s.max_rank is not None else ""
+    value = f"{s.value:,.0f}" if s.mode == "budget" else f"{s.value:g}"  # not 2e+06
+    rule = f"{s.mode} {value}" + (
+        f", ranks in [{s.min_rank}, {s.max_rank}]"
+        if s.max_rank is not None
+        else (f", ranks ≥ {s.min_rank}" if s.min_rank > 1 else "")
     )
     title = f"{report.adapter.path} → {report.output or '(dry run)'} · {rule}"
     if prefix:
@@ -302,3 +312,400 @@ def render_compress(report: CompressReport, *, width: int = 100, color: bool = F
     if report.output and not report.dry_run:
         info.add_row("written", f"{report.output} ({report.output_format})")
     return _to_text(Group(table, info), width=width, color=color)
+
+
+def block_prefix(names: Sequence[str]) -> str:
+    """:func:`common_prefix`, cut back so that no name loses the start of a numbered block."""
+    prefix = common_prefix(names)
+    while prefix and any(name[len(prefix) : len(prefix) + 1].isdigit() for name in names):
+        body = prefix[:-1]
+        prefix = prefix[: max(body.rfind("."), body.rfind("_")) + 1]
+    return prefix
+
+
+def _listed(names: Sequence[str], *, limit: int = 6) -> str:
+    """Up to ``limit`` names, then how many more."""
+    shown = ", ".join(names[:limit])
+    more = len(names) - limit
+    return f"{shown} … ({more} more in --format json)" if more > 0 else shown
+
+
+def _trend_spark(values: Sequence[float | int | None]) -> str:
+    """Bars from the series' minimum to its maximum (flat when constant; blank when missing)."""
+    known = [float(v) for v in values if v is not None]
+    if not known:
+        return " " * len(values)
+    low, high = min(known), max(known)
+    span = high - low
+    cells = []
+    for v in values:
+        if v is None:
+            cells.append(" ")
+        elif span <= 0:
+            cells.append(SPARK[len(SPARK) // 2])
+        else:
+            cells.append(
+                SPARK[min(len(SPARK) - 1, int((float(v) - low) / span * (len(SPARK) - 1) + 0.5))]
+            )
+    return "".join(cells)
+
+
+def _ends(values: Sequence[float | int | None], fmt: str) -> str:
+    """``first → last`` of the known values of a series."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "–"
+    if len(known) == 1:
+        return format(known[0], fmt)
+    return f"{format(known[0], fmt)} → {format(known[-1], fmt)}"
+
+
+def _common_directory(paths: Sequence[str]) -> str:
+    """The directory (ending in ``/``) that all the paths share, or ``""``."""
+    if len(paths) < 2:
+        return ""
+    prefix = os.path.commonprefix(list(paths))  # noqa: RUF071 (character-wise is intended)
+    return prefix[: prefix.rfind("/") + 1]
+
+
+def _step_word(unit: str) -> str:
+    return {"step": "step", "epoch": "epoch", "order": "#"}.get(unit, "n")
+
+
+def render_trend(report: TrendReport, *, width: int = 100, color: bool = False) -> str:
+    """Checkpoints in step order, then each layer's stable rank, energy rank and norm over them."""
+    s = report.settings
+    tau = f"{s.energy:g}"
+    word = _step_word(s.step_unit)
+    checkpoints = report.checkpoints
+    title = f"lora-audit trend · {len(checkpoints)} checkpoints"
+    if checkpoints:
+        plural = {"step": "steps", "epoch": "epochs"}.get(s.step_unit, word)
+        title += f" · {plural} {checkpoints[0].step}–{checkpoints[-1].step}"
+    where = _common_directory([c.path for c in checkpoints])
+    if where:
+        title += f" · {where}"
+    runs = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    runs.add_column(word, justify="right", no_wrap=True)
+    runs.add_column("checkpoint", overflow="fold", ratio=1)
+    runs.add_column("layers", justify="right")
+    runs.add_column("r", justify="right")
+    runs.add_column("mean sr", justify="right", no_wrap=True)
+    runs.add_column("max sr", justify="right", no_wrap=True)
+    runs.add_column(f"mean k@{tau}", justify="right", no_wrap=True)
+    runs.add_column("‖ΔW‖F", justify="right", no_wrap=True)
+    runs.add_column("wasted", justify="right", no_wrap=True)
+    for c in checkpoints:
+        runs.add_row(
+            str(c.step),
+            c.path.removeprefix(where) or c.path,
+            str(c.layer_count),
+            str(c.rank),
+            f"{c.mean_stable_rank:.2f}",
+            f"{c.max_stable_rank:.2f}",
+            f"{c.mean_energy_rank:.2f}",
+            _num(c.frobenius_norm),
+            f"{c.wasted_fraction:.1%}",
+        )
+    names = [layer.name for layer in report.layers]
+    prefix = block_prefix(names)
+    layers = Table(
+        title=f"per layer, in {word} order" + (f" · {prefix}…" if prefix else ""),
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    layers.add_column("layer", overflow="fold", min_width=20, ratio=1)
+    layers.add_column("shape", justify="right", no_wrap=True)
+    layers.add_column("r", justify="right", no_wrap=True)
+    layers.add_column("sr", no_wrap=True)
+    layers.add_column("stable rank", justify="right", no_wrap=True)
+    layers.add_column("k", no_wrap=True)
+    layers.add_column(f"k@{tau}", justify="right", no_wrap=True)
+    layers.add_column("‖ΔW‖F", justify="right", no_wrap=True)
+    layers.add_column("drift", no_wrap=True)
+    current = None
+    for layer in report.layers:
+        group, label = split_block(layer.name.removeprefix(prefix))
+        if group and group != current:
+            layers.add_row(Text(group, style="bold"))
+        current = group
+        marks = " ".join({"stable_rank": "sr", "energy_rank": "k"}[m] for m in layer.drift)
+        layers.add_row(
+            ("  " if group else "") + label,
+            f"{layer.shape[0]}×{layer.shape[1]}",
+            str(layer.rank),
+            Text(_trend_spark(layer.stable_rank), style="cyan"),
+            _ends(layer.stable_rank, ".2f"),
+            Text(_trend_spark(layer.energy_rank), style="cyan"),
+            _ends(layer.energy_rank, "d"),
+            _ends(layer.frobenius_norm, ".3g"),
+            Text(f"↑ {marks}" if marks else "", style="bold red"),
+        )
+    parts: list[RenderableType] = [runs, layers]
+    if report.findings:
+        findings = Table.grid(padding=(0, 1))
+        findings.add_column(no_wrap=True)
+        findings.add_column(overflow="fold")
+        for f in report.findings:
+            body = Text.assemble(
+                (f.layer or "(adapter)", "bold"),
+                " · ",
+                (f.rule, "red" if f.severity == "error" else "yellow"),
+                " · ",
+                f.message,
+            )
+            findings.add_row(Text("↑", style="red"), body)
+        parts += [Text("drift", style="bold"), findings, Text("")]
+        parts.append(Text(f"fix: {report.findings[0].fix}", style="green"))
+    rule = (
+        f"drift = never falling over the last {s.window} checkpoints and rising by more than "
+        f"{s.min_rise:.0%}"
+    )
+    parts.append(Text(rule, style="dim"))
+    parts.append(
+        Text(_trend_verdict(report), style="bold red" if report.findings else "bold green")
+    )
+    return _to_text(Group(*parts), width=width, color=color)
+
+
+def _trend_verdict(report: TrendReport) -> str:
+    flagged = [layer for layer in report.layers if layer.drift]
+    if not report.findings:
+        return f"PASS: no series keeps rising over the last {report.settings.window} checkpoints"
+    adapter = [f for f in report.findings if f.layer is None]
+    parts = [f"{len(flagged)} layer(s) keep rising"]
+    if adapter:
+        parts.append(
+            "and so does the adapter's mean "
+            + " and ".join(
+                "stable rank" if f.rule == "stable-rank-drift" else "energy rank" for f in adapter
+            )
+        )
+    return "DRIFT: " + " ".join(parts)
+
+
+def _opt(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def render_compare(report: CompareReport, *, width: int = 100, color: bool = False) -> str:
+    """Per matched layer: norms, relative difference, cosine and subspace overlaps."""
+    names = [layer.name for layer in report.layers]
+    prefix = block_prefix(names)
+    title = f"{report.adapter_a.path} vs {report.adapter_b.path} · top-{report.top_k} subspaces"
+    if prefix:
+        title += f" · {prefix}…"
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True
+    )
+    table.add_column("layer", overflow="fold", min_width=20, ratio=1)
+    table.add_column("shape", justify="right", no_wrap=True)
+    table.add_column("r A/B", justify="right", no_wrap=True)
+    table.add_column("‖ΔW_A‖F", justify="right", no_wrap=True)
+    table.add_column("‖ΔW_B‖F", justify="right", no_wrap=True)
+    table.add_column("rel Δ", justify="right", no_wrap=True)
+    table.add_column("cos", justify="right", no_wrap=True)
+    table.add_column("k", justify="right", no_wrap=True)
+    table.add_column("ov. out", justify="right", no_wrap=True)
+    table.add_column("ov. in", justify="right", no_wrap=True)
+    current = None
+    for layer in report.layers:
+        group, label = split_block(layer.name.removeprefix(prefix))
+        if group and group != current:
+            table.add_row(Text(group, style="bold"))
+        current = group
+        table.add_row(
+            ("  " if group else "") + label,
+            f"{layer.shape[0]}×{layer.shape[1]}",
+            f"{layer.rank_a}/{layer.rank_b}",
+            _num(layer.norm_a),
+            _num(layer.norm_b),
+            _opt(layer.relative_difference, ".3f"),
+            _opt(layer.cosine, ".3f"),
+            str(layer.k),
+            _opt(layer.left_overlap, ".3f"),
+            _opt(layer.right_overlap, ".3f"),
+        )
+    s = report.summary
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold", no_wrap=True)
+    info.add_column(overflow="fold")
+    for label, a in (("A", report.adapter_a), ("B", report.adapter_b)):
+        rank = f", r={a.rank}" if a.rank is not None else ""
+        info.add_row(label, f"{a.path} ({a.format}{rank}, {a.layer_count} layers)")
+    info.add_row(
+        "layers",
+        f"{s.matched} matched, {len(report.layers)} compared"
+        + (f", {len(report.mismatched)} differ in shape" if report.mismatched else ""),
+    )
+    if s.only_in_a:
+        info.add_row("only in A", f"{len(s.only_in_a)}: {_listed(s.only_in_a)}")
+    if s.only_in_b:
+        info.add_row("only in B", f"{len(s.only_in_b)}: {_listed(s.only_in_b)}")
+    for m in report.mismatched:
+        info.add_row(
+            "shape differs",
+            f"{m.name}: {m.shape_a[0]}×{m.shape_a[1]} vs {m.shape_b[0]}×{m.shape_b[1]}",
+        )
+    info.add_row(
+        "difference",
+        f"‖ΔW_A − ΔW_B‖F / ‖ΔW_A‖F = {_opt(s.relative_difference, '.4f')} over the compared "
+        f"layers; cosine {_opt(s.cosine, '.4f')}",
+    )
+    info.add_row(
+        "overlap",
+        f"mean {_opt(s.mean_left_overlap, '.3f')} (output side), "
+        f"{_opt(s.mean_right_overlap, '.3f')} (input side): mean cos² of the principal angles "
+        "between the top-k singular subspaces (1 = same, 0 = orthogonal)",
+    )
+    if s.most_different:
+        info.add_row("most different", ", ".join(s.most_different))
+    return _to_text(Group(table, info), width=width, color=color)
+
+
+_BASE_LABELS = {
+    "weight_spectral_norm": "σ₁(W)",
+    "weight_stable_rank": "sr(W)",
+    "merged_spectral_norm": "σ₁(W+ΔW)",
+    "merged_stable_rank": "sr(W+ΔW)",
+    "stable_rank_change": "Δsr",
+    "relative_spectral": "σ₁ ratio",
+    "top_k_alignment": "alignment",
+    "left_angles": "angles",
+    "right_angles": "angles",
+    "subspace_overlap": "overlap",
+    "weight_frobenius_norm": "‖W‖F",
+    "merged_frobenius_norm": "‖W+ΔW‖F",
+    "update_frobenius_norm": "‖ΔW‖F",
+    "relative_frobenius": "‖ΔW‖/‖W‖",
+    "update_spectral_norm": "σ₁(ΔW)",
+    "amplification": "amplification",
+    "update_energy_at_rank": "DoRA energy at r",
+}
+
+
+def _base_num(x: float | None, fmt: str = ".3g") -> str:
+    if x is None or x != x or x in (float("inf"), float("-inf")):
+        return "–"
+    return format(x, fmt)
+
+
+def base_parts(report: InspectReport) -> list[RenderableType]:
+    """The base-aware table and its summary (``inspect --base``); nothing without a base."""
+    if report.summary.base is None:
+        return []
+    return [Text(""), base_table(report), base_summary_table(report)]
+
+
+def base_table(report: InspectReport) -> Table:
+    """Per layer: stable ranks of ``W`` and ``W + ΔW``, relative size and alignment of ``ΔW``."""
+    base = report.summary.base
+    assert base is not None
+    layers = [layer for layer in report.layers if layer.base is not None]
+    prefix = common_prefix([layer.name for layer in layers])
+    dora = any(layer.base.update == "dora" for layer in layers if layer.base is not None)
+    title = f"against the base · {base.layers_matched} layers"
+    if dora:
+        title += " · ΔW = DoRA's effective update"
+    if prefix:
+        title += f" · {prefix}…"
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True
+    )
+    table.add_column("layer", overflow="fold", min_width=20, ratio=1)
+    headers = ["k", "sr W", "sr W+ΔW", "Δsr", "‖ΔW‖/‖W‖", "σ₁ ratio", "align", "overlap"]
+    headers.append("ampl.")
+    for header in headers:
+        table.add_column(header, justify="right", no_wrap=True)
+    current = None
+    for layer in layers:
+        b = layer.base
+        assert b is not None
+        group, label = split_block(layer.name.removeprefix(prefix))
+        if group and group != current:
+            table.add_row(Text(group, style="bold"))
+        current = group
+        change = Text(
+            _base_num(b.stable_rank_change, "+.2f"),
+            style="bold" if abs(b.stable_rank_change) >= 1 else "",
+        )
+        table.add_row(
+            ("  " if group else "") + label,
+            str(b.k),
+            _base_num(b.weight_stable_rank, ".1f"),
+            _base_num(b.merged_stable_rank, ".1f"),
+            change,
+            _base_num(b.relative_frobenius, ".3f"),
+            _base_num(b.relative_spectral, ".3g"),
+            _base_num(b.top_k_alignment, ".3f"),
+            _base_num(b.subspace_overlap, ".3f"),
+            _base_num(b.amplification, ".1f"),
+        )
+    return table
+
+
+def base_summary_table(report: InspectReport) -> Table:
+    """Adapter-wide base-aware numbers and which are exact or iterative."""
+    base = report.summary.base
+    assert base is not None
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column(overflow="fold")
+    where = base.index or (base.files[0] if len(base.files) == 1 else base.path)
+    info.add_row("base", f"{where} ({len(base.files)} file(s))")
+    matched = f"{base.layers_matched} layers"
+    if base.unmatched_layers:
+        matched += f"; no base weight for {len(base.unmatched_layers)}: " + ", ".join(
+            base.unmatched_layers[:5]
+        )
+    info.add_row("matched", matched)
+    st = base.stats
+
+    def stat(name: str, what: str = "mean", fmt: str = ".3g") -> str:
+        s = st.get(name)
+        return "–" if s is None else _base_num(getattr(s, what), fmt)
+
+    def extreme(name: str, what: str, fmt: str = ".3g") -> str:
+        s = st.get(name)
+        if s is None:
+            return "–"
+        return f"{_base_num(getattr(s, what), fmt)} ({getattr(s, what + '_layer')})"
+
+    info.add_row(
+        "stable rank",
+        f"W mean {stat('weight_stable_rank')} → W+ΔW mean {stat('merged_stable_rank')}; "
+        f"Δsr median {stat('stable_rank_change', 'median', '+.3g')}, from "
+        f"{extreme('stable_rank_change', 'min', '+.3g')} to "
+        f"{extreme('stable_rank_change', 'max', '+.3g')}",
+    )
+    info.add_row(
+        "update size",
+        f"‖ΔW‖F/‖W‖F {_base_num(base.total_relative_frobenius)} over all layers, max "
+        f"{extreme('relative_frobenius', 'max')}; σ₁(ΔW)/σ₁(W) median "
+        f"{stat('relative_spectral', 'median')}, max {extreme('relative_spectral', 'max')}",
+    )
+    k = "each layer's energy rank" if base.k is None else str(base.k)
+    info.add_row(
+        "alignment",
+        f"k = {k}: ‖U_kᵀΔW V_k‖F/‖ΔW‖F mean {stat('top_k_alignment')} (random "
+        f"{stat('random_alignment')}), subspace overlap mean {stat('subspace_overlap')} (random "
+        f"{stat('random_overlap')}), amplification median {stat('amplification', 'median')}",
+    )
+    if "update_energy_at_rank" in st:
+        info.add_row(
+            "DoRA",
+            f"the effective update keeps {stat('update_energy_at_rank', 'mean', '.4f')} of its "
+            f"energy in rank r on average (min {extreme('update_energy_at_rank', 'min', '.4f')})",
+        )
+    exact = ", ".join(dict.fromkeys(_BASE_LABELS.get(f, f) for f in base.exact))
+    iterative = ", ".join(dict.fromkeys(_BASE_LABELS.get(f, f) for f in base.iterative))
+    status = "" if base.converged else "; NOT all converged"
+    info.add_row("exact", exact)
+    info.add_row(
+        "iterative",
+        f"{iterative} — block Krylov, residual ≤ {base.tolerance:.0e}·σ₁ (worst "
+        f"{base.max_residual:.1e}, subspace error ≤ {base.max_subspace_error:.1e}{status})",
+    )
+    return info

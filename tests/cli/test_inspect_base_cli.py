@@ -1,0 +1,146 @@
+"""``lora-audit inspect --base`` end to end: JSON schema, table, options, errors, streams."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+from factories import FakeAdapter, FakeLayer, planted_factors, write_peft
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from lora_audit.cli import app
+
+runner = CliRunner()
+SHAPES = {"q_proj": (24, 16), "up_proj": (40, 16)}
+
+
+def schema() -> dict[str, object]:
+    text = (resources.files("lora_audit") / "schema" / "inspect.schema.json").read_text("utf-8")
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A PEFT adapter on ``model.layers.{0,1}.{q,up}_proj`` and a base that has those weights."""
+    layers, weights = [], {}
+    gen = torch.Generator().manual_seed(0)
+    for i in range(2):
+        for name, (out, inp) in SHAPES.items():
+            b, a = planted_factors(
+                out=out, inp=inp, rank=4, spectrum=np.array([3.0, 1.0, 0.2]), seed=i
+            )
+            layers.append(FakeLayer(f"model.layers.{i}.{name}", b, a))
+            weights[f"model.layers.{i}.{name}.weight"] = torch.randn(out, inp, generator=gen)
+            weights[f"model.layers.{i}.{name}.bias"] = torch.zeros(out)
+    adapter = write_peft(tmp_path / "adapter", FakeAdapter(layers, {"r": 4}))
+    base = tmp_path / "base"
+    base.mkdir()
+    save_file(weights, str(base / "model.safetensors"))
+    return adapter, base
+
+
+def inspect(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["inspect", "--device", "cpu", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_json_validates_and_carries_the_base_results(pair: tuple[Path, Path]) -> None:
+    adapter, base = pair
+    code, out, err = inspect(str(adapter), "--base", str(base), "-f", "json")
+    assert code == 0, err
+    report = json.loads(out)
+    jsonschema.validate(report, schema())
+    summary = report["summary"]["base"]
+    assert summary["layers_matched"] == 4 and summary["converged"]
+    assert summary["k"] is None and summary["tolerance"] == 1e-8
+    assert "top_k_alignment" in summary["iterative"]
+    assert "update_spectral_norm" in summary["exact"]
+    for layer in report["layers"]:
+        b = layer["base"]
+        assert b["key"] == layer["name"] + ".weight" and b["update"] == "lora"
+        assert b["k"] == layer["energy_rank"]
+        assert len(b["left_angles"]) == b["k"]
+        assert b["relative_frobenius"] == pytest.approx(
+            b["update_frobenius_norm"] / b["weight_frobenius_norm"]
+        )
+    assert err == ""
+
+
+def test_without_base_the_fields_are_null(pair: tuple[Path, Path]) -> None:
+    code, out, _ = inspect(str(pair[0]), "-f", "json")
+    assert code == 0
+    report = json.loads(out)
+    jsonschema.validate(report, schema())
+    assert report["summary"]["base"] is None
+    assert all(layer["base"] is None for layer in report["layers"])
+
+
+def test_table_shows_the_base_section_in_100_columns(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    code, out, err = inspect(str(pair[0]), "--base", str(pair[1]))
+    assert code == 0, err
+    assert "against the base" in out and "sr W+ΔW" in out and "iterative" in out
+    assert "Krylov" in out and "exact" in out
+    assert max(len(line) for line in out.splitlines()) <= 100
+
+
+def test_base_k_option(pair: tuple[Path, Path]) -> None:
+    code, out, err = inspect(str(pair[0]), "--base", str(pair[1]), "--base-k", "2", "-f", "json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["summary"]["base"]["k"] == 2
+    assert all(len(layer["base"]["right_angles"]) == 2 for layer in report["layers"])
+
+
+def test_unmatched_layers_fail_in_one_line_unless_partial(pair: tuple[Path, Path]) -> None:
+    adapter, base = pair
+    from safetensors.torch import load_file
+
+    weights = load_file(str(base / "model.safetensors"))
+    del weights["model.layers.1.up_proj.weight"]
+    save_file(weights, str(base / "model.safetensors"))
+    code, out, err = inspect(str(adapter), "--base", str(base))
+    assert code == 3 and out == ""
+    assert err.count("\n") == 1 and "model.layers.1.up_proj" in err and "--base-partial" in err
+    code, out, err = inspect(str(adapter), "--base", str(base), "--base-partial", "-f", "json")
+    assert code == 0
+    assert "warning" in err and "model.layers.1.up_proj" in err
+    report = json.loads(out)
+    assert report["summary"]["base"]["unmatched_layers"] == ["model.layers.1.up_proj"]
+    bases = {layer["name"]: layer["base"] for layer in report["layers"]}
+    assert bases["model.layers.1.up_proj"] is None and bases["model.layers.0.up_proj"] is not None
+    assert any("no matching base weight" in w for w in report["warnings"])
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--base-k", "2"], 2, "--base-k needs --base"),
+        (["--base-partial"], 2, "needs --base"),
+        (["--base", "BASE", "--base-k", "0"], 2, "must be at least 1"),
+        (["--base", "missing-dir"], 3, "no such file or directory"),
+    ],
+)
+def test_option_errors(pair: tuple[Path, Path], args: list[str], code: int, message: str) -> None:
+    args = [str(pair[1]) if a == "BASE" else a for a in args]
+    got, out, err = inspect(str(pair[0]), *args)
+    assert got == code and out == "" and message in err
+
+
+def test_nan_in_the_base_is_an_input_error(pair: tuple[Path, Path]) -> None:
+    adapter, base = pair
+    from safetensors.torch import load_file
+
+    weights = load_file(str(base / "model.safetensors"))
+    weights["model.layers.0.q_proj.weight"][3, 2] = float("nan")
+    save_file(weights, str(base / "model.safetensors"))
+    code, _, err = inspect(str(adapter), "--base", str(base))
+    assert code == 3 and "NaN or Inf" in err and "model.layers.0.q_proj.weight" in err

@@ -1,0 +1,256 @@
+"""Base-aware metrics against dense float64 references (numpy SVDs, scipy's subspace angles).
+
+Exact quantities must agree to rounding (1e-10 relative); iterative ones within the tolerance
+the report states: σ₁ to ``tol`` relative, the subspace-derived numbers to a few times the
+reported ``subspace_error``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lora_audit.base_metrics import (
+    KrylovOptions,
+    Operator,
+    base_metrics,
+    principal_angles,
+    row_terms,
+    top_triplets,
+)
+
+EXACT = 1e-10
+
+
+def planted(out: int, inp: int, spectrum: np.ndarray, seed: int) -> np.ndarray:
+    """A dense ``(out, inp)`` matrix with the given singular values (zero-padded)."""
+    rng = np.random.default_rng(seed)
+    k = min(out, inp)
+    u, _ = np.linalg.qr(rng.standard_normal((out, k)))
+    v, _ = np.linalg.qr(rng.standard_normal((inp, k)))
+    s = np.zeros(k)
+    s[: len(spectrum)] = spectrum[:k]
+    return (u * s) @ v.T
+
+
+def pretrained_like(out: int, inp: int, seed: int) -> np.ndarray:
+    """Slowly decaying spectrum with a few separated top values, like trained weights."""
+    k = min(out, inp)
+    spectrum = np.concatenate([[9.0, 7.0, 5.5, 4.5, 3.8], 3.0 * 0.97 ** np.arange(k - 5)])
+    return planted(out, inp, spectrum, seed)
+
+
+def factors(out: int, inp: int, r: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed + 100)
+    return rng.standard_normal((out, r)) * 0.3, rng.standard_normal((r, inp)) * 0.3
+
+
+def dense_reference(w: np.ndarray, delta: np.ndarray, k: int) -> dict[str, object]:
+    """Every base-aware number from dense float64 SVDs."""
+    merged = w + delta
+    u, s, vt = np.linalg.svd(w, full_matrices=False)
+    ud, sd, vdt = np.linalg.svd(delta, full_matrices=False)
+    sm = np.linalg.svd(merged, compute_uv=False)
+    fw, fd, fm = (np.linalg.norm(x) for x in (w, delta, merged))
+    uk, vk = u[:, :k], vt[:k].T
+    udk, vdk = ud[:, :k], vdt[:k].T
+    left = np.degrees(scipy.linalg.subspace_angles(uk, udk))[::-1]
+    right = np.degrees(scipy.linalg.subspace_angles(vk, vdk))[::-1]
+    cos2 = np.cos(np.radians(left)) ** 2
+    cos2r = np.cos(np.radians(right)) ** 2
+    return {
+        "weight_frobenius_norm": fw,
+        "weight_spectral_norm": s[0],
+        "weight_stable_rank": fw**2 / s[0] ** 2,
+        "merged_frobenius_norm": fm,
+        "merged_spectral_norm": sm[0],
+        "merged_stable_rank": fm**2 / sm[0] ** 2,
+        "stable_rank_change": fm**2 / sm[0] ** 2 - fw**2 / s[0] ** 2,
+        "update_frobenius_norm": fd,
+        "update_spectral_norm": sd[0],
+        "relative_frobenius": fd / fw,
+        "relative_spectral": sd[0] / s[0],
+        "top_k_alignment": np.linalg.norm(uk.T @ delta @ vk) / fd,
+        "amplification": fd / np.linalg.norm(udk.T @ w @ vdk),
+        "left_angles": left,
+        "right_angles": right,
+        "subspace_overlap": (cos2.sum() + cos2r.sum()) / (2 * k),
+        "energy": sd**2 / fd**2,
+    }
+
+
+def check(m: object, ref: dict[str, object], *, tol: float) -> None:
+    """Exact fields to 1e-10; iterative ones within the stated tolerance of the report."""
+    iterative = set(m.iterative)  # type: ignore[attr-defined]
+    sub = 5 * m.subspace_error + 1e-9  # type: ignore[attr-defined]
+    for name, want in ref.items():
+        if name == "energy":
+            continue
+        got = getattr(m, name)
+        if name in ("left_angles", "right_angles"):
+            # an angle error of δ radians moves cos² by at most 2δ; compare in degrees
+            assert np.allclose(got, want, atol=math.degrees(sub) + 1e-6), name
+            continue
+        scale = max(abs(float(want)), 1e-300)
+        if name not in iterative:
+            bound = EXACT
+        elif name in ("weight_spectral_norm", "merged_spectral_norm", "update_spectral_norm"):
+            bound = tol
+        elif name.endswith("stable_rank") or name in ("stable_rank_change", "relative_spectral"):
+            bound = 3 * tol  # a ratio of an exact square and a squared σ₁
+        else:
+            bound = sub
+        if name == "stable_rank_change":
+            scale = max(scale, float(ref["weight_stable_rank"]))  # type: ignore[arg-type]
+        assert abs(got - float(want)) <= bound * scale, (name, got, want, bound)
+
+
+@pytest.mark.parametrize(("out", "inp", "r", "k"), [(300, 200, 8, 5), (150, 400, 6, 3)])
+def test_lora_layer_matches_dense_references(out: int, inp: int, r: int, k: int) -> None:
+    w = pretrained_like(out, inp, seed=out)
+    b, a = factors(out, inp, r, seed=inp)
+    scale = 0.75
+    [m] = base_metrics(
+        torch.tensor(w)[None], torch.tensor(b)[None], torch.tensor(a)[None], scales=[scale], ks=[k]
+    )
+    assert m.converged and m.k == k and not m.dora
+    assert m.residual <= 1e-8
+    check(m, dense_reference(w, scale * b @ a, k), tol=1e-8)
+    assert m.random_alignment == pytest.approx(k / math.sqrt(out * inp))
+    assert m.random_overlap == pytest.approx((k / out + k / inp) / 2)
+
+
+def test_krylov_is_iterative_here_not_a_dense_solve() -> None:
+    """The basis stays well below min(out, in): the check above exercised the Krylov path."""
+    w = torch.tensor(pretrained_like(300, 200, seed=3))[None]
+    t = top_triplets(Operator(w=w), k=5)
+    assert t.u.shape == (1, 300, 5) and bool(t.converged.all())
+    assert t.steps * 15 < 200, t.steps
+    s = np.linalg.svd(w[0].numpy(), compute_uv=False)
+    assert np.allclose(t.sigma[0].numpy(), s[:5], rtol=1e-12)
+    assert float(t.subspace_error[0]) < 1e-6
+
+
+def test_dora_effective_update_matches_dense_references() -> None:
+    out, inp, r, k = 200, 120, 4, 3
+    w = pretrained_like(out, inp, seed=5)
+    b, a = factors(out, inp, r, seed=6)
+    scale = 2.0
+    rng = np.random.default_rng(7)
+    merged_dir = w + scale * b @ a
+    norms = np.linalg.norm(merged_dir, axis=1)  # PEFT: one norm per output row of (out, in)
+    magnitude = norms * (1 + 0.2 * rng.standard_normal(out))
+    effective = (magnitude / norms)[:, None] * merged_dir  # W′
+    delta = effective - w
+    [m] = base_metrics(
+        torch.tensor(w)[None],
+        torch.tensor(b)[None],
+        torch.tensor(a)[None],
+        scales=[scale],
+        ks=[k],
+        magnitude=torch.tensor(magnitude)[None],
+    )
+    assert m.dora and m.converged
+    assert "update_spectral_norm" in m.iterative and "amplification" in m.iterative
+    ref = dense_reference(w, delta, k)
+    check(m, ref, tol=1e-8)
+    assert m.merged_frobenius_norm == pytest.approx(np.linalg.norm(magnitude), rel=EXACT)
+    energy = np.asarray(ref["energy"])
+    assert m.update_energy_at_rank == pytest.approx(energy[:r].sum(), rel=1e-8)
+
+
+def test_untrained_layer_has_no_alignment_numbers() -> None:
+    w = pretrained_like(40, 30, seed=1)
+    b, a = np.zeros((40, 4)), np.ones((4, 30))
+    [m] = base_metrics(
+        torch.tensor(w)[None], torch.tensor(b)[None], torch.tensor(a)[None], scales=[1.0], ks=[0]
+    )
+    assert m.k == 0 and m.update_frobenius_norm == 0 and m.relative_frobenius == 0
+    assert m.stable_rank_change == pytest.approx(0, abs=1e-9)
+    assert math.isnan(m.top_k_alignment) and m.left_angles == ()
+
+
+def test_batch_of_layers_with_different_k() -> None:
+    n, out, inp, r = 3, 60, 50, 5
+    ws = [pretrained_like(out, inp, seed=s) for s in range(n)]
+    fs = [factors(out, inp, r, seed=s) for s in range(n)]
+    ks, scales = [1, 4, 2], [1.0, 0.5, 3.0]
+    results = base_metrics(
+        torch.tensor(np.stack(ws)),
+        torch.tensor(np.stack([f[0] for f in fs])),
+        torch.tensor(np.stack([f[1] for f in fs])),
+        scales=scales,
+        ks=ks,
+    )
+    for m, w, (b, a), k, s in zip(results, ws, fs, ks, scales, strict=True):
+        assert m.k == k
+        check(m, dense_reference(w, s * b @ a, k), tol=1e-8)
+
+
+def test_row_terms_are_exact() -> None:
+    rng = np.random.default_rng(0)
+    w, b, a = (
+        rng.standard_normal((2, 7, 9)),
+        rng.standard_normal((2, 7, 3)),
+        rng.standard_normal((2, 3, 9)),
+    )
+    w2, cross, z2 = (t.numpy() for t in row_terms(*(torch.tensor(x) for x in (w, b, a))))
+    ba = b @ a
+    assert np.allclose(w2, (w * w).sum(-1), rtol=1e-13)
+    assert np.allclose(cross, (w * ba).sum(-1), rtol=1e-12)
+    assert np.allclose(z2, (ba * ba).sum(-1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("angle", [1e-9, 1e-4, 0.3, 1.2, math.pi / 2])
+def test_principal_angles_are_accurate_at_both_ends(angle: float) -> None:
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.standard_normal((20, 4)))
+    x = q[:, :2]
+    y = np.stack([q[:, 0], math.cos(angle) * q[:, 1] + math.sin(angle) * q[:, 2]], axis=1)
+    got = principal_angles(torch.tensor(x), torch.tensor(y)).numpy()
+    want = scipy.linalg.subspace_angles(x, y)[::-1]
+    assert np.allclose(got, want, rtol=1e-9, atol=1e-15)
+    assert got[1] == pytest.approx(angle, rel=1e-9)
+
+
+def test_unconverged_runs_are_flagged() -> None:
+    w = torch.tensor(pretrained_like(300, 200, seed=9))[None]
+    t = top_triplets(Operator(w=w), k=5, options=KrylovOptions(max_steps=1, oversample=1))
+    assert not bool(t.converged.all())
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    out=st.integers(2, 24),
+    inp=st.integers(2, 24),
+    r=st.integers(1, 6),
+    k=st.integers(1, 4),
+    log_scale=st.floats(-3, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_random_small_layers(
+    out: int, inp: int, r: int, k: int, log_scale: float, seed: int
+) -> None:
+    """Small matrices: the Krylov basis covers the range, so everything is exact."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((out, inp))
+    b, a = rng.standard_normal((out, r)), rng.standard_normal((r, inp))
+    scale = 10.0**log_scale
+    delta = scale * b @ a
+    rank = int(np.linalg.matrix_rank(delta))
+    k = min(k, rank)
+    [m] = base_metrics(
+        torch.tensor(w)[None], torch.tensor(b)[None], torch.tensor(a)[None], scales=[scale], ks=[k]
+    )
+    ref = dense_reference(w, delta, k)
+    for name in ("weight_frobenius_norm", "merged_frobenius_norm", "update_frobenius_norm"):
+        assert getattr(m, name) == pytest.approx(ref[name], rel=1e-9)
+    for name in ("weight_spectral_norm", "merged_spectral_norm", "update_spectral_norm"):
+        assert getattr(m, name) == pytest.approx(ref[name], rel=1e-8)
+    assert m.converged
