@@ -180,3 +180,12 @@ def test_write_atomic_permission_denied(tmp_path: Path) -> None:
     locked.mkdir(mode=0o500)
     with pytest.raises(OutputError, match="cannot write"):
         write_atomic(locked / "x", b"data")
+
+
+def test_write_atomic_gives_ordinary_permissions(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "report.json", b"{}")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
