@@ -1,4 +1,4 @@
-"""Base-aware metrics against dense float64 references (numpy SVDs, scipy's subspace angles).
+"""Base-aware metrics against dense float64 references (LAPACK SVDs, scipy's subspace angles).
 
 Exact quantities must agree to rounding (1e-10 relative); iterative ones within the tolerance
 the report states: σ₁ to ``tol`` relative, the subspace-derived numbers to a few times the
@@ -51,12 +51,23 @@ def factors(out: int, inp: int, r: int, seed: int) -> tuple[np.ndarray, np.ndarr
     return rng.standard_normal((out, r)) * 0.3, rng.standard_normal((r, inp)) * 0.3
 
 
+def dense_svd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD of a dense float64 matrix by LAPACK (gesdd).
+
+    Called through torch rather than numpy: numpy's OpenBLAS threads and torch's OpenMP
+    threads in one process can slow each other down by two orders of magnitude on a busy
+    machine. The reference stays independent of the code under test.
+    """
+    u, s, vh = torch.linalg.svd(torch.from_numpy(np.ascontiguousarray(x)), full_matrices=False)
+    return u.numpy(), s.numpy(), vh.numpy()
+
+
 def dense_reference(w: np.ndarray, delta: np.ndarray, k: int) -> dict[str, object]:
     """Every base-aware number from dense float64 SVDs."""
     merged = w + delta
-    u, s, vt = np.linalg.svd(w, full_matrices=False)
-    ud, sd, vdt = np.linalg.svd(delta, full_matrices=False)
-    sm = np.linalg.svd(merged, compute_uv=False)
+    u, s, vt = dense_svd(w)
+    ud, sd, vdt = dense_svd(delta)
+    sm = dense_svd(merged)[1]
     fw, fd, fm = (np.linalg.norm(x) for x in (w, delta, merged))
     uk, vk = u[:, :k], vt[:k].T
     udk, vdk = ud[:, :k], vdt[:k].T
@@ -132,7 +143,7 @@ def test_krylov_is_iterative_here_not_a_dense_solve() -> None:
     t = top_triplets(Operator(w=w), k=5)
     assert t.u.shape == (1, 300, 5) and bool(t.converged.all())
     assert t.steps * 15 < 200, t.steps
-    s = np.linalg.svd(w[0].numpy(), compute_uv=False)
+    s = dense_svd(w[0].numpy())[1]
     assert np.allclose(t.sigma[0].numpy(), s[:5], rtol=1e-12)
     assert float(t.subspace_error[0]) < 1e-6
 
@@ -254,3 +265,41 @@ def test_random_small_layers(
     for name in ("weight_spectral_norm", "merged_spectral_norm", "update_spectral_norm"):
         assert getattr(m, name) == pytest.approx(ref[name], rel=1e-8)
     assert m.converged
+
+
+def test_math_module_imports_no_cli_render_or_format() -> None:
+    from test_architecture import FORBIDDEN, SRC, imported_modules
+
+    bad = {m for m in imported_modules(SRC / "base_metrics.py") if m.startswith(FORBIDDEN)}
+    assert not bad
+
+
+def test_dora_truncation_keeps_row_scales_and_is_eckart_young() -> None:
+    from lora_audit.base_metrics import dora_truncated
+
+    out, inp, r, k = 30, 20, 5, 2
+    w = pretrained_like(out, inp, seed=11)
+    b, a = factors(out, inp, r, seed=12)
+    scale = 1.5
+    direction = w + scale * b @ a
+    m = np.linalg.norm(direction, axis=1) * (1 + 0.3 * np.random.default_rng(13).random(out))
+    m[4] = 0.0  # a dead row stays dead
+    [(b_k, a_k, m_k)] = dora_truncated(
+        torch.tensor(w)[None],
+        torch.tensor(b)[None],
+        torch.tensor(a)[None],
+        scales=[scale],
+        magnitude=torch.tensor(m)[None],
+        ranks=[k],
+    )
+    new_direction = w + b_k.numpy() @ a_k.numpy()
+    effective_new = (m_k.numpy() / np.linalg.norm(new_direction, axis=1))[:, None] * new_direction
+    c = m / np.linalg.norm(direction, axis=1)
+    x = c[:, None] * scale * b @ a
+    u, s, vt = np.linalg.svd(x)
+    best = c[:, None] * w + (u[:, :k] * s[:k]) @ vt[:k]
+    assert np.allclose(effective_new, best, rtol=0, atol=1e-12 * np.abs(best).max())
+    assert m_k[4] == 0 and np.all(b_k.numpy()[4] == 0)
+    effective_old = c[:, None] * direction
+    error = np.linalg.norm(effective_new - effective_old)
+    assert error == pytest.approx(np.sqrt((s[k:] ** 2).sum()), rel=1e-10)

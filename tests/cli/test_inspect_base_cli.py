@@ -144,3 +144,62 @@ def test_nan_in_the_base_is_an_input_error(pair: tuple[Path, Path]) -> None:
     save_file(weights, str(base / "model.safetensors"))
     code, _, err = inspect(str(adapter), "--base", str(base))
     assert code == 3 and "NaN or Inf" in err and "model.layers.0.q_proj.weight" in err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(pair: tuple[Path, Path]) -> None:
+    reports = {}
+    for device in ("cpu", "cuda"):
+        result = runner.invoke(
+            app, ["inspect", str(pair[0]), "--base", str(pair[1]), "--device", device, "-f", "json"]
+        )
+        assert result.exit_code == 0, result.stderr
+        reports[device] = json.loads(result.stdout)
+    for cpu, gpu in zip(reports["cpu"]["layers"], reports["cuda"]["layers"], strict=True):
+        for key, value in cpu["base"].items():
+            if isinstance(value, float):
+                assert gpu["base"][key] == pytest.approx(value, rel=1e-7, abs=1e-12), key
+
+
+def test_compress_dora_needs_base_or_allow_dora(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    from safetensors.torch import load_file
+
+    _, base = pair
+    layers, extra = [], {}
+    for i in range(2):
+        name = f"model.layers.{i}.q_proj"
+        b, a = planted_factors(out=24, inp=16, rank=4, spectrum=np.array([3.0, 1.0, 0.2]), seed=i)
+        layers.append(FakeLayer(name, b, a))
+        extra[f"base_model.model.{name}.lora_magnitude_vector"] = torch.rand(24) + 0.5
+    adapter = write_peft(tmp_path / "dora", FakeAdapter(layers, {"r": 4, "use_dora": True}, extra))
+    result = runner.invoke(
+        app, ["compress", str(adapter), "-o", str(tmp_path / "x"), "--rank", "1"]
+    )
+    assert result.exit_code == 2 and "DoRA" in result.stderr
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "compress",
+            str(adapter),
+            "-o",
+            str(out),
+            "--rank",
+            "1",
+            "--base",
+            str(base),
+            "-f",
+            "json",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert all(layer["new_rank"] == 1 for layer in report["layers"])
+    written = load_file(str(out / "adapter_model.safetensors"))
+    for key, before in extra.items():
+        assert written[key].shape == before.shape and not torch.equal(written[key], before)
+    result = runner.invoke(
+        app, ["compress", str(pair[0]), "--dry-run", "--rank", "1", "--base", str(base)]
+    )
+    assert result.exit_code == 0 and "no DoRA layers" in result.stderr
