@@ -7,12 +7,15 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
 from lora_audit.cli import _state
 from lora_audit.errors import ExitCode, LoraAuditError, UsageError
+
+if TYPE_CHECKING:
+    from lora_audit.adapter import Adapter
 
 T = TypeVar("T")
 
@@ -114,3 +117,22 @@ def progress_bar(total: int, *, description: str) -> Iterator[Callable[[int], No
 def options_dict(**kwargs: Any) -> dict[str, Any]:
     """Drop ``None`` values (options the user did not give)."""
     return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def load_reported(path: Path, *, alpha: float | None, input_format: str) -> Adapter:
+    """Read an adapter and print the reader's warnings on stderr."""
+    from lora_audit.formats import load_adapter
+
+    adapter = load_adapter(path, alpha=alpha, input_format=input_format)
+    for message in adapter.warnings:
+        warn(message)
+    return adapter
+
+
+def emit_report(report: Any, fmt: str, *, output: Path | None) -> None:
+    """Render a finished report in ``fmt`` (colour only for a table on a terminal) and emit it."""
+    from lora_audit.render import OutputFormat, render
+
+    chosen = OutputFormat(fmt)
+    color = output is None and chosen is OutputFormat.TABLE and stdout_is_terminal()
+    emit(render(report, chosen, width=terminal_width(), color=color), output=output)

@@ -9,13 +9,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from lora_audit.cli._common import (
-    emit,
+    emit_report,
     err,
     options_dict,
     progress_bar,
     run_guarded,
-    stdout_is_terminal,
-    terminal_width,
     warn,
 )
 from lora_audit.cli._options import (
@@ -85,7 +83,6 @@ def check_command(
         from lora_audit.engine import EngineOptions
         from lora_audit.gate import run_check
         from lora_audit.policy_file import resolve_policy
-        from lora_audit.render import render
 
         if config is not None and no_config:
             raise UsageError("--config and --no-config exclude each other")
@@ -110,8 +107,7 @@ def check_command(
             on_error=lambda exc: err(f"lora-audit: error: {exc}"),
             progress=_progress,
         )
-        color = output is None and output_format is OutputFormat.TABLE and stdout_is_terminal()
-        emit(render(report, output_format, width=terminal_width(), color=color), output=output)
+        emit_report(report, output_format.value, output=output)
         return report.exit_code
 
     run_guarded(body)

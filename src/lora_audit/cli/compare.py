@@ -8,11 +8,10 @@ from typing import Annotated
 import typer
 
 from lora_audit.cli._common import (
-    emit,
+    emit_report,
+    load_reported,
     progress_bar,
     run_guarded,
-    stdout_is_terminal,
-    terminal_width,
     warn,
 )
 from lora_audit.cli._options import (
@@ -24,7 +23,6 @@ from lora_audit.cli._options import (
     PlotOption,
 )
 from lora_audit.errors import ExitCode, UsageError
-from lora_audit.render import OutputFormat
 
 _ADAPTER_HELP = "A PEFT adapter directory or a .safetensors file (PEFT, kohya, LyCORIS, diffusers)"
 
@@ -55,24 +53,17 @@ def compare_command(
     def body() -> int:
         from lora_audit.cli._plot import draw, plot_request
         from lora_audit.compare import compare_adapters, match_layers
-        from lora_audit.formats import load_adapter
-        from lora_audit.render import render
 
         if top_k < 1:
             raise UsageError(f"--top-k {top_k} must be at least 1", hint="e.g. --top-k 4")
         request = plot_request(plot)
-        loaded_a = load_adapter(adapter_a, alpha=alpha, input_format=input_format.value)
-        loaded_b = load_adapter(adapter_b, alpha=alpha, input_format=input_format.value)
-        for adapter in (loaded_a, loaded_b):
-            for message in adapter.warnings:
-                warn(f"{adapter.path}: {message}")
+        loaded_a = load_reported(adapter_a, alpha=alpha, input_format=input_format.value)
+        loaded_b = load_reported(adapter_b, alpha=alpha, input_format=input_format.value)
         pairs = len(match_layers(loaded_a.layers, loaded_b.layers).pairs)
         with progress_bar(pairs, description="layers") as advance:
             report = compare_adapters(loaded_a, loaded_b, top_k=top_k, progress=advance, warn=warn)
         draw(report, request)
-        fmt = OutputFormat(output_format.value)
-        color = output is None and fmt is OutputFormat.TABLE and stdout_is_terminal()
-        emit(render(report, fmt, width=terminal_width(), color=color), output=output)
+        emit_report(report, output_format.value, output=output)
         return int(ExitCode.OK)
 
     run_guarded(body)

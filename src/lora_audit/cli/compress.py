@@ -11,11 +11,10 @@ import typer
 
 from lora_audit.cli._common import (
     check_fraction,
-    emit,
+    emit_report,
+    load_reported,
     progress_bar,
     run_guarded,
-    stdout_is_terminal,
-    terminal_width,
     warn,
 )
 from lora_audit.cli._options import (
@@ -28,7 +27,6 @@ from lora_audit.cli._options import (
     MethodOption,
 )
 from lora_audit.errors import ExitCode, UsageError
-from lora_audit.render import OutputFormat
 
 if TYPE_CHECKING:
     from lora_audit.selection import RankRule
@@ -142,8 +140,6 @@ def compress_command(
     def body() -> int:
         from lora_audit.compress import CompressOptions, compress_adapter
         from lora_audit.engine import EngineOptions
-        from lora_audit.formats import load_adapter
-        from lora_audit.render import render
 
         options = CompressOptions(
             rule=_rule(
@@ -163,14 +159,10 @@ def compress_command(
         )
         if output is None and not dry_run:
             raise UsageError("--output is required", hint="or pass --dry-run to see the plan")
-        loaded = load_adapter(adapter, alpha=alpha, input_format=input_format.value)
-        for message in loaded.warnings:
-            warn(message)
+        loaded = load_reported(adapter, alpha=alpha, input_format=input_format.value)
         with progress_bar(len(loaded.layers), description="compress") as advance:
             report = compress_adapter(loaded, options=options, progress=advance, warn=warn)
-        fmt = OutputFormat(output_format.value)
-        color = report_file is None and fmt is OutputFormat.TABLE and stdout_is_terminal()
-        emit(render(report, fmt, width=terminal_width(), color=color), output=report_file)
+        emit_report(report, output_format.value, output=report_file)
         return int(ExitCode.OK)
 
     run_guarded(body)

@@ -9,11 +9,10 @@ import typer
 
 from lora_audit.cli._common import (
     check_fraction,
-    emit,
+    emit_report,
+    load_reported,
     progress_bar,
     run_guarded,
-    stdout_is_terminal,
-    terminal_width,
     warn,
 )
 from lora_audit.cli._options import (
@@ -35,7 +34,6 @@ from lora_audit.cli._options import (
     PlotOption,
 )
 from lora_audit.errors import ExitCode
-from lora_audit.render import OutputFormat
 
 
 def inspect_command(
@@ -69,8 +67,6 @@ def inspect_command(
         from lora_audit.audit import AuditOptions, inspect_adapter
         from lora_audit.cli._plot import draw, plot_request
         from lora_audit.engine import EngineOptions
-        from lora_audit.formats import load_adapter
-        from lora_audit.render import render
 
         options = AuditOptions(
             energy=check_fraction("--energy", energy),
@@ -82,10 +78,8 @@ def inspect_command(
             from lora_audit.base_audit import check_base_options
 
             check_base_options(base, k=base_k, partial=base_partial)  # before any work
-        loaded = load_adapter(adapter, alpha=alpha, input_format=input_format.value)
+        loaded = load_reported(adapter, alpha=alpha, input_format=input_format.value)
         request = plot_request(plot, layers=plot_layers, names=[x.name for x in loaded.layers])
-        for message in loaded.warnings:
-            warn(message)
         with progress_bar(len(loaded.layers), description="spectra") as advance:
             report = inspect_adapter(loaded, options=options, progress=advance, warn=warn)
         if base is not None:
@@ -102,9 +96,7 @@ def inspect_command(
                     warn=warn,
                 )
         draw(report, request)
-        fmt = OutputFormat(output_format.value)
-        color = output is None and fmt is OutputFormat.TABLE and stdout_is_terminal()
-        emit(render(report, fmt, width=terminal_width(), color=color), output=output)
+        emit_report(report, output_format.value, output=output)
         return int(ExitCode.OK)
 
     run_guarded(body)

@@ -9,11 +9,10 @@ import typer
 
 from lora_audit.cli._common import (
     check_fraction,
-    emit,
+    emit_report,
+    load_reported,
     progress_bar,
     run_guarded,
-    stdout_is_terminal,
-    terminal_width,
     warn,
 )
 from lora_audit.cli._options import (
@@ -30,7 +29,6 @@ from lora_audit.cli._options import (
     TrendFormat,
 )
 from lora_audit.errors import UsageError
-from lora_audit.render import OutputFormat
 
 
 def trend_command(
@@ -78,8 +76,6 @@ def trend_command(
         from lora_audit.audit import AuditOptions
         from lora_audit.cli._plot import draw, plot_request
         from lora_audit.engine import EngineOptions
-        from lora_audit.formats import load_adapter
-        from lora_audit.render import render
         from lora_audit.trend import TrendOptions, expand_run, trend_of
 
         if window < 2:
@@ -104,17 +100,12 @@ def trend_command(
             )
         for message in notes:
             warn(message)
-        loaded = [load_adapter(p, alpha=alpha, input_format=input_format.value) for p in paths]
-        for adapter in loaded:
-            for message in adapter.warnings:
-                warn(f"{adapter.path}: {message}")
+        loaded = [load_reported(p, alpha=alpha, input_format=input_format.value) for p in paths]
         total = sum(len(adapter.layers) for adapter in loaded)
         with progress_bar(total, description="checkpoints") as advance:
             report = trend_of(loaded, options=options, progress=advance, warn=warn, notes=notes)
         draw(report, request)
-        fmt = OutputFormat(output_format.value)
-        color = output is None and fmt is OutputFormat.TABLE and stdout_is_terminal()
-        emit(render(report, fmt, width=terminal_width(), color=color), output=output)
+        emit_report(report, output_format.value, output=output)
         return report.exit_code
 
     run_guarded(body)
