@@ -72,6 +72,15 @@ def _to_text(renderable: RenderableType, *, width: int, color: bool) -> str:
     return buffer.getvalue()
 
 
+def layer_table_frame(title: str) -> Table:
+    """An empty per-layer table: compact, with a wrapping ``layer`` column first."""
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True
+    )
+    table.add_column("layer", overflow="fold", min_width=20, ratio=1)
+    return table
+
+
 def layer_table(report: InspectReport) -> Table:
     """The per-layer table; the scale column appears only when layers differ in scale."""
     names = [layer.name for layer in report.layers]
@@ -84,10 +93,7 @@ def layer_table(report: InspectReport) -> Table:
         title += f" · scale {next(iter(scales)):.3g}"
     if prefix:
         title += f" · {prefix}…"
-    table = Table(
-        title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True
-    )
-    table.add_column("layer", overflow="fold", min_width=20, ratio=1)
+    table = layer_table_frame(title)
     table.add_column("shape", justify="right", no_wrap=True)
     table.add_column("r", justify="right", no_wrap=True)
     if show_scale:
@@ -268,10 +274,7 @@ def render_compress(report: CompressReport, *, width: int = 100, color: bool = F
     title = f"{report.adapter.path} → {report.output or '(dry run)'} · {rule}"
     if prefix:
         title += f" · {prefix}…"
-    table = Table(
-        title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True
-    )
-    table.add_column("layer", overflow="fold", min_width=20, ratio=1)
+    table = layer_table_frame(title)
     table.add_column("shape", justify="right", no_wrap=True)
     table.add_column("r → k", justify="right", no_wrap=True)
     table.add_column("energy kept", justify="right", no_wrap=True)
@@ -409,14 +412,7 @@ def render_trend(report: TrendReport, *, width: int = 100, color: bool = False) 
         )
     names = [layer.name for layer in report.layers]
     prefix = block_prefix(names)
-    layers = Table(
-        title=f"per layer, in {word} order" + (f" · {prefix}…" if prefix else ""),
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1),
-        pad_edge=False,
-        collapse_padding=True,
-    )
-    layers.add_column("layer", overflow="fold", min_width=20, ratio=1)
+    layers = layer_table_frame(f"per layer, in {word} order" + (f" · {prefix}…" if prefix else ""))
     layers.add_column("shape", justify="right", no_wrap=True)
     layers.add_column("r", justify="right", no_wrap=True)
     layers.add_column("sr", no_wrap=True)
@@ -497,10 +493,7 @@ def render_compare(report: CompareReport, *, width: int = 100, color: bool = Fal
     title = f"{report.adapter_a.path} vs {report.adapter_b.path} · top-{report.top_k} subspaces"
     if prefix:
         title += f" · {prefix}…"
-    table = Table(
-        title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True
-    )
-    table.add_column("layer", overflow="fold", min_width=20, ratio=1)
+    table = layer_table_frame(title)
     table.add_column("shape", justify="right", no_wrap=True)
     table.add_column("r A/B", justify="right", no_wrap=True)
     table.add_column("‖ΔW_A‖F", justify="right", no_wrap=True)
@@ -611,10 +604,7 @@ def base_table(report: InspectReport) -> Table:
         title += " · ΔW = DoRA's effective update"
     if prefix:
         title += f" · {prefix}…"
-    table = Table(
-        title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True
-    )
-    table.add_column("layer", overflow="fold", min_width=20, ratio=1)
+    table = layer_table_frame(title)
     headers = ["k", "sr W", "sr W+ΔW", "Δsr", "‖ΔW‖/‖W‖", "σ₁ ratio", "align", "overlap"]
     headers.append("ampl.")
     for header in headers:
