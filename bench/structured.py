@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from lora_audit.adapter import LayerKind, LoraLayer, Structure, thin_factors
-from lora_audit.spectral import singular_values
+from lora_audit.spectral import kron_singular_values, singular_values
 
 D = torch.float64
 
@@ -105,9 +105,9 @@ def dense(layer: LoraLayer, t: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def structured(layer: LoraLayer, t: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What lora-audit's engine does for the layer (``engine.spectra``)."""
     if layer.structure is Structure.KRON:  # σ(kron) = all products σᵢ(W1)·σⱼ(W2)
-        s = torch.outer(torch.linalg.svdvals(t["w1"]), torch.linalg.svdvals(t["w2"])).flatten()
-        return s.sort(descending=True).values
+        return kron_singular_values(t["w1"], t["w2"], rank=layer.rank)
     b, a = thin_factors(layer, t)
     return singular_values(b.unsqueeze(0), a.unsqueeze(0), method="auto")[0]
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from lora_audit import __version__
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.audit import TOOL, adapter_info
-from lora_audit.engine import EngineOptions, Progress, Warn, map_groups, resolve_device, spectra
+from lora_audit.engine import EngineOptions, Progress, Warn, device_type, map_groups, spectra
 from lora_audit.errors import UsageError
 from lora_audit.formats.writer import NewLayer, check_output, output_is_directory, write_compressed
 from lora_audit.metrics import cumulative_energy
@@ -244,7 +244,7 @@ def _report(
             value=options.rule.value,
             min_rank=options.rule.min_rank,
             max_rank=options.rule.max_rank,
-            device=resolve_device(options.engine.device).type,
+            device=device_type(options.engine.device),
             method=options.engine.method,
         ),
         output=None if output is None else str(output),

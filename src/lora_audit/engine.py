@@ -245,11 +245,37 @@ def spectra(
     -------
     dict of str to ndarray of shape (rank,), float64, descending, zero-padded.
     """
+    kron = [layer for layer in adapter.layers if layer.structure is Structure.KRON]
+    thin = replace(adapter, layers=tuple(x for x in adapter.layers if x not in kron))
     if device_type(options.device) == "cuda":
-        sigmas = _spectra_cuda(adapter, options=options, progress=progress, warn=warn)
+        sigmas = _spectra_cuda(thin, options=options, progress=progress, warn=warn)
     else:
-        sigmas = _spectra_cpu(adapter, method=options.method, progress=progress)
+        sigmas = _spectra_cpu(thin, method=options.method, progress=progress)
+    sigmas.update(_spectra_kron(adapter, kron, progress=progress))
     return {layer.name: abs(layer.scale) * sigmas[layer.name] for layer in adapter.layers}
+
+
+def _spectra_kron(
+    adapter: Adapter, layers: Sequence[LoraLayer], *, progress: Progress | None
+) -> dict[str, Float64Array]:
+    """LoKr layers with a full ``W2``: σ(kron(W1, W2)) = σ(W1)⊗σ(W2), two small SVDs each."""
+    if not layers:
+        return {}
+    import torch
+
+    from lora_audit.adapter import kron_w1, kron_w2
+    from lora_audit.spectral import kron_singular_values
+
+    out: dict[str, Float64Array] = {}
+    for layer in layers:
+        f = {role: t.to(torch.float64) for role, t in adapter.load_tensors(layer).items()}
+        w1, w2 = kron_w1(f), kron_w2(f)
+        if not (bool(torch.isfinite(w1).all()) and bool(torch.isfinite(w2).all())):
+            raise _non_finite(adapter, next(iter(layer.keys.values())))
+        out[layer.name] = kron_singular_values(w1, w2, rank=layer.rank).numpy()
+        if progress is not None:
+            progress(1)
+    return out
 
 
 Float64Array = npt.NDArray[np.float64]

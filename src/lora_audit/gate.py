@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from lora_audit.audit import TOOL, AuditOptions, inspect_adapter
-from lora_audit.engine import EngineOptions, Progress, Warn, resolve_device
+from lora_audit.engine import EngineOptions, Progress, Warn, device_type
 from lora_audit.errors import ExitCode, InputError
 from lora_audit.report import AdapterError, CheckReport, InspectReport
 from lora_audit.rules import Policy, active_rules, evaluate
@@ -63,7 +63,7 @@ def run_check(
     """
     from lora_audit.formats import load_adapter
 
-    resolve_device(engine.device)  # a usage error stops the run before any adapter is read
+    device_type(engine.device)  # a usage error stops the run before any adapter is read
     options = AuditOptions(energy=policy.energy, coverage=policy.coverage, engine=engine)
     reports: list[InspectReport] = []
     errors: list[AdapterError] = []
