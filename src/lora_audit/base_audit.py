@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -316,35 +316,14 @@ def _load_magnitudes(
 
 
 def _layer_report(weight: BaseWeight, m: BaseMetrics) -> BaseLayerReport:
+    """The report's form of one layer's metrics: the same numbers, plus where W came from."""
+    numbers = {f.name: getattr(m, f.name) for f in fields(m) if f.name != "dora"}
     return BaseLayerReport(
         key=weight.key,
         file=weight.file.name,
         transposed=weight.transpose,
         update="dora" if m.dora else "lora",
-        k=m.k,
-        weight_frobenius_norm=m.weight_frobenius_norm,
-        weight_spectral_norm=m.weight_spectral_norm,
-        weight_stable_rank=m.weight_stable_rank,
-        merged_frobenius_norm=m.merged_frobenius_norm,
-        merged_spectral_norm=m.merged_spectral_norm,
-        merged_stable_rank=m.merged_stable_rank,
-        stable_rank_change=m.stable_rank_change,
-        update_frobenius_norm=m.update_frobenius_norm,
-        update_spectral_norm=m.update_spectral_norm,
-        relative_frobenius=m.relative_frobenius,
-        relative_spectral=m.relative_spectral,
-        top_k_alignment=m.top_k_alignment,
-        amplification=m.amplification,
-        left_angles=m.left_angles,
-        right_angles=m.right_angles,
-        subspace_overlap=m.subspace_overlap,
-        update_energy_at_rank=m.update_energy_at_rank,
-        residual=m.residual,
-        subspace_error=m.subspace_error,
-        converged=m.converged,
-        iterative=m.iterative,
-        random_alignment=m.random_alignment,
-        random_overlap=m.random_overlap,
+        **numbers,
     )
 
 
