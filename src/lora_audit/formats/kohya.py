@@ -212,43 +212,33 @@ def _layer(
             hint="lora_up must be (out, r[, 1, 1]) when lora_down is (r, in[, kh, kw])",
         )
     out = up[0]
-    if "lora_mid" in roles:
+    structure, keys, stored = Structure.LORA, {}, None
+    weight_shape: tuple[int, ...] = (out, *down[1:])
+    if "lora_mid" in roles:  # LoCon with a Tucker core
         mid = shape["lora_mid"]
         if mid[:2] != (rank, rank) or any(d != 1 for d in down[2:]):
             raise InputError(
                 f"{tensor_file}: {module}: lora_mid {list(mid)} does not fit lora_down {list(down)}"
             )
         weight_shape = (out, down[1], *mid[2:])
-        return LoraLayer(
-            kind=LayerKind.CONV,
-            a_key=roles["lora_down"],
-            b_key=roles["lora_up"],
-            a_shape=down,
-            b_shape=up,
-            out_features=out,
-            in_features=math.prod(weight_shape[1:]),
-            rank=rank,
-            alpha=alpha,
-            scale=_scale(alpha, rank),
-            weight_shape=weight_shape,
-            structure=Structure.TUCKER,
-            keys={"up": roles["lora_up"], "mid": roles["lora_mid"], "down": roles["lora_down"]},
-            stored_params=sum(math.prod(s) for s in (down, up, mid)),
-            **common,
-        )
-    kind = LayerKind.CONV if len(down) > 2 else LayerKind.LINEAR
+        structure = Structure.TUCKER
+        keys = {"up": roles["lora_up"], "mid": roles["lora_mid"], "down": roles["lora_down"]}
+        stored = sum(math.prod(s) for s in (down, up, mid))
     return LoraLayer(
-        kind=kind,
+        kind=LayerKind.CONV if len(weight_shape) > 2 else LayerKind.LINEAR,
         a_key=roles["lora_down"],
         b_key=roles["lora_up"],
         a_shape=down,
         b_shape=up,
         out_features=out,
-        in_features=math.prod(down[1:]),
+        in_features=math.prod(weight_shape[1:]),
         rank=rank,
         alpha=alpha,
         scale=_scale(alpha, rank),
-        weight_shape=(out, *down[1:]),
+        weight_shape=weight_shape,
+        structure=structure,
+        keys=keys,
+        stored_params=stored,
         **common,
     )
 

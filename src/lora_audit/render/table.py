@@ -72,12 +72,15 @@ def _to_text(renderable: RenderableType, *, width: int, color: bool) -> str:
     return buffer.getvalue()
 
 
-def layer_table_frame(title: str) -> Table:
-    """An empty per-layer table: compact, with a wrapping ``layer`` column first."""
+def layer_table_frame(title: str, *, numbers: Sequence[str] = ()) -> Table:
+    """An empty per-layer table: compact, a wrapping ``layer`` column first, then one
+    right-aligned, non-wrapping column per header in ``numbers``."""
     table = Table(
         title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True
     )
     table.add_column("layer", overflow="fold", min_width=20, ratio=1)
+    for header in numbers:
+        table.add_column(header, justify="right", no_wrap=True)
     return table
 
 
@@ -93,9 +96,13 @@ def layer_table(report: InspectReport) -> Table:
         title += f" · scale {next(iter(scales)):.3g}"
     if prefix:
         title += f" · {prefix}…"
-    table = layer_table_frame(title)
-    table.add_column("shape", justify="right", no_wrap=True)
-    table.add_column("r", justify="right", no_wrap=True)
+    table = layer_table_frame(
+        title,
+        numbers=(
+            "shape",
+            "r",
+        ),
+    )
     if show_scale:
         table.add_column("scale", justify="right", no_wrap=True)
     table.add_column("σ spectrum", no_wrap=True)
@@ -274,12 +281,16 @@ def render_compress(report: CompressReport, *, width: int = 100, color: bool = F
     title = f"{report.adapter.path} → {report.output or '(dry run)'} · {rule}"
     if prefix:
         title += f" · {prefix}…"
-    table = layer_table_frame(title)
-    table.add_column("shape", justify="right", no_wrap=True)
-    table.add_column("r → k", justify="right", no_wrap=True)
-    table.add_column("energy kept", justify="right", no_wrap=True)
-    table.add_column("rel. error", justify="right", no_wrap=True)
-    table.add_column("params", justify="right", no_wrap=True)
+    table = layer_table_frame(
+        title,
+        numbers=(
+            "shape",
+            "r → k",
+            "energy kept",
+            "rel. error",
+            "params",
+        ),
+    )
     for layer in report.layers:
         change = (
             f"{layer.rank} → {layer.new_rank}"
@@ -412,9 +423,13 @@ def render_trend(report: TrendReport, *, width: int = 100, color: bool = False) 
         )
     names = [layer.name for layer in report.layers]
     prefix = block_prefix(names)
-    layers = layer_table_frame(f"per layer, in {word} order" + (f" · {prefix}…" if prefix else ""))
-    layers.add_column("shape", justify="right", no_wrap=True)
-    layers.add_column("r", justify="right", no_wrap=True)
+    layers = layer_table_frame(
+        f"per layer, in {word} order" + (f" · {prefix}…" if prefix else ""),
+        numbers=(
+            "shape",
+            "r",
+        ),
+    )
     layers.add_column("sr", no_wrap=True)
     layers.add_column("stable rank", justify="right", no_wrap=True)
     layers.add_column("k", no_wrap=True)
@@ -493,16 +508,20 @@ def render_compare(report: CompareReport, *, width: int = 100, color: bool = Fal
     title = f"{report.adapter_a.path} vs {report.adapter_b.path} · top-{report.top_k} subspaces"
     if prefix:
         title += f" · {prefix}…"
-    table = layer_table_frame(title)
-    table.add_column("shape", justify="right", no_wrap=True)
-    table.add_column("r A/B", justify="right", no_wrap=True)
-    table.add_column("‖ΔW_A‖F", justify="right", no_wrap=True)
-    table.add_column("‖ΔW_B‖F", justify="right", no_wrap=True)
-    table.add_column("rel Δ", justify="right", no_wrap=True)
-    table.add_column("cos", justify="right", no_wrap=True)
-    table.add_column("k", justify="right", no_wrap=True)
-    table.add_column("ov. out", justify="right", no_wrap=True)
-    table.add_column("ov. in", justify="right", no_wrap=True)
+    table = layer_table_frame(
+        title,
+        numbers=(
+            "shape",
+            "r A/B",
+            "‖ΔW_A‖F",
+            "‖ΔW_B‖F",
+            "rel Δ",
+            "cos",
+            "k",
+            "ov. out",
+            "ov. in",
+        ),
+    )
     current = None
     for layer in report.layers:
         group, label = split_block(layer.name.removeprefix(prefix))
