@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 
 from lora_audit.engine import (
     EngineOptions,
-    _HostFactors,
     device_type,
     map_groups,
     spectra,
 )
 from lora_audit.errors import InputError
 from lora_audit.formats import load_adapter
+from lora_audit.host_factors import HostFactors
 from lora_audit.spectral import (
     GRAM_RELATIVE_TOLERANCE,
     gram_singular_values,
@@ -118,7 +118,7 @@ def dtype_adapter(tmp_path: Path) -> Path:
 
 def test_raw_reads_equal_torch_loading_bit_for_bit(dtype_adapter: Path) -> None:
     adapter = load_adapter(dtype_adapter)
-    reader = _HostFactors(adapter)
+    reader = HostFactors(adapter)
     try:
         for layer in adapter.layers:
             b, a = reader.load(layer)
@@ -230,14 +230,20 @@ def test_cpu_inspect_does_not_import_torch(mixed_adapter: Path, tmp_path: Path) 
 def test_gpu_orchestration_agrees_with_the_cpu_path(mixed_adapter: Path) -> None:
     # _spectra_cuda's logic (Grams through map_groups, host finishing in a thread, QR redo)
     # runs unchanged on the CPU device; it must give the CPU path's numbers.
-    from lora_audit.engine import _spectra_cpu, _spectra_cuda
+    from lora_audit.engine import Grams, _spectra_cpu, _spectra_cuda
 
     adapter = load_adapter(mixed_adapter)
     for method in ("auto", "gram", "qr"):
         options = EngineOptions(device="cpu", method=method)  # type: ignore[arg-type]
-        via_map = _spectra_cuda(adapter, options=options, progress=None, warn=None)
-        direct = _spectra_cpu(adapter, method=method, progress=None)  # type: ignore[arg-type]
+        grams_map: dict[str, Grams] = {}
+        grams_cpu: dict[str, Grams] = {}
+        via_map = _spectra_cuda(adapter, options=options, progress=None, warn=None, grams=grams_map)
+        direct = _spectra_cpu(adapter, method=method, progress=None, grams=grams_cpu)  # type: ignore[arg-type]
         assert set(via_map) == set(direct)
+        assert set(grams_map) == set(grams_cpu)
+        for name, g in grams_cpu.items():
+            assert np.allclose(grams_map[name].b, g.b, rtol=1e-12, atol=0)
+            assert np.allclose(grams_map[name].a, g.a, rtol=1e-12, atol=0)
         for name, sigma in direct.items():
             top = max(float(sigma[0]), 1e-300)
             assert float(np.abs(via_map[name] - sigma).max()) / top <= 1e-10
@@ -294,3 +300,22 @@ def test_out_of_memory_halves_what_was_tried(
     assert set(result) == {layer.name for layer in adapter.layers}
     # each two-layer group: one failed try of 2, then two chunks of 1 (no retries of 2)
     assert sizes.count(2) == 2 and sizes.count(1) == len(adapter.layers)
+
+
+@pytest.mark.parametrize("method", ["auto", "gram", "qr"])
+def test_analyse_keeps_the_grams_it_used(mixed_adapter: Path, method: str) -> None:
+    from lora_audit.engine import analyse
+
+    adapter = load_adapter(mixed_adapter)
+    options = EngineOptions(device="cpu", method=method)  # type: ignore[arg-type]
+    analysis = analyse(adapter, options=options, keep_grams=True)
+    assert analysis.sigmas.keys() == spectra(adapter, options=options).keys()
+    assert analyse(adapter, options=options).grams == {}  # only on request
+    expected = set() if method == "qr" else {layer.name for layer in adapter.layers}
+    assert set(analysis.grams) == expected
+    for layer in adapter.layers:
+        if layer.name in analysis.grams:
+            b, a = (t.double().numpy() for t in adapter.load_factors(layer))
+            grams = analysis.grams[layer.name]
+            assert np.allclose(grams.b, b.T @ b, rtol=1e-13, atol=0)
+            assert np.allclose(grams.a, a @ a.T, rtol=1e-13, atol=0)

@@ -456,7 +456,8 @@ class DoraCompression:
 
         Each carries its new ``lora_magnitude_vector`` in ``extra`` (stored shape and dtype).
         """
-        from lora_audit.formats.writer import NewLayer
+        from lora_audit.formats.safetensors_io import stored_from_torch
+        from lora_audit.formats.writer import new_layer
 
         todo = replace(
             self.adapter, layers=tuple(x for x in self.adapter.layers if x.name in ranks)
@@ -484,7 +485,14 @@ class DoraCompression:
                 assert key is not None
                 stored = todo.source.get(key)
                 magnitude = m_k.cpu().to(stored.dtype).reshape(stored.shape)
-                out.append(NewLayer(b=b_k.cpu(), a=a_k.cpu(), extra={key: magnitude}))
+                out.append(
+                    new_layer(
+                        layer,
+                        b=b_k.cpu().double().numpy(),
+                        a=a_k.cpu().double().numpy(),
+                        extra={key: stored_from_torch(magnitude)},
+                    )
+                )
             return out
 
         return _map_with_weights(todo, batch, engine=self.engine, warn=warn)

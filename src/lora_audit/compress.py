@@ -1,9 +1,10 @@
 """Run ``compress``: choose ranks, refactorise the layers that shrink, write, report.
 
-The pipeline: spectra from the engine → ranks from :mod:`lora_audit.selection` → for each
-layer that gets smaller, the balanced rank-k factors of its truncated SVD
-(:mod:`lora_audit.truncate`, batched by shape through :func:`lora_audit.engine.map_groups`)
-→ :mod:`lora_audit.formats.writer` → a finished :class:`CompressReport`.
+The pipeline: spectra (and their Gram matrices) from one pass of the engine → ranks from
+:mod:`lora_audit.selection` → for each layer that gets smaller, the balanced rank-k factors of
+its truncated SVD, streamed from the same Grams (:mod:`lora_audit.refactor`) and cast to the
+stored dtype at once → :mod:`lora_audit.formats.writer` → a finished :class:`CompressReport`.
+The input's SHA-256 (for the output's provenance) is computed in a thread meanwhile.
 """
 
 from __future__ import annotations
@@ -11,25 +12,35 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lora_audit import __version__
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.audit import TOOL, adapter_info
-from lora_audit.engine import EngineOptions, Progress, Warn, device_type, map_groups, spectra
+from lora_audit.engine import EngineOptions, Grams, Progress, Warn, analyse, device_type
 from lora_audit.errors import UsageError
-from lora_audit.formats.writer import NewLayer, check_output, output_is_directory, write_compressed
+from lora_audit.formats.writer import (
+    NewLayer,
+    check_output,
+    new_layer,
+    output_is_directory,
+    write_compressed,
+)
 from lora_audit.metrics import cumulative_energy
+from lora_audit.refactor import truncate_layers
 from lora_audit.report import CompressReport, CompressSettings, CompressSummary, LayerCompression
 from lora_audit.selection import RankRule, select_ranks
-from lora_audit.truncate import relative_error, truncated_factors
+from lora_audit.truncate import relative_error
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import numpy as np
     import numpy.typing as npt
-    import torch
+
+    from lora_audit.spectral import Float64Array
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,7 +118,12 @@ def compress_adapter(
         if options.output is None:
             raise UsageError("--output is required unless --dry-run is given")
         check_output(adapter, options.output, force=options.force)
-    sigmas = spectra(adapter, options=options.engine, progress=progress, warn=warn)
+    writing = not options.dry_run and options.output is not None
+    digest = _start_digest(adapter) if writing else None
+    analysis = analyse(
+        adapter, options=options.engine, progress=progress, warn=warn, keep_grams=writing
+    )
+    sigmas = analysis.sigmas
     dora = None
     if options.base is not None:  # DoRA layers: spectra of the update as DoRA applies it
         from lora_audit.base_audit import DoraCompression
@@ -115,18 +131,24 @@ def compress_adapter(
         dora = DoraCompression.prepare(adapter, options.base, engine=options.engine, warn=warn)
         sigmas = {**sigmas, **(dora.sigmas if dora is not None else {})}
     plans = _plan(adapter, sigmas, rule=options.rule)
-    new_layers: dict[str, NewLayer] = {}
     file_after: int | None = None
-    if not options.dry_run and options.output is not None:
-        new_layers = _refactor(adapter, plans, options=options.engine, warn=warn)
+    if digest is not None and options.output is not None:
+        ranks = {p.layer.name: p.new_rank for p in plans if p.truncate}
+        exact_dora = set(dora.sigmas) if dora is not None else set()
+        new_layers = _refactor(
+            adapter,
+            {name: k for name, k in ranks.items() if name not in exact_dora},
+            grams=analysis.grams,
+            options=options.engine,
+            warn=warn,
+        )
         if dora is not None:
-            ranks = {p.layer.name: p.new_rank for p in plans if p.truncate}
             new_layers.update(dora.refactor({n: ranks[n] for n in dora.sigmas if n in ranks}))
         written = write_compressed(
             adapter,
             new_layers=new_layers,
             output=options.output,
-            provenance=_provenance(adapter, options.rule),
+            provenance=_provenance(adapter, options.rule, sha256=digest.result()),
             force=options.force,
         )
         file_after = written.stat().st_size
@@ -166,37 +188,48 @@ def _plan(
 
 
 def _refactor(
-    adapter: Adapter, plans: Sequence[_Plan], *, options: EngineOptions, warn: Warn | None
+    adapter: Adapter,
+    ranks: dict[str, int],
+    *,
+    grams: dict[str, Grams],
+    options: EngineOptions,
+    warn: Warn | None,
 ) -> dict[str, NewLayer]:
-    todo = {p.layer.name: p for p in plans if p.truncate}
-    if not todo:
-        return {}
-    subset = replace(adapter, layers=tuple(p.layer for p in plans if p.truncate))
+    """The new layers, cast to their stored dtype as they come (memory: the output's size)."""
 
-    def batch(layers: Sequence[LoraLayer], b: torch.Tensor, a: torch.Tensor) -> list[NewLayer]:
-        import torch
+    def store(layer: LoraLayer, b: Float64Array, a: Float64Array) -> NewLayer:
+        return new_layer(layer, b=b, a=a)
 
-        scale = torch.tensor([layer.scale for layer in layers], dtype=b.dtype, device=b.device)
-        factors = truncated_factors(
-            b * scale.reshape(-1, 1, 1), a, ranks=[todo[layer.name].new_rank for layer in layers]
-        )
-        return [NewLayer(b=bk.cpu(), a=ak.cpu()) for bk, ak in factors]
-
-    return map_groups(subset, batch, options=options, warn=warn)
+    return truncate_layers(
+        adapter, ranks=ranks, grams=grams, finish=store, options=options, warn=warn
+    )
 
 
-def _provenance(adapter: Adapter, rule: RankRule) -> dict[str, str]:
-    digest = hashlib.sha256()
-    with adapter.tensor_file.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+def _start_digest(adapter: Adapter) -> Future[str]:
+    """The SHA-256 of the tensor file, hashed in a thread (hashlib releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def digest() -> str:
+        h = hashlib.sha256()
+        with adapter.tensor_file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(digest)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _provenance(adapter: Adapter, rule: RankRule, *, sha256: str) -> dict[str, str]:
     return {
         "lora_audit.version": __version__,
         "lora_audit.method": rule.mode,
         "lora_audit.parameter": format_value(rule.value),
         "lora_audit.min_rank": str(rule.min_rank),
         "lora_audit.max_rank": "" if rule.max_rank is None else str(rule.max_rank),
-        "lora_audit.source_sha256": digest.hexdigest(),
+        "lora_audit.source_sha256": sha256,
         "lora_audit.source_file": adapter.tensor_file.name,
     }
 

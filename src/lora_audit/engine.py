@@ -27,20 +27,18 @@ warning.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from lora_audit.adapter import Adapter, LoraLayer, Structure
 from lora_audit.errors import InputError, UsageError
-from lora_audit.formats.safetensors_io import SafetensorsSource
+from lora_audit.host_factors import Readers, cpu_pool, cpu_workers
 from lora_audit.spectral import (
     GRAM_RELATIVE_TOLERANCE,
     Method,
@@ -64,6 +62,7 @@ GPU_MEMORY_FRACTION = 0.5
 #: Working copies held per layer beyond the factors themselves (products, QR workspace).
 WORKING_COPIES = 3
 
+Float64Array = npt.NDArray[np.float64]
 BatchFn = Callable[[Sequence[LoraLayer], "torch.Tensor", "torch.Tensor"], Sequence[R]]
 Progress = Callable[[int], None]
 Warn = Callable[[str], None]
@@ -232,27 +231,67 @@ def _non_finite(adapter: Adapter, key: str) -> InputError:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class Grams:
+    """One layer's unscaled Gram matrices, float64 of shape (r, r): ``BᵀB`` and ``A·Aᵀ``."""
+
+    b: Float64Array
+    a: Float64Array
+
+
+@dataclass(frozen=True, kw_only=True)
+class Analysis:
+    """What one pass over an adapter found.
+
+    Attributes
+    ----------
+    sigmas
+        Singular values of every layer's ``ΔW = scale·B·A``, by layer name: float64 of shape
+        (rank,), descending, zero-padded.
+    grams
+        With ``keep_grams``, the Gram matrices of the layers whose spectrum the Gram method
+        gave (and ``auto`` accepted); compression reuses them instead of refactorising.
+    """
+
+    sigmas: dict[str, Float64Array]
+    grams: dict[str, Grams]
+
+
 def spectra(
     adapter: Adapter,
     *,
     options: EngineOptions,
     progress: Progress | None = None,
     warn: Warn | None = None,
-) -> dict[str, npt.NDArray[np.float64]]:
+) -> dict[str, Float64Array]:
     """Singular values of every layer's ``ΔW = scale·B·A``, by layer name.
 
     Returns
     -------
     dict of str to ndarray of shape (rank,), float64, descending, zero-padded.
     """
+    return analyse(adapter, options=options, progress=progress, warn=warn).sigmas
+
+
+def analyse(
+    adapter: Adapter,
+    *,
+    options: EngineOptions,
+    progress: Progress | None = None,
+    warn: Warn | None = None,
+    keep_grams: bool = False,
+) -> Analysis:
+    """Spectra of every layer, and on request the Gram matrices they came from."""
     kron = [layer for layer in adapter.layers if layer.structure is Structure.KRON]
     thin = replace(adapter, layers=tuple(x for x in adapter.layers if x not in kron))
+    grams: dict[str, Grams] | None = {} if keep_grams else None
     if device_type(options.device) == "cuda":
-        sigmas = _spectra_cuda(thin, options=options, progress=progress, warn=warn)
+        sigmas = _spectra_cuda(thin, options=options, progress=progress, warn=warn, grams=grams)
     else:
-        sigmas = _spectra_cpu(thin, method=options.method, progress=progress)
+        sigmas = _spectra_cpu(thin, method=options.method, progress=progress, grams=grams)
     sigmas.update(_spectra_kron(adapter, kron, progress=progress))
-    return {layer.name: abs(layer.scale) * sigmas[layer.name] for layer in adapter.layers}
+    scaled = {layer.name: abs(layer.scale) * sigmas[layer.name] for layer in adapter.layers}
+    return Analysis(sigmas=scaled, grams=grams or {})
 
 
 def _spectra_kron(
@@ -278,28 +317,38 @@ def _spectra_kron(
     return out
 
 
-Float64Array = npt.NDArray[np.float64]
-
-
 def _spectra_cpu(
-    adapter: Adapter, *, method: Method, progress: Progress | None
+    adapter: Adapter,
+    *,
+    method: Method,
+    progress: Progress | None,
+    grams: dict[str, Grams] | None = None,
 ) -> dict[str, Float64Array]:
     """Unscaled spectra on the CPU, layer by layer (see the module docstring).
 
     Layers are handed to a few threads, each with its own reader and buffers: numpy and
     the file reads release the GIL, and two layers' ``syrk`` calls side by side use the
-    cores better than one call's own threading does for these thin shapes.
+    cores better than one call's own threading does for these thin shapes. ``grams``, when
+    given, receives the Gram matrices of the layers done by the Gram method.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     results: dict[str, Float64Array] = {}
-    readers = _Readers(adapter)
-    workers = _cpu_workers()
+    readers = Readers(adapter)
+    workers = cpu_workers()
     tick = progress if progress is not None else (lambda n: None)
-    with readers, ThreadPoolExecutor(max_workers=workers) as pool:
+
+    def by_qr(layer: LoraLayer) -> Float64Array:
+        return qr_singular_values(*readers.load(layer))
+
+    def fill_grams(job: tuple[LoraLayer, Float64Array, Float64Array]) -> None:
+        layer, gram_b, gram_a = job
+        b, a = readers.load(layer)
+        np.matmul(b.T, b, out=gram_b)  # syrk: numpy sees the shared operand
+        np.matmul(a, a.T, out=gram_a)
+
+    with readers, cpu_pool() as pool:
         for group in group_layers(adapter.layers):
             if method == "qr":
-                for layer, sigma in zip(group, pool.map(readers.qr, group), strict=True):
+                for layer, sigma in zip(group, pool.map(by_qr, group), strict=True):
                     results[layer.name] = sigma
                     tick(1)
                 continue
@@ -307,7 +356,7 @@ def _spectra_cpu(
             gram_b = np.empty((len(group), r, r))
             gram_a = np.empty((len(group), r, r))
             jobs = [(layer, gram_b[i], gram_a[i]) for i, layer in enumerate(group)]
-            for _ in pool.map(readers.grams, jobs):
+            for _ in pool.map(fill_grams, jobs):
                 tick(1)
             step = -(-len(group) // workers)
             parts = [
@@ -316,50 +365,26 @@ def _spectra_cpu(
             ]
             for done in pool.map(lambda p: _finish(adapter, *p, method=method), parts):
                 results.update(done)
+            if grams is not None:
+                _keep(grams, group, gram_b, gram_a, done=results)
             redo = [layer for layer in group if layer.name not in results]
-            for layer, sigma in zip(redo, pool.map(readers.qr, redo), strict=True):
+            for layer, sigma in zip(redo, pool.map(by_qr, redo), strict=True):
                 results[layer.name] = sigma
     return results
 
 
-def _cpu_workers() -> int:
-    """Threads for the CPU path: one per core, at most four."""
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-class _Readers:
-    """One :class:`_HostFactors` per thread; closes them all on exit."""
-
-    def __init__(self, adapter: Adapter) -> None:
-        self._adapter = adapter
-        self._local = threading.local()
-        self._all: list[_HostFactors] = []
-        self._lock = threading.Lock()  # for Adapter.load_factors (torch, lazy handles)
-
-    def __enter__(self) -> _Readers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for reader in self._all:
-            reader.close()
-
-    def _reader(self) -> _HostFactors:
-        reader: _HostFactors | None = getattr(self._local, "reader", None)
-        if reader is None:
-            reader = self._local.reader = _HostFactors(self._adapter, lock=self._lock)
-            self._all.append(reader)
-        return reader
-
-    def grams(self, job: tuple[LoraLayer, Float64Array, Float64Array]) -> None:
-        """Write ``BᵀB`` and ``A·Aᵀ`` of one layer into the given ``r×r`` arrays."""
-        layer, gram_b, gram_a = job
-        b, a = self._reader().load(layer)
-        np.matmul(b.T, b, out=gram_b)  # syrk: numpy sees the shared operand
-        np.matmul(a, a.T, out=gram_a)
-
-    def qr(self, layer: LoraLayer) -> Float64Array:
-        """One layer's unscaled spectrum by QR."""
-        return qr_singular_values(*self._reader().load(layer))
+def _keep(
+    grams: dict[str, Grams],
+    group: Sequence[LoraLayer],
+    gram_b: Float64Array,
+    gram_a: Float64Array,
+    *,
+    done: dict[str, Float64Array],
+) -> None:
+    """Record the Grams of the layers of ``group`` whose spectrum they gave."""
+    for i, layer in enumerate(group):
+        if layer.name in done:
+            grams[layer.name] = Grams(b=gram_b[i], a=gram_a[i])
 
 
 def _finish(
@@ -404,110 +429,13 @@ def _check_grams(
         )
 
 
-_NUMPY_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
-
-
-class _HostFactors:
-    """Each layer's ``(B, A)`` as float64 numpy arrays, in buffers reused from layer to layer.
-
-    Plain LoRA layers of a safetensors file are read straight from it (one ``readinto`` per
-    tensor; no memory map, so nothing of the file stays resident) and converted without
-    torch: bf16 is the upper half of a float32. Other layers and other sources go through
-    :meth:`Adapter.load_factors`. The arrays returned are overwritten by the next ``load``.
-    """
-
-    def __init__(self, adapter: Adapter, *, lock: threading.Lock | None = None) -> None:
-        self._adapter = adapter
-        source = adapter.source
-        self._raw = source if isinstance(source, SafetensorsSource) else None
-        self._file: Any = None
-        self._data_start = 0
-        self._buffers: dict[tuple[str, tuple[int, ...]], npt.NDArray[Any]] = {}
-        self._group: tuple[int, int, int] | None = None
-        self._lock = lock or threading.Lock()
-
-    def close(self) -> None:
-        """Close the file (the reader can be used again; it reopens it)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def load(self, layer: LoraLayer) -> tuple[Float64Array, Float64Array]:
-        """``B`` of shape (out, r) and ``A`` of shape (r, in), float64, C-contiguous."""
-        if layer.group_key != self._group:  # buffers of the previous shape are not needed
-            self._buffers.clear()
-            self._group = layer.group_key
-        shape_b = (layer.out_features, layer.rank)
-        shape_a = (layer.rank, layer.in_features)
-        if self._raw is None or layer.structure is not Structure.LORA:
-            with self._lock:
-                b_t, a_t = self._adapter.load_factors(layer)
-            b, a = self._buffer("b", shape_b, "<f8"), self._buffer("a", shape_a, "<f8")
-            np.copyto(b, _to_numpy(b_t))
-            np.copyto(a, _to_numpy(a_t))
-            return b, a
-        return self._read(layer.b_key, "b", shape_b), self._read(layer.a_key, "a", shape_a)
-
-    def _buffer(self, slot: str, shape: tuple[int, ...], dtype: str) -> npt.NDArray[Any]:
-        key = (f"{slot}:{dtype}", shape)
-        buf = self._buffers.get(key)
-        if buf is None:
-            buf = self._buffers[key] = np.empty(shape, dtype=dtype)
-        return buf
-
-    def _read(self, key: str, slot: str, shape: tuple[int, int]) -> Float64Array:
-        assert self._raw is not None
-        info = self._raw.header.tensors[key]
-        count = shape[0] * shape[1]
-        if math.prod(info.shape) != count:  # the reader validated this; be explicit
-            raise InputError(f"{self._raw.path}: tensor {key!r} has shape {list(info.shape)}")
-        raw = self._buffer("raw", (info.end - info.start,), "u1")
-        self._readinto(raw, info.start, key)
-        out: Float64Array = self._buffer(slot, shape, "<f8")
-        flat = out.reshape(-1)
-        if info.dtype == "BF16":
-            wide = self._buffer("u32", (count,), "<u4")
-            np.left_shift(raw.view("<u2"), 16, out=wide, dtype=np.uint32)
-            np.copyto(flat, wide.view("<f4"))
-        else:
-            np.copyto(flat, raw.view(_NUMPY_DTYPES[info.dtype]))
-        return out
-
-    def _readinto(self, raw: npt.NDArray[Any], start: int, key: str) -> None:
-        assert self._raw is not None
-        path = self._raw.path
-        try:
-            if self._file is None:
-                self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed in __exit__)
-                self._data_start = 8 + int.from_bytes(self._file.read(8), "little")
-            self._file.seek(self._data_start + start)
-            view = raw.data.cast("B")
-            done = 0
-            while done < len(view):
-                n = self._file.readinto(view[done:])
-                if not n:
-                    raise InputError(
-                        f"{path}: tensor {key!r} runs past the end of the file",
-                        hint="the file was truncated while being read",
-                    )
-                done += n
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read tensor {key!r}: {exc.strerror or exc}") from exc
-
-
-def _to_numpy(t: torch.Tensor) -> Float64Array:
-    import torch
-
-    array: Float64Array = t.detach().to(device="cpu", dtype=torch.float64).numpy()
-    return array
-
-
 def _spectra_cuda(
     adapter: Adapter,
     *,
     options: EngineOptions,
     progress: Progress | None,
     warn: Warn | None,
+    grams: dict[str, Grams] | None = None,
 ) -> dict[str, Float64Array]:
     """Unscaled spectra with the Gram products on the GPU (see the module docstring)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -515,7 +443,7 @@ def _spectra_cuda(
     if options.method == "qr":
         return _qr_on_device(adapter, options=options, progress=progress, warn=warn)
 
-    def grams(
+    def gram_batch(
         layers: Sequence[LoraLayer], b: torch.Tensor, a: torch.Tensor
     ) -> list[tuple[Float64Array, Float64Array]]:
         gram_b = (b.mT @ b).cpu().numpy()
@@ -533,21 +461,31 @@ def _spectra_cuda(
             warn(message)
 
     results: dict[str, Float64Array] = {}
-    pending: list[Future[dict[str, Float64Array]]] = []
+    pending: list[
+        tuple[Future[dict[str, Float64Array]], tuple[list[LoraLayer], Float64Array, Float64Array]]
+    ] = []
     with ThreadPoolExecutor(max_workers=1) as host:
         for group in group_layers(adapter.layers):
             part = replace(adapter, layers=tuple(group))
             if on_cpu:
-                results.update(_spectra_cpu(part, method=options.method, progress=progress))
+                results.update(
+                    _spectra_cpu(part, method=options.method, progress=progress, grams=grams)
+                )
                 continue
-            done = map_groups(part, grams, options=options, progress=progress, warn=fall_back)
+            done = map_groups(part, gram_batch, options=options, progress=progress, warn=fall_back)
             gram_b = np.stack([done[layer.name][0] for layer in group])
             gram_a = np.stack([done[layer.name][1] for layer in group])
             pending.append(
-                host.submit(_finish, adapter, group, gram_b, gram_a, method=options.method)
+                (
+                    host.submit(_finish, adapter, group, gram_b, gram_a, method=options.method),
+                    (group, gram_b, gram_a),
+                )
             )
-        for future in pending:
-            results.update(future.result())
+        for future, (group, gram_b, gram_a) in pending:
+            done_group = future.result()
+            results.update(done_group)
+            if grams is not None:
+                _keep(grams, group, gram_b, gram_a, done=done_group)
     redo = [layer for layer in adapter.layers if layer.name not in results]
     if redo:
         part = replace(adapter, layers=tuple(redo))

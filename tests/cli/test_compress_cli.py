@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +266,21 @@ def test_json_report_validates_against_the_schema(mixed_adapter: Path, tmp_path:
     )
     assert result.exit_code == 0, result.stderr
     jsonschema.validate(json.loads(result.stdout), json.loads(text))
+
+
+def test_cpu_compress_does_not_import_torch(mixed_adapter: Path, tmp_path: Path) -> None:
+    # Reading, the spectra, the refactorisation and the safetensors writer are numpy only:
+    # torch's import alone costs about as much as compressing a 7B r=16 adapter.
+    out = tmp_path / "out"
+    code = (
+        "import sys\n"
+        "from lora_audit.cli import main\n"
+        f"sys.argv = ['lora-audit', 'compress', {str(mixed_adapter)!r}, '-o', {str(out)!r},\n"
+        "            '--rank', '2', '--device', 'cpu', '--format', 'json']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+        "print(sorted(m for m in ('torch', 'safetensors') if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().splitlines()[-1] == "[]"
+    compressed = load_adapter(out)
+    assert {layer.rank for layer in compressed.layers if layer.name != "model.conv"} <= {2}

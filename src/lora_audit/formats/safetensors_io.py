@@ -3,7 +3,14 @@
 The header is parsed and validated here before any tensor is touched, so that a truncated,
 hostile or malformed file ends in one :class:`~lora_audit.errors.InputError` naming the
 file (and tensor) instead of a traceback. Tensor data is then read lazily through the
-``safetensors`` library's memory map.
+``safetensors`` library's memory map, or as raw bytes (:meth:`SafetensorsSource.raw`).
+
+Writing needs neither torch nor the ``safetensors`` library: :class:`StoredTensor` is a
+tensor as it is stored (dtype name, shape, little-endian bytes) and :func:`write_safetensors`
+lays them out as the format specifies — an 8-byte little-endian header length, the JSON
+header padded with spaces to a multiple of 8 bytes, then the data, tensors ordered by
+element size (largest first, as the ``safetensors`` library does) so that every tensor is
+aligned to its element size.
 """
 
 from __future__ import annotations
@@ -15,14 +22,16 @@ import math
 import os
 import struct
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from lora_audit.errors import InputError, OutputError
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     import torch
 
 #: Largest header accepted, in bytes. Real adapters have headers of a few hundred KiB.
@@ -67,6 +76,8 @@ class Header:
 
     tensors: Mapping[str, TensorInfo]
     metadata: Mapping[str, str]
+    #: Offset of the data section in the file (8 + the header length).
+    data_start: int = 0
 
 
 def read_header(path: Path) -> Header:
@@ -112,7 +123,8 @@ def read_header(path: Path) -> Header:
         ) from exc
     if not isinstance(parsed, dict):
         raise InputError(f"{path}: header is not a JSON object", hint="not a safetensors file")
-    return _validate(path, parsed, data_len=size - 8 - header_len)
+    header = _validate(path, parsed, data_len=size - 8 - header_len)
+    return Header(tensors=header.tensors, metadata=header.metadata, data_start=8 + header_len)
 
 
 def _validate(path: Path, parsed: dict[str, Any], *, data_len: int) -> Header:
@@ -187,9 +199,114 @@ class SafetensorsSource:
             raise InputError(f"{self.path}: cannot read tensor {key!r}: {exc}") from exc
         return tensor
 
+    def raw(self, key: str) -> StoredTensor:
+        """Tensor ``key`` as stored: its bytes, read from the file, and its dtype and shape."""
+        info = self.header.tensors[key]
+        try:
+            with self.path.open("rb", buffering=0) as fh:
+                fh.seek(self.header.data_start + info.start)
+                data = fh.read(info.end - info.start)
+        except OSError as exc:
+            raise InputError(
+                f"{self.path}: cannot read tensor {key!r}: {exc.strerror or exc}"
+            ) from exc
+        if len(data) != info.end - info.start:
+            raise InputError(
+                f"{self.path}: tensor {key!r} runs past the end of the file",
+                hint="the file was truncated while being read",
+            )
+        return StoredTensor(dtype=info.dtype, shape=info.shape, data=data)
 
-def write_atomic(path: Path, data: bytes) -> None:
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """A tensor as safetensors stores it.
+
+    Attributes
+    ----------
+    dtype
+        The safetensors dtype name (``"BF16"``, ``"F32"``, …).
+    shape
+        The tensor's shape.
+    data
+        Its elements, little-endian, C order, as any contiguous buffer (``bytes``, a numpy
+        array): ``prod(shape) × element size`` bytes.
+    """
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: Any
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the data in bytes."""
+        return memoryview(self.data).nbytes
+
+    def reshape(self, *shape: int) -> StoredTensor:
+        """The same data under another shape of the same size."""
+        if math.prod(shape) != math.prod(self.shape):
+            raise ValueError(f"cannot reshape {list(self.shape)} to {list(shape)}")
+        return StoredTensor(dtype=self.dtype, shape=tuple(shape), data=self.data)
+
+
+_TORCH_DTYPE_NAMES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+}
+
+
+def stored_from_torch(tensor: torch.Tensor) -> StoredTensor:
+    """A CPU copy of ``tensor`` as a :class:`StoredTensor` (same dtype, same bytes)."""
+    import torch
+
+    name = str(tensor.dtype).removeprefix("torch.")
+    if name not in _TORCH_DTYPE_NAMES:
+        raise ValueError(f"safetensors cannot store dtype {tensor.dtype}")
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    data = flat.view(torch.uint8).numpy() if flat.numel() else b""
+    return StoredTensor(dtype=_TORCH_DTYPE_NAMES[name], shape=tuple(tensor.shape), data=data)
+
+
+def write_safetensors(
+    fh: IO[bytes], tensors: Mapping[str, StoredTensor], *, metadata: Mapping[str, str]
+) -> None:
+    """Write ``tensors`` and string ``metadata`` to ``fh`` in the safetensors format."""
+    for key, tensor in tensors.items():
+        expected = math.prod(tensor.shape) * DTYPE_SIZES[tensor.dtype]
+        if tensor.nbytes != expected:
+            raise ValueError(f"tensor {key!r}: {tensor.nbytes} bytes, expected {expected}")
+    order = sorted(tensors, key=lambda k: -DTYPE_SIZES[tensors[k].dtype])  # stable
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for key in order:
+        tensor = tensors[key]
+        entry = {"dtype": tensor.dtype, "shape": list(tensor.shape)}
+        header[key] = {**entry, "data_offsets": [offset, offset + tensor.nbytes]}
+        offset += tensor.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    fh.write(struct.pack("<Q", len(text)))
+    fh.write(text)
+    for key in order:
+        data = tensors[key].data
+        if memoryview(data).nbytes:
+            fh.write(memoryview(data).cast("B"))
+
+
+def write_atomic(path: Path, data: bytes | Callable[[IO[bytes]], None]) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory.
+
+    ``data`` is the bytes to write, or a function that writes them to the open file.
 
     The temporary file is flushed, fsync'ed and renamed over ``path``; if anything fails,
     it is removed and ``path`` is left as it was.
@@ -207,7 +324,10 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; the output is an ordinary file
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp_name, path)
@@ -223,11 +343,45 @@ def write_atomic(path: Path, data: bytes) -> None:
                 os.unlink(tmp_name)
 
 
-def serialize(tensors: Mapping[str, torch.Tensor], *, metadata: Mapping[str, str]) -> bytes:
-    """Serialise tensors (made contiguous) and string metadata to safetensors bytes."""
-    from safetensors.torch import save
+def encode_floats(values: npt.NDArray[np.float64], dtype: str) -> StoredTensor:
+    """Float64 values in a stored float dtype, rounded to nearest even, without torch.
 
-    data: bytes = save(
-        {k: v.detach().contiguous() for k, v in tensors.items()}, metadata=dict(metadata)
-    )
-    return data
+    BF16 is the upper half of the float32 bit pattern, rounded as torch rounds it (through
+    float32, then to nearest even on the dropped 16 bits; the values are finite).
+
+    Parameters
+    ----------
+    values : ndarray, float64
+    dtype : {"F16", "BF16", "F32", "F64"}
+        The safetensors dtype name; anything else is stored as F32.
+
+    Returns
+    -------
+    StoredTensor
+        Same shape; dtype ``dtype`` (F32 for a name that is not a float dtype).
+
+    Raises
+    ------
+    OverflowError
+        When a value would round to infinity (the input is finite).
+    """
+    import numpy as np
+
+    shape = tuple(int(n) for n in values.shape)
+    with np.errstate(over="raise"):
+        try:
+            if dtype == "BF16":
+                bits = np.array(values, dtype=np.float32).reshape(-1).view(np.uint32)  # a copy
+                bits += np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+                data = (bits >> np.uint32(16)).astype("<u2")
+                if np.any((data & 0x7F80) == 0x7F80):  # rounded up to infinity
+                    raise FloatingPointError
+                return StoredTensor(dtype="BF16", shape=shape, data=data)
+            name = dtype if dtype in {"F16", "F64"} else "F32"
+            numpy_dtype = {"F16": "<f2", "F64": "<f8", "F32": "<f4"}[name]
+            return StoredTensor(
+                dtype=name, shape=shape, data=np.ascontiguousarray(values, dtype=numpy_dtype)
+            )
+        except FloatingPointError:
+            top = float(np.abs(values).max())
+            raise OverflowError(f"{top:.3g} is out of the range of {dtype}") from None

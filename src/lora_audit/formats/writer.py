@@ -32,30 +32,39 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure
 from lora_audit.errors import OutputError, UsageError
 from lora_audit.formats.patterns import pattern_keys
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME
-from lora_audit.formats.safetensors_io import serialize, write_atomic
+from lora_audit.formats.safetensors_io import (
+    SafetensorsSource,
+    StoredTensor,
+    encode_floats,
+    stored_from_torch,
+    write_atomic,
+    write_safetensors,
+)
 
 if TYPE_CHECKING:
-    import torch
+    import numpy as np
+    import numpy.typing as npt
 
 
 @dataclass(frozen=True, kw_only=True)
 class NewLayer:
-    """A rewritten layer: factors with the scale baked in (``ΔW_k = b @ a``).
+    """A rewritten layer: factors with the scale baked in (``ΔW_k = b @ a``), as stored.
 
-    ``b`` has shape (out, k), ``a`` shape (k, in) (flattened as in :class:`LoraLayer`).
-    ``extra`` holds other tensors of the layer to replace, by key, as they are to be stored
-    (DoRA magnitudes recomputed by ``compress --base``).
+    ``b`` has shape (out, k), ``a`` shape (k, in) (flattened as in :class:`LoraLayer`), both
+    already in the layer's stored dtype (:func:`new_layer`). ``extra`` holds other tensors of
+    the layer to replace, by key, as they are to be stored (DoRA magnitudes recomputed by
+    ``compress --base``).
     """
 
-    b: torch.Tensor
-    a: torch.Tensor
-    extra: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    b: StoredTensor
+    a: StoredTensor
+    extra: Mapping[str, StoredTensor] = field(default_factory=dict)
 
     @property
     def rank(self) -> int:
@@ -116,7 +125,9 @@ def write_compressed(
         config = peft_config(adapter, new_layers)
         if output_is_directory(adapter):
             with atomic_directory(output, force=force) as tmp:
-                _write_plain(tmp / WEIGHTS_NAME, serialize(tensors, metadata=metadata))
+                with (tmp / WEIGHTS_NAME).open("wb") as fh:
+                    write_safetensors(fh, tensors, metadata=metadata)
+                    _sync(fh)
                 text = json.dumps(config, indent=2) + "\n"  # pattern order matters to PEFT
                 _write_plain(tmp / CONFIG_NAME, text.encode("utf-8"))
             return output / WEIGHTS_NAME
@@ -126,16 +137,18 @@ def write_compressed(
     _make_parent(output)
     if output.is_dir():
         raise UsageError(f"--output {output} is a directory; this format is a single file")
-    write_atomic(output, serialize(tensors, metadata=metadata))
+    write_atomic(output, lambda fh: write_safetensors(fh, tensors, metadata=metadata))
     return output
 
 
 def _tensors(
     adapter: Adapter, new_layers: Mapping[str, NewLayer]
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    assert adapter.source is not None
+) -> tuple[dict[str, StoredTensor], dict[str, str]]:
+    """Every tensor of the output: the new layers', and the others' bytes as they were."""
+    source = adapter.source
+    assert source is not None
     replaced: set[str] = set()
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, StoredTensor] = {}
     by_name = {layer.name: layer for layer in adapter.layers}
     for name, new in new_layers.items():
         layer = by_name[name]
@@ -145,7 +158,10 @@ def _tensors(
         out.update(new.extra)
     for key in _all_keys(adapter):
         if key not in replaced and key not in out:
-            out[key] = adapter.source.get(key)
+            if isinstance(source, SafetensorsSource):
+                out[key] = source.raw(key)
+            else:
+                out[key] = stored_from_torch(source.get(key))
     return out, dict(adapter.metadata)
 
 
@@ -157,19 +173,17 @@ def _all_keys(adapter: Adapter) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def _new_keys(adapter: Adapter, layer: LoraLayer, new: NewLayer) -> dict[str, torch.Tensor]:
-    """The stored tensors of a rewritten layer, in the layer's own dtype and layout."""
-    import torch
+def _new_keys(adapter: Adapter, layer: LoraLayer, new: NewLayer) -> dict[str, StoredTensor]:
+    """The stored tensors of a rewritten layer, in the layer's own layout."""
+    import numpy as np
 
     k = new.rank
-    dtype = _torch_dtype(layer.dtype.split("/")[0])
     spatial = layer.weight_shape[2:] if layer.kind is LayerKind.CONV else ()
     if layer.kind is LayerKind.CONV:
         a = new.a.reshape(k, layer.weight_shape[1], *spatial)
         b = new.b.reshape(layer.out_features, k, *([1] * len(spatial)))
     else:
         a, b = new.a, new.b
-    a, b = a.to(dtype).contiguous(), b.to(dtype).contiguous()
     if adapter.format == "peft" or (
         adapter.format == "diffusers" and layer.structure is Structure.LORA
     ):
@@ -178,16 +192,26 @@ def _new_keys(adapter: Adapter, layer: LoraLayer, new: NewLayer) -> dict[str, to
     return {
         f"{module}.lora_down.weight": a,
         f"{module}.lora_up.weight": b,
-        f"{module}.alpha": torch.tensor(float(k), dtype=dtype),
+        f"{module}.alpha": encode_floats(np.array(float(k)), b.dtype),
     }
 
 
-def _torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    return {"F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}.get(
-        name, torch.float32
-    )
+def new_layer(
+    layer: LoraLayer,
+    *,
+    b: npt.NDArray[np.float64],
+    a: npt.NDArray[np.float64],
+    extra: Mapping[str, StoredTensor] | None = None,
+) -> NewLayer:
+    """A :class:`NewLayer` from float64 factors, rounded to the layer's stored dtype."""
+    name = layer.dtype.split("/")[0]
+    try:
+        return NewLayer(b=encode_floats(b, name), a=encode_floats(a, name), extra=extra or {})
+    except OverflowError as exc:
+        raise OutputError(
+            f"layer {layer.name!r}: a truncated factor does not fit its stored dtype ({exc})",
+            hint="convert the adapter to float32 first, or keep this layer's rank",
+        ) from exc
 
 
 def peft_config(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> dict[str, Any]:
@@ -261,8 +285,12 @@ def _make_parent(output: Path) -> None:
 def _write_plain(path: Path, data: bytes) -> None:
     with path.open("wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        _sync(fh)
+
+
+def _sync(fh: IO[bytes]) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
 
 
 @contextmanager
