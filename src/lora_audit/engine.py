@@ -7,7 +7,8 @@ Layers are grouped by ``(out, r, in)``. :func:`spectra` has two paths:
   buffer, and reduced at once to its two ``r×r`` Gram matrices (``BᵀB``, ``A·Aᵀ``, BLAS
   ``syrk``); the ``r×r`` work (:func:`~lora_audit.spectral.gram_singular_values`) is batched
   per group. Nothing larger than one layer is ever held upcast, so memory stays flat
-  whatever the size of the adapter, and the file is read exactly once.
+  whatever the size of the adapter, and the file is read exactly once. Layers run in a
+  pool of threads with BLAS single-threaded (:func:`lora_audit.host_factors.cpu_pool`).
 * **CUDA** (torch): :func:`map_groups` copies the stored bytes of a chunk of layers to the
   GPU, converts them there, and forms the Gram matrices on the device; only the ``r×r``
   Grams come back, and they are finished on the host by the same numpy code as on the CPU,
@@ -18,11 +19,14 @@ the check is made there, on ``r`` numbers per factor instead of on every element
 ``method="qr"``, and the matrices that ``auto`` sends back to QR, are read again and done by
 QR on their own.
 
+:func:`analyse` can keep the Gram matrices it used, so that ``compress`` refactorises from
+them without a second factorisation (:mod:`lora_audit.refactor`).
+
 :func:`map_groups` is the general tool for batch functions that need the factors themselves
-(compression): chunks sized to a memory budget, upcast to float64 on the compute device,
-checked for NaN/Inf, and handed to the function. Only one chunk is held upcast at a time. On
-CUDA, an out-of-memory error halves the chunk, and at one layer falls back to the CPU with a
-warning.
+on the compute device (compression on CUDA, base-aware metrics): chunks sized to a memory
+budget, upcast to float64 on the compute device, checked for NaN/Inf, and handed to the
+function. Only one chunk is held upcast at a time. On CUDA, an out-of-memory error halves the
+chunk, and at one layer falls back to the CPU with a warning.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lora_audit.formats.patterns import match_pattern, pattern_key_for, pattern_keys
 
@@ -61,3 +63,23 @@ def test_pattern_keys_match_exactly_their_module_in_peft() -> None:
     assert keys["bert.encoder.layer.0.output.dense"] == r"encoder\.layer\.0\.output\.dense"
     assert keys["pooler.dense"] == r"^pooler\.dense$"
     assert pattern_key_for("bert.pooler.dense") == r"pooler\.dense"
+
+
+_SEGMENT = st.sampled_from(["model", "layers", "0", "1", "q_proj", "dense", "encoder", "a", ""])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(_SEGMENT, min_size=1, max_size=5).map(".".join), min_size=1,
+                max_size=12, unique=True))  # fmt: skip
+def test_pattern_keys_agree_with_matching_every_module(names: list[str]) -> None:
+    # the linear-time suffix count gives the same keys as trying PEFT's rule on every module
+    keys = pattern_keys(names)
+    for name in names:
+        brute_unique = [m for m in names if match_pattern({pattern_key_for(name): True}, m)]
+        expected = pattern_key_for(name) if brute_unique == [name] else None
+        if expected is not None:
+            assert keys[name] == expected
+        else:
+            assert keys[name].startswith("^")
+        hits = [m for m in names if peft_other.get_pattern_key([keys[name]], m) == keys[name]]
+        assert hits == [name], (name, keys[name], hits)

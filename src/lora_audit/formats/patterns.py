@@ -9,6 +9,7 @@ Keys are regular expressions; unmatched keys are ignored.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
@@ -37,20 +38,30 @@ def pattern_key_for(module_name: str) -> str:
     >>> pattern_key_for("model.layers.0.self_attn.q_proj")
     'layers\\\\.0\\\\.self_attn\\\\.q_proj'
     """
+    return re.escape(_tail(module_name))
+
+
+def _tail(module_name: str) -> str:
     parts = module_name.split(".")
-    tail = ".".join(parts[1:]) if len(parts) >= 3 else module_name
-    return re.escape(tail)
+    return ".".join(parts[1:]) if len(parts) >= 3 else module_name
 
 
 def pattern_keys(module_names: Sequence[str]) -> dict[str, str]:
     """A key for each module that PEFT matches to that module and no other of ``module_names``.
 
     The key of :func:`pattern_key_for` where it is unique; otherwise the anchored full name
-    ``^…$``, which matches exactly one module in PEFT ≥ 0.15.
+    ``^…$``, which matches exactly one module in PEFT ≥ 0.15. That key is an escaped literal
+    ``tail``, which PEFT's rule matches to exactly the modules that end in ``tail`` at a dot
+    boundary (or are ``tail``): counting every module's dot-suffixes once answers the
+    question for all modules in time linear in their number.
     """
+    suffixes = Counter(
+        ".".join(parts[i:])
+        for parts in (name.split(".") for name in dict.fromkeys(module_names))
+        for i in range(len(parts))
+    )
     keys = {}
     for name in module_names:
-        key = pattern_key_for(name)
-        hits = [other for other in module_names if match_pattern({key: True}, other)]
-        keys[name] = key if hits == [name] else f"^{re.escape(name)}$"
+        unique = suffixes[_tail(name)] == 1
+        keys[name] = pattern_key_for(name) if unique else f"^{re.escape(name)}$"
     return keys
