@@ -92,11 +92,17 @@ def truncate_layers(
 Maps = tuple[Float64Array, Float64Array]
 
 
+def _split_scale(scale: float) -> tuple[float, float]:
+    """Factors for ``B′`` and ``A′`` whose product is ``scale``, of equal magnitude."""
+    root = math.sqrt(abs(scale))
+    return math.copysign(root, scale), root
+
+
 def _scaled_maps(layer: LoraLayer, grams: Grams, *, rank: int) -> Maps:
     """:func:`gram_truncation` maps with the layer scale split evenly into both factors."""
     map_b, map_a = gram_truncation(grams.b, grams.a, rank=rank)
-    root = math.sqrt(abs(layer.scale))
-    return map_b * (math.copysign(root, layer.scale)), map_a * root
+    to_b, to_a = _split_scale(layer.scale)
+    return map_b * to_b, map_a * to_a
 
 
 def _cpu_layer(
@@ -105,8 +111,8 @@ def _cpu_layer(
     maps = None if grams is None else _scaled_maps(layer, grams, rank=rank)
     b, a = readers.load(layer)  # this thread's buffers: every result below is a new array
     if maps is None:
-        root = math.sqrt(abs(layer.scale))
-        b_k, a_k = qr_truncation(b * math.copysign(root, layer.scale), a * root, rank=rank)
+        to_b, to_a = _split_scale(layer.scale)
+        b_k, a_k = qr_truncation(b * to_b, a * to_a, rank=rank)
     else:
         b_k, a_k = b @ maps[0], maps[1] @ a
     fix_signs(b_k, a_k)

@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,9 +125,9 @@ def write_compressed(
         config = peft_config(adapter, new_layers)
         if output_is_directory(adapter):
             with atomic_directory(output, force=force) as tmp:
-                with (tmp / WEIGHTS_NAME).open("wb") as fh:
-                    write_safetensors(fh, tensors, metadata=metadata)
-                    _sync(fh)
+                _write_plain(
+                    tmp / WEIGHTS_NAME, lambda fh: write_safetensors(fh, tensors, metadata=metadata)
+                )
                 text = json.dumps(config, indent=2) + "\n"  # pattern order matters to PEFT
                 _write_plain(tmp / CONFIG_NAME, text.encode("utf-8"))
             return output / WEIGHTS_NAME
@@ -282,15 +282,15 @@ def _make_parent(output: Path) -> None:
         ) from exc
 
 
-def _write_plain(path: Path, data: bytes) -> None:
+def _write_plain(path: Path, data: bytes | Callable[[IO[bytes]], None]) -> None:
+    """Write and fsync ``data`` (bytes, or a function that writes them) inside a new directory."""
     with path.open("wb") as fh:
-        fh.write(data)
-        _sync(fh)
-
-
-def _sync(fh: IO[bytes]) -> None:
-    fh.flush()
-    os.fsync(fh.fileno())
+        if callable(data):
+            data(fh)
+        else:
+            fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 @contextmanager
