@@ -203,3 +203,22 @@ def test_compress_dora_needs_base_or_allow_dora(tmp_path: Path, pair: tuple[Path
         app, ["compress", str(pair[0]), "--dry-run", "--rank", "1", "--base", str(base)]
     )
     assert result.exit_code == 0 and "no DoRA layers" in result.stderr
+
+
+def test_markdown_carries_the_base_results(pair: tuple[Path, Path]) -> None:
+    adapter, base = pair
+    code, out, err = inspect(str(adapter), "--base", str(base), "-f", "markdown")
+    assert code == 0, err
+    report = json.loads(inspect(str(adapter), "--base", str(base), "-f", "json")[1])
+    assert "### Against the base" in out
+    assert "- matched: 4 layers" in out
+    rows = [line for line in out.splitlines() if line.startswith("| `model.layers.")]
+    assert len(rows) == 8  # 4 in the spectral table, 4 in the base table
+    base_rows = {line.split(" | ")[0].strip("| `"): line for line in rows[4:]}
+    for layer in report["layers"]:
+        cells = base_rows[layer["name"]].strip("| ").split(" | ")
+        assert cells[1] == str(layer["base"]["k"])
+        assert float(cells[5]) == pytest.approx(layer["base"]["relative_frobenius"], abs=5e-4)
+        assert float(cells[7]) == pytest.approx(layer["base"]["top_k_alignment"], abs=5e-4)
+    _, plain, _ = inspect(str(adapter), "-f", "markdown")
+    assert "Against the base" not in plain

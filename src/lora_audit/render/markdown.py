@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from lora_audit.render._base_text import BASE_HEADERS, base_cells, base_summary_rows
 from lora_audit.render._text import (
     SETTING_NAMES,
     finding_text,
@@ -136,4 +137,22 @@ def render_inspect(report: InspectReport, *, width: int = 100, color: bool = Fal
         ],
         right=8,
     )
+    lines += _base_section(report)
     return "\n".join(lines) + "\n"
+
+
+def _base_section(report: InspectReport) -> list[str]:
+    """``inspect --base``: the adapter-wide figures, then one row per matched layer."""
+    base = report.summary.base
+    if base is None:
+        return []
+    layers = [layer for layer in report.layers if layer.base is not None]
+    dora = any(layer.base.update == "dora" for layer in layers if layer.base is not None)
+    lines = ["", "### Against the base", ""]
+    if dora:
+        lines += ["ΔW is DoRA's effective update.", ""]
+    lines += [f"- {label}: {cell(text)}" for label, text in base_summary_rows(base)]
+    lines.append("")
+    rows = [[code(layer.name), *base_cells(layer.base)] for layer in layers if layer.base]
+    lines += table(["layer", *BASE_HEADERS], rows, right=len(BASE_HEADERS))
+    return lines

@@ -13,6 +13,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from lora_audit.render._base_text import BASE_HEADERS, base_cells, base_summary_rows
 from lora_audit.report import (
     CheckReport,
     CompareReport,
@@ -577,33 +578,6 @@ def render_compare(report: CompareReport, *, width: int = 100, color: bool = Fal
     return _to_text(Group(table, info), width=width, color=color)
 
 
-_BASE_LABELS = {
-    "weight_spectral_norm": "σ₁(W)",
-    "weight_stable_rank": "sr(W)",
-    "merged_spectral_norm": "σ₁(W+ΔW)",
-    "merged_stable_rank": "sr(W+ΔW)",
-    "stable_rank_change": "Δsr",
-    "relative_spectral": "σ₁ ratio",
-    "top_k_alignment": "alignment",
-    "left_angles": "angles",
-    "right_angles": "angles",
-    "subspace_overlap": "overlap",
-    "weight_frobenius_norm": "‖W‖F",
-    "merged_frobenius_norm": "‖W+ΔW‖F",
-    "update_frobenius_norm": "‖ΔW‖F",
-    "relative_frobenius": "‖ΔW‖/‖W‖",
-    "update_spectral_norm": "σ₁(ΔW)",
-    "amplification": "amplification",
-    "update_energy_at_rank": "DoRA energy at r",
-}
-
-
-def _base_num(x: float | None, fmt: str = ".3g") -> str:
-    if x is None or x != x or x in (float("inf"), float("-inf")):
-        return "–"
-    return format(x, fmt)
-
-
 def base_parts(report: InspectReport) -> list[RenderableType]:
     """The base-aware table and its summary (``inspect --base``); nothing without a base."""
     if report.summary.base is None:
@@ -624,9 +598,7 @@ def base_table(report: InspectReport) -> Table:
     if prefix:
         title += f" · {prefix}…"
     table = layer_table_frame(title)
-    headers = ["k", "sr W", "sr W+ΔW", "Δsr", "‖ΔW‖/‖W‖", "σ₁ ratio", "align", "overlap"]
-    headers.append("ampl.")
-    for header in headers:
+    for header in BASE_HEADERS:
         table.add_column(header, justify="right", no_wrap=True)
     current = None
     for layer in layers:
@@ -636,22 +608,12 @@ def base_table(report: InspectReport) -> Table:
         if group and group != current:
             table.add_row(Text(group, style="bold"))
         current = group
-        change = Text(
-            _base_num(b.stable_rank_change, "+.2f"),
-            style="bold" if abs(b.stable_rank_change) >= 1 else "",
+        cells: list[str | Text] = list(base_cells(b))
+        change = BASE_HEADERS.index("Δsr")
+        cells[change] = Text(
+            str(cells[change]), style="bold" if abs(b.stable_rank_change) >= 1 else ""
         )
-        table.add_row(
-            ("  " if group else "") + label,
-            str(b.k),
-            _base_num(b.weight_stable_rank, ".1f"),
-            _base_num(b.merged_stable_rank, ".1f"),
-            change,
-            _base_num(b.relative_frobenius, ".3f"),
-            _base_num(b.relative_spectral, ".3g"),
-            _base_num(b.top_k_alignment, ".3f"),
-            _base_num(b.subspace_overlap, ".3f"),
-            _base_num(b.amplification, ".1f"),
-        )
+        table.add_row(("  " if group else "") + label, *cells)
     return table
 
 
@@ -662,59 +624,6 @@ def base_summary_table(report: InspectReport) -> Table:
     info = Table.grid(padding=(0, 2))
     info.add_column(style="bold")
     info.add_column(overflow="fold")
-    where = base.index or (base.files[0] if len(base.files) == 1 else base.path)
-    info.add_row("base", f"{where} ({len(base.files)} file(s))")
-    matched = f"{base.layers_matched} layers"
-    if base.unmatched_layers:
-        matched += f"; no base weight for {len(base.unmatched_layers)}: " + ", ".join(
-            base.unmatched_layers[:5]
-        )
-    info.add_row("matched", matched)
-    st = base.stats
-
-    def stat(name: str, what: str = "mean", fmt: str = ".3g") -> str:
-        s = st.get(name)
-        return "–" if s is None else _base_num(getattr(s, what), fmt)
-
-    def extreme(name: str, what: str, fmt: str = ".3g") -> str:
-        s = st.get(name)
-        if s is None:
-            return "–"
-        return f"{_base_num(getattr(s, what), fmt)} ({getattr(s, what + '_layer')})"
-
-    info.add_row(
-        "stable rank",
-        f"W mean {stat('weight_stable_rank')} → W+ΔW mean {stat('merged_stable_rank')}; "
-        f"Δsr median {stat('stable_rank_change', 'median', '+.3g')}, from "
-        f"{extreme('stable_rank_change', 'min', '+.3g')} to "
-        f"{extreme('stable_rank_change', 'max', '+.3g')}",
-    )
-    info.add_row(
-        "update size",
-        f"‖ΔW‖F/‖W‖F {_base_num(base.total_relative_frobenius)} over all layers, max "
-        f"{extreme('relative_frobenius', 'max')}; σ₁(ΔW)/σ₁(W) median "
-        f"{stat('relative_spectral', 'median')}, max {extreme('relative_spectral', 'max')}",
-    )
-    k = "each layer's energy rank" if base.k is None else str(base.k)
-    info.add_row(
-        "alignment",
-        f"k = {k}: ‖U_kᵀΔW V_k‖F/‖ΔW‖F mean {stat('top_k_alignment')} (random "
-        f"{stat('random_alignment')}), subspace overlap mean {stat('subspace_overlap')} (random "
-        f"{stat('random_overlap')}), amplification median {stat('amplification', 'median')}",
-    )
-    if "update_energy_at_rank" in st:
-        info.add_row(
-            "DoRA",
-            f"the effective update keeps {stat('update_energy_at_rank', 'mean', '.4f')} of its "
-            f"energy in rank r on average (min {extreme('update_energy_at_rank', 'min', '.4f')})",
-        )
-    exact = ", ".join(dict.fromkeys(_BASE_LABELS.get(f, f) for f in base.exact))
-    iterative = ", ".join(dict.fromkeys(_BASE_LABELS.get(f, f) for f in base.iterative))
-    status = "" if base.converged else "; NOT all converged"
-    info.add_row("exact", exact)
-    info.add_row(
-        "iterative",
-        f"{iterative} — block Krylov, residual ≤ {base.tolerance:.0e}·σ₁ (worst "
-        f"{base.max_residual:.1e}, subspace error ≤ {base.max_subspace_error:.1e}{status})",
-    )
+    for label, text in base_summary_rows(base):
+        info.add_row(label, text)
     return info
