@@ -6,9 +6,10 @@ import io
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -85,7 +86,7 @@ def layer_table_frame(title: str, *, numbers: Sequence[str] = ()) -> Table:
     return table
 
 
-def layer_table(report: InspectReport) -> Table:
+def layer_table(report: InspectReport, *, headers: BlockHeaders | None = None) -> Table:
     """The per-layer table; the scale column appears only when layers differ in scale."""
     names = [layer.name for layer in report.layers]
     prefix = common_prefix(names)
@@ -109,13 +110,10 @@ def layer_table(report: InspectReport) -> Table:
     table.add_column("σ spectrum", no_wrap=True)
     for header in ("σ₁", "‖ΔW‖F", "sr", "erank", f"k@{tau}", "waste"):
         table.add_column(header, justify="right", no_wrap=True)
-    current = None
-    for layer in report.layers:
-        group, label = split_block(layer.name.removeprefix(prefix))
-        if group and group != current:
-            table.add_row(Text(group, style="bold"))
-        current = group
-        table.add_row(*_row(layer, label=("  " if group else "") + label, show_scale=show_scale))
+    for layer, (block, label) in zip(report.layers, block_rows(names, prefix=prefix), strict=True):
+        if block is not None:
+            table.add_row(_block_cell(block, headers))
+        table.add_row(*_row(layer, label=label, show_scale=show_scale))
     return table
 
 
@@ -130,6 +128,89 @@ def split_block(name: str) -> tuple[str, str]:
     """
     match = _BLOCK.match(name)
     return (match[1], match[2]) if match else ("", name)
+
+
+def block_rows(names: Sequence[str], *, prefix: str) -> Iterator[tuple[str | None, str]]:
+    """For each name: the block to print before its row (``None`` when it is the same block as
+    the row before) and the row's label, indented under a block."""
+    current = None
+    for name in names:
+        group, label = split_block(name.removeprefix(prefix))
+        yield (group if group and group != current else None), ("  " if group else "") + label
+        current = group
+
+
+#: Private-use characters stand for block rows until :meth:`BlockHeaders.expand` (one cell each,
+#: so rich can crop a squeezed column but never split one).
+_FIRST_MARK, _LAST_MARK = 0xE000, 0xF8FF
+_MARK = re.compile(f"[{chr(_FIRST_MARK)}-{chr(_LAST_MARK)}]")
+_BREAK = re.compile(r"(?<=[._])")
+
+
+class BlockHeaders:
+    """Block rows printed across the whole width of a table, not folded inside its first column.
+
+    A per-layer table prints each numbered block once (``model.layers.3.``) above the short
+    names in it. In the ``layer`` column, a long block such as kohya's
+    ``unet_down_blocks_0_attentions_0_transformer_blocks_0_`` would be folded over several
+    lines mid-word. Here the row holds a short placeholder while rich lays the table out, and
+    :meth:`expand` writes the block over the rendered row, into the empty cells beside it
+    (folded at ``.``/``_`` boundaries only if it is wider than the whole table).
+    """
+
+    def __init__(self) -> None:
+        self._names: list[str] = []
+
+    def cell(self, name: str) -> Text:
+        """The first cell of the row for block ``name``."""
+        if _FIRST_MARK + len(self._names) > _LAST_MARK:  # 6,400 blocks: print the rest in place
+            return Text(name, style="bold")
+        self._names.append(name)
+        return Text(chr(_FIRST_MARK + len(self._names) - 1), style="bold")
+
+    def expand(self, text: str, *, width: int) -> str:
+        """``text`` (rendered) with every placeholder replaced by its block name."""
+        if not self._names:
+            return text
+        out: list[str] = []
+        for line in text.split("\n"):
+            match = _MARK.search(line)
+            if match is None:
+                out.append(line)
+                continue
+            head, tail = line[: match.start()], line[match.end() :]
+            indent = cell_len(Text.from_ansi(head).plain)
+            for part in _fold(self._names[ord(match[0]) - _FIRST_MARK], width - indent):
+                out.append(head + part + _shorten(tail, cell_len(part) - cell_len(match[0])))
+        return "\n".join(out)
+
+
+def _shorten(tail: str, cells: int) -> str:
+    """``tail`` (the rest of a rendered line) with up to ``cells`` padding spaces removed: first
+    those right after the block's cell (inside its style), then those at the end of the line."""
+    lead = min(len(tail) - len(tail.lstrip(" ")), max(cells, 0))
+    tail = tail[lead:]
+    end = min(len(tail) - len(tail.rstrip(" ")), max(cells - lead, 0))
+    return tail[: len(tail) - end]
+
+
+def _fold(name: str, width: int) -> list[str]:
+    """``name`` in pieces of at most ``width`` cells, broken after ``.`` or ``_`` if possible."""
+    if cell_len(name) <= width or width < 8:
+        return [name]
+    parts: list[str] = []
+    line = ""
+    for piece in _BREAK.split(name):
+        if line and cell_len(line + piece) > width:
+            parts.append(line)
+            line = ""
+        line += piece
+    parts.append(line)
+    return parts
+
+
+def _block_cell(name: str, headers: BlockHeaders | None) -> Text:
+    return headers.cell(name) if headers is not None else Text(name, style="bold")
 
 
 def _row(layer: LayerReport, *, label: str, show_scale: bool) -> list[str | Text]:
@@ -197,11 +278,11 @@ def summary_table(report: InspectReport) -> Table:
 def render_inspect(report: InspectReport, *, width: int = 100, color: bool = False) -> str:
     """The full human-readable inspect report."""
     advice = Text("\n".join(f"→ {line}" for line in report.summary.advice), style="green")
-    return _to_text(
-        Group(layer_table(report), summary_table(report), *base_parts(report), Text(""), advice),
-        width=width,
-        color=color,
-    )
+    headers = BlockHeaders()
+    parts = (layer_table(report, headers=headers), summary_table(report))
+    base = base_parts(report, headers=headers)
+    text = _to_text(Group(*parts, *base, Text(""), advice), width=width, color=color)
+    return headers.expand(text, width=width)
 
 
 _STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold yellow"}
@@ -437,15 +518,13 @@ def render_trend(report: TrendReport, *, width: int = 100, color: bool = False) 
     layers.add_column(f"k@{tau}", justify="right", no_wrap=True)
     layers.add_column("‖ΔW‖F", justify="right", no_wrap=True)
     layers.add_column("drift", no_wrap=True)
-    current = None
-    for layer in report.layers:
-        group, label = split_block(layer.name.removeprefix(prefix))
-        if group and group != current:
-            layers.add_row(Text(group, style="bold"))
-        current = group
+    headers = BlockHeaders()
+    for layer, (block, label) in zip(report.layers, block_rows(names, prefix=prefix), strict=True):
+        if block is not None:
+            layers.add_row(headers.cell(block))
         marks = " ".join({"stable_rank": "sr", "energy_rank": "k"}[m] for m in layer.drift)
         layers.add_row(
-            ("  " if group else "") + label,
+            label,
             f"{layer.shape[0]}×{layer.shape[1]}",
             str(layer.rank),
             Text(_trend_spark(layer.stable_rank), style="cyan"),
@@ -479,7 +558,7 @@ def render_trend(report: TrendReport, *, width: int = 100, color: bool = False) 
     parts.append(
         Text(_trend_verdict(report), style="bold red" if report.findings else "bold green")
     )
-    return _to_text(Group(*parts), width=width, color=color)
+    return headers.expand(_to_text(Group(*parts), width=width, color=color), width=width)
 
 
 def _trend_verdict(report: TrendReport) -> str:
@@ -523,14 +602,12 @@ def render_compare(report: CompareReport, *, width: int = 100, color: bool = Fal
             "ov. in",
         ),
     )
-    current = None
-    for layer in report.layers:
-        group, label = split_block(layer.name.removeprefix(prefix))
-        if group and group != current:
-            table.add_row(Text(group, style="bold"))
-        current = group
+    headers = BlockHeaders()
+    for layer, (block, label) in zip(report.layers, block_rows(names, prefix=prefix), strict=True):
+        if block is not None:
+            table.add_row(headers.cell(block))
         table.add_row(
-            ("  " if group else "") + label,
+            label,
             f"{layer.shape[0]}×{layer.shape[1]}",
             f"{layer.rank_a}/{layer.rank_b}",
             _num(layer.norm_a),
@@ -575,17 +652,19 @@ def render_compare(report: CompareReport, *, width: int = 100, color: bool = Fal
     )
     if s.most_different:
         info.add_row("most different", ", ".join(s.most_different))
-    return _to_text(Group(table, info), width=width, color=color)
+    return headers.expand(_to_text(Group(table, info), width=width, color=color), width=width)
 
 
-def base_parts(report: InspectReport) -> list[RenderableType]:
+def base_parts(
+    report: InspectReport, *, headers: BlockHeaders | None = None
+) -> list[RenderableType]:
     """The base-aware table and its summary (``inspect --base``); nothing without a base."""
     if report.summary.base is None:
         return []
-    return [Text(""), base_table(report), base_summary_table(report)]
+    return [Text(""), base_table(report, headers=headers), base_summary_table(report)]
 
 
-def base_table(report: InspectReport) -> Table:
+def base_table(report: InspectReport, *, headers: BlockHeaders | None = None) -> Table:
     """Per layer: stable ranks of ``W`` and ``W + ΔW``, relative size and alignment of ``ΔW``."""
     base = report.summary.base
     assert base is not None
@@ -600,20 +679,18 @@ def base_table(report: InspectReport) -> Table:
     table = layer_table_frame(title)
     for header in BASE_HEADERS:
         table.add_column(header, justify="right", no_wrap=True)
-    current = None
-    for layer in layers:
+    names = [layer.name for layer in layers]
+    for layer, (block, label) in zip(layers, block_rows(names, prefix=prefix), strict=True):
         b = layer.base
         assert b is not None
-        group, label = split_block(layer.name.removeprefix(prefix))
-        if group and group != current:
-            table.add_row(Text(group, style="bold"))
-        current = group
+        if block is not None:
+            table.add_row(_block_cell(block, headers))
         cells: list[str | Text] = list(base_cells(b))
         change = BASE_HEADERS.index("Δsr")
         cells[change] = Text(
             str(cells[change]), style="bold" if abs(b.stable_rank_change) >= 1 else ""
         )
-        table.add_row(("  " if group else "") + label, *cells)
+        table.add_row(label, *cells)
     return table
 
 
