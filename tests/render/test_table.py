@@ -76,3 +76,13 @@ def test_fold() -> None:
     assert _fold("unet_down_blocks_0_", 10) == ["unet_down_", "blocks_0_"]
     assert _fold("abcdefghijklmnop", 10) == ["abcdefghijklmnop"]  # nowhere to break
     assert all(re.fullmatch(r"[\w.]+", piece) for piece in _fold(KOHYA_BLOCK, 12))
+
+
+def test_names_with_private_use_characters_are_left_alone() -> None:
+    headers = BlockHeaders()
+    table = layer_table_frame("path\ue005", numbers=("r",))
+    table.add_row(headers.cell("model.layers.0."))
+    table.add_row("  q\ue000proj", "8")
+    text = headers.expand(_to_text(table, width=40, color=False), width=40)
+    assert "path\ue005" in text and "  q\ue000proj" in text
+    assert " model.layers.0." in text

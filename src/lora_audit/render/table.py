@@ -179,9 +179,12 @@ class BlockHeaders:
                 out.append(line)
                 continue
             head, tail = line[: match.start()], line[match.end() :]
-            indent = cell_len(Text.from_ansi(head).plain)
-            for part in _fold(self._names[ord(match[0]) - _FIRST_MARK], width - indent):
-                out.append(head + part + _shorten(tail, cell_len(part) - cell_len(match[0])))
+            index, before = ord(match[0]) - _FIRST_MARK, Text.from_ansi(head).plain
+            if index >= len(self._names) or before.strip():
+                out.append(line)  # not a block row: a name that holds such a character
+                continue
+            for part in _fold(self._names[index], width - cell_len(before)):
+                out.append(head + part + _shorten(tail, cell_len(part) - 1))
         return "\n".join(out)
 
 
