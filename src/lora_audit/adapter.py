@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -62,6 +62,17 @@ class Structure(StrEnum):
     LOHA = "loha"
     LOKR = "lokr"
     KRON = "kron"
+
+
+#: Where a layer's scale came from, as the report states it:
+#:
+#: ``config``        the adapter's own config (``adapter_config.json``, mlx-lm's config)
+#: ``metadata``      the safetensors header metadata (PEFT/diffusers ``lora_adapter_metadata``)
+#: ``module_alpha``  a per-module ``.alpha`` tensor stored beside the factors (kohya, ComfyUI)
+#: ``option``        the user's ``--alpha``
+#: ``assumed``       nothing in the file says; scale 1 (or the documented default) was assumed
+#: ``fixed``         the format has no scale parameter (it is part of the factors)
+ScaleSource = Literal["config", "metadata", "module_alpha", "option", "assumed", "fixed"]
 
 
 class TensorSource(Protocol):
@@ -103,6 +114,9 @@ class LoraLayer:
         passed through unchanged.
     dora
         Whether the layer is DoRA; its spectrum is still that of ``s·B·A``.
+    scale_source
+        Where ``scale`` came from (see :data:`ScaleSource`); ``assumed`` must also produce a
+        warning that names the scale assumed.
     """
 
     name: str
@@ -124,6 +138,7 @@ class LoraLayer:
     keys: Mapping[str, str] = field(default_factory=dict)
     stored_params: int | None = None
     network_dim: int | None = None
+    scale_source: ScaleSource = "assumed"
 
     @property
     def params(self) -> int:
