@@ -131,7 +131,8 @@ def test_config_rank_disagrees_with_tensors(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("config", "needle"),
     [
-        ({"peft_type": "ADALORA"}, "not supported"),
+        ({"peft_type": "IA3"}, "not supported"),
+        ({"peft_type": "ADALORA"}, "no lora_E"),
         ({"r": 0}, "positive integer"),
         ({"lora_alpha": "sixteen"}, "finite number"),
         ({"rank_pattern": {"q": True}}, "rank_pattern"),

@@ -16,9 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora_audit.adapter import Adapter, LayerKind, LoraLayer, lora_scale, natural_key
+from lora_audit.adapter import Adapter, LayerKind, LoraLayer, ScaleSource, lora_scale, natural_key
 from lora_audit.errors import InputError
+from lora_audit.formats.derived_source import Derive, DerivedSource
 from lora_audit.formats.patterns import match_pattern
+from lora_audit.formats.peft_init import init_warnings
+from lora_audit.formats.peft_moe import expand_experts, wraps_parameter
+from lora_audit.formats.peft_variants import (
+    adalora_layers,
+    adalora_split,
+    lycoris_peft_layers,
+    variant_of_keys,
+)
 from lora_audit.formats.safetensors_io import (
     FLOAT_DTYPES,
     Header,
@@ -36,7 +45,7 @@ _FACTOR = re.compile(
     r"(?:\.(?P<adapter>[A-Za-z0-9_\-]+))?(?P<suffix>\.weight)?$"
 )
 _EXTRA = re.compile(r"^(?P<module>.+)\.(?:lora_B\.bias|lora_magnitude_vector(?:\.weight)?)$")
-_SUPPORTED_PEFT_TYPES = {"LORA"}
+_SUPPORTED_PEFT_TYPES = {"LORA", "LOHA", "LOKR", "ADALORA"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +61,9 @@ class PeftConfig:
     modules_to_save: tuple[str, ...]
     base_model: str | None
     raw: Mapping[str, Any]
+    peft_type: str = "LORA"
+    init_r: int | None = None
+    target_parameters: tuple[str, ...] = ()
 
 
 def module_name(key_module: str) -> str:
@@ -65,24 +77,29 @@ def parse_config(raw: Mapping[str, Any], *, where: str) -> PeftConfig:
     Raises
     ------
     InputError
-        For a non-LoRA ``peft_type``, ``r ≤ 0``, a non-numeric ``lora_alpha`` or malformed
-        patterns.
+        For a ``peft_type`` other than LoRA, LoHa, LoKr or AdaLoRA, ``r ≤ 0``, a non-numeric
+        ``lora_alpha`` (``alpha`` for LoHa/LoKr) or malformed patterns.
     """
     peft_type = str(raw.get("peft_type", "LORA")).upper()
     if peft_type not in _SUPPORTED_PEFT_TYPES:
         raise InputError(
             f"{where}: peft_type {peft_type!r} is not supported",
-            hint="lora-audit reads plain LoRA (and DoRA) adapters; AdaLoRA, IA3, OFT, … differ",
+            hint="lora-audit reads PEFT LoRA (and DoRA), LoHa, LoKr and AdaLoRA adapters; "
+            "IA3, OFT/BOFT, VeRA, … are not low-rank B·A updates",
         )
-    r = raw.get("r")
-    if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r <= 0):
-        raise InputError(f"{where}: r = {r!r} must be a positive integer")
-    alpha = raw.get("lora_alpha")
+    r, init_r = raw.get("r"), raw.get("init_r") if peft_type == "ADALORA" else None
+    for field_name, value in (("r", r), ("init_r", init_r)):
+        bad = isinstance(value, bool) or not isinstance(value, int) or value <= 0
+        if value is not None and bad:
+            raise InputError(f"{where}: {field_name} = {value!r} must be a positive integer")
+    alpha_field = "alpha" if peft_type in {"LOHA", "LOKR"} else "lora_alpha"
+    alpha = raw.get(alpha_field)
     if alpha is not None and (
         isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha)
     ):
-        raise InputError(f"{where}: lora_alpha = {alpha!r} must be a finite number")
-    rank_pattern = raw.get("rank_pattern") or {}
+        raise InputError(f"{where}: {alpha_field} = {alpha!r} must be a finite number")
+    # AdaLoRA saves its pruning masks as rank_pattern; the stored tensors are already pruned
+    rank_pattern = (raw.get("rank_pattern") or {}) if peft_type != "ADALORA" else {}
     alpha_pattern = raw.get("alpha_pattern") or {}
     for name, pattern, kind in (
         ("rank_pattern", rank_pattern, int),
@@ -95,7 +112,6 @@ def parse_config(raw: Mapping[str, Any], *, where: str) -> PeftConfig:
                 f"{where}: {name} must map module patterns to numbers",
                 hint="AdaLoRA-style boolean masks are not supported",
             )
-    modules_to_save = raw.get("modules_to_save") or ()
     base = raw.get("base_model_name_or_path")
     return PeftConfig(
         r=r,
@@ -104,12 +120,17 @@ def parse_config(raw: Mapping[str, Any], *, where: str) -> PeftConfig:
         rank_pattern=rank_pattern,
         alpha_pattern={k: float(v) for k, v in alpha_pattern.items()},
         use_dora=bool(raw.get("use_dora", False)),
-        modules_to_save=tuple(str(m) for m in modules_to_save)
-        if isinstance(modules_to_save, list | tuple)
-        else (),
+        modules_to_save=_strings(raw.get("modules_to_save")),
         base_model=str(base) if base else None,
         raw=dict(raw),
+        peft_type=peft_type,
+        init_r=init_r,
+        target_parameters=_strings(raw.get("target_parameters")),
     )
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
 
 
 def read_config(path: Path) -> PeftConfig:
@@ -142,8 +163,11 @@ def config_from_metadata(header: Header, *, where: str) -> PeftConfig | None:
 
 
 def looks_like_peft(header: Header) -> bool:
-    """True when any key is a PEFT LoRA factor."""
-    return any(_FACTOR.match(k) for k in header.tensors)
+    """True when any key is a PEFT LoRA factor, or a PEFT LoHa/LoKr/AdaLoRA tensor."""
+    if any(_FACTOR.match(k) for k in header.tensors) or variant_of_keys(header) is not None:
+        return True
+    text = header.metadata.get("lora_adapter_metadata", "")
+    return bool(re.search(r'"peft_type"\s*:\s*"(LOHA|LOKR)"', text))
 
 
 def read_peft(
@@ -168,26 +192,67 @@ def read_peft(
         ``--alpha`` from the command line: used only when no config gives one.
     """
     header = header or read_header(tensor_file)
-    warnings: list[str] = []
-    config = read_config(config_file) if config_file is not None else None
-    if config is None:
-        config = config_from_metadata(header, where=str(tensor_file))
-    if config is None:
-        config = parse_config({}, where=str(tensor_file))
-    if config.lora_alpha is None and alpha is not None:
-        config = parse_config({**config.raw, "lora_alpha": alpha}, where="--alpha")
-    if config.lora_alpha is None:
-        warnings.append(
-            f"{tensor_file}: no adapter_config.json and no lora_alpha in the header; "
-            "assuming scale 1 (pass --alpha to set it)"
+    config, origin = _config(header, config_file=config_file, tensor_file=tensor_file)
+    keys_say = variant_of_keys(header)
+    peft_type = config.peft_type if origin is not None else keys_say or "LORA"
+    if keys_say is not None and keys_say != peft_type:
+        raise InputError(
+            f"{config_file or tensor_file}: peft_type {peft_type} but the tensors are "
+            f"{keys_say} ({tensor_file.name})",
+            hint="the adapter_config.json does not belong to these weights",
         )
-    layers, passthrough = _pair_layers(header, config=config, tensor_file=tensor_file)
-    if config.lora_alpha is not None and config.r is not None:
-        _check_ranks(layers, config=config, where=str(config_file or tensor_file))
+    top_origin: ScaleSource = origin or "assumed"
+    if config.lora_alpha is None and alpha is not None:
+        field_name = "alpha" if peft_type in {"LOHA", "LOKR"} else "lora_alpha"
+        typed = {"peft_type": peft_type} if peft_type != "LORA" else {}
+        config = parse_config({**config.raw, **typed, field_name: alpha}, where="--alpha")
+        top_origin = "option"
+    where = str(config_file or tensor_file)
+    warnings = init_warnings(config.raw, where=where)
+    derived: dict[str, Derive] = {}
+    fmt = {"LOHA": "peft-loha", "LOKR": "peft-lokr", "ADALORA": "peft-adalora"}.get(peft_type)
+    if peft_type in {"LOHA", "LOKR"}:
+        layers, passthrough = lycoris_peft_layers(
+            header,
+            peft_type=peft_type,
+            r=config.r,
+            alpha=config.lora_alpha,
+            rank_pattern=config.rank_pattern,
+            alpha_pattern=config.alpha_pattern,
+            origin=top_origin,
+            tensor_file=tensor_file,
+        )
+    elif peft_type == "ADALORA":
+        layers, passthrough, derived, notes = _read_adalora(
+            header, config=config, origin=top_origin, tensor_file=tensor_file
+        )
+        warnings += notes
+    else:
+        layers, passthrough = _pair_layers(
+            header, config=config, tensor_file=tensor_file, origins=(origin, top_origin)
+        )
+        if config.lora_alpha is not None and config.r is not None:
+            plain = [x for x in layers if not wraps_parameter(x.name, config.target_parameters)]
+            _check_ranks(plain, config=config, where=where)
+        layers, derived = expand_experts(
+            layers,
+            target_parameters=config.target_parameters,
+            rank_pattern=config.rank_pattern,
+            alpha_pattern=config.alpha_pattern,
+            r=config.r,
+            lora_alpha=config.lora_alpha,
+            rslora=config.use_rslora,
+            origin=top_origin,
+            tensor_file=tensor_file,
+        )
+    layers.sort(key=lambda layer: natural_key(layer.name))
+    if any(layer.scale_source == "assumed" for layer in layers):
+        warnings.append(_assumed_warning(tensor_file, peft_type=peft_type, config=config))
+    base = SafetensorsSource(tensor_file, header)
     return Adapter(
         path=path,
         tensor_file=tensor_file,
-        format="peft",
+        format=fmt or "peft",
         layers=tuple(layers),
         passthrough_keys=tuple(passthrough),
         modules_to_save=config.modules_to_save,
@@ -195,13 +260,72 @@ def read_peft(
         metadata=header.metadata,
         base_model=config.base_model,
         warnings=tuple(warnings),
-        source=SafetensorsSource(tensor_file, header),
+        source=DerivedSource(base=base, derived=derived) if derived else base,
     )
 
 
+def _config(
+    header: Header, *, config_file: Path | None, tensor_file: Path
+) -> tuple[PeftConfig, ScaleSource | None]:
+    """The config and where it came from (``None``: there is none; defaults are used)."""
+    if config_file is not None:
+        return read_config(config_file), "config"
+    config = config_from_metadata(header, where=str(tensor_file))
+    if config is not None:
+        return config, "metadata"
+    return parse_config({}, where=str(tensor_file)), None
+
+
+def _assumed_warning(tensor_file: Path, *, peft_type: str, config: PeftConfig) -> str:
+    if config.lora_alpha is None:
+        what = "alpha" if peft_type in {"LOHA", "LOKR"} else "lora_alpha"
+        return (
+            f"{tensor_file}: no adapter_config.json and no {what} in the header; "
+            "assuming scale 1 (pass --alpha to set it)"
+        )
+    return (
+        f"{tensor_file}: some layers' scale cannot be computed without the adapter's config "
+        "(LoKr with two full factors: r is only in adapter_config.json; AdaLoRA: init_r); "
+        "assuming scale 1 for them"
+    )
+
+
+def _read_adalora(
+    header: Header, *, config: PeftConfig, origin: ScaleSource, tensor_file: Path
+) -> tuple[list[LoraLayer], list[str], dict[str, Derive], list[str]]:
+    """AdaLoRA layers: ``lora_A ⊙ lora_E`` as ``A``, scale ``lora_alpha / (init_r + 1e-5)``."""
+    pairs, e_keys, ranknum_keys, pruned = adalora_split(header)
+    layers, passthrough = _pair_layers(
+        pairs, config=config, tensor_file=tensor_file, origins=(origin, origin)
+    )
+    passthrough += [k for k in header.tensors if k not in pairs.tensors]
+    layers, derived, notes = adalora_layers(
+        layers,
+        e_keys=e_keys,
+        ranknum_keys=ranknum_keys,
+        source=SafetensorsSource(tensor_file, header),
+        lora_alpha=config.lora_alpha,
+        init_r=config.init_r,
+        origin=origin,
+        tensor_file=tensor_file,
+    )
+    if pruned:
+        shown = ", ".join(pruned[:5]) + (f" and {len(pruned) - 5} more" if len(pruned) > 5 else "")
+        notes.append(
+            f"{tensor_file}: AdaLoRA pruned {len(pruned)} layer(s) to rank 0 (ΔW = 0, not "
+            f"listed): {shown}"
+        )
+    return layers, passthrough, derived, notes
+
+
 def _pair_layers(
-    header: Header, *, config: PeftConfig, tensor_file: Path
+    header: Header,
+    *,
+    config: PeftConfig,
+    tensor_file: Path,
+    origins: tuple[ScaleSource | None, ScaleSource],
 ) -> tuple[list[LoraLayer], list[str]]:
+    """Pair ``lora_A``/``lora_B`` per module; ``origins``: of the patterns, of ``lora_alpha``."""
     factors: dict[str, dict[str, str]] = {}
     extras: dict[str, list[str]] = {}
     passthrough: list[str] = []
@@ -247,6 +371,7 @@ def _pair_layers(
             extras=tuple(extras.get(mod, ())),
             config=config,
             tensor_file=tensor_file,
+            origins=origins,
         )
         for mod, slot in factors.items()
     ]
@@ -264,6 +389,7 @@ def _make_layer(
     extras: tuple[str, ...],
     config: PeftConfig,
     tensor_file: Path,
+    origins: tuple[ScaleSource | None, ScaleSource],
 ) -> LoraLayer:
     name = module_name(module_key)
     where = f"{tensor_file}: {name}"
@@ -297,8 +423,9 @@ def _make_layer(
     else:
         kind, weight_shape = LayerKind.LINEAR, (out_features, in_features)
     alpha = match_pattern(config.alpha_pattern, name)
+    source = origins[0] or "assumed"
     if alpha is None:
-        alpha = config.lora_alpha
+        alpha, source = config.lora_alpha, origins[1]
     scale = 1.0 if alpha is None else lora_scale(alpha=alpha, rank=rank, rslora=config.use_rslora)
     dora = any("lora_magnitude_vector" in k for k in extras)
     return LoraLayer(
@@ -317,6 +444,7 @@ def _make_layer(
         weight_shape=weight_shape,
         extra_keys=extras,
         dora=dora,
+        scale_source=source if alpha is not None else "assumed",
     )
 
 
