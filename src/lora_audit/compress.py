@@ -97,7 +97,14 @@ def compress_adapter(
     UsageError
         For a DoRA adapter without ``allow_dora``, an output that exists or is the input, or
         a budget below what every layer needs at ``min_rank``.
+    InputError
+        For PEFT LoHa / LoKr / AdaLoRA / MoE-expert adapters, which PEFT could not load back.
     """
+    from lora_audit.formats.peft_variants import compress_refusal
+
+    refusal = compress_refusal(adapter)
+    if refusal is not None:
+        raise refusal
     warnings = list(adapter.warnings)
     if any(layer.dora for layer in adapter.layers) and options.base is None:
         if not options.allow_dora:

@@ -130,6 +130,8 @@ def read_kohya(*, path: Path, tensor_file: Path, header: Header | None = None) -
         )
     passthrough.extend(unknown)
     layers.sort(key=lambda layer: natural_key(layer.name))
+    if assumed := [x.name for x in layers if x.alpha is None and x.scale_source == "assumed"]:
+        warnings.append(assumed_scale_warning(tensor_file, assumed))
     structures = {layer.structure for layer in layers}
     if diffusers:
         fmt = "diffusers"
@@ -149,6 +151,15 @@ def read_kohya(*, path: Path, tensor_file: Path, header: Header | None = None) -
         base_model=metadata.get("ss_sd_model_name") or metadata.get("ss_base_model_version"),
         warnings=tuple(warnings),
         source=source,
+    )
+
+
+def assumed_scale_warning(tensor_file: Path, names: list[str]) -> str:
+    """The warning for layers whose file stores no alpha: scale 1 (alpha = rank) assumed."""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (
+        f"{tensor_file}: {len(names)} layer(s) have no alpha in the file ({shown}); assuming "
+        "scale 1 (alpha = rank), as kohya/LyCORIS loaders do"
     )
 
 
@@ -357,5 +368,6 @@ def _lokr(
         keys=keys,
         stored_params=sum(math.prod(shape[r]) for r in roles),
         network_dim=low_rank_dim,
+        scale_source="fixed" if low_rank_dim is None else "assumed",  # LyCORIS: full·full → 1
         **common,
     )
