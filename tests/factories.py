@@ -7,14 +7,12 @@ written by ``safetensors.numpy`` (the torch-free half of CI).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import importlib.util
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -72,7 +70,7 @@ def planted_factors(
         import torch
 
         dtype = torch.float32
-    if isinstance(dtype, (type, np.dtype)) or isinstance(dtype, str):
+    if isinstance(dtype, (type, np.dtype, str)):
         return b.astype(dtype), a.astype(dtype)
     import torch
 
@@ -84,7 +82,8 @@ def save_tensors(tensors: Mapping[str, Any], path: Path, *, metadata: Mapping[st
     if any(not isinstance(t, np.ndarray) for t in tensors.values()):
         from safetensors.torch import save_file
 
-        save_file({k: t.contiguous() for k, t in tensors.items()}, str(path), metadata=dict(metadata))
+        contiguous = {k: t.contiguous() for k, t in tensors.items()}
+        save_file(contiguous, str(path), metadata=dict(metadata))
         return
     from safetensors.numpy import save_file as save_numpy
 
