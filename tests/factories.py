@@ -80,9 +80,14 @@ def planted_factors(
 def save_tensors(tensors: Mapping[str, Any], path: Path, *, metadata: Mapping[str, str]) -> None:
     """Write torch tensors with ``safetensors.torch``, numpy arrays with ``safetensors.numpy``."""
     if any(not isinstance(t, np.ndarray) for t in tensors.values()):
+        import torch
         from safetensors.torch import save_file
 
-        contiguous = {k: t.contiguous() for k, t in tensors.items()}
+        contiguous = {
+            k: torch.from_numpy(np.ascontiguousarray(t)) if isinstance(t, np.ndarray) else t
+            for k, t in tensors.items()
+        }
+        contiguous = {k: t.contiguous() for k, t in contiguous.items()}
         save_file(contiguous, str(path), metadata=dict(metadata))
         return
     from safetensors.numpy import save_file as save_numpy
