@@ -14,6 +14,7 @@ from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.engine import EngineOptions, Progress, Warn, device_type, spectra
 from lora_audit.formats.kohya import SHOWN_METADATA
 from lora_audit.formats.patterns import pattern_keys
+from lora_audit.formats.peft_variants import compress_refusal
 from lora_audit.metrics import SpectrumSummary, summarize
 from lora_audit.policy import RankPlan, plan_retrain
 from lora_audit.report import (
@@ -90,7 +91,9 @@ def inspect_adapter(
             method=options.engine.method,
         ),
         layers=layers,
-        summary=_summary(layers, plan, energy=options.energy),
+        summary=_summary(
+            layers, plan, energy=options.energy, compressible=compress_refusal(adapter) is None
+        ),
         warnings=(*adapter.warnings, *engine_warnings),
     )
 
@@ -151,7 +154,9 @@ def _layer_report(layer: LoraLayer, s: SpectrumSummary) -> LayerReport:
     )
 
 
-def _summary(layers: Sequence[LayerReport], plan: RankPlan, *, energy: float) -> Summary:
+def _summary(
+    layers: Sequence[LayerReport], plan: RankPlan, *, energy: float, compressible: bool = True
+) -> Summary:
     params = sum(layer.params for layer in layers)
     params_after = sum(layer.params_after for layer in layers)
     untrained = tuple(layer.name for layer in layers if layer.untrained)
@@ -185,6 +190,7 @@ def _summary(layers: Sequence[LayerReport], plan: RankPlan, *, energy: float) ->
         advice=_advice(
             plan, energy=energy, nominal=nominal, untrained=untrained,
             params=params, params_after=params_after, layer_count=len(layers),
+            compressible=compressible,
         ),
     )  # fmt: skip
 
@@ -198,6 +204,7 @@ def _advice(
     params: int,
     params_after: int,
     layer_count: int,
+    compressible: bool = True,
 ) -> tuple[str, ...]:
     lines: list[str] = []
     pct = f"{energy:.4g}".rstrip("0")
@@ -218,7 +225,7 @@ def _advice(
             f"Keep r={nominal}: at τ={pct}, {plan.coverage:.0%} of the trained layers need up "
             f"to {plan.quantile} of it."
         )
-    if params_after < params:
+    if params_after < params and compressible:  # never name a command that refuses
         saved = 1 - params_after / params
         lines.append(
             f"Or truncate now: `lora-audit compress ADAPTER -o OUT --energy {pct}` keeps "

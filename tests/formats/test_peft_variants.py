@@ -78,7 +78,10 @@ def _alone(directory: Path, tmp_path: Path) -> Path:
     return single
 
 
-def test_loha_directory_uses_peft_scale_and_patterns(tmp_path: Path) -> None:
+@pytest.mark.parametrize("effective_conv2d", [False, True])
+def test_loha_directory_uses_peft_scale_and_patterns(
+    tmp_path: Path, effective_conv2d: bool
+) -> None:
     config = peft.LoHaConfig(
         r=3,
         alpha=5,
@@ -86,6 +89,7 @@ def test_loha_directory_uses_peft_scale_and_patterns(tmp_path: Path) -> None:
         rank_pattern={"v": 2},
         alpha_pattern={"q": 7},
         init_weights=False,
+        use_effective_conv2d=effective_conv2d,  # conv: Tucker cores hada_t1/t2
     )
     directory = _save(config, tmp_path / "loha")
     _assert_matches(directory, _reference(directory))
@@ -111,14 +115,17 @@ def test_loha_file_alone_warns_and_takes_alpha(tmp_path: Path) -> None:
     assert {layer.scale_source for layer in with_alpha.layers} == {"option"}
 
 
-@pytest.mark.parametrize("decompose_both", [False, True])
-def test_lokr_directory_matches_peft(tmp_path: Path, decompose_both: bool) -> None:
+@pytest.mark.parametrize(("decompose_both", "effective_conv2d"), [(False, False), (True, True)])
+def test_lokr_directory_matches_peft(
+    tmp_path: Path, decompose_both: bool, effective_conv2d: bool
+) -> None:
     # r = 2: q gets a low-rank w2, v and the conv full factors; PEFT scales all by alpha/r
     config = peft.LoKrConfig(
         r=2,
         alpha=5,
         target_modules=["q", "v", "c"],
         decompose_both=decompose_both,
+        use_effective_conv2d=effective_conv2d,
         init_weights=False,
     )
     directory = _save(config, tmp_path / "lokr")
@@ -126,6 +133,9 @@ def test_lokr_directory_matches_peft(tmp_path: Path, decompose_both: bool) -> No
     adapter = load_adapter(directory)
     assert adapter.format == "peft-lokr"
     assert {layer.scale for layer in adapter.layers} == {2.5}
+    alone = load_adapter(_alone(directory, tmp_path), alpha=5.0)
+    full = [x for x in alone.layers if x.scale_source == "assumed"]  # r is only in the config
+    assert full and any("two full factors" in w for w in alone.warnings)
 
 
 def test_lokr_from_diffusers_style_metadata(tmp_path: Path) -> None:

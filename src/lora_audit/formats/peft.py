@@ -25,6 +25,7 @@ from lora_audit.formats.peft_moe import expand_experts, wraps_parameter
 from lora_audit.formats.peft_variants import (
     adalora_layers,
     adalora_split,
+    assumed_warning,
     lycoris_peft_layers,
     variant_of_keys,
 )
@@ -247,7 +248,7 @@ def read_peft(
         )
     layers.sort(key=lambda layer: natural_key(layer.name))
     if any(layer.scale_source == "assumed" for layer in layers):
-        warnings.append(_assumed_warning(tensor_file, peft_type=peft_type, config=config))
+        warnings.append(assumed_warning(tensor_file, peft_type=peft_type, alpha=config.lora_alpha))
     base = SafetensorsSource(tensor_file, header)
     return Adapter(
         path=path,
@@ -276,20 +277,6 @@ def _config(
     return parse_config({}, where=str(tensor_file)), None
 
 
-def _assumed_warning(tensor_file: Path, *, peft_type: str, config: PeftConfig) -> str:
-    if config.lora_alpha is None:
-        what = "alpha" if peft_type in {"LOHA", "LOKR"} else "lora_alpha"
-        return (
-            f"{tensor_file}: no adapter_config.json and no {what} in the header; "
-            "assuming scale 1 (pass --alpha to set it)"
-        )
-    return (
-        f"{tensor_file}: some layers' scale cannot be computed without the adapter's config "
-        "(LoKr with two full factors: r is only in adapter_config.json; AdaLoRA: init_r); "
-        "assuming scale 1 for them"
-    )
-
-
 def _read_adalora(
     header: Header, *, config: PeftConfig, origin: ScaleSource, tensor_file: Path
 ) -> tuple[list[LoraLayer], list[str], dict[str, Derive], list[str]]:
@@ -303,18 +290,13 @@ def _read_adalora(
         layers,
         e_keys=e_keys,
         ranknum_keys=ranknum_keys,
+        pruned=pruned,
         source=SafetensorsSource(tensor_file, header),
         lora_alpha=config.lora_alpha,
         init_r=config.init_r,
         origin=origin,
         tensor_file=tensor_file,
     )
-    if pruned:
-        shown = ", ".join(pruned[:5]) + (f" and {len(pruned) - 5} more" if len(pruned) > 5 else "")
-        notes.append(
-            f"{tensor_file}: AdaLoRA pruned {len(pruned)} layer(s) to rank 0 (ΔW = 0, not "
-            f"listed): {shown}"
-        )
     return layers, passthrough, derived, notes
 
 

@@ -174,6 +174,7 @@ def adalora_layers(
     *,
     e_keys: Mapping[str, str],
     ranknum_keys: Mapping[str, str],
+    pruned: list[str],
     source: SafetensorsSource,
     lora_alpha: float | None,
     init_r: int | None,
@@ -224,7 +225,28 @@ def adalora_layers(
                 stored_params=layer.rank * (layer.in_features + layer.out_features + 1),
             )
         )
+    if pruned:
+        more = f" and {len(pruned) - 5} more" if len(pruned) > 5 else ""
+        notes.append(
+            f"{tensor_file}: AdaLoRA pruned {len(pruned)} layer(s) to rank 0 (ΔW = 0, not "
+            f"listed): {', '.join(pruned[:5])}{more}"
+        )
     return out, derived, notes
+
+
+def assumed_warning(tensor_file: Path, *, peft_type: str, alpha: float | None) -> str:
+    """The warning for PEFT layers whose scale nothing in the files gives."""
+    if alpha is None:
+        what = "alpha" if peft_type in {"LOHA", "LOKR"} else "lora_alpha"
+        return (
+            f"{tensor_file}: no adapter_config.json and no {what} in the header; "
+            "assuming scale 1 (pass --alpha to set it)"
+        )
+    return (
+        f"{tensor_file}: some layers' scale cannot be computed without the adapter's config "
+        "(LoKr with two full factors: r is only in adapter_config.json); assuming scale 1 "
+        "for them"
+    )
 
 
 def compress_refusal(adapter: Adapter) -> InputError | None:
