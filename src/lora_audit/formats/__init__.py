@@ -10,9 +10,9 @@ from pathlib import Path
 
 from lora_audit.adapter import Adapter
 from lora_audit.errors import InputError
-from lora_audit.formats.kohya import looks_like_kohya, read_kohya
+from lora_audit.formats.kohya import has_module_alphas, looks_like_kohya, read_kohya
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME, looks_like_peft, read_peft
-from lora_audit.formats.safetensors_io import read_header
+from lora_audit.formats.safetensors_io import Header, read_header
 
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 
@@ -73,6 +73,17 @@ def resolve_files(path: Path) -> tuple[Path, Path | None]:
     )
 
 
+def _single_file_sd(header: Header) -> bool:
+    """A file without ``adapter_config.json`` that the kohya reader reads, not the PEFT one.
+
+    ``lora_A`` keys alone do not make a file PEFT: ComfyUI-style files keep a per-module
+    ``.alpha`` beside them, which PEFT never writes.
+    """
+    if has_module_alphas(header):
+        return True
+    return not looks_like_peft(header) and looks_like_kohya(header)
+
+
 def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = "auto") -> Adapter:
     """Read the adapter at ``path`` (a directory or a ``.safetensors`` file).
 
@@ -95,11 +106,7 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
     header = read_header(tensor_file)
     fmt = input_format
     if fmt == "auto":
-        fmt = (
-            "kohya"
-            if config_file is None and not looks_like_peft(header) and looks_like_kohya(header)
-            else "peft"
-        )
+        fmt = "kohya" if config_file is None and _single_file_sd(header) else "peft"
     if fmt == "kohya":
         return read_kohya(path=path, tensor_file=tensor_file, header=header)
     return read_peft(

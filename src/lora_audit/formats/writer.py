@@ -189,11 +189,10 @@ def _new_keys(adapter: Adapter, layer: LoraLayer, new: NewLayer) -> dict[str, St
     ):
         return {layer.a_key: a, layer.b_key: b}
     module = layer.name
-    return {
-        f"{module}.lora_down.weight": a,
-        f"{module}.lora_up.weight": b,
-        f"{module}.alpha": encode_floats(np.array(float(k)), b.dtype),
-    }
+    alpha = {f"{module}.alpha": encode_floats(np.array(float(k)), b.dtype)}
+    if layer.structure is Structure.LORA:  # its own key names (lora_down or lora_A style)
+        return {layer.a_key: a, layer.b_key: b, **alpha}
+    return {f"{module}.lora_down.weight": a, f"{module}.lora_up.weight": b, **alpha}
 
 
 def new_layer(
