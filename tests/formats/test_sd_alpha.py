@@ -1,4 +1,4 @@
-"""ComfyUI-style files: ``lora_A``/``lora_B`` (or ``lora_down``/``lora_up``) with a per-module alpha.
+"""ComfyUI-style files: ``lora_A``/``lora_B`` (or ``lora_down``/``lora_up``) and per-module alphas.
 
 The references are diffusers' own converters (``lora_conversion_utils``), which bake each
 module's ``alpha / rank`` into the factors the way diffusers loads these files; ΔW is then

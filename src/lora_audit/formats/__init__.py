@@ -13,6 +13,7 @@ from lora_audit.errors import InputError
 from lora_audit.formats.kohya import has_module_alphas, looks_like_kohya, read_kohya
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME, looks_like_peft, read_peft
 from lora_audit.formats.safetensors_io import Header, read_header
+from lora_audit.formats.xlabs import looks_like_xlabs, read_xlabs
 
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 
@@ -77,9 +78,10 @@ def _single_file_sd(header: Header) -> bool:
     """A file without ``adapter_config.json`` that the kohya reader reads, not the PEFT one.
 
     ``lora_A`` keys alone do not make a file PEFT: ComfyUI-style files keep a per-module
-    ``.alpha`` beside them, which PEFT never writes.
+    ``.alpha`` beside them, which PEFT never writes. XLabs (x-flux) files are read by their
+    own reader (``--input-format kohya`` covers them too).
     """
-    if has_module_alphas(header):
+    if has_module_alphas(header) or looks_like_xlabs(header):
         return True
     return not looks_like_peft(header) and looks_like_kohya(header)
 
@@ -107,6 +109,8 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
     fmt = input_format
     if fmt == "auto":
         fmt = "kohya" if config_file is None and _single_file_sd(header) else "peft"
+    if fmt == "kohya" and looks_like_xlabs(header):
+        return read_xlabs(path=path, tensor_file=tensor_file, header=header)
     if fmt == "kohya":
         return read_kohya(path=path, tensor_file=tensor_file, header=header)
     return read_peft(

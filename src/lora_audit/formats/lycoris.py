@@ -138,6 +138,7 @@ def lokr(
     thin = r2 is not None and "lokr_t2" not in roles
     structure = Structure.LOKR if thin else Structure.KRON
     rank = b1 * r2 if thin and r2 is not None else min(a1, b1) * min(o2, i2 * math.prod(spatial))
+    source: ScaleSource
     if low_rank_dim is None:  # both factors full: LyCORIS ignores alpha
         scale, source = 1.0, "fixed"
     else:

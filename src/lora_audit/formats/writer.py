@@ -9,10 +9,12 @@ PEFT
     left as it was, its rank and ``alpha = scale·r`` — unless it matches the top-level
     ``r``/``lora_alpha``, which are the most common pair. The old patterns are replaced (their
     keys could match the new modules first). Everything else in the config is kept.
-kohya / LyCORIS / diffusers
-    One ``.safetensors`` file with the same key names; a rewritten layer gets
-    ``<module>.alpha = k`` so that ``alpha/k·up·down`` is the truncation (diffusers files have
-    no alpha keys: scale 1 is baked in). LoHa, LoKr and Tucker layers that are rewritten come
+kohya / LyCORIS / ComfyUI-style / diffusers / XLabs
+    One ``.safetensors`` file with the same key names (``lora_down``/``lora_up`` or
+    ``lora_A``/``lora_B`` as the layer had them); a rewritten layer gets ``<module>.alpha = k``
+    so that ``alpha/k·up·down`` is the truncation (diffusers-processor and XLabs files have no
+    alpha keys: scale 1 is baked in; XLabs files are written only when every layer ends at one
+    rank, which x-flux's loader needs). LoHa, LoKr and Tucker layers that are rewritten come
     out as plain ``lora_down``/``lora_up`` layers under the same module name.
     ``ss_network_dim``/``ss_network_alpha`` are updated (``"Dynamic"`` when ranks differ).
 
@@ -50,6 +52,10 @@ from lora_audit.formats.safetensors_io import (
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
+
+
+#: Single-file formats that store no alpha: a rewritten layer's factors carry its scale.
+NO_ALPHA_FORMATS = frozenset({"diffusers", "xlabs"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +125,8 @@ def write_compressed(
         The tensor file written.
     """
     check_output(adapter, output, force=force)
+    if adapter.format == "xlabs":
+        _check_one_rank(adapter, new_layers)
     tensors, metadata = _tensors(adapter, new_layers)
     metadata.update(provenance)
     if adapter.format == "peft":
@@ -139,6 +147,20 @@ def write_compressed(
         raise UsageError(f"--output {output} is a directory; this format is a single file")
     write_atomic(output, lambda fh: write_safetensors(fh, tensors, metadata=metadata))
     return output
+
+
+def _check_one_rank(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> None:
+    """x-flux builds every LoRA processor at one rank: refuse a file with several."""
+    ranks = sorted(
+        {new_layers[x.name].rank if x.name in new_layers else x.rank for x in adapter.layers}
+    )
+    if len(ranks) > 1:
+        raise UsageError(
+            f"{adapter.tensor_file}: XLabs (x-flux) loads every layer at one rank, but the "
+            f"compressed layers would have ranks {', '.join(map(str, ranks))}",
+            hint=f"pass --rank K (K < {max(x.rank for x in adapter.layers)}) to give every "
+            "layer the same rank",
+        )
 
 
 def _tensors(
@@ -185,7 +207,7 @@ def _new_keys(adapter: Adapter, layer: LoraLayer, new: NewLayer) -> dict[str, St
     else:
         a, b = new.a, new.b
     if adapter.format == "peft" or (
-        adapter.format == "diffusers" and layer.structure is Structure.LORA
+        adapter.format in NO_ALPHA_FORMATS and layer.structure is Structure.LORA
     ):
         return {layer.a_key: a, layer.b_key: b}
     module = layer.name
