@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lora_audit.adapter import Adapter
 from lora_audit.errors import InputError
+from lora_audit.formats.diffusers_metadata import component_configs, read_pipeline
 from lora_audit.formats.kohya import has_module_alphas, looks_like_kohya, read_kohya
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME, looks_like_peft, read_peft
 from lora_audit.formats.safetensors_io import Header, read_header
@@ -107,6 +108,11 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
     tensor_file, config_file = resolve_files(path)
     header = read_header(tensor_file)
     fmt = input_format
+    configs = component_configs(header, where=str(tensor_file)) if config_file is None else None
+    if configs and fmt in {"auto", "peft"}:  # diffusers save_lora_weights: one config a component
+        return read_pipeline(
+            path=path, tensor_file=tensor_file, header=header, configs=configs, alpha=alpha
+        )
     if fmt == "auto":
         fmt = "kohya" if config_file is None and _single_file_sd(header) else "peft"
     if fmt == "kohya" and looks_like_xlabs(header):

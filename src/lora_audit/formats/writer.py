@@ -38,6 +38,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure
 from lora_audit.errors import OutputError, UsageError
+from lora_audit.formats.diffusers_metadata import PIPELINE_FORMAT, pipeline_metadata
 from lora_audit.formats.patterns import pattern_keys
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME
 from lora_audit.formats.safetensors_io import (
@@ -140,6 +141,8 @@ def write_compressed(
                 _write_plain(tmp / CONFIG_NAME, text.encode("utf-8"))
             return output / WEIGHTS_NAME
         metadata["lora_adapter_metadata"] = json.dumps(config)
+    elif adapter.format == PIPELINE_FORMAT:
+        metadata["lora_adapter_metadata"] = json.dumps(pipeline_metadata(adapter, new_layers))
     else:
         metadata.update(_kohya_metadata(adapter, new_layers))
     _make_parent(output)
@@ -206,7 +209,7 @@ def _new_keys(adapter: Adapter, layer: LoraLayer, new: NewLayer) -> dict[str, St
         b = new.b.reshape(layer.out_features, k, *([1] * len(spatial)))
     else:
         a, b = new.a, new.b
-    if adapter.format == "peft" or (
+    if adapter.format in {"peft", PIPELINE_FORMAT} or (
         adapter.format in NO_ALPHA_FORMATS and layer.structure is Structure.LORA
     ):
         return {layer.a_key: a, layer.b_key: b}
