@@ -216,3 +216,63 @@ def test_model_level_form_and_its_compress(tmp_path: Path) -> None:
     for name, delta in ref.items():
         u, s, vt = np.linalg.svd(delta, full_matrices=False)
         assert np.abs(back[name] - s[0] * np.outer(u[:, 0], vt[0])).max() <= 1e-5 * s[0], name
+
+
+def tiny_flux() -> Any:
+    torch.manual_seed(5)
+    return diffusers.FluxTransformer2DModel(
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=4,
+        num_attention_heads=2,
+        joint_attention_dim=8,
+        pooled_projection_dim=8,
+        axes_dims_rope=(0, 2, 2),
+    )
+
+
+def flux_deltas(file: Path) -> dict[str, np.ndarray]:
+    pipe = diffusers.FluxPipeline
+    state, alphas, metadata = pipe.lora_state_dict(
+        str(file), return_alphas=True, return_lora_metadata=True
+    )
+    transformer = tiny_flux()
+    pipe.load_lora_into_transformer(state, alphas, transformer, adapter_name="x", metadata=metadata)
+    return lora_deltas(transformer, component="transformer")
+
+
+def test_flux_transformer_component(tmp_path: Path) -> None:
+    """FluxPipeline.save_lora_weights, as the Flux training scripts call it (PEFT key names)."""
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = tiny_flux()
+    config = {
+        "r": 4,
+        "lora_alpha": 4,
+        "target_modules": ["to_q", "to_k", "proj_out", "ff.net.2"],
+        "alpha_pattern": {"single_transformer_blocks.0.proj_out": 12, "to_k": 1},
+        "use_rslora": True,
+    }
+    torch.manual_seed(6)
+    transformer.add_adapter(peft.LoraConfig(init_lora_weights=False, **config))
+    diffusers.FluxPipeline.save_lora_weights(
+        save_directory=str(tmp_path / "flux"),
+        transformer_lora_layers=get_peft_model_state_dict(transformer),
+        transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
+    )
+    (file,) = (tmp_path / "flux").glob("*.safetensors")
+    assert json.loads(read_header(file).metadata["lora_adapter_metadata"])["transformer.r"] == 4
+    ref = flux_deltas(file)
+    assert_matches(file, ref)
+    scales = {layer.name: layer.scale for layer in load_adapter(file).layers}
+    assert scales["transformer.single_transformer_blocks.0.proj_out"] == 6.0  # 12 / √4
+    assert scales["transformer.transformer_blocks.0.attn.to_k"] == 0.5
+    out = tmp_path / "small.safetensors"
+    rule = RankRule(mode="rank", value=2)
+    compress_adapter(load_adapter(file), options=CompressOptions(rule=rule, output=out))
+    back = flux_deltas(out)
+    for name, delta in ref.items():
+        u, s, vt = np.linalg.svd(delta, full_matrices=False)
+        optimal = (u[:, :2] * s[:2]) @ vt[:2]
+        assert np.abs(back[name] - optimal).max() <= 1e-5 * s[0], name
