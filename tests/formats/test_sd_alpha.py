@@ -145,3 +145,44 @@ def test_compress_writes_what_diffusers_loads(tmp_path: Path) -> None:
     again = load_adapter(out)
     assert {layer.rank for layer in again.layers} == {2}
     assert {layer.scale_source for layer in again.layers} == {"module_alpha"}
+
+
+@pytest.mark.parametrize(("down", "up"), [("lora_A", "lora_B"), ("lora_down", "lora_up")])
+def test_z_image_lora_matches_diffusers(tmp_path: Path, down: str, up: str) -> None:
+    modules = {
+        "layers.0.attention.to_q": (2, 4.0),
+        "layers.0.feed_forward.w1": (3, 1.0),
+        "layers.1.attention.to_out.0": (4, 16.0),
+    }
+    tensors: dict[str, torch.Tensor] = {}
+    for module, (rank, alpha) in modules.items():
+        tensors[f"diffusion_model.{module}.{down}.weight"] = rnd(rank, 6)
+        tensors[f"diffusion_model.{module}.{up}.weight"] = rnd(5, rank)
+        tensors[f"diffusion_model.{module}.alpha"] = torch.tensor(alpha)
+    path = tmp_path / "zimage.safetensors"
+    save_file(tensors, str(path))
+    converted = conversion._convert_non_diffusers_z_image_lora_to_diffusers(dict(tensors))
+    ref = {f"diffusion_model.{m}": dense(converted, f"transformer.{m}") for m in modules}
+    assert_spectra(path, ref)
+
+
+def test_hunyuan_video_comfyui_lora(tmp_path: Path) -> None:
+    """HunyuanVideo LoRAs for ComfyUI (diffusion-pipe / musubi style ``diffusion_model.`` keys):
+    diffusers' converter ignores their alphas, so the reference is ComfyUI's own rule
+    (``LoRAAdapter.calculate_weight``: alpha / lora_A.shape[0] · B·A)."""
+    modules = {
+        "double_blocks.0.img_attn_qkv": (4, 2.0, 18),
+        "double_blocks.0.txt_mlp.fc2": (2, 8.0, 6),
+        "single_blocks.3.linear1": (3, 3.0, 30),
+    }
+    tensors: dict[str, torch.Tensor] = {}
+    ref = {}
+    for module, (rank, alpha, out) in modules.items():
+        key = f"diffusion_model.{module}"
+        a, b = rnd(rank, 6), rnd(out, rank)
+        tensors |= {f"{key}.lora_A.weight": a, f"{key}.lora_B.weight": b}
+        tensors[f"{key}.alpha"] = torch.tensor(alpha)
+        ref[key] = alpha / a.shape[0] * (b.double().numpy() @ a.double().numpy())
+    path = tmp_path / "hunyuan.safetensors"
+    save_file(tensors, str(path))
+    assert_spectra(path, ref)
