@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from lora_audit.adapter import Adapter, LoraLayer, ScaleSource, natural_key
 from lora_audit.errors import InputError
 from lora_audit.formats.patterns import match_pattern
-from lora_audit.formats.safetensors_io import Header, SafetensorsSource
+from lora_audit.formats.safetensors_io import Header, SafetensorsSource, TensorInfo
 
 if TYPE_CHECKING:
     from lora_audit.formats.writer import NewLayer
@@ -98,25 +98,7 @@ def read_pipeline(
     """
     from lora_audit.formats.peft import read_peft
 
-    by_component: dict[str, dict[str, Any]] = {}
-    real: dict[str, str] = {}  # component-prefixed PEFT-style name → key in the file
-    for key, info in header.tensors.items():
-        component, _, rest = key.partition(".")
-        name = _peft_name(rest) if rest else key
-        if f"{component}.{name}" in real:
-            raise InputError(
-                f"{tensor_file}: {key!r} and {real[f'{component}.{name}']!r} are the same "
-                "factor under two names",
-                hint="the file mixes diffusers and PEFT key names for one module",
-            )
-        real[f"{component}.{name}"] = key
-        by_component.setdefault(component if rest else "", {})[name] = info
-    if "" in by_component:
-        shown = ", ".join(repr(k) for k in list(by_component[""])[:3])
-        raise InputError(
-            f"{tensor_file}: diffusers pipeline LoRA with keys outside any component: {shown}",
-            hint="every key of a save_lora_weights file starts with its component's name",
-        )
+    by_component, real = _split(header, tensor_file=tensor_file)
     layers: list[LoraLayer] = []
     passthrough: list[str] = []
     warnings: list[str] = []
@@ -150,6 +132,39 @@ def read_pipeline(
         warnings=tuple(warnings),
         source=SafetensorsSource(tensor_file, header),
     )
+
+
+def _split(
+    header: Header, *, tensor_file: Path
+) -> tuple[dict[str, dict[str, TensorInfo]], dict[str, str]]:
+    """The tensors of each component under the names PEFT sees, and those names' real keys.
+
+    Returns
+    -------
+    by_component
+        Component name → {PEFT-style key without the prefix → its header entry}.
+    real
+        ``"<component>.<PEFT-style key>"`` → the key stored in the file.
+    """
+    by_component: dict[str, dict[str, TensorInfo]] = {}
+    real: dict[str, str] = {}
+    for key, info in header.tensors.items():
+        component, _, rest = key.partition(".")
+        if not rest:
+            raise InputError(
+                f"{tensor_file}: diffusers pipeline LoRA with a key outside any component: {key!r}",
+                hint="every key of a save_lora_weights file starts with its component's name",
+            )
+        name = _peft_name(rest)
+        if f"{component}.{name}" in real:
+            raise InputError(
+                f"{tensor_file}: {key!r} and {real[f'{component}.{name}']!r} are the same "
+                "factor under two names",
+                hint="the file mixes diffusers and PEFT key names for one module",
+            )
+        real[f"{component}.{name}"] = key
+        by_component.setdefault(component, {})[name] = info
+    return by_component, real
 
 
 def _source(config: Mapping[str, Any] | None, alpha: float | None) -> ScaleSource:

@@ -49,6 +49,7 @@ from lora_audit.formats.safetensors_io import (
     write_atomic,
     write_safetensors,
 )
+from lora_audit.formats.xlabs import check_one_rank
 
 if TYPE_CHECKING:
     import numpy as np
@@ -127,7 +128,7 @@ def write_compressed(
     """
     check_output(adapter, output, force=force)
     if adapter.format == "xlabs":
-        _check_one_rank(adapter, new_layers)
+        check_one_rank(adapter, {name: new.rank for name, new in new_layers.items()})
     tensors, metadata = _tensors(adapter, new_layers)
     metadata.update(provenance)
     if adapter.format == "peft":
@@ -150,20 +151,6 @@ def write_compressed(
         raise UsageError(f"--output {output} is a directory; this format is a single file")
     write_atomic(output, lambda fh: write_safetensors(fh, tensors, metadata=metadata))
     return output
-
-
-def _check_one_rank(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> None:
-    """x-flux builds every LoRA processor at one rank: refuse a file with several."""
-    ranks = sorted(
-        {new_layers[x.name].rank if x.name in new_layers else x.rank for x in adapter.layers}
-    )
-    if len(ranks) > 1:
-        raise UsageError(
-            f"{adapter.tensor_file}: XLabs (x-flux) loads every layer at one rank, but the "
-            f"compressed layers would have ranks {', '.join(map(str, ranks))}",
-            hint=f"pass --rank K (K < {max(x.rank for x in adapter.layers)}) to give every "
-            "layer the same rank",
-        )
 
 
 def _tensors(

@@ -20,10 +20,11 @@ x-flux's model. x-flux loads every processor at one rank (that of the first ``.d
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, natural_key
-from lora_audit.errors import InputError
+from lora_audit.errors import InputError, UsageError
 from lora_audit.formats.safetensors_io import FLOAT_DTYPES, Header, SafetensorsSource
 
 _KEY = re.compile(
@@ -31,7 +32,7 @@ _KEY = re.compile(
     r"|single_blocks\.\d+\.processor\.(?:qkv|proj)_lora))\.(?P<side>down|up)\.weight$"
 )
 
-__all__ = ["looks_like_xlabs", "read_xlabs"]
+__all__ = ["check_one_rank", "looks_like_xlabs", "read_xlabs"]
 
 
 def looks_like_xlabs(header: Header) -> bool:
@@ -113,3 +114,24 @@ def _layer(name: str, sides: dict[str, str], header: Header, *, tensor_file: Pat
         dtype="/".join(sorted({down.dtype, up.dtype})),
         weight_shape=(out, inp),
     )
+
+
+def check_one_rank(adapter: Adapter, new_ranks: Mapping[str, int]) -> None:
+    """Refuse to write an XLabs file whose layers would not all have one rank.
+
+    x-flux builds every LoRA processor at the rank of the file's first ``.down.weight``, so a
+    file with several ranks does not load there.
+
+    Raises
+    ------
+    UsageError
+        When ``new_ranks`` (rewritten layers) and the kept layers give several ranks.
+    """
+    ranks = sorted({new_ranks.get(layer.name, layer.rank) for layer in adapter.layers})
+    if len(ranks) > 1:
+        raise UsageError(
+            f"{adapter.tensor_file}: XLabs (x-flux) loads every layer at one rank, but the "
+            f"compressed layers would have ranks {', '.join(map(str, ranks))}",
+            hint=f"pass --rank K (K < {max(x.rank for x in adapter.layers)}) to give every "
+            "layer the same rank",
+        )
