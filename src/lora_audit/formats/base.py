@@ -156,7 +156,9 @@ class BaseModel:
             )
         return file, info.shape, info.dtype
 
-    def load(self, weight: BaseWeight, *, out_features: int, in_features: int) -> npt.NDArray[Any]:
+    def load(
+        self, weight: BaseWeight, *, out_features: int, in_features: int
+    ) -> npt.NDArray[Any]:
         """``W`` of one layer as an ``(out_features, in_features)`` array (BF16 as float32).
 
         Transposed or reshaped as a view of the array read, not copied.
