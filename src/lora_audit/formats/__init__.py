@@ -10,9 +10,11 @@ from pathlib import Path
 
 from lora_audit.adapter import Adapter
 from lora_audit.errors import InputError
-from lora_audit.formats.kohya import looks_like_kohya, read_kohya
+from lora_audit.formats.diffusers_metadata import component_configs, read_pipeline
+from lora_audit.formats.kohya import has_module_alphas, looks_like_kohya, read_kohya
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME, looks_like_peft, read_peft
-from lora_audit.formats.safetensors_io import read_header
+from lora_audit.formats.safetensors_io import Header, read_header
+from lora_audit.formats.xlabs import looks_like_xlabs, read_xlabs
 
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 
@@ -73,6 +75,18 @@ def resolve_files(path: Path) -> tuple[Path, Path | None]:
     )
 
 
+def _single_file_sd(header: Header) -> bool:
+    """A file without ``adapter_config.json`` that the kohya reader reads, not the PEFT one.
+
+    ``lora_A`` keys alone do not make a file PEFT: ComfyUI-style files keep a per-module
+    ``.alpha`` beside them, which PEFT never writes. XLabs (x-flux) files are read by their
+    own reader (``--input-format kohya`` covers them too).
+    """
+    if has_module_alphas(header) or looks_like_xlabs(header):
+        return True
+    return not looks_like_peft(header) and looks_like_kohya(header)
+
+
 def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = "auto") -> Adapter:
     """Read the adapter at ``path`` (a directory or a ``.safetensors`` file).
 
@@ -94,12 +108,15 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
     tensor_file, config_file = resolve_files(path)
     header = read_header(tensor_file)
     fmt = input_format
-    if fmt == "auto":
-        fmt = (
-            "kohya"
-            if config_file is None and not looks_like_peft(header) and looks_like_kohya(header)
-            else "peft"
+    configs = component_configs(header, where=str(tensor_file)) if config_file is None else None
+    if configs and fmt in {"auto", "peft"}:  # diffusers save_lora_weights: one config a component
+        return read_pipeline(
+            path=path, tensor_file=tensor_file, header=header, configs=configs, alpha=alpha
         )
+    if fmt == "auto":
+        fmt = "kohya" if config_file is None and _single_file_sd(header) else "peft"
+    if fmt == "kohya" and looks_like_xlabs(header):
+        return read_xlabs(path=path, tensor_file=tensor_file, header=header)
     if fmt == "kohya":
         return read_kohya(path=path, tensor_file=tensor_file, header=header)
     return read_peft(
