@@ -251,17 +251,21 @@ def assumed_warning(tensor_file: Path, *, peft_type: str, alpha: float | None) -
 
 def compress_refusal(adapter: Adapter) -> InputError | None:
     """Why ``compress`` cannot write this PEFT variant back, or ``None`` when it can."""
-    what = {
-        "peft-loha": "PEFT LoHa",
-        "peft-lokr": "PEFT LoKr",
-        "peft-adalora": "PEFT AdaLoRA",
-    }.get(adapter.format)
+    known = {
+        "peft-loha": ("PEFT LoHa", "PEFT rebuilds Hadamard factors, not a truncated B·A"),
+        "peft-lokr": ("PEFT LoKr", "PEFT rebuilds Kronecker factors, not a truncated B·A"),
+        "peft-adalora": (
+            "PEFT AdaLoRA",
+            "PEFT restores AdaLoRA ranks from its rank_pattern masks and init_r",
+        ),
+    }
+    what = known.get(adapter.format)
     if what is None and adapter.format == "peft" and adapter.config.get("target_parameters"):
-        what = "PEFT target_parameters (MoE expert)"
+        what = ("PEFT target_parameters (MoE expert)", "all experts of a parameter share one r")
     if what is None:
         return None
     return InputError(
-        f"{adapter.path}: compress does not write {what} adapters: PEFT could not load a "
-        "truncated one in this layout (it has one rank per module, not per expert or factor)",
+        f"{adapter.path}: compress does not write {what[0]} adapters back: a per-layer "
+        f"truncation does not fit the layout PEFT loads ({what[1]})",
         hint="inspect and check read it; to shrink it, retrain at the rank `inspect` suggests",
     )
