@@ -132,6 +132,7 @@ def write_compressed(
         The tensor file written.
     """
     guard = check_output(adapter, output, force=force, base=base)
+    final = Path(os.path.realpath(output))  # now: `-o .` leaves the working directory behind
     tensors, metadata = _tensors(adapter, new_layers)
     metadata.update(provenance)
     if adapter.format == "peft":
@@ -143,7 +144,7 @@ def write_compressed(
                 )
                 text = json.dumps(config, indent=2) + "\n"  # pattern order matters to PEFT
                 _write_plain(tmp / CONFIG_NAME, text.encode("utf-8"))
-            return output / WEIGHTS_NAME
+            return final / WEIGHTS_NAME
         metadata["lora_adapter_metadata"] = json.dumps(config)
     else:
         metadata.update(_kohya_metadata(adapter, new_layers))
