@@ -364,3 +364,54 @@ def test_two_writers_racing_for_one_output(
                 "adapter_config.json",
                 "adapter_model.safetensors",
             ]
+
+
+# --- the primitives, with and without renameat2 ----------------------------------------------
+
+
+def test_stale_temporaries_of_dead_processes_only(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ours = atomic.temp_prefix()
+    host = ours[len(atomic.TMP_PREFIX) :].split("-")[0]
+    names = {
+        "dead": f"{atomic.TMP_PREFIX}{host}-{dead.pid}-abc.tmp",
+        "alive": f"{ours}abc.tmp",
+        "parent": f"{atomic.TMP_PREFIX}{host}-{os.getppid()}-abc.tmp",
+        "other host": f"{atomic.TMP_PREFIX}00000000-{dead.pid}-abc.tmp",
+        "user file": f".lora-audit-{dead.pid}.txt",
+    }
+    for name in names.values():
+        (tmp_path / name).write_text("x")
+    (tmp_path / f"{atomic.TMP_PREFIX}{host}-{dead.pid}-dir.tmp").mkdir()
+    atomic.remove_stale(tmp_path)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(v for k, v in names.items() if k != "dead")
+
+
+@pytest.mark.parametrize("renameat2", [True, False])
+def test_commit_never_replaces_without_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renameat2: bool
+) -> None:
+    if not renameat2:
+        monkeypatch.setattr(atomic, "_renameat2", lambda src, dst, flags: False)
+    for kind in ("file", "dir"):
+        target, tmp = tmp_path / f"{kind}-target", tmp_path / f"{kind}-tmp"
+        for path, text in ((target, "theirs"), (tmp, "ours")):
+            if kind == "dir":
+                path.mkdir()
+                (path / "adapter_config.json").write_text(text)
+            else:
+                path.write_text(text)
+        with pytest.raises(FileExistsError):
+            atomic.commit(str(tmp), str(target), replace=False)
+        read = (
+            (lambda p: (p / "adapter_config.json").read_text()) if kind == "dir" else Path.read_text
+        )
+        assert read(target) == "theirs" and read(tmp) == "ours"
+        old = atomic.commit(str(tmp), str(target), replace=True)
+        assert read(target) == "ours"
+        if kind == "dir":
+            assert old is not None and read(Path(old)) == "theirs"
+            atomic.remove_path(old)
+        assert sorted(p.name for p in tmp_path.iterdir() if kind in p.name) == [target.name]
