@@ -117,7 +117,7 @@ def compress_adapter(
     if not options.dry_run:
         if options.output is None:
             raise UsageError("--output is required unless --dry-run is given")
-        check_output(adapter, options.output, force=options.force)
+        check_output(adapter, options.output, force=options.force, base=options.base)
     writing = not options.dry_run and options.output is not None
     digest = _start_digest(adapter) if writing else None
     analysis = analyse(
@@ -150,6 +150,7 @@ def compress_adapter(
             output=options.output,
             provenance=_provenance(adapter, options.rule, sha256=digest.result()),
             force=options.force,
+            base=options.base,
         )
         file_after = written.stat().st_size
     return _report(adapter, plans, options=options, file_after=file_after, warnings=warnings)

@@ -28,6 +28,13 @@ OutputOption = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Write the report to this file instead of stdout."),
 ]
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Replace existing output files (-o, --plot); an input is never replaced.",
+    ),
+]
 AlphaOption = Annotated[
     float | None,
     typer.Option(

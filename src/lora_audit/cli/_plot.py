@@ -42,6 +42,9 @@ def plot_request(
             raise UsageError("--plot-layers needs --plot FILE")
         return None
     fmt = plot_format(path)
+    from lora_audit.cli._common import preflight
+
+    preflight(path, role="--plot")
     require_matplotlib()
     pattern = layer_filter(layers)
     if pattern is not None and names is not None and not any(pattern.search(n) for n in names):
@@ -56,7 +59,8 @@ def draw(report: Any, request: PlotRequest | None) -> None:
     """Draw ``report`` into the requested file (written atomically)."""
     if request is None:
         return
-    from lora_audit.formats.safetensors_io import write_atomic
+    from lora_audit.cli._common import outputs
     from lora_audit.render.plot import render_plot
 
-    write_atomic(request.path, render_plot(report, fmt=request.fmt, layers=request.layers))
+    data = render_plot(report, fmt=request.fmt, layers=request.layers)
+    outputs().write(request.path, data, role="--plot")
