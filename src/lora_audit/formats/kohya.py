@@ -38,12 +38,14 @@ from lora_audit.formats.safetensors_io import (
 _ROLE = re.compile(
     r"^(?P<module>.+?)\."
     r"(?P<role>lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha|dora_scale"
-    r"|hada_w[12]_[ab]|hada_t[12]|lokr_w[12]|lokr_w[12]_[ab]|lokr_t2)$"
+    r"|hada_w[12]_[ab]|hada_t[12]|lokr_w[12]|lokr_w[12]_[ab]|lokr_t2)\Z",
+    re.DOTALL,  # a module name may hold any character, a line break too: never skip it
 )
 _DIFFUSERS = re.compile(
-    r"^(?P<module>.+?)(?:_lora|\.lora_linear_layer|\.lora)\.(?P<side>down|up)\.weight$"
+    r"^(?P<module>.+?)(?:_lora|\.lora_linear_layer|\.lora)\.(?P<side>down|up)\.weight\Z",
+    re.DOTALL,
 )
-_NOT_LOW_RANK = re.compile(r"\.(diff|diff_b|oft_blocks|oft_diag|on_input|rescale)$")
+_NOT_LOW_RANK = re.compile(r"\.(diff|diff_b|oft_blocks|oft_diag|on_input|rescale)\Z")
 
 #: ``ss_*`` metadata keys shown in reports.
 SHOWN_METADATA = (

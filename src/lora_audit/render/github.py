@@ -21,7 +21,9 @@ from lora_audit.report import CheckReport
 def command(name: str, message: str, **properties: str | None) -> str:
     """One workflow command line, ``::name key=value,…::message``, properties in given order."""
     props = ",".join(
-        f"{key}={for_github_property(value)}" for key, value in properties.items() if value is not None
+        f"{key}={for_github_property(value)}"
+        for key, value in properties.items()
+        if value is not None
     )
     return f"::{name}{' ' + props if props else ''}::{for_github_data(message)}"
 

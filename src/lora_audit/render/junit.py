@@ -25,7 +25,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from lora_audit.render._text import finding_text, number, policy_source, verdict
-from lora_audit.render.escape import for_xml
+from lora_audit.render.escape import escaped_report, for_xml
 from lora_audit.report import CheckReport, Finding
 
 
@@ -40,6 +40,7 @@ def _sub(parent: ET.Element, tag: str, attrs: dict[str, str]) -> ET.Element:
     return ET.SubElement(parent, tag, {k: for_xml(v) for k, v in attrs.items()})
 
 
+@escaped_report(for_xml)
 def render_check(report: CheckReport, *, width: int = 100, color: bool = False) -> str:
     """The check report as JUnit XML; ``width`` and ``color`` are ignored."""
     del width, color

@@ -13,7 +13,7 @@ from lora_audit.render._text import (
     policy_source,
     verdict,
 )
-from lora_audit.render.escape import for_markdown, for_terminal
+from lora_audit.render.escape import escaped_report, for_markdown, for_terminal
 from lora_audit.report import CheckReport, InspectReport
 
 _ICONS = {"pass": "✅", "fail": "❌", "error": "⚠️"}
@@ -48,6 +48,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, right: int = 
     return lines
 
 
+@escaped_report(for_terminal)
 def render_check(report: CheckReport, *, width: int = 100, color: bool = False) -> str:
     """The check report as Markdown; ``width`` and ``color`` are ignored."""
     del width, color
@@ -108,6 +109,7 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
     return "\n".join(lines) + "\n"
 
 
+@escaped_report(for_terminal)
 def render_inspect(report: InspectReport, *, width: int = 100, color: bool = False) -> str:
     """The inspect report as Markdown: summary, advice, and one row per layer."""
     del width, color
