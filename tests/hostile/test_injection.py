@@ -20,9 +20,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lora_audit.cli import app
+from lora_audit.render import escape
 from lora_audit.report import ToolInfo
 
 runner = CliRunner()
@@ -461,3 +464,92 @@ def test_a_warning_naming_a_hostile_tensor_is_one_clean_line(tmp_path: Path) -> 
     assert code in (0, 3), err
     assert err, "expected a warning or an error"
     assert_clean(out, err)
+
+
+# --- each escaper, for any text ----------------------------------------------------------------
+
+
+#: Any code point, lone surrogates included, with the dangerous ones made likely.
+HOSTILE_CHARS = st.one_of(
+    st.characters(codec=None, exclude_categories=()),
+    st.sampled_from(
+        "\x00\x07\x1b\x7f\x85\x9b\u200b\u200e\u202e\u2066\u2028\u2029\ufeff\ud800\udfff\ufffe"
+        "\r\n\t%:,[]/\\`*_|<>&$~#!()"
+    ),
+)
+TEXT = st.text(HOSTILE_CHARS, max_size=40)
+#: XML 1.0's Char production.
+XML_CHAR = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
+
+
+@given(TEXT)
+@settings(max_examples=300, deadline=None)
+def test_for_terminal_writes_no_control_character(text: str) -> None:
+    out = escape.for_terminal(text)
+    assert not [c for c in out if unicodedata.category(c) in FORBIDDEN_CATEGORIES | {"Cn"}]
+    assert "\n" not in out and "\r" not in out
+    out.encode("utf-8")
+    assert escape.for_terminal(out) == out  # idempotent: escaping twice changes nothing
+    if all(unicodedata.category(c) not in escape.UNSAFE_CATEGORIES for c in text):
+        assert out == text  # safe text is left as it is
+
+
+@given(TEXT)
+@settings(max_examples=300, deadline=None)
+def test_for_rich_renders_as_the_terminal_text(text: str) -> None:
+    from rich.markup import render
+
+    out = escape.for_rich(text)
+    safe = escape.for_terminal(text)
+    assert render(out).plain == safe  # markup from the text never applies
+    assert render(f"[bold]{out} [/bold][link=x]y[/link]").plain == f"{safe} y"
+    assert render(f"[b]x[/b]{out}").plain == f"x{safe}"
+
+
+@given(TEXT)
+@settings(max_examples=300, deadline=None)
+def test_for_github_keeps_a_command_on_one_line(text: str) -> None:
+    data, prop = escape.for_github_data(text), escape.for_github_property(text)
+    for out in (data, prop):
+        assert not set(out) & {"\r", "\n", "\x85", "\u2028", "\u2029", "\x0b", "\x0c"}
+        assert not forbidden(out)
+        assert re.fullmatch(r"(?:[^%]|%25|%0D|%0A|%3A|%2C)*", out)
+    assert ":" not in prop and "," not in prop
+    command = f"::warning title={prop}::{data}"
+    assert command.count("::") == 2 + data.count("::")  # the properties hold no "::"
+    assert len(command.splitlines()) == 1
+
+
+@given(TEXT)
+@settings(max_examples=300, deadline=None)
+def test_for_markdown_renders_as_the_text(text: str) -> None:
+    from markdown_it import MarkdownIt
+
+    out = escape.for_markdown(text)
+    assert not set(out) & set("<>") and not forbidden(out)
+    assert re.search(r"(?<!\\)(?:\\\\)*[|`]", out) is None  # every | and ` escaped
+    html = MarkdownIt("commonmark").render("x " + out + " x")
+    assert html.startswith("<p>") and html.count("<") == 2  # one paragraph: no tag, link, code
+    import html as html_module
+
+    shown = html_module.unescape(html[len("<p>") : -len("</p>\n")])
+    assert shown == "x " + escape.for_terminal(text) + " x"
+
+
+@given(TEXT)
+@settings(max_examples=300, deadline=None)
+def test_for_xml_survives_a_round_trip(text: str) -> None:
+    out = escape.for_xml(text)
+    assert XML_CHAR.fullmatch(out) and not forbidden(out)
+    element = ET.Element("e", {"a": out})
+    element.text = out
+    back = ET.fromstring(ET.tostring(element, encoding="unicode"))
+    assert (back.text or "") == out and back.get("a") == out
+
+
+@given(TEXT)
+@settings(max_examples=100, deadline=None)
+def test_for_plot_is_drawable(text: str) -> None:
+    out = escape.for_plot(text)
+    assert not forbidden(out)
+    out.encode("utf-8")

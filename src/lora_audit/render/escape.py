@@ -86,11 +86,16 @@ def for_terminal(text: str) -> str:
     return "".join(_visible(char) if is_unsafe(char) else char for char in text)
 
 
-def for_rich(text: str) -> str:
-    """:func:`for_terminal`, then rich markup escaped (for strings rich parses as markup)."""
-    from rich.markup import escape
+#: What rich reads as a tag (``rich.markup.RE_TAGS``): ``[`` and a letter, ``#``, ``/`` or ``@``.
+_RICH_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
 
-    return escape(for_terminal(text))
+
+def for_rich(text: str) -> str:
+    """:func:`for_terminal`, then every rich markup tag in it escaped (``\\[bold]``), for a
+    string rich parses as markup. Rich shows it exactly as :func:`for_terminal` writes it,
+    alone or inside a template, unless a tag follows it directly (a trailing backslash would
+    then escape that tag: leave a space)."""
+    return _RICH_TAG.sub(lambda m: m[1] * 2 + "\\" + m[2], for_terminal(text))
 
 
 def for_github_data(text: str) -> str:
