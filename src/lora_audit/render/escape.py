@@ -141,24 +141,40 @@ def escape_strings(value: T, escape: Callable[[str], str]) -> T:
     return _walk(value, escape)  # type: ignore[no-any-return]
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
+@functools.cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(kind))
+
+
 def _walk(value: Any, escape: Callable[[str], str]) -> Any:
     kind = type(value)
     if kind is str:
         return escape(value)
-    if kind in (int, float, bool) or value is None:
+    if kind in _SCALARS:
         return value
     if kind is list or kind is tuple:
-        return kind(_walk(item, escape) for item in value)
+        if set(map(type, value)) <= _SCALARS:  # a spectrum, a series: nothing to escape
+            return value
+        items = [_walk(item, escape) for item in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        return kind(items)
     if kind is dict:
         return {_walk(k, escape): _walk(v, escape) for k, v in value.items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = copy.copy(value)
-        for f in dataclasses.fields(value):
-            old = getattr(value, f.name)
+        out = None
+        for name in _field_names(kind):
+            old = getattr(value, name)
+            if type(old) in _SCALARS:
+                continue
             new = _walk(old, escape)
             if new is not old:
-                object.__setattr__(out, f.name, new)
-        return out
+                out = out or copy.copy(value)
+                object.__setattr__(out, name, new)
+        return value if out is None else out
     return value
 
 
