@@ -319,10 +319,11 @@ def test_compress_dry_run(adapters: dict[str, Path], fmt: str) -> None:
 @pytest.mark.parametrize("fmt", ["table", "json"])
 def test_trend(adapters: dict[str, Path], fmt: str) -> None:
     picture = adapters["tmp"] / "trend.png"
-    code, out, err = invoke("trend", adapters["run"], "-f", fmt, "--plot", picture)
+    plot = ("--plot", picture) if fmt == "table" else ()
+    code, out, err = invoke("trend", adapters["run"], "-f", fmt, *plot)
     assert code == 0, err
     assert_clean(out, err)
-    assert picture.read_bytes().startswith(b"\x89PNG")
+    assert fmt != "table" or picture.read_bytes().startswith(b"\x89PNG")
     if fmt == "json":
         assert len(json.loads(out)["checkpoints"]) == 3
     else:
@@ -333,10 +334,11 @@ def test_trend(adapters: dict[str, Path], fmt: str) -> None:
 def test_compare(adapters: dict[str, Path], fmt: str) -> None:
     picture = adapters["tmp"] / "compare.svg"
     a, b = adapters["run"] / "checkpoint-10", adapters["run"] / "checkpoint-30"
-    code, out, err = invoke("compare", a, b, "-f", fmt, "--plot", picture)
+    plot = ("--plot", picture) if fmt == "table" else ()
+    code, out, err = invoke("compare", a, b, "-f", fmt, *plot)
     assert code == 0, err
     assert_clean(out, err)
-    ET.fromstring(picture.read_bytes())
+    assert fmt != "table" or ET.fromstring(picture.read_bytes()) is not None
     if fmt == "json":
         assert len(json.loads(out)["layers"]) == len(PAYLOADS)
     else:
@@ -483,7 +485,7 @@ XML_CHAR = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
 
 
 @given(TEXT)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 def test_for_terminal_writes_no_control_character(text: str) -> None:
     out = escape.for_terminal(text)
     assert not [c for c in out if unicodedata.category(c) in FORBIDDEN_CATEGORIES | {"Cn"}]
@@ -495,7 +497,7 @@ def test_for_terminal_writes_no_control_character(text: str) -> None:
 
 
 @given(TEXT)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 def test_for_rich_renders_as_the_terminal_text(text: str) -> None:
     from rich.markup import render
 
@@ -507,7 +509,7 @@ def test_for_rich_renders_as_the_terminal_text(text: str) -> None:
 
 
 @given(TEXT)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 def test_for_github_keeps_a_command_on_one_line(text: str) -> None:
     data, prop = escape.for_github_data(text), escape.for_github_property(text)
     for out in (data, prop):
@@ -521,7 +523,7 @@ def test_for_github_keeps_a_command_on_one_line(text: str) -> None:
 
 
 @given(TEXT)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 def test_for_markdown_renders_as_the_text(text: str) -> None:
     from markdown_it import MarkdownIt
 
@@ -537,7 +539,7 @@ def test_for_markdown_renders_as_the_text(text: str) -> None:
 
 
 @given(TEXT)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 def test_for_xml_survives_a_round_trip(text: str) -> None:
     out = escape.for_xml(text)
     assert XML_CHAR.fullmatch(out) and not forbidden(out)
