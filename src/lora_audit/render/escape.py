@@ -144,9 +144,15 @@ def escape_strings(value: T, escape: Callable[[str], str]) -> T:
 _SCALARS = frozenset({int, float, bool, type(None)})
 
 
-@functools.cache
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def _field_names(kind: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(kind))
+    """A dataclass's field names (cached: reports hold thousands of layers)."""
+    names = _FIELDS.get(kind)
+    if names is None:
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(kind))
+    return names
 
 
 def _walk(value: Any, escape: Callable[[str], str]) -> Any:
