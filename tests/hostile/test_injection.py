@@ -550,6 +550,22 @@ def test_for_markdown_renders_as_the_text(text: str) -> None:
 
 @given(TEXT)
 @settings(max_examples=200, deadline=None)
+def test_markdown_code_renders_as_the_text(text: str) -> None:
+    import html as html_module
+
+    from markdown_it import MarkdownIt
+
+    from lora_audit.render.markdown import code
+
+    out = code(text)
+    html = MarkdownIt("commonmark").render(f"x {out} x")
+    inner = html.removeprefix("<p>x <code>").removesuffix("</code> x</p>\n")
+    assert inner != html and "<" not in inner  # one code element, nothing else
+    assert html_module.unescape(inner) == escape.for_terminal(text)
+
+
+@given(TEXT)
+@settings(max_examples=200, deadline=None)
 def test_for_xml_survives_a_round_trip(text: str) -> None:
     out = escape.for_xml(text)
     assert XML_CHAR.fullmatch(out) and not forbidden(out)

@@ -31,12 +31,13 @@ def prose(text: str) -> str:
 def code(text: str) -> str:
     """``text`` as inline code: a code span when it holds nothing Markdown or HTML could read,
     else ``<code>`` around the escaped text (a code span cannot escape a backtick or ``|``)."""
-    if text and _PLAIN_CODE.fullmatch(text) and for_terminal(text) == text:
+    if _PLAIN_CODE.fullmatch(text) and for_terminal(text) == text:
         return f"`{text}`"
     return f"<code>{for_markdown(text)}</code>"
 
 
-_PLAIN_CODE = re.compile(r"[^`|<>&\\]*")
+#: Text a code span shows as is (a span strips a space from each end, so none there).
+_PLAIN_CODE = re.compile(r"[^`|<>&\\ ]([^`|<>&\\]*[^`|<>&\\ ])?")
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, right: int = 0) -> list[str]:
