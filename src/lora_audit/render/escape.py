@@ -5,25 +5,24 @@ from files the user did not write. The report keeps them as read; a renderer pas
 through the function for its output before it reaches a terminal, a CI log, a Markdown
 summary, an XML file or a picture:
 
-=================  ==========================================================================
-function           what it guarantees
-=================  ==========================================================================
-:func:`for_terminal`  no control character (C0, DEL, C1), format character (bidi overrides
-                   and isolates, zero-width characters), line or paragraph separator, lone
-                   surrogate or noncharacter: each is written as a visible escape such as
-                   ``\\x1b``, ``\\u202e`` or ``\\ud800`` (so the text is one line, valid UTF-8)
-:func:`for_rich`   :func:`for_terminal`, and rich console markup (``[bold]``, ``[link=…]``)
-                   escaped
-:func:`for_github_data`, :func:`for_github_property`
-                   GitHub workflow-command text: the runner's ``%``-escapes (``%25``,
-                   ``%0D``, ``%0A``; in properties also ``%3A`` and ``%2C``), the other line
-                   breaks (NEL, LS, PS) and controls as visible escapes
-:func:`for_markdown`  inline Markdown text: HTML (``& < >``) as entities, the characters
-                   Markdown gives a meaning (``\\ ` * _ [ ] | ~ $``) backslash-escaped
-:func:`for_xml`    no character XML 1.0 forbids (the rest is escaped by the XML writer)
-:func:`for_plot`   :func:`for_terminal` (matplotlib cannot draw lone surrogates; mathtext is
-                   switched off where the figures are drawn)
-=================  ==========================================================================
+:func:`for_terminal` (tables, stderr)
+    No control character (C0, DEL, C1), format character (bidi overrides and isolates,
+    zero-width characters), line or paragraph separator, lone surrogate or noncharacter: each
+    is written as a visible escape such as ``\\x1b``, ``\\u202e`` or ``\\ud800``, so the text
+    is one line of valid UTF-8.
+:func:`for_rich` (strings rich parses as markup)
+    :func:`for_terminal`, and every rich markup tag (``[bold]``, ``[link=…]``) escaped.
+:func:`for_github_data`, :func:`for_github_property` (``--format github``)
+    The runner's ``%``-escapes (``%25``, ``%0D``, ``%0A``; in properties also ``%3A`` and
+    ``%2C``); the other line breaks (NEL, LS, PS) and controls as visible escapes.
+:func:`for_markdown` (``--format markdown``)
+    HTML (``& < >``) as entities, the characters Markdown gives a meaning
+    (``\\ ` * _ [ ] | ~ $``) backslash-escaped.
+:func:`for_xml` (JUnit)
+    No character XML 1.0 forbids (the XML writer escapes the rest).
+:func:`for_plot` (``--plot`` labels)
+    :func:`for_terminal` (matplotlib cannot draw lone surrogates); mathtext is switched off
+    where the figures are drawn.
 
 :func:`escape_strings` applies one of them to every string in a finished report.
 """
