@@ -22,8 +22,12 @@ T = TypeVar("T")
 
 
 def err(message: str) -> None:
-    """Write one line to stderr."""
-    sys.stderr.write(message.rstrip("\n") + "\n")
+    """Write one line to stderr: every warning and error passes here, so untrusted names in
+    ``message`` are escaped once (no control, bidi or line-break character; no line that
+    starts with a CI command such as ``::error``)."""
+    from lora_audit.render.escape import for_terminal
+
+    sys.stderr.write(for_terminal(message.rstrip("\n")) + "\n")
 
 
 def warn(message: str) -> None:
@@ -179,7 +183,9 @@ def progress_bar(total: int, *, description: str) -> Iterator[Callable[[int], No
         console=Console(stderr=True),
         transient=True,
     ) as bar:
-        task = bar.add_task(description, total=total)
+        from lora_audit.render.escape import for_rich
+
+        task = bar.add_task(for_rich(description), total=total)
 
         def advance(n: int) -> None:
             bar.advance(task, n)

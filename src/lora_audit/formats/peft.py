@@ -33,9 +33,12 @@ PREFIX = "base_model.model."
 
 _FACTOR = re.compile(
     r"^(?P<module>.+)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
-    r"(?:\.(?P<adapter>[A-Za-z0-9_\-]+))?(?P<suffix>\.weight)?$"
+    r"(?:\.(?P<adapter>[A-Za-z0-9_\-]+))?(?P<suffix>\.weight)?\Z",
+    re.DOTALL,  # a module name may hold any character, a line break too: never skip it
 )
-_EXTRA = re.compile(r"^(?P<module>.+)\.(?:lora_B\.bias|lora_magnitude_vector(?:\.weight)?)$")
+_EXTRA = re.compile(
+    r"^(?P<module>.+)\.(?:lora_B\.bias|lora_magnitude_vector(?:\.weight)?)\Z", re.DOTALL
+)
 _SUPPORTED_PEFT_TYPES = {"LORA"}
 
 

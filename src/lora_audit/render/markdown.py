@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from lora_audit.render._base_text import BASE_HEADERS, base_cells, base_summary_rows
@@ -12,31 +13,43 @@ from lora_audit.render._text import (
     policy_source,
     verdict,
 )
+from lora_audit.render.escape import escaped_report, for_markdown, for_terminal
 from lora_audit.report import CheckReport, InspectReport
 
 _ICONS = {"pass": "✅", "fail": "❌", "error": "⚠️"}
 
 
-def cell(text: str) -> str:
-    """Text safe inside a table cell: pipes escaped, newlines as ``<br>``."""
-    return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+def prose(text: str) -> str:
+    """Untrusted text as inline Markdown: each ``…``-quoted part as :func:`code`, the rest
+    through :func:`for_markdown` (no HTML, link, emphasis or cell boundary comes from it)."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: nothing is quoted
+        return for_markdown(text)
+    return "".join(code(p) if i % 2 else for_markdown(p) for i, p in enumerate(parts))
 
 
 def code(text: str) -> str:
-    """Inline code that survives backticks in ``text``."""
-    fence = "``" if "`" in text else "`"
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
+    """``text`` as inline code: a code span when it holds nothing Markdown or HTML could read,
+    else ``<code>`` around the escaped text (a code span cannot escape a backtick or ``|``)."""
+    if _PLAIN_CODE.fullmatch(text) and for_terminal(text) == text:
+        return f"`{text}`"
+    return f"<code>{for_markdown(text)}</code>"
+
+
+#: Text a code span shows as is (a span strips a space from each end, so none there).
+_PLAIN_CODE = re.compile(r"[^`|<>&\\ ]([^`|<>&\\]*[^`|<>&\\ ])?")
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, right: int = 0) -> list[str]:
-    """A pipe table; the last ``right`` columns are right-aligned."""
+    """A pipe table; the last ``right`` columns are right-aligned; cells are Markdown already
+    (escape untrusted text with :func:`prose` or :func:`code`)."""
     align = ["---"] * (len(header) - right) + ["---:"] * right
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
 
 
+@escaped_report(for_terminal)
 def render_check(report: CheckReport, *, width: int = 100, color: bool = False) -> str:
     """The check report as Markdown; ``width`` and ``color`` are ignored."""
     del width, color
@@ -47,7 +60,7 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
         + ", ".join(
             f"{code(SETTING_NAMES.get(k, k))} {number(v)}" for k, v in report.policy.items()
         )
-        + f" ({policy_source(report)}); rules: "
+        + f" ({prose(policy_source(report))}); rules: "
         + (", ".join(code(rule) for rule in report.rules) or "none"),
         "",
     ]
@@ -82,21 +95,22 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
                     code(f.rule),
                     number(f.measured),
                     number(f.limit),
-                    f.fix,
+                    prose(f.fix),
                 ]
                 for f in report.findings
             ],
         )
         lines += ["", "<details><summary>Messages</summary>", ""]
-        lines += [f"- {cell(finding_text(f))}" for f in report.findings]
+        lines += [f"- {prose(finding_text(f))}" for f in report.findings]
         lines += ["", "</details>"]
     if report.errors:
         lines += ["", "### Unreadable adapters", ""]
-        lines += [f"- {cell(e.message)}" for e in report.errors]
+        lines += [f"- {prose(e.message)}" for e in report.errors]
     lines += ["", f"<sub>{report.tool.name} {report.tool.version}</sub>"]
     return "\n".join(lines) + "\n"
 
 
+@escaped_report(for_terminal)
 def render_inspect(report: InspectReport, *, width: int = 100, color: bool = False) -> str:
     """The inspect report as Markdown: summary, advice, and one row per layer."""
     del width, color
@@ -106,7 +120,8 @@ def render_inspect(report: InspectReport, *, width: int = 100, color: bool = Fal
     lines = [
         f"## lora-audit inspect: {code(a.path)}",
         "",
-        f"- adapter: {a.format}, r={s.nominal_rank}{alpha}, {', '.join(a.dtypes)}, "
+        f"- adapter: {for_markdown(a.format)}, r={s.nominal_rank}{alpha}, "
+        f"{for_markdown(', '.join(a.dtypes))}, "
         f"{s.layer_count} layers",
         f"- parameters: {s.params:,} now → {s.params_after:,} truncated at τ={tau} "
         f"({s.wasted_fraction:.1%} wasted)",
@@ -117,7 +132,7 @@ def render_inspect(report: InspectReport, *, width: int = 100, color: bool = Fal
     if s.untrained_layers:
         lines.append("- untrained: " + ", ".join(code(n) for n in s.untrained_layers))
     lines.append("")
-    lines += [f"- {cell(line)}" for line in s.advice]
+    lines += [f"- {prose(line)}" for line in s.advice]
     lines.append("")
     lines += table(
         ["layer", "shape", "r", "σ₁", "‖ΔW‖F", "stable rank", "eff. rank", f"k@{tau}", "waste"],
@@ -151,7 +166,7 @@ def _base_section(report: InspectReport) -> list[str]:
     lines = ["", "### Against the base", ""]
     if dora:
         lines += ["ΔW is DoRA's effective update.", ""]
-    lines += [f"- {label}: {cell(text)}" for label, text in base_summary_rows(base)]
+    lines += [f"- {label}: {prose(text)}" for label, text in base_summary_rows(base)]
     lines.append("")
     rows = [[code(layer.name), *base_cells(layer.base)] for layer in layers if layer.base]
     lines += table(["layer", *BASE_HEADERS], rows, right=len(BASE_HEADERS))

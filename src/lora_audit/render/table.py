@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lora_audit.render._base_text import BASE_HEADERS, base_cells, base_summary_rows
+from lora_audit.render.escape import escaped_report, for_terminal
 from lora_audit.report import (
     CheckReport,
     CompareReport,
@@ -67,6 +68,7 @@ def _to_text(renderable: RenderableType, *, width: int, color: bool) -> str:
         force_terminal=color,
         color_system="standard" if color else None,
         no_color=not color,
+        markup=False,  # untrusted names are never console markup
         highlight=False,
         emoji=False,
     )
@@ -278,6 +280,7 @@ def summary_table(report: InspectReport) -> Table:
     return info
 
 
+@escaped_report(for_terminal)
 def render_inspect(report: InspectReport, *, width: int = 100, color: bool = False) -> str:
     """The full human-readable inspect report."""
     advice = Text("\n".join(f"→ {line}" for line in report.summary.advice), style="green")
@@ -291,6 +294,7 @@ def render_inspect(report: InspectReport, *, width: int = 100, color: bool = Fal
 _STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold yellow"}
 
 
+@escaped_report(for_terminal)
 def render_check(report: CheckReport, *, width: int = 100, color: bool = False) -> str:
     """The check report: one row per adapter, then the findings, the errors and the verdict."""
     from lora_audit.render._text import number, policy_values, verdict
@@ -352,6 +356,7 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
     return _to_text(Group(*parts), width=width, color=color)
 
 
+@escaped_report(for_terminal)
 def render_compress(report: CompressReport, *, width: int = 100, color: bool = False) -> str:
     """Per layer old r → new k, energy kept and error; then totals and file sizes."""
     names = [layer.name for layer in report.layers]
@@ -471,6 +476,7 @@ def _step_word(unit: str) -> str:
     return {"step": "step", "epoch": "epoch", "order": "#"}.get(unit, "n")
 
 
+@escaped_report(for_terminal)
 def render_trend(report: TrendReport, *, width: int = 100, color: bool = False) -> str:
     """Checkpoints in step order, then each layer's stable rank, energy rank and norm over them."""
     s = report.settings
@@ -584,6 +590,7 @@ def _opt(value: float | None, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
 
+@escaped_report(for_terminal)
 def render_compare(report: CompareReport, *, width: int = 100, color: bool = False) -> str:
     """Per matched layer: norms, relative difference, cosine and subspace overlaps."""
     names = [layer.name for layer in report.layers]
