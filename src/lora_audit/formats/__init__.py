@@ -45,13 +45,13 @@ def resolve_files(path: Path) -> tuple[Path, Path | None]:
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise _refuse_pickle(path)
         config = path.parent / CONFIG_NAME
-        return path, (config if path.name == WEIGHTS_NAME and config.is_file() else None)
+        return path, (config if path.name == WEIGHTS_NAME and _present(config) else None)
     if not path.is_dir():
         raise InputError(f"{path}: not a regular file or directory")
     weights = path / WEIGHTS_NAME
     config = path / CONFIG_NAME
     if weights.is_file():
-        return weights, (config if config.is_file() else None)
+        return weights, (config if _present(config) else None)
     pickles = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         raise _refuse_pickle(pickles[0])
@@ -60,7 +60,7 @@ def resolve_files(path: Path) -> tuple[Path, Path | None]:
     if len(candidates) == 1:
         found = candidates[0]
         sibling = found.parent / CONFIG_NAME
-        return found, (sibling if found.name == WEIGHTS_NAME and sibling.is_file() else None)
+        return found, (sibling if found.name == WEIGHTS_NAME and _present(sibling) else None)
     if not candidates:
         raise InputError(
             f"{path}: no adapter here (no {WEIGHTS_NAME} and no .safetensors file)",
@@ -71,6 +71,13 @@ def resolve_files(path: Path) -> tuple[Path, Path | None]:
         f"{path}: {len(candidates)} candidate adapters ({names})",
         hint="name the one to read",
     )
+
+
+def _present(config: Path) -> bool:
+    """Whether anything is at ``config``: a FIFO, device or directory there is read, and
+    refused, rather than taken for a missing config (:mod:`~lora_audit.formats.config_files`).
+    """
+    return config.exists() or config.is_symlink()
 
 
 def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = "auto") -> Adapter:
