@@ -118,7 +118,8 @@ def parse_json(text: str | bytes, *, where: str) -> Any:
     Raises
     ------
     InputError
-        Naming ``where``, for invalid UTF-8 or JSON, a duplicate key, nesting deeper than :data:`MAX_DEPTH`, or an integer over Python's digit limit.
+        Naming ``where``, for invalid UTF-8 or JSON, a duplicate key, nesting deeper than
+        :data:`MAX_DEPTH`, or an integer over Python's digit limit.
     """
     try:
         value = json.loads(text, object_pairs_hook=_reject_duplicates)
