@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -28,10 +29,20 @@ OutputOption = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Write the report to this file instead of stdout."),
 ]
+
+
+def _finite_positive(value: float | None) -> float | None:
+    """Refuse ``--alpha nan``, ``inf`` or ≤ 0 as a bad option (exit 2), not a bad file."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a positive finite number")
+    return value
+
+
 AlphaOption = Annotated[
     float | None,
     typer.Option(
         "--alpha",
+        callback=_finite_positive,
         help="lora_alpha to use when neither adapter_config.json nor the file header gives one.",
     ),
 ]

@@ -17,6 +17,7 @@ from typing import Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, lora_scale, natural_key
 from lora_audit.errors import InputError
+from lora_audit.formats.config_checks import check_lora_numbers, check_one_adapter_name
 from lora_audit.formats.config_files import load_json_file, parse_json
 from lora_audit.formats.patterns import match_pattern
 from lora_audit.formats.safetensors_io import (
@@ -74,6 +75,7 @@ def parse_config(raw: Mapping[str, Any], *, where: str) -> PeftConfig:
             f"{where}: peft_type {peft_type!r} is not supported",
             hint="lora-audit reads plain LoRA (and DoRA) adapters; AdaLoRA, IA3, OFT, … differ",
         )
+    check_lora_numbers(raw, where=where)
     r = raw.get("r")
     if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r <= 0):
         raise InputError(f"{where}: r = {r!r} must be a positive integer")
@@ -195,6 +197,7 @@ def _pair_layers(
     factors: dict[str, dict[str, str]] = {}
     extras: dict[str, list[str]] = {}
     passthrough: list[str] = []
+    check_one_adapter_name(header.tensors, where=str(tensor_file))
     for key in header.tensors:
         if m := _EXTRA.match(key):
             extras.setdefault(m["module"], []).append(key)

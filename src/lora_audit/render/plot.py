@@ -92,10 +92,20 @@ def layer_filter(pattern: str | None) -> re.Pattern[str] | None:
     Raises
     ------
     UsageError
-        When the pattern is not a valid regular expression.
+        When the pattern is not a valid regular expression, or one that could backtrack
+        for too long (:func:`~lora_audit.formats.patterns.regex_problem`).
     """
     if pattern is None:
         return None
+    from lora_audit.formats.patterns import regex_problem
+
+    problem = regex_problem(pattern)
+    if problem is not None:
+        raise UsageError(
+            f"--plot-layers {pattern[:60]!r} is refused: {problem} can make matching take "
+            "exponential time",
+            hint="e.g. --plot-layers 'layer\\.(0|5)\\..*query'",
+        )
     try:
         return re.compile(pattern)
     except re.error as exc:
@@ -164,7 +174,12 @@ def _short_names(names: Sequence[str]) -> list[str]:
 def _inspect_figure(report: InspectReport, *, layers: re.Pattern[str] | None) -> Figure:
     fig = _figure(inspect_size(report))
     spectra_ax, heat_ax = fig.subplots(1, 2, width_ratios=(1.15, 1))
-    chosen = [layer for layer in report.layers if layers is None or layers.search(layer.name)]
+    chosen = list(report.layers)
+    if layers is not None:
+        from lora_audit.formats.patterns import search_names
+
+        hits = search_names(layers, [layer.name for layer in chosen], what="--plot-layers")
+        chosen = [layer for layer, hit in zip(chosen, hits, strict=True) if hit]
     if not chosen:
         raise UsageError(
             f"--plot-layers {layers.pattern if layers else ''!r} matches no layer",
