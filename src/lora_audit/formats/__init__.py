@@ -13,6 +13,7 @@ from lora_audit.errors import InputError
 from lora_audit.formats.kohya import looks_like_kohya, read_kohya
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME, looks_like_peft, read_peft
 from lora_audit.formats.safetensors_io import read_header
+from lora_audit.formats.work_bounds import check_work_bounded
 
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 
@@ -108,7 +109,10 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
             else "peft"
         )
     if fmt == "kohya":
-        return read_kohya(path=path, tensor_file=tensor_file, header=header)
-    return read_peft(
-        path=path, tensor_file=tensor_file, config_file=config_file, alpha=alpha, header=header
-    )
+        adapter = read_kohya(path=path, tensor_file=tensor_file, header=header)
+    else:
+        adapter = read_peft(
+            path=path, tensor_file=tensor_file, config_file=config_file, alpha=alpha, header=header
+        )
+    check_work_bounded(adapter, header=header, file_size=tensor_file.stat().st_size)
+    return adapter
