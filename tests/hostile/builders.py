@@ -84,9 +84,7 @@ class Run:
     seconds: float
 
 
-def run_cli(
-    args: Sequence[str], *, cwd: Path, stdin: int | None = subprocess.DEVNULL
-) -> Run:
+def run_cli(args: Sequence[str], *, cwd: Path, stdin: int | None = subprocess.DEVNULL) -> Run:
     """``lora-audit ARGS`` in a subprocess with :data:`MEMORY_LIMIT` and :data:`TIME_LIMIT_S`."""
 
     def limit() -> None:
