@@ -457,7 +457,7 @@ class DoraCompression:
         Each carries its new ``lora_magnitude_vector`` in ``extra`` (stored shape and dtype).
         """
         from lora_audit.formats.safetensors_io import stored_from_torch
-        from lora_audit.formats.writer import new_layer
+        from lora_audit.formats.writer import new_layer, stored_dtypes
 
         todo = replace(
             self.adapter, layers=tuple(x for x in self.adapter.layers if x.name in ranks)
@@ -491,6 +491,7 @@ class DoraCompression:
                         b=b_k.cpu().double().numpy(),
                         a=a_k.cpu().double().numpy(),
                         extra={key: stored_from_torch(magnitude)},
+                        dtypes=stored_dtypes(todo, layer),
                     )
                 )
             return out
