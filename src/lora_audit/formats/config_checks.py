@@ -86,7 +86,7 @@ def check_one_adapter_name(keys: Iterable[str], *, where: str) -> None:
     seen: dict[str, str] = {}
     for key in keys:
         m = _PEFT_FACTOR.search(key)
-        if m is None:
+        if m is None or m["name"] == "bias":  # lora_B.bias belongs to the unnamed factors
             continue
         name = m["name"] if m["name"] not in (None, "weight") else "(none)"
         seen.setdefault(name, key)
