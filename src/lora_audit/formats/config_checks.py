@@ -24,15 +24,12 @@ _PEFT_FACTOR = re.compile(
 
 
 def _number_problem(value: Any, *, integer: bool) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "must be a number" if not integer else "must be a positive integer"
-    if integer and not isinstance(value, int):
-        return "must be a positive integer"
+    wanted = "must be a positive integer" if integer else "must be a positive finite number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+        return wanted
     if isinstance(value, float) and not math.isfinite(value):
-        return "must be finite"
-    if value <= 0:
-        return "must be positive"
-    return None
+        return wanted
+    return wanted if value <= 0 else None
 
 
 def check_lora_numbers(raw: Mapping[str, Any], *, where: str) -> None:
