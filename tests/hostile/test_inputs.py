@@ -151,8 +151,36 @@ def test_policy_file_that_is_not_a_regular_file_is_refused(tmp_path: Path, kind:
     assert_refused(run, words=["lora-audit.toml", "not a regular file"])
 
 
+@pytest.mark.parametrize("target", ["fifo", "/dev/zero", "/dev/urandom", "dir-with-fifo"])
+def test_open_base_refuses_fifos_and_devices(tmp_path: Path, target: str) -> None:
+    from lora_audit.errors import InputError
+    from lora_audit.formats.base import open_base
+
+    path = Path(target)
+    if target == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+    elif target == "dir-with-fifo":
+        path = tmp_path / "base"
+        path.mkdir()
+        os.mkfifo(path / "model.safetensors")
+    with pytest.raises(InputError, match=r"FIFO|character device"):
+        _alarmed(lambda: open_base(path))
+
+
+def _alarmed(body: Any) -> Any:
+    previous = signal.signal(signal.SIGALRM, _hang)
+    signal.alarm(10)
+    try:
+        return body()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.mark.parametrize("target", ["fifo", "/dev/zero", "/dev/urandom"])
 def test_base_that_is_a_fifo_or_device_is_refused(tmp_path: Path, target: str) -> None:
+    pytest.importorskip("torch")  # without torch, --base is a usage error before it is opened
     adapter = peft_dir(tmp_path / "a", config={"r": 4, "lora_alpha": 8})
     if target == "fifo":
         os.mkfifo(tmp_path / "fifo")
@@ -161,6 +189,7 @@ def test_base_that_is_a_fifo_or_device_is_refused(tmp_path: Path, target: str) -
 
 
 def test_base_index_that_is_a_fifo_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
     adapter = peft_dir(tmp_path / "a", config={"r": 4, "lora_alpha": 8})
     (tmp_path / "base").mkdir()
     os.mkfifo(tmp_path / "base" / "model.safetensors.index.json")
@@ -278,6 +307,7 @@ def test_deep_or_huge_json_header_is_refused(tmp_path: Path, header: str) -> Non
 
 @pytest.mark.parametrize("text", [DEEP, f'{{"weight_map": {{"a": {BIG_INT}}}}}'])
 def test_deep_or_huge_base_index_is_refused(tmp_path: Path, text: str) -> None:
+    pytest.importorskip("torch")
     adapter = peft_dir(tmp_path / "a", config={"r": 4, "lora_alpha": 8})
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "model.safetensors.index.json").write_text(text)
