@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,8 @@ def _config_as(kind: str, path: Path) -> None:
         path.symlink_to("/dev/zero")
     elif kind == "dev-urandom":
         path.symlink_to("/dev/urandom")
+    elif kind == "dev-stdin":
+        path.symlink_to("/dev/stdin")
     else:
         path.mkdir()
 
@@ -253,6 +256,10 @@ def test_lokr_bomb_in_bounded_memory_and_the_policy_search_finds_a_fifo(tmp_path
     adapter = peft_dir(tmp_path / "a", config={"r": 4, "lora_alpha": 8})
     run = run_cli(["check", str(adapter)], cwd=tmp_path)
     assert_refused(run, words=["lora-audit.toml", "FIFO"])
+    (adapter / "adapter_config.json").unlink()
+    _config_as("dev-stdin", adapter / "adapter_config.json")  # stdin is a pipe here
+    run = run_cli(["inspect", str(adapter)], cwd=tmp_path, stdin=subprocess.PIPE)
+    assert_refused(run, words=["adapter_config.json", "not a regular file"])
 
 
 def test_the_work_estimate_covers_the_thin_factors_and_grams() -> None:
@@ -325,6 +332,16 @@ def test_deep_or_huge_policy_file_is_refused(tmp_path: Path, text: str) -> None:
     )
 
 
+def test_policy_integer_too_large_for_a_float_is_judged_not_crashed(tmp_path: Path) -> None:
+    adapter = peft_dir(tmp_path / "a", config={"r": 4, "lora_alpha": 8})
+    policy = tmp_path / "lora-audit.toml"
+    policy.write_text(f"min-rank-used = {'9' * 400}\n")
+    for args in (["--config", str(policy)], ["--no-config", "--min-rank-used", "9" * 400]):
+        run = invoke(["check", str(adapter), "-f", "json", *args])
+        assert run.code == 1, run.stderr  # every layer is below that minimum: a finding
+        assert "unexpected" not in run.stderr
+
+
 @pytest.mark.parametrize("budget", ["9" * 400, "1" + "0" * 320 + "k"])
 def test_huge_budget_is_a_bad_option(tmp_path: Path, budget: str) -> None:
     adapter = peft_dir(tmp_path / "a", config={"r": 4, "lora_alpha": 8})
@@ -360,11 +377,20 @@ def test_metadata_that_is_not_an_object_is_refused(tmp_path: Path, value: str) -
     assert_refused(invoke(["inspect", str(file)]), words=["__metadata__"])
 
 
-BAD_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e309", "-2", "0", "true"]
+FIELDS = ("lora_alpha", "r", "alpha_pattern", "rank_pattern")
+BAD_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e309", "0", "true"]
 
 
-@pytest.mark.parametrize("field", ["lora_alpha", "r", "alpha_pattern", "rank_pattern"])
-@pytest.mark.parametrize("value", BAD_NUMBERS)
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        *((field, value) for field in FIELDS for value in BAD_NUMBERS),
+        ("r", "-2"),
+        ("rank_pattern", "-2"),
+        ("r", "2.5"),
+        ("rank_pattern", '"4"'),
+    ],
+)
 def test_non_finite_or_non_positive_config_numbers_are_refused(
     tmp_path: Path, field: str, value: str
 ) -> None:
@@ -410,7 +436,7 @@ def test_named_and_unnamed_factors_in_one_file_are_refused(tmp_path: Path) -> No
     assert_refused(invoke(["inspect", str(file.parent)]), words=["'other'", "two adapter names"])
 
 
-@pytest.mark.parametrize("alpha", ["nan", "inf", "-inf", "-1", "0"])
+@pytest.mark.parametrize("alpha", ["nan", "inf", "-inf", "0", "1e400"])
 def test_bad_alpha_option_exits_2(tmp_path: Path, alpha: str) -> None:
     adapter = peft_dir(tmp_path / "a")
     result = runner.invoke(app, ["inspect", str(adapter), "--alpha", alpha])

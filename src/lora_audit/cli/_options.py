@@ -31,10 +31,10 @@ OutputOption = Annotated[
 ]
 
 
-def _finite_positive(value: float | None) -> float | None:
-    """Refuse ``--alpha nan``, ``inf`` or ≤ 0 as a bad option (exit 2), not a bad file."""
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(f"{value} is not a positive finite number")
+def _finite_non_zero(value: float | None) -> float | None:
+    """Refuse ``--alpha nan``, ``inf`` or 0 as a bad option (exit 2), not a bad file."""
+    if value is not None and not (math.isfinite(value) and value != 0):
+        raise typer.BadParameter(f"{value} is not a finite non-zero number")
     return value
 
 
@@ -42,7 +42,7 @@ AlphaOption = Annotated[
     float | None,
     typer.Option(
         "--alpha",
-        callback=_finite_positive,
+        callback=_finite_non_zero,
         help="lora_alpha to use when neither adapter_config.json nor the file header gives one.",
     ),
 ]

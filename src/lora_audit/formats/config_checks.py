@@ -2,8 +2,9 @@
 
 * :func:`check_lora_numbers`: ``r``, ``lora_alpha``, ``rank_pattern`` and ``alpha_pattern``
   of a PEFT-style config (``adapter_config.json`` or diffusers' ``lora_adapter_metadata``)
-  hold positive, finite numbers (no ``NaN``, ``Infinity``, ``1e309``, booleans, zero or
-  negatives), and pattern keys that cannot make matching backtrack for hours.
+  hold positive integers (ranks) and finite non-zero numbers (alphas) — no ``NaN``,
+  ``Infinity``, ``1e309``, booleans or zero — and pattern keys that cannot make matching
+  backtrack for hours.
 * :func:`check_one_adapter_name`: a PEFT weights file holds one adapter's factors, not the
   keys of two adapter names (``….lora_A.default.weight`` next to ``….lora_A.other.weight``).
 """
@@ -24,12 +25,16 @@ _PEFT_FACTOR = re.compile(
 
 
 def _number_problem(value: Any, *, integer: bool) -> str | None:
-    wanted = "must be a positive integer" if integer else "must be a positive finite number"
+    """Ranks must be positive integers; alphas finite non-zero numbers (a negative alpha
+    is a real, negated update: PEFT applies it and compress splits its sign exactly)."""
+    wanted = "must be a positive integer" if integer else "must be a finite non-zero number"
     if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
         return wanted
     if isinstance(value, float) and not math.isfinite(value):
         return wanted
-    return wanted if value <= 0 else None
+    if (integer and value <= 0) or value == 0:
+        return wanted
+    return None
 
 
 def check_lora_numbers(raw: Mapping[str, Any], *, where: str) -> None:
@@ -46,7 +51,7 @@ def check_lora_numbers(raw: Mapping[str, Any], *, where: str) -> None:
     ------
     InputError
         Naming the key: ``r`` or a ``rank_pattern`` value that is not a positive integer,
-        ``lora_alpha`` or an ``alpha_pattern`` value that is not a positive finite number,
+        ``lora_alpha`` or an ``alpha_pattern`` value that is not a finite non-zero number,
         a pattern that is not an object, or a pattern key :func:`regex_problem` refuses.
     """
     for field, integer in (("r", True), ("lora_alpha", False)):
