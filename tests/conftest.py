@@ -36,6 +36,22 @@ def _modules_needing_torch() -> list[str]:
 collect_ignore = [] if HAS_TORCH else _modules_needing_torch()
 
 
+_TORCH_LIBRARIES = frozenset({"torch", "peft", "transformers", "diffusers", "lycoris"})
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):  # type: ignore[no-untyped-def]
+    """Without torch, a test that imports it (or PEFT, …) inside its body is skipped."""
+    outcome = yield
+    error = outcome.excinfo[1] if outcome.excinfo else None
+    if (
+        not HAS_TORCH
+        and isinstance(error, ModuleNotFoundError)
+        and (error.name or "").split(".")[0] in _TORCH_LIBRARIES
+    ):
+        outcome.force_exception(pytest.skip.Exception(f"needs {error.name}, not installed"))
+
+
 def pytest_report_header() -> str:
     if HAS_TORCH:
         return "torch: installed (every test module runs)"
