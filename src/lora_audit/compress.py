@@ -26,6 +26,7 @@ from lora_audit.formats.writer import (
     check_output,
     new_layer,
     output_is_directory,
+    stored_dtypes,
     write_compressed,
 )
 from lora_audit.metrics import cumulative_energy
@@ -199,7 +200,7 @@ def _refactor(
     """The new layers, cast to their stored dtype as they come (memory: the output's size)."""
 
     def store(layer: LoraLayer, b: Float64Array, a: Float64Array) -> NewLayer:
-        return new_layer(layer, b=b, a=a)
+        return new_layer(layer, b=b, a=a, dtypes=stored_dtypes(adapter, layer))
 
     return truncate_layers(
         adapter, ranks=ranks, grams=grams, finish=store, options=options, warn=warn

@@ -108,7 +108,7 @@ class Setting:
         """Why ``value`` is not valid for this setting, or ``None`` when it is."""
         numeric = int if self.integer else (int, float)
         if isinstance(value, numeric) and not isinstance(value, bool):
-            number = float(value)
+            number = value  # not float(): an integer of 400 digits would overflow
             low_ok = number > self.low if self.low_open else number >= self.low
             if low_ok and (self.high is None or number <= self.high):  # NaN fails low_ok
                 return None

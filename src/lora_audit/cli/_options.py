@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -35,10 +36,20 @@ ForceOption = Annotated[
         help="Replace existing output files (-o, --plot); an input is never replaced.",
     ),
 ]
+
+
+def _finite_non_zero(value: float | None) -> float | None:
+    """Refuse ``--alpha nan``, ``inf`` or 0 as a bad option (exit 2), not a bad file."""
+    if value is not None and not (math.isfinite(value) and value != 0):
+        raise typer.BadParameter(f"{value} is not a finite non-zero number")
+    return value
+
+
 AlphaOption = Annotated[
     float | None,
     typer.Option(
         "--alpha",
+        callback=_finite_non_zero,
         help="lora_alpha to use when neither adapter_config.json nor the file header gives one.",
     ),
 ]

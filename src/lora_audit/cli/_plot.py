@@ -35,6 +35,7 @@ def plot_request(
         For a suffix other than .png/.svg, missing matplotlib, a bad or unmatched pattern, or
         ``--plot-layers`` without ``--plot``.
     """
+    from lora_audit.formats.patterns import search_names
     from lora_audit.render.plot import layer_filter, plot_format, require_matplotlib
 
     if path is None:
@@ -47,7 +48,11 @@ def plot_request(
     preflight(path, role="--plot")
     require_matplotlib()
     pattern = layer_filter(layers)
-    if pattern is not None and names is not None and not any(pattern.search(n) for n in names):
+    if (
+        pattern is not None
+        and names is not None
+        and not any(search_names(pattern, names, what="--plot-layers"))
+    ):
         raise UsageError(
             f"--plot-layers {layers!r} matches none of the {len(names)} layers",
             hint="e.g. " + (names[0] if names else "layer names as inspect prints them"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -48,7 +49,10 @@ def parse_budget(text: str) -> int:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)\s*", text)
     if not match:
         raise UsageError(f"--budget {text!r} is not a parameter count", hint="e.g. 2M, 500k")
-    value = int(float(match[1]) * _SUFFIXES[match[2].lower()])
+    count = float(match[1]) * _SUFFIXES[match[2].lower()]
+    if not math.isfinite(count):
+        raise UsageError(f"--budget {text[:40]!r} is too large", hint="e.g. 2M, 500k")
+    value = int(count)
     if value <= 0:
         raise UsageError(f"--budget {text!r} must be positive")
     return value

@@ -14,6 +14,7 @@ from lora_audit.formats.diffusers_metadata import component_configs, read_pipeli
 from lora_audit.formats.kohya import has_module_alphas, looks_like_kohya, read_kohya
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME, looks_like_peft, read_peft
 from lora_audit.formats.safetensors_io import Header, read_header
+from lora_audit.formats.work_bounds import check_work_bounded
 from lora_audit.formats.xlabs import looks_like_xlabs, read_xlabs
 
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
@@ -47,13 +48,13 @@ def resolve_files(path: Path) -> tuple[Path, Path | None]:
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise _refuse_pickle(path)
         config = path.parent / CONFIG_NAME
-        return path, (config if path.name == WEIGHTS_NAME and config.is_file() else None)
+        return path, (config if path.name == WEIGHTS_NAME and _present(config) else None)
     if not path.is_dir():
         raise InputError(f"{path}: not a regular file or directory")
     weights = path / WEIGHTS_NAME
     config = path / CONFIG_NAME
     if weights.is_file():
-        return weights, (config if config.is_file() else None)
+        return weights, (config if _present(config) else None)
     pickles = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         raise _refuse_pickle(pickles[0])
@@ -62,7 +63,7 @@ def resolve_files(path: Path) -> tuple[Path, Path | None]:
     if len(candidates) == 1:
         found = candidates[0]
         sibling = found.parent / CONFIG_NAME
-        return found, (sibling if found.name == WEIGHTS_NAME and sibling.is_file() else None)
+        return found, (sibling if found.name == WEIGHTS_NAME and _present(sibling) else None)
     if not candidates:
         raise InputError(
             f"{path}: no adapter here (no {WEIGHTS_NAME} and no .safetensors file)",
@@ -87,6 +88,13 @@ def _single_file_sd(header: Header) -> bool:
     return not looks_like_peft(header) and looks_like_kohya(header)
 
 
+def _present(config: Path) -> bool:
+    """Whether anything is at ``config``: a FIFO, device or directory there is read, and
+    refused, rather than taken for a missing config (:mod:`~lora_audit.formats.config_files`).
+    """
+    return config.exists() or config.is_symlink()
+
+
 def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = "auto") -> Adapter:
     """Read the adapter at ``path`` (a directory or a ``.safetensors`` file).
 
@@ -107,7 +115,28 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
     """
     tensor_file, config_file = resolve_files(path)
     header = read_header(tensor_file)
-    fmt = input_format
+    adapter = _read(
+        path=path,
+        tensor_file=tensor_file,
+        config_file=config_file,
+        header=header,
+        alpha=alpha,
+        fmt=input_format,
+    )
+    check_work_bounded(adapter, header=header, file_size=tensor_file.stat().st_size)
+    return adapter
+
+
+def _read(
+    *,
+    path: Path,
+    tensor_file: Path,
+    config_file: Path | None,
+    header: Header,
+    alpha: float | None,
+    fmt: str,
+) -> Adapter:
+    """The reader that ``fmt`` (or, for ``auto``, the keys and config) names, applied."""
     configs = component_configs(header, where=str(tensor_file)) if config_file is None else None
     if configs and fmt in {"auto", "peft"}:  # diffusers save_lora_weights: one config a component
         return read_pipeline(

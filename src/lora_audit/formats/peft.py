@@ -8,7 +8,6 @@ top-level value, with PEFT's own matching (:mod:`lora_audit.formats.patterns`).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -18,6 +17,8 @@ from typing import Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, lora_scale, natural_key
 from lora_audit.errors import InputError
+from lora_audit.formats.config_checks import check_lora_numbers, check_one_adapter_name
+from lora_audit.formats.config_files import load_json_file, parse_json
 from lora_audit.formats.patterns import match_pattern
 from lora_audit.formats.safetensors_io import (
     FLOAT_DTYPES,
@@ -77,6 +78,7 @@ def parse_config(raw: Mapping[str, Any], *, where: str) -> PeftConfig:
             f"{where}: peft_type {peft_type!r} is not supported",
             hint="lora-audit reads plain LoRA (and DoRA) adapters; AdaLoRA, IA3, OFT, … differ",
         )
+    check_lora_numbers(raw, where=where)
     r = raw.get("r")
     if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r <= 0):
         raise InputError(f"{where}: r = {r!r} must be a positive integer")
@@ -117,14 +119,7 @@ def parse_config(raw: Mapping[str, Any], *, where: str) -> PeftConfig:
 
 def read_config(path: Path) -> PeftConfig:
     """Read and validate an ``adapter_config.json``."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(
-            f"{path}: not valid JSON ({exc})", hint="fix or regenerate adapter_config.json"
-        ) from exc
+    raw = load_json_file(path, what="adapter config")
     if not isinstance(raw, dict):
         raise InputError(f"{path}: must contain a JSON object")
     return parse_config(raw, where=str(path))
@@ -135,10 +130,7 @@ def config_from_metadata(header: Header, *, where: str) -> PeftConfig | None:
     text = header.metadata.get("lora_adapter_metadata")
     if text is None:
         return None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{where}: lora_adapter_metadata in the header is not JSON") from exc
+    raw = parse_json(text, where=f"{where}: lora_adapter_metadata in the header")
     if not isinstance(raw, dict):
         raise InputError(f"{where}: lora_adapter_metadata in the header is not a JSON object")
     return parse_config(raw, where=f"{where} (lora_adapter_metadata)")
@@ -208,6 +200,7 @@ def _pair_layers(
     factors: dict[str, dict[str, str]] = {}
     extras: dict[str, list[str]] = {}
     passthrough: list[str] = []
+    check_one_adapter_name(header.tensors, where=str(tensor_file))
     for key in header.tensors:
         if m := _EXTRA.match(key):
             extras.setdefault(m["module"], []).append(key)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -87,9 +88,12 @@ def read_header(path: Path) -> Header:
         :data:`MAX_HEADER_BYTES`, the header is not a JSON object, a dtype is unknown, a
         shape or byte range is malformed, out of range or overlaps another.
     """
+    from lora_audit.formats.config_files import parse_json, require_regular
+
+    fd = require_regular(path, what="safetensors file")
     try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
+        with os.fdopen(fd, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
             prefix = fh.read(8)
             if len(prefix) < 8:
                 raise InputError(
@@ -112,12 +116,13 @@ def read_header(path: Path) -> Header:
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:
-        parsed = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise InputError(
             f"{path}: header is not valid JSON ({exc.__class__.__name__})",
             hint="the file is corrupt or not safetensors",
         ) from exc
+    parsed = parse_json(text, where=f"{path}: header")
     if not isinstance(parsed, dict):
         raise InputError(f"{path}: header is not a JSON object", hint="not a safetensors file")
     header = _validate(path, parsed, data_len=size - 8 - header_len)
@@ -125,7 +130,9 @@ def read_header(path: Path) -> Header:
 
 
 def _validate(path: Path, parsed: dict[str, Any], *, data_len: int) -> Header:
-    metadata_raw = parsed.pop("__metadata__", None) or {}
+    metadata_raw = parsed.pop("__metadata__", None)
+    if metadata_raw is None:  # absent, or null (the safetensors library accepts both)
+        metadata_raw = {}
     if not isinstance(metadata_raw, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata_raw.items()
     ):

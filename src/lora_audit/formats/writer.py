@@ -42,6 +42,7 @@ from lora_audit.formats.output_guard import Kind, OutputGuard
 from lora_audit.formats.patterns import pattern_keys
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME
 from lora_audit.formats.safetensors_io import (
+    DTYPE_SIZES,
     SafetensorsSource,
     StoredTensor,
     encode_floats,
@@ -206,7 +207,10 @@ def _new_keys(adapter: Adapter, layer: LoraLayer, new: NewLayer) -> dict[str, St
 
     k = new.rank
     spatial = layer.weight_shape[2:] if layer.kind is LayerKind.CONV else ()
-    if layer.kind is LayerKind.CONV:
+    if layer.structure is Structure.LORA:  # each factor keeps its stored layout, r → k
+        a = new.a.reshape(k, *layer.a_shape[1:])
+        b = new.b.reshape(layer.b_shape[0], k, *layer.b_shape[2:])
+    elif layer.kind is LayerKind.CONV:
         a = new.a.reshape(k, layer.weight_shape[1], *spatial)
         b = new.b.reshape(layer.out_features, k, *([1] * len(spatial)))
     else:
@@ -228,16 +232,44 @@ def new_layer(
     b: npt.NDArray[np.float64],
     a: npt.NDArray[np.float64],
     extra: Mapping[str, StoredTensor] | None = None,
+    dtypes: tuple[str, str] | None = None,
 ) -> NewLayer:
-    """A :class:`NewLayer` from float64 factors, rounded to the layer's stored dtype."""
-    name = layer.dtype.split("/")[0]
+    """A :class:`NewLayer` from float64 factors, each rounded to its stored dtype.
+
+    Parameters
+    ----------
+    dtypes
+        The stored dtypes of ``(B, A)`` (:func:`stored_dtypes`); by default the first of
+        ``layer.dtype`` for both.
+    """
+    b_dtype, a_dtype = dtypes or (layer.dtype.split("/")[0],) * 2
     try:
-        return NewLayer(b=encode_floats(b, name), a=encode_floats(a, name), extra=extra or {})
+        return NewLayer(b=encode_floats(b, b_dtype), a=encode_floats(a, a_dtype), extra=extra or {})
     except OverflowError as exc:
         raise OutputError(
             f"layer {layer.name!r}: a truncated factor does not fit its stored dtype ({exc})",
             hint="convert the adapter to float32 first, or keep this layer's rank",
         ) from exc
+
+
+def stored_dtypes(adapter: Adapter, layer: LoraLayer) -> tuple[str, str]:
+    """The dtypes ``(B, A)`` of a layer's factors as the file stores them.
+
+    A plain LoRA layer's factors keep their own dtypes (an F32 ``lora_A`` next to a BF16
+    ``lora_B`` stays F32); a LoHa/LoKr/Tucker layer rewritten as ``lora_down``/``lora_up``
+    gets the widest dtype among its tensors for both.
+    """
+    header = getattr(adapter.source, "header", None)
+    if header is None:
+        first = layer.dtype.split("/")[0]
+        return first, first
+    if layer.structure is Structure.LORA:
+        return header.tensors[layer.b_key].dtype, header.tensors[layer.a_key].dtype
+    widest = max(
+        (header.tensors[key].dtype for key in layer.keys.values()),
+        key=lambda d: DTYPE_SIZES[d] + (d == "F16"),  # F16 and BF16: F16 has more precision
+    )
+    return widest, widest
 
 
 def peft_config(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> dict[str, Any]:
