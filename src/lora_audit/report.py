@@ -81,8 +81,16 @@ class LayerReport:
     untrained: bool
     structure: str = "lora"
     network_dim: int | None = None
+    #: Where ``scale`` came from: ``config``, ``metadata``, ``module_alpha``, ``option``,
+    #: ``assumed`` (nothing in the file says; a warning names the scale) or ``fixed``.
+    scale_source: str = "assumed"
     #: Base-aware metrics (``inspect --base``); ``None`` without a base or for an unmatched layer.
     base: BaseLayerReport | None = None
+
+    @property
+    def wasted_params(self) -> int:
+        """``params − params_after``: what ``compress --energy τ`` removes (all when untrained)."""
+        return self.params - self.params_after
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +113,11 @@ class Summary:
     max_stable_rank: float
     top_wasters: tuple[str, ...]
     advice: tuple[str, ...]
+    #: The adapter has LoHa/LoKr/Tucker layers that plain LoRA at their needed ranks would not
+    #: make smaller: the advice is to keep what was trained (``params_retrain = params``).
+    keep_structure: bool = False
+    #: The ``network_dim`` values the LoHa/LoKr layers were trained at (sorted, distinct).
+    network_dims: tuple[int, ...] = ()
     #: Adapter-wide base-aware summary (``inspect --base``); ``None`` without a base.
     base: BaseSummary | None = None
 

@@ -217,13 +217,13 @@ def _block_cell(name: str, headers: BlockHeaders | None) -> Text:
 
 
 def _row(layer: LayerReport, *, label: str, show_scale: bool) -> list[str | Text]:
-    heavy = layer.wasted_rank * 2 > layer.rank
+    heavy = layer.wasted_params * 2 > layer.params
     waste = Text(str(layer.wasted_rank), style="bold red" if heavy else "")
     k = Text(str(layer.energy_rank), style="yellow" if layer.untrained else "bold")
     cells: list[str | Text] = [
         label,
         f"{layer.shape[0]}×{layer.shape[1]}",
-        str(layer.rank),
+        rank_cell(layer),
     ]
     if show_scale:
         cells.append(f"{layer.scale:.3g}")
@@ -239,6 +239,13 @@ def _row(layer: LayerReport, *, label: str, show_scale: bool) -> list[str | Text
     return cells
 
 
+def rank_cell(layer: LayerReport) -> str:
+    """``r``, or ``r/dD`` for a LoHa/LoKr layer trained at ``network_dim`` D (inner rank r)."""
+    if layer.network_dim is not None and layer.network_dim != layer.rank:
+        return f"{layer.rank}/d{layer.network_dim}"
+    return str(layer.rank)
+
+
 def summary_table(report: InspectReport) -> Table:
     """Totals, the retraining plan and the biggest wasters."""
     s = report.summary
@@ -250,7 +257,12 @@ def summary_table(report: InspectReport) -> Table:
     flags = "".join(
         f", {flag}" for flag, on in (("rsLoRA", a.use_rslora), ("DoRA", a.use_dora)) if on
     )
-    info.add_row("adapter", f"{a.format}, r={s.nominal_rank}{alpha}{flags}, {', '.join(a.dtypes)}")
+    dims = (
+        f", network_dim={'/'.join(str(d) for d in s.network_dims)}" if s.network_dims else ""
+    )
+    info.add_row(
+        "adapter", f"{a.format}, r={s.nominal_rank}{dims}{alpha}{flags}, {', '.join(a.dtypes)}"
+    )
     if a.base_model:
         info.add_row("base model", a.base_model)
     if a.metadata:
@@ -264,11 +276,18 @@ def summary_table(report: InspectReport) -> Table:
     plan = f"r={s.recommended_rank}"
     if s.lora_alpha is not None:
         plan += f", lora_alpha={s.lora_alpha:g}"
+    if s.keep_structure:
+        plan = "keep as trained (plain LoRA would not be smaller)"
     info.add_row("retrain", f"{plan} ({s.params_retrain:,} parameters)")
     if s.rank_pattern:
         info.add_row("rank_pattern", json.dumps(s.rank_pattern))
     if s.alpha_pattern:
         info.add_row("alpha_pattern", json.dumps(s.alpha_pattern))
+    if any(rank_cell(layer) != str(layer.rank) for layer in report.layers):
+        info.add_row(
+            "r/dD", "inner rank r of a LoHa/LoKr layer trained at network_dim D; waste counts "
+            "only what compress removes (it rewrites a layer as LoRA only if that is smaller)",
+        )  # fmt: skip
     if s.top_wasters:
         info.add_row("most waste", ", ".join(s.top_wasters))
     if s.untrained_layers:
