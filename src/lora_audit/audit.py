@@ -6,6 +6,7 @@ retraining plan, and the advice text, assembled into frozen report objects.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,7 +17,6 @@ from lora_audit.formats.kohya import SHOWN_METADATA
 from lora_audit.formats.patterns import pattern_keys
 from lora_audit.metrics import SpectrumSummary, summarize
 from lora_audit.policy import RankPlan, plan_retrain
-from lora_audit.selection import truncation
 from lora_audit.report import (
     AdapterInfo,
     InspectReport,
@@ -25,6 +25,7 @@ from lora_audit.report import (
     Summary,
     ToolInfo,
 )
+from lora_audit.selection import truncation
 
 TOOL = ToolInfo(name="lora-audit", version=__version__)
 
@@ -120,6 +121,7 @@ def adapter_info(adapter: Adapter) -> AdapterInfo:
         passthrough_tensors=len(adapter.passthrough_keys),
         file_bytes=file_bytes,
         metadata={k: adapter.metadata[k] for k in SHOWN_METADATA if k in adapter.metadata},
+        scale_sources=dict(sorted(Counter(layer.scale_source for layer in adapter.layers).items())),
     )
 
 

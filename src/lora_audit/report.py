@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Bumped on any incompatible change to the JSON form (major) or on additions (minor).
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +42,9 @@ class AdapterInfo:
     passthrough_tensors: int
     file_bytes: int
     metadata: Mapping[str, str] = field(default_factory=dict)
+    #: How many layers took their scale from each source (``{"config": 37}``); see
+    #: :attr:`LayerReport.scale_source`. ``assumed`` means nothing in the file gave it.
+    scale_sources: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
