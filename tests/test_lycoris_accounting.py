@@ -128,3 +128,35 @@ def test_every_fix_is_satisfied_by_the_command_it_names(tmp_path: Path, rule: st
     after = assemble(reports=[inspect(out)], errors=[], policy=policy, policy_file=None)
     assert after.findings == () and after.status == "pass"
     assert after.adapters[0].summary.params == 2 * 96
+
+
+def test_scale_source_reaches_the_report_and_the_schema() -> None:
+    import dataclasses
+    import json
+    from importlib import resources
+
+    import jsonschema
+
+    from lora_audit.render import OutputFormat, render
+
+    adapter = load_adapter(SAMPLES / "lycoris-loha.safetensors")
+    sources = ["module_alpha", "module_alpha", "assumed"]
+    adapter = dataclasses.replace(
+        adapter,
+        layers=tuple(
+            dataclasses.replace(layer, scale_source=source)  # type: ignore[arg-type]
+            for layer, source in zip(adapter.layers, sources, strict=True)
+        ),
+    )
+    report = inspect_adapter(adapter, options=AuditOptions(energy=TAU, engine=CPU))
+    assert [layer.scale_source for layer in report.layers] == sources
+    assert report.adapter.scale_sources == {"assumed": 1, "module_alpha": 2}
+    data = json.loads(render(report, OutputFormat.JSON))
+    schema = json.loads(
+        (resources.files("lora_audit") / "schema" / "inspect.schema.json").read_text("utf-8")
+    )
+    jsonschema.validate(data, schema)
+    assert data["summary"]["keep_structure"] is True and data["summary"]["network_dims"] == [4]
+    bad = {**data, "layers": [{**data["layers"][0], "scale_source": "guessed"}]}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
