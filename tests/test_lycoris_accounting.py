@@ -160,3 +160,28 @@ def test_scale_source_reaches_the_report_and_the_schema() -> None:
     bad = {**data, "layers": [{**data["layers"][0], "scale_source": "guessed"}]}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+@pytest.mark.parametrize("source", ["assumed", "module_alpha"])
+def test_compress_table_flags_an_assumed_scale(source: str) -> None:
+    import dataclasses
+
+    from lora_audit.render import OutputFormat, render
+
+    adapter = load_adapter(SAMPLES / "lycoris-loha.safetensors")
+    adapter = dataclasses.replace(
+        adapter,
+        layers=tuple(
+            dataclasses.replace(layer, scale_source=source)  # type: ignore[arg-type]
+            for layer in adapter.layers
+        ),
+    )
+    done = compress_adapter(
+        adapter,
+        options=CompressOptions(
+            rule=RankRule(mode="energy", value=TAU), output=None, dry_run=True, engine=CPU
+        ),
+    )
+    assert done.adapter.scale_sources == {source: 3}
+    text = render(done, OutputFormat.TABLE)
+    assert ("scale assumed for 3 of 3 layers" in text) == (source == "assumed")

@@ -433,6 +433,16 @@ def render_compress(report: CompressReport, *, width: int = 100, color: bool = F
         else (f"{t.file_bytes_after:,} bytes")
     )
     info.add_row("file", f"{t.file_bytes:,} bytes → {after}")
+    assumed = report.adapter.scale_sources.get("assumed", 0)
+    if assumed:
+        info.add_row(
+            Text("ASSUMED", style="bold red"),
+            Text(
+                f"scale assumed for {assumed} of {t.layer_count} layers (nothing in the input "
+                "gives it): the output bakes that guess into its factors",
+                style="bold red",
+            ),
+        )
     if report.output and not report.dry_run:
         info.add_row("written", f"{report.output} ({report.output_format})")
     return _to_text(Group(table, info), width=width, color=color)
