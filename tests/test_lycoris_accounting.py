@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from lora_audit.adapter import ScaleSource
 from lora_audit.audit import AuditOptions, inspect_adapter
 from lora_audit.compress import CompressOptions, compress_adapter
 from lora_audit.engine import EngineOptions
@@ -140,11 +141,11 @@ def test_scale_source_reaches_the_report_and_the_schema() -> None:
     from lora_audit.render import OutputFormat, render
 
     adapter = load_adapter(SAMPLES / "lycoris-loha.safetensors")
-    sources = ["module_alpha", "module_alpha", "assumed"]
+    sources: list[ScaleSource] = ["module_alpha", "module_alpha", "assumed"]
     adapter = dataclasses.replace(
         adapter,
         layers=tuple(
-            dataclasses.replace(layer, scale_source=source)  # type: ignore[arg-type]
+            dataclasses.replace(layer, scale_source=source)
             for layer, source in zip(adapter.layers, sources, strict=True)
         ),
     )
@@ -163,7 +164,7 @@ def test_scale_source_reaches_the_report_and_the_schema() -> None:
 
 
 @pytest.mark.parametrize("source", ["assumed", "module_alpha"])
-def test_compress_table_flags_an_assumed_scale(source: str) -> None:
+def test_compress_table_flags_an_assumed_scale(source: ScaleSource) -> None:
     import dataclasses
 
     from lora_audit.render import OutputFormat, render
@@ -171,10 +172,7 @@ def test_compress_table_flags_an_assumed_scale(source: str) -> None:
     adapter = load_adapter(SAMPLES / "lycoris-loha.safetensors")
     adapter = dataclasses.replace(
         adapter,
-        layers=tuple(
-            dataclasses.replace(layer, scale_source=source)  # type: ignore[arg-type]
-            for layer in adapter.layers
-        ),
+        layers=tuple(dataclasses.replace(layer, scale_source=source) for layer in adapter.layers),
     )
     done = compress_adapter(
         adapter,

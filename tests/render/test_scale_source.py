@@ -8,7 +8,7 @@ from reports import inspect_report, layer_report
 
 from lora_audit.gate import assemble
 from lora_audit.render import OutputFormat, render
-from lora_audit.report import InspectReport
+from lora_audit.report import CheckReport, InspectReport
 from lora_audit.rules import Policy
 
 
@@ -69,7 +69,7 @@ def test_markdown_flags_assumed() -> None:
     assert "ASSUMED" not in render(known(), OutputFormat.MARKDOWN)
 
 
-def check_of(*reports: InspectReport):  # type: ignore[no-untyped-def]
+def check_of(*reports: InspectReport) -> CheckReport:
     return assemble(reports=reports, errors=[], policy=Policy(), policy_file=None)
 
 
