@@ -69,7 +69,7 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
                 str(s.layer_count),
                 str(s.nominal_rank),
                 f"{s.wasted_fraction:.1%}",
-                f"r={s.recommended_rank}",
+                "keep" if s.keep_structure else f"r={s.recommended_rank}",
                 str(len(found)),
             ]
         )
