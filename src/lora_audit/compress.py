@@ -32,7 +32,7 @@ from lora_audit.formats.writer import (
 from lora_audit.metrics import cumulative_energy
 from lora_audit.refactor import truncate_layers
 from lora_audit.report import CompressReport, CompressSettings, CompressSummary, LayerCompression
-from lora_audit.selection import RankRule, select_ranks
+from lora_audit.selection import RankRule, select_ranks, truncation
 from lora_audit.truncate import relative_error
 
 if TYPE_CHECKING:
@@ -173,15 +173,20 @@ def _plan(
         )
     plans = []
     for layer, sigma, k in zip(layers, spectra_, ranks, strict=True):
-        k = min(k, layer.out_features, layer.in_features)
-        smaller = k < layer.rank and k * layer.params_per_rank < layer.params
+        cut = truncation(
+            rank=layer.rank,
+            params=layer.params,
+            out_features=layer.out_features,
+            in_features=layer.in_features,
+            k=k,
+        )
         energy = cumulative_energy(sigma)
-        kept = float(energy[k - 1]) if smaller and float(sigma[0]) > 0 else 1.0
+        kept = float(energy[cut.new_rank - 1]) if cut.truncated and float(sigma[0]) > 0 else 1.0
         plans.append(
             _Plan(
                 layer=layer,
-                new_rank=k if smaller else layer.rank,
-                truncate=smaller,
+                new_rank=cut.new_rank,
+                truncate=cut.truncated,
                 energy_kept=kept,
                 frobenius_norm=math.sqrt(float((sigma.astype("float64") ** 2).sum())),
             )

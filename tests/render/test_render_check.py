@@ -62,7 +62,7 @@ def test_inspect_rejects_check_only_formats_as_a_usage_error() -> None:
 
 def test_json_is_the_inspect_reports_plus_findings(report: CheckReport) -> None:
     data = json.loads(render(report, OutputFormat.JSON))
-    assert data["kind"] == "check" and data["schema_version"] == "1.0"
+    assert data["kind"] == "check" and data["schema_version"] == "1.1"
     assert [a["kind"] for a in data["adapters"]] == ["inspect", "inspect"]
     assert data["adapters"][1]["summary"]["wasted_fraction"] == 0.9375
     assert data["findings"][0] == {

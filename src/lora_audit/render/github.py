@@ -1,5 +1,8 @@
 """GitHub Actions workflow commands: one ``::error`` annotation per finding and per error.
 
+An adapter whose scale was assumed for some layers (nothing in the file gave it) gets a
+``::warning`` annotation on its file: its numbers are only as right as that guess.
+
 Each line is ``::error file=…,title=…::message``; GitHub shows it on the run's summary page
 and, when ``file`` is part of the pull request, on the file. A last ``::notice`` line names
 the verdict, so a passing run also says what was checked.
@@ -13,7 +16,7 @@ name can never end a command line and start another).
 
 from __future__ import annotations
 
-from lora_audit.render._text import finding_text, policy_text, verdict
+from lora_audit.render._text import assumed_scale_text, finding_text, policy_text, verdict
 from lora_audit.render.escape import for_github_data, for_github_property
 from lora_audit.report import CheckReport
 
@@ -44,6 +47,16 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
             title=f"lora-audit {finding.rule}",
         )
         for finding in report.findings
+    ]
+    lines += [
+        command(
+            "warning",
+            f"{inspect.adapter.path}: {loud}",
+            file=inspect.adapter.tensor_file,
+            title="lora-audit scale assumed",
+        )
+        for inspect in report.adapters
+        if (loud := assumed_scale_text(inspect)) is not None
     ]
     summary = f"{verdict(report)}; policy {policy_text(report)}"
     lines.append(command("notice", summary, title="lora-audit check"))

@@ -7,10 +7,16 @@ from collections.abc import Sequence
 
 from lora_audit.render._base_text import BASE_HEADERS, base_cells, base_summary_rows
 from lora_audit.render._text import (
+    RANK_NOTE,
     SETTING_NAMES,
+    adapter_rank_text,
+    assumed_scale_text,
     finding_text,
     number,
     policy_source,
+    rank_cell,
+    retrain_text,
+    scale_sources_text,
     verdict,
 )
 from lora_audit.render.escape import escaped_report, for_markdown, for_terminal
@@ -76,7 +82,7 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
                 str(s.layer_count),
                 str(s.nominal_rank),
                 f"{s.wasted_fraction:.1%}",
-                f"r={s.recommended_rank}",
+                "keep" if s.keep_structure else f"r={s.recommended_rank}",
                 str(len(found)),
             ]
         )
@@ -103,6 +109,10 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
         lines += ["", "<details><summary>Messages</summary>", ""]
         lines += [f"- {prose(finding_text(f))}" for f in report.findings]
         lines += ["", "</details>"]
+    loud = [(a.adapter.path, text) for a in report.adapters if (text := assumed_scale_text(a))]
+    if loud:
+        lines += ["", "### ⚠️ Scale assumed", ""]
+        lines += [f"- {code(path)}: **{prose(text)}**" for path, text in loud]
     if report.errors:
         lines += ["", "### Unreadable adapters", ""]
         lines += [f"- {prose(e.message)}" for e in report.errors]
@@ -120,15 +130,20 @@ def render_inspect(report: InspectReport, *, width: int = 100, color: bool = Fal
     lines = [
         f"## lora-audit inspect: {code(a.path)}",
         "",
-        f"- adapter: {for_markdown(a.format)}, r={s.nominal_rank}{alpha}, "
+        f"- adapter: {for_markdown(a.format)}, {adapter_rank_text(s)}{alpha}, "
         f"{for_markdown(', '.join(a.dtypes))}, "
         f"{s.layer_count} layers",
         f"- parameters: {s.params:,} now → {s.params_after:,} truncated at τ={tau} "
         f"({s.wasted_fraction:.1%} wasted)",
-        f"- retrain: r={s.recommended_rank}"
-        + (f", lora_alpha={s.lora_alpha:g}" if s.lora_alpha is not None else "")
-        + f" ({s.params_retrain:,} parameters)",
+        f"- retrain: {retrain_text(s)}",
     ]
+    if any(rank_cell(layer) != str(layer.rank) for layer in report.layers):
+        lines.append(f"- r/dD: {RANK_NOTE}")
+    if a.scale_sources:
+        lines.append(f"- scale from: {scale_sources_text(a.scale_sources)}")
+    loud = assumed_scale_text(report)
+    if loud is not None:
+        lines.append(f"- ⚠️ **{prose(loud)}** (⚠️ in the table)")
     if s.untrained_layers:
         lines.append("- untrained: " + ", ".join(code(n) for n in s.untrained_layers))
     lines.append("")
@@ -138,9 +153,9 @@ def render_inspect(report: InspectReport, *, width: int = 100, color: bool = Fal
         ["layer", "shape", "r", "σ₁", "‖ΔW‖F", "stable rank", "eff. rank", f"k@{tau}", "waste"],
         [
             [
-                code(layer.name),
+                code(layer.name) + (" ⚠️" if layer.scale_source == "assumed" else ""),
                 f"{layer.shape[0]}×{layer.shape[1]}",
-                str(layer.rank),
+                rank_cell(layer),
                 f"{layer.spectral_norm:.3g}",
                 f"{layer.frobenius_norm:.3g}",
                 f"{layer.stable_rank:.2f}",
