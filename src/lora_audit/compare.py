@@ -187,7 +187,7 @@ def _factors(adapter: Adapter, layer: LoraLayer) -> tuple[torch.Tensor, torch.Te
     import torch
 
     b, a = adapter.load_factors(layer)
-    b, a = b.to(torch.float64), a.to(torch.float64)
+    b, a = torch.as_tensor(b).to(torch.float64), torch.as_tensor(a).to(torch.float64)
     for key, factor in ((layer.b_key, b), (layer.a_key, a)):
         if not bool(torch.isfinite(factor).all()):
             raise InputError(

@@ -42,7 +42,7 @@ import numpy.typing as npt
 
 from lora_audit.adapter import Adapter, LoraLayer, Structure
 from lora_audit.errors import InputError, UsageError
-from lora_audit.host_factors import Readers, cpu_pool, cpu_workers
+from lora_audit.host_factors import Readers, cpu_pool, cpu_workers, to_numpy
 from lora_audit.spectral import (
     GRAM_RELATIVE_TOLERANCE,
     Method,
@@ -214,8 +214,8 @@ def _load_chunk(
     a = torch.empty((n, first.rank, first.in_features), dtype=torch.float64, device=device)
     for i, layer in enumerate(chunk):
         b_i, a_i = adapter.load_factors(layer)
-        b[i].copy_(b_i.to(device, non_blocking=True))
-        a[i].copy_(a_i.to(device, non_blocking=True))
+        b[i].copy_(torch.as_tensor(b_i).to(device, non_blocking=True))
+        a[i].copy_(torch.as_tensor(a_i).to(device, non_blocking=True))
     # A NaN or Inf makes its layer's sum non-finite; one reduction pass, no boolean copy. A
     # finite sum cannot hide one, and a non-finite sum of finite values (overflow, float64
     # factors only) is told apart by the exact check below.
@@ -424,7 +424,7 @@ def _check_grams(
         layer = group[int(i)]
         b, a = adapter.load_factors(layer)
         for key, factor in ((layer.b_key, b), (layer.a_key, a)):
-            if not bool(factor.isfinite().all()):
+            if not bool(np.isfinite(to_numpy(factor)).all()):
                 raise _non_finite(adapter, key)
         raise InputError(
             f"{adapter.tensor_file}: layer {layer.name!r} has values too large to square in "

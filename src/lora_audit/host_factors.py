@@ -186,7 +186,9 @@ class HostFactors:
             raise InputError(f"{path}: cannot read tensor {key!r}: {exc.strerror or exc}") from exc
 
 
-def to_numpy(t: torch.Tensor) -> Float64Array:
+def to_numpy(t: torch.Tensor | npt.NDArray[Any]) -> Float64Array:
+    if isinstance(t, np.ndarray):  # sources that already return numpy (mlx, GGUF)
+        return np.asarray(t, dtype=np.float64)
     import torch
 
     array: Float64Array = t.detach().to(device="cpu", dtype=torch.float64).numpy()
