@@ -11,6 +11,7 @@ independently of the reader (Q8_0 and BF16 decoded by hand).
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,7 @@ def test_gguf_model_and_broken_pairs_are_refused(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     pair = {"blk.0.attn_q.weight": _factors(rng, 32, 32, 4)}
     write_gguf(tmp_path / "m.gguf", pair, alpha=8.0, general_type="model")
-    with pytest.raises(InputError, match="a GGUF model file .* not a LoRA adapter"):
+    with pytest.raises(InputError, match=r"a GGUF model file .* not a LoRA adapter"):
         load_adapter(tmp_path / "m.gguf")
     writer = gguf.GGUFWriter(str(tmp_path / "half.gguf"), arch="llama")
     writer.add_type("adapter")
@@ -189,3 +190,22 @@ def test_without_the_gguf_package_the_error_says_what_to_install(
         load_adapter(tmp_path / "a.gguf")
     assert "GGUF" in str(info.value) and "pip install gguf" in str(info.value)
     assert "safetensors" not in str(info.value)
+
+
+def test_compress_refuses_gguf_and_says_what_to_do(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lora_audit.cli import app
+
+    rng = np.random.default_rng(7)
+    write_gguf(tmp_path / "a.gguf", {"blk.0.attn_q.weight": _factors(rng, 32, 32, 4)}, alpha=8.0)
+    out = tmp_path / "out.gguf"
+    args = ["compress", str(tmp_path / "a.gguf"), "-o", str(out), "--rank", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "does not write GGUF" in result.output
+    assert "convert_lora_to_gguf.py" in result.output
+    assert not out.exists()
+    inspected = CliRunner().invoke(app, ["inspect", str(tmp_path / "a.gguf"), "-f", "json"])
+    assert inspected.exit_code == 0, inspected.output
+    assert json.loads(inspected.stdout)["adapter"]["format"] == "gguf"

@@ -161,6 +161,7 @@ def test_switch_linear_is_one_layer_per_expert(tmp_path: Path) -> None:
     switch = {n: m for n, m in modules.items() if "switch_mlp" in n}
     assert switch, "mixtral's experts should get LoRASwitchLinear layers"
     adapter, sigmas = _sigmas(tmp_path / "moe")
+    assert {x.scale for x in adapter.layers} == {2.0}
     for name, module in switch.items():
         fused = _fused_delta(module)  # (E, out, in)
         a = np.array(module.lora_a, dtype=np.float64)  # (E, r, in)
@@ -225,7 +226,7 @@ def test_config_rank_mismatch_and_full_fine_tune_are_refused(tmp_path: Path) -> 
     config = json.loads(config_path.read_text())
     config["lora_parameters"]["rank"] = 8
     config_path.write_text(json.dumps(config))
-    with pytest.raises(InputError, match="lora_parameters.rank is 8"):
+    with pytest.raises(InputError, match=r"lora_parameters\.rank is 8"):
         load_adapter(tmp_path / "ad")
     del config["lora_parameters"]["scale"]
     config["lora_parameters"]["alpha"] = 16
@@ -244,3 +245,61 @@ def test_mlx_lm_loads_what_it_wrote(tmp_path: Path) -> None:
     model = _llama()
     model.freeze()
     load_adapters(model, str(tmp_path / "ad"))
+
+
+def _truncate(m: np.ndarray, k: int) -> np.ndarray:
+    u, s, vt = np.linalg.svd(m, full_matrices=False)
+    return (u[:, :k] * s[:k]) @ vt[:k]
+
+
+@pytest.mark.parametrize("model_fn", [_llama, _mixtral])
+def test_compress_writes_what_mlx_lm_loads(tmp_path: Path, model_fn: Any) -> None:
+    from typer.testing import CliRunner
+
+    from lora_audit.cli import app
+
+    modules = write_mlx(tmp_path / "ad", model_fn(), rank=4, scale=7.5, num_layers=1)
+    out = tmp_path / "out"
+    args = ["compress", str(tmp_path / "ad"), "-o", str(out), "--rank", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["lora_parameters"] == {"rank": 2, "scale": 1.0, "dropout": 0.0}
+    assert config["model"] == "tiny-test-model"  # the rest of the config is kept
+    model = model_fn()
+    _zero_base(model)
+    model.freeze()
+    load_adapters(model, str(out))  # mlx-lm's own loader checks every shape against rank 2
+    loaded = dict(model.named_modules())
+    for name, module in modules.items():
+        fused = _fused_delta(loaded[name])
+        a = np.array(module.lora_a, dtype=np.float64)
+        b = np.array(module.lora_b, dtype=np.float64)
+        if a.ndim == 2:
+            original = [7.5 * b.T @ a.T]
+        else:
+            original = [7.5 * b[e] @ a[e] for e in range(a.shape[0])]
+        for e, delta in enumerate(original):
+            got = fused if a.ndim == 2 else fused[e]
+            want = _truncate(delta, 2)
+            np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+
+
+def test_compress_refuses_uneven_ranks(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lora_audit.cli import app
+
+    write_mlx(tmp_path / "ad", _llama(), rank=4, scale=7.5)
+    file = str(tmp_path / "ad" / "adapters.safetensors")
+    weights = mx.load(file)
+    key = "model.layers.0.self_attn.q_proj.lora_b"  # (r, out): one rank left in this layer
+    weights[key] = mx.concatenate([weights[key][:1], mx.zeros((3, weights[key].shape[1]))])
+    mx.save_safetensors(file, weights)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["compress", str(tmp_path / "ad"), "-o", str(out), "--energy", "0.99"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "one rank lora_parameters.rank" in result.output and "--rank" in result.output
+    assert not out.exists()

@@ -15,6 +15,11 @@ kohya / LyCORIS / diffusers
     no alpha keys: scale 1 is baked in). LoHa, LoKr and Tucker layers that are rewritten come
     out as plain ``lora_down``/``lora_up`` layers under the same module name.
     ``ss_network_dim``/``ss_network_alpha`` are updated (``"Dynamic"`` when ranks differ).
+mlx-lm
+    A directory with ``adapters.safetensors`` and ``adapter_config.json``, every layer at one
+    rank (:mod:`lora_audit.formats.mlx_write`).
+GGUF
+    Refused: compress the PEFT adapter it was converted from and convert again.
 
 Every file is written to a temporary name in the target directory, fsync'ed and renamed; a
 directory is built as a temporary sibling and renamed into place, so an interrupted run leaves
@@ -72,12 +77,34 @@ class NewLayer:
 
 
 def output_is_directory(adapter: Adapter) -> bool:
-    """PEFT adapters read from a directory (or with a config) are written as directories."""
-    return (
+    """PEFT adapters read from a directory (or with a config), and mlx-lm adapters, are written
+    as directories."""
+    return adapter.format == "mlx" or (
         adapter.format == "peft"
         and bool(adapter.config)
         and "lora_adapter_metadata" not in adapter.metadata
     )
+
+
+def refuse_unwritable(adapter: Adapter) -> None:
+    """Refuse formats that compress cannot write back exactly (GGUF; mlx-lm without config).
+
+    Raises
+    ------
+    UsageError
+        With what to do instead.
+    """
+    if adapter.format == "gguf":
+        raise UsageError(
+            f"{adapter.path}: compress does not write GGUF adapters",
+            hint="compress the PEFT adapter the GGUF was converted from, then convert the "
+            "result again with llama.cpp's convert_lora_to_gguf.py (inspect and check read "
+            "GGUF directly)",
+        )
+    if adapter.format == "mlx":
+        from lora_audit.formats.mlx_write import check_ranks
+
+        check_ranks(adapter, {})
 
 
 def check_output(adapter: Adapter, output: Path, *, force: bool) -> None:
@@ -88,6 +115,7 @@ def check_output(adapter: Adapter, output: Path, *, force: bool) -> None:
     UsageError
         When ``output`` is the input, contains it, or exists and ``force`` is off.
     """
+    refuse_unwritable(adapter)
     out = output.resolve()
     inputs = {adapter.path.resolve(), adapter.tensor_file.resolve()}
     config = adapter.tensor_file.parent / CONFIG_NAME
@@ -119,6 +147,18 @@ def write_compressed(
         The tensor file written.
     """
     check_output(adapter, output, force=force)
+    if adapter.format == "mlx":
+        from lora_audit.formats.mlx_write import write_mlx
+
+        with atomic_directory(output, force=force) as tmp:
+            write_mlx(
+                adapter,
+                new_layers,
+                directory=tmp,
+                metadata={**adapter.metadata, **provenance},
+                write_plain=_write_plain,
+            )
+        return output / "adapters.safetensors"
     tensors, metadata = _tensors(adapter, new_layers)
     metadata.update(provenance)
     if adapter.format == "peft":
