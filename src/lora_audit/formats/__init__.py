@@ -54,7 +54,8 @@ def resolve_files(path: Path) -> tuple[Path, Path | None]:
         raise InputError(f"{path}: no such file or directory")
     if path.is_file():
         if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise _refuse_pickle(path)
+            kind = sniff.sniff(path)  # a .bin may be a legacy llama.cpp LoRA, …
+            raise sniff.refuse_container(path, kind) or sniff.pickle_error(path, kind=kind)
         return _with_config(path)
     if not path.is_dir():
         raise InputError(f"{path}: not a regular file or directory")
@@ -140,8 +141,8 @@ def _detect(header: Header, *, config_file: Path | None, mlx_config: bool) -> st
         return "mlx"
     if config_file is not None or looks_like_peft(header):
         return "peft"
-    if looks_like_kohya(header):
-        return "kohya"
+    if looks_like_kohya(header):  # a GLoRA or full-diff file has kohya-style .alpha keys
+        return None if sniff.not_lora(header.tensors) else "kohya"
     if mlx.looks_like_mlx(header):
         return "mlx"
     return None

@@ -40,6 +40,11 @@ _NOT_LORA: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("LyCORIS full (diff)", re.compile(r"\.diff(_b)?$")),
 )
 
+#: Factor keys of the readers lora-audit has (PEFT, kohya/LyCORIS, mlx-lm).
+_OTHER_LORA = re.compile(
+    r"\.(lora_[AB]|lora_(down|up)|lora_[ab]|hada_w[12]_[ab]|lokr_w[12](_[ab])?)(\.weight)?$"
+)
+
 _WHAT_NOT_LORA = (
     "it is not a low-rank B·A update, so it has no singular spectrum to audit; "
     "lora-audit reads LoRA, LoCon, LoHa and LoKr"
@@ -119,21 +124,30 @@ def refuse_container(path: Path, kind: FileKind) -> InputError | None:
     return None
 
 
+def not_lora(keys: Collection[str]) -> tuple[str, str] | None:
+    """``(message, hint)`` when ``keys`` hold no LoRA factor but a known non-LoRA method's."""
+    if any(_OTHER_LORA.search(k) for k in keys):
+        return None
+    for name, pattern in _NOT_LORA:
+        hit = next((k for k in keys if pattern.search(k)), None)
+        if hit is not None:
+            return f"a {name} adapter (e.g. {hit!r})", _WHAT_NOT_LORA
+    return None
+
+
 def diagnose_keys(keys: Collection[str]) -> tuple[str, str] | None:
     """``(message, hint)`` naming the non-LoRA format ``keys`` belong to, or ``None``.
 
     Called only when no reader found LoRA factors among ``keys``.
     """
-    for name, pattern in _NOT_LORA:
-        hit = next((k for k in keys if pattern.search(k)), None)
-        if hit is not None:
-            return f"a {name} adapter (e.g. {hit!r})", _WHAT_NOT_LORA
-    mlx = next((k for k in keys if k.endswith((".lora_a", ".lora_b"))), None)
-    if mlx is not None:
+    found = not_lora(keys)
+    if found is not None:
+        return found
+    other = next((k for k in keys if _OTHER_LORA.search(k)), None)
+    if other is not None:
         return (
-            f"an mlx-lm adapter (e.g. {mlx!r})",
-            "drop --input-format: the mlx-lm reader is chosen from the keys and "
-            "adapter_config.json",
+            f"LoRA factors of another format (e.g. {other!r}) than the one forced",
+            "drop --input-format: the reader is chosen from the keys and the config",
         )
     weights = [k for k in keys if k.endswith(".weight")]
     if weights and len(weights) >= len(keys) / 2:
@@ -150,7 +164,7 @@ def no_factors_error(tensor_file: Path, keys: Collection[str]) -> InputError:
     found = diagnose_keys(keys)
     if found is not None:
         message, hint = found
-        return InputError(f"{tensor_file}: {message}", hint=hint)
+        return InputError(f"{tensor_file}: no LoRA factors found: {message}", hint=hint)
     example = f" (keys such as {next(iter(keys))!r})" if keys else " (no tensors)"
     return InputError(
         f"{tensor_file}: no LoRA factors found{example}",
