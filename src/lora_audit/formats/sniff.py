@@ -34,6 +34,11 @@ _NOT_LORA: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("FourierFT (PEFT)", re.compile(r"\.fourierft_spectrum(\.|$)")),
     ("HRA (PEFT)", re.compile(r"\.hra_u(\.|$)")),
     ("Bone/MiSS (PEFT)", re.compile(r"\.(bone|miss)_block(\.|$)")),
+    ("VB-LoRA (PEFT)", re.compile(r"(\.vblora_logits_[AB]|(^|\.)vblora_vector_bank)(\.|$)")),
+    ("RandLoRA (PEFT)", re.compile(r"\.randlora_(A|B|gamma|lambda)(\.|$)")),
+    ("SHiRA (PEFT)", re.compile(r"\.shira_(weight|indices)(\.|$)")),
+    ("C3A (PEFT)", re.compile(r"\.c3a_kernel(\.|$)")),
+    ("LN tuning (PEFT)", re.compile(r"\.ln_tuning_layers\.")),
     ("LyCORIS OFT/BOFT", re.compile(r"\.(oft_blocks|oft_diag)$")),
     ("LyCORIS IA3", re.compile(r"\.on_input$")),
     ("LyCORIS GLoRA", re.compile(r"\.[ab][12]\.weight$")),
@@ -46,8 +51,8 @@ _OTHER_LORA = re.compile(
 )
 
 _WHAT_NOT_LORA = (
-    "it is not a low-rank B·A update, so it has no singular spectrum to audit; "
-    "lora-audit reads LoRA, LoCon, LoHa and LoKr"
+    "its update is not stored as low-rank factors (B·A) that lora-audit can read; "
+    "lora-audit audits LoRA, DoRA, LoCon, LoHa and LoKr"
 )
 
 
