@@ -21,7 +21,7 @@ def dense_delta(adapter: Adapter, name: str) -> np.ndarray:
     """ΔW = scale·B·A (transposed for embeddings), materialised in float64."""
     layer = next(layer for layer in adapter.layers if layer.name == name)
     b, a = adapter.load_factors(layer)  # structured layers: their thin factors, checked elsewhere
-    delta = layer.scale * (b.double().numpy() @ a.double().numpy())
+    delta = layer.scale * (b @ a)
     return delta.T if layer.kind is LayerKind.EMBEDDING else delta
 
 

@@ -202,7 +202,7 @@ def subset(adapter: Adapter, names: tuple[str, ...]) -> Adapter:
 def dense_factors(adapter: Adapter, name: str) -> tuple[np.ndarray, np.ndarray, float]:
     layer = next(x for x in adapter.layers if x.name == name)
     b, a = adapter.load_factors(layer)
-    return b.double().numpy(), a.double().numpy(), layer.scale
+    return b, a, layer.scale
 
 
 def base_weight(base: Path, key: str) -> np.ndarray:

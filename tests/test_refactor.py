@@ -22,7 +22,7 @@ def dense_best(adapter: Adapter, name: str, k: int) -> tuple[np.ndarray, np.ndar
     """``scale·B·A`` and its best rank-k approximation, from a dense float64 SVD."""
     layer = next(x for x in adapter.layers if x.name == name)
     b, a = adapter.load_factors(layer)
-    delta = layer.scale * (b.double() @ a.double()).numpy()
+    delta = layer.scale * (b @ a)
     u, s, vt = np.linalg.svd(delta, full_matrices=False)
     return delta, (u[:, :k] * s[:k]) @ vt[:k]
 

@@ -23,10 +23,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
-if TYPE_CHECKING:
-    import torch
+import numpy as np
+import numpy.typing as npt
+
+Float64Array = npt.NDArray[np.float64]
 
 
 class LayerKind(StrEnum):
@@ -76,10 +78,14 @@ ScaleSource = Literal["config", "metadata", "module_alpha", "option", "assumed",
 
 
 class TensorSource(Protocol):
-    """Where tensors are read from (a memory-mapped safetensors file, or memory in tests)."""
+    """Where tensors are read from (a safetensors file, a GGUF file, or memory in tests)."""
 
-    def get(self, key: str) -> torch.Tensor:
-        """Return the tensor stored under ``key``, in its stored dtype."""
+    def get(self, key: str) -> npt.NDArray[Any]:
+        """Return the tensor stored under ``key`` as a numpy array of its stored shape.
+
+        F16/F32/F64 and integer tensors keep their dtype; BF16 is widened exactly to float32;
+        quantised formats are dequantised to float32.
+        """
         ...
 
 
@@ -198,96 +204,92 @@ class Adapter:
     warnings: tuple[str, ...] = ()
     source: TensorSource | None = field(default=None, compare=False, repr=False)
 
-    def load_factors(self, layer: LoraLayer) -> tuple[torch.Tensor, torch.Tensor]:
-        """Load ``(B, A)`` of one layer as 2-D tensors in their stored dtype.
+    def load_factors(self, layer: LoraLayer) -> tuple[Float64Array, Float64Array]:
+        """Load ``(B, A)`` of one layer as 2-D float64 arrays, ``B·A = ΔW / scale``.
 
         Returns
         -------
-        b : torch.Tensor of shape (out_features, rank)
-        a : torch.Tensor of shape (rank, in_features)
+        b : ndarray of shape (out_features, rank), float64
+        a : ndarray of shape (rank, in_features), float64
         """
         if self.source is None:
             raise RuntimeError("adapter has no tensor source")
         if layer.structure is Structure.LORA:
             a = self.source.get(layer.a_key).reshape(layer.rank, layer.in_features)
             b = self.source.get(layer.b_key).reshape(layer.out_features, layer.rank)
-            return b, a
-        return thin_factors(layer, {role: self.source.get(k) for role, k in layer.keys.items()})
+            return b.astype(np.float64), a.astype(np.float64)
+        return thin_factors(layer, self.load_tensors(layer))
 
-    def load_tensors(self, layer: LoraLayer) -> dict[str, torch.Tensor]:
-        """The stored tensors of a structured layer, by role (``w1``, ``w2``, …)."""
+    def load_tensors(self, layer: LoraLayer) -> dict[str, Float64Array]:
+        """The stored tensors of a structured layer, by role (``w1``, ``w2``, …), in float64."""
         if self.source is None:
             raise RuntimeError("adapter has no tensor source")
-        return {role: self.source.get(key) for role, key in layer.keys.items()}
+        return {
+            role: self.source.get(key).astype(np.float64) for role, key in layer.keys.items()
+        }
 
 
 def thin_factors(
-    layer: LoraLayer, t: Mapping[str, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
+    layer: LoraLayer, t: Mapping[str, npt.NDArray[Any]]
+) -> tuple[Float64Array, Float64Array]:
     """``(B, A)`` with ``B·A = ΔW/scale`` for the thin structures, in float64.
 
     Returns
     -------
-    b : torch.Tensor of shape (out_features, rank)
-    a : torch.Tensor of shape (rank, in_features)
+    b : ndarray of shape (out_features, rank), float64
+    a : ndarray of shape (rank, in_features), float64
     """
-    import torch
-
     out, inp, r = layer.out_features, layer.in_features, layer.rank
-    f = {role: v.to(torch.float64) for role, v in t.items()}
+    f = {role: np.asarray(v, dtype=np.float64) for role, v in t.items()}
     if layer.structure is Structure.TUCKER:
         mid = f["mid"]
         down = f["down"].reshape(mid.shape[1], -1)
-        a = torch.einsum("abhw,bi->aihw", mid, down).reshape(mid.shape[0], inp)
+        a = np.einsum("abhw,bi->aihw", mid, down).reshape(mid.shape[0], inp)
         return f["up"].reshape(out, -1), a
     if layer.structure is Structure.LOHA:
         w1a, w1b = _loha_half(f, "1", out=out, inp=inp)
         w2a, w2b = _loha_half(f, "2", out=out, inp=inp)
-        b = (w1a.unsqueeze(2) * w2a.unsqueeze(1)).reshape(out, r)
-        a = (w1b.unsqueeze(1) * w2b.unsqueeze(0)).reshape(r, inp)
+        b = (w1a[:, :, None] * w2a[:, None, :]).reshape(out, r)
+        a = (w1b[:, None, :] * w2b[None, :, :]).reshape(r, inp)
         return b, a
     if layer.structure is Structure.LOKR:
         w1 = kron_w1(f)
         w2a = f["w2_a"]
         w2b = f["w2_b"].reshape(w2a.shape[1], -1)
-        eye = torch.eye(w1.shape[1], dtype=torch.float64)
-        return torch.kron(w1, w2a), torch.kron(eye, w2b)
+        eye = np.eye(w1.shape[1], dtype=np.float64)
+        return cast("Float64Array", np.kron(w1, w2a)), cast("Float64Array", np.kron(eye, w2b))
     # KRON: kron(U1·S1, U2·S2) · kron(V1ᵀ, V2ᵀ) — exact, of inner dimension rank(W1)·rank(W2)
-    u1, s1, v1 = torch.linalg.svd(kron_w1(f), full_matrices=False)
-    u2, s2, v2 = torch.linalg.svd(kron_w2(f), full_matrices=False)
-    return torch.kron(u1 * s1, u2 * s2), torch.kron(v1, v2)
+    u1, s1, v1 = np.linalg.svd(kron_w1(f), full_matrices=False)
+    u2, s2, v2 = np.linalg.svd(kron_w2(f), full_matrices=False)
+    return np.kron(u1 * s1, u2 * s2), np.kron(v1, v2)
 
 
 def _loha_half(
-    f: Mapping[str, torch.Tensor], which: str, *, out: int, inp: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    f: Mapping[str, Float64Array], which: str, *, out: int, inp: int
+) -> tuple[Float64Array, Float64Array]:
     """``(w_a (out, r), w_b (r, in))`` of one Hadamard factor, Tucker core folded in."""
-    import torch
-
     wa, wb = f[f"w{which}_a"], f[f"w{which}_b"]
     core = f.get(f"t{which}")
     if core is None:
         return wa.reshape(out, -1), wb.reshape(wa.shape[-1], inp)
     # Tucker: w_a is (r, out), w_b is (r, in); W = Σ_i w_a[i,:]ᵀ ⊗ (Σ_j core[i,j]·w_b[j,:])
-    m = torch.einsum("ijhw,jc->ichw", core, wb).reshape(core.shape[0], inp)
+    m = np.einsum("ijhw,jc->ichw", core, wb).reshape(core.shape[0], inp)
     return wa.T.reshape(out, -1), m
 
 
-def kron_w1(f: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def kron_w1(f: Mapping[str, Float64Array]) -> Float64Array:
     """LoKr's small factor ``W1`` (2-D), from ``w1`` or ``w1_a·w1_b``."""
     if "w1" in f:
         return f["w1"].reshape(f["w1"].shape[0], -1)
     return f["w1_a"] @ f["w1_b"]
 
 
-def kron_w2(f: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def kron_w2(f: Mapping[str, Float64Array]) -> Float64Array:
     """LoKr's large factor ``W2`` as a matrix (conv kernels flattened into its columns)."""
     if "w2" in f:
         return f["w2"].reshape(f["w2"].shape[0], -1)
     if "t2" in f:
-        import torch
-
-        w = torch.einsum("ijhw,jr,ip->prhw", f["t2"], f["w2_b"], f["w2_a"])
+        w: Float64Array = np.einsum("ijhw,jr,ip->prhw", f["t2"], f["w2_b"], f["w2_a"])
         return w.reshape(w.shape[0], -1)
     return f["w2_a"] @ f["w2_b"].reshape(f["w2_a"].shape[1], -1)
 

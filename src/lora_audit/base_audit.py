@@ -36,6 +36,7 @@ from lora_audit.engine import (
     Warn,
     group_layers,
     map_groups,
+    require_torch,
     resolve_device,
 )
 from lora_audit.errors import InputError, UsageError
@@ -112,6 +113,7 @@ def check_base_options(path: Path | None, *, k: int | None, partial: bool) -> No
         raise UsageError(f"--base-k {k} must be at least 1")
     if not path.exists():
         raise InputError(f"--base {path}: no such file or directory")
+    require_torch("--base")
 
 
 def audit_base(
@@ -210,6 +212,7 @@ def compute(
     layers = [layer for layer in adapter.layers if layer.name in match.weights]
     dora = [layer for layer in layers if magnitude_key(layer) is not None and layer.dora]
     plain = [layer for layer in layers if layer not in dora]
+    require_torch("--base")
     device = resolve_device(engine.device)
     results: dict[str, BaseMetrics] = {}
     for subset, is_dora in ((plain, False), (dora, True)):
@@ -282,7 +285,7 @@ def _load_weights(
     for i, layer in enumerate(chunk):
         ref: BaseWeight = match.weights[layer.name]
         stored = base.load(ref, out_features=layer.out_features, in_features=layer.in_features)
-        w[i].copy_(stored.to(like.device))
+        w[i].copy_(torch.from_numpy(stored))
         if not bool(torch.isfinite(w[i].sum())) and not bool(torch.isfinite(w[i]).all()):
             raise InputError(
                 f"{ref.file}: tensor {ref.key!r} contains NaN or Inf",
@@ -302,7 +305,7 @@ def _load_magnitudes(
     for layer in chunk:
         key = magnitude_key(layer)
         assert key is not None
-        m = adapter.source.get(key).reshape(-1)
+        m = torch.from_numpy(adapter.source.get(key).reshape(-1))
         if m.numel() != layer.out_features:
             raise InputError(
                 f"{adapter.tensor_file}: {key!r} has {m.numel()} values, but layer "
@@ -456,7 +459,7 @@ class DoraCompression:
 
         Each carries its new ``lora_magnitude_vector`` in ``extra`` (stored shape and dtype).
         """
-        from lora_audit.formats.safetensors_io import stored_from_torch
+        from lora_audit.formats.safetensors_io import SafetensorsSource, encode_floats
         from lora_audit.formats.writer import new_layer
 
         todo = replace(
@@ -483,14 +486,15 @@ class DoraCompression:
             for layer, (b_k, a_k, m_k) in zip(chunk, truncated, strict=True):
                 key = magnitude_key(layer)
                 assert key is not None
-                stored = todo.source.get(key)
-                magnitude = m_k.cpu().to(stored.dtype).reshape(stored.shape)
+                assert isinstance(todo.source, SafetensorsSource)
+                stored = todo.source.header.tensors[key]
+                magnitude = m_k.cpu().double().numpy().reshape(stored.shape)
                 out.append(
                     new_layer(
                         layer,
                         b=b_k.cpu().double().numpy(),
                         a=a_k.cpu().double().numpy(),
-                        extra={key: stored_from_torch(magnitude)},
+                        extra={key: encode_floats(magnitude, stored.dtype)},
                     )
                 )
             return out
@@ -502,6 +506,7 @@ def _map_with_weights(
     adapter: Adapter, fn: Any, *, engine: EngineOptions, warn: Warn | None
 ) -> dict[str, Any]:
     """:func:`map_groups` with chunks sized for the base weights each layer also loads."""
+    require_torch("--base")
     device = resolve_device(engine.device)
     results: dict[str, Any] = {}
     krylov = KrylovOptions(max_steps=0)

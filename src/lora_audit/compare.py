@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.audit import TOOL, adapter_info
@@ -21,9 +20,7 @@ from lora_audit.comparison import compare_factors
 from lora_audit.engine import Progress, Warn
 from lora_audit.errors import InputError
 from lora_audit.report import CompareReport, CompareSummary, LayerComparison, ShapeMismatch
-
-if TYPE_CHECKING:
-    import torch
+from lora_audit.spectral import Float64Array
 
 #: How many layers the summary names as the most different.
 MOST_DIFFERENT = 5
@@ -182,14 +179,13 @@ def compare_adapters(
     )
 
 
-def _factors(adapter: Adapter, layer: LoraLayer) -> tuple[torch.Tensor, torch.Tensor]:
+def _factors(adapter: Adapter, layer: LoraLayer) -> tuple[Float64Array, Float64Array]:
     """``(B, A)`` of one layer, float64, checked for NaN and Inf."""
-    import torch
+    import numpy as np
 
     b, a = adapter.load_factors(layer)
-    b, a = torch.as_tensor(b).to(torch.float64), torch.as_tensor(a).to(torch.float64)
     for key, factor in ((layer.b_key, b), (layer.a_key, a)):
-        if not bool(torch.isfinite(factor).all()):
+        if not np.isfinite(factor).all():
             raise InputError(
                 f"{adapter.tensor_file}: tensor {key!r} of layer {layer.name!r} contains NaN "
                 "or Inf",

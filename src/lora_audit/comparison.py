@@ -5,14 +5,14 @@ shape ``(r_A, in)`` and likewise for ``B`` (ranks may differ):
 
 * **Difference.** ``ΔW_A − ΔW_B = [s_A·B_A, −s_B·B_B] · [A_A; A_B]`` is itself a thin
   product of inner dimension ``r_A + r_B``; its singular values come from
-  :func:`lora_audit.spectral.singular_values` by QR (backward stable, so the error in
+  :func:`lora_audit.spectral.qr_singular_values` by QR (backward stable, so the error in
   ``‖ΔW_A − ΔW_B‖_F`` is ``O(ε·‖ΔW_A‖)`` even when the two updates nearly cancel; a Gram
   formula would lose half the digits there). ``‖·‖_F = √Σσᵢ²`` and ``‖·‖₂ = σ₁``.
 * **Inner product.** ``⟨ΔW_A, ΔW_B⟩_F = s_A·s_B·Σ (B_AᵀB_B) ⊙ (A_A·A_Bᵀ)`` from two
   ``r_A × r_B`` products; the cosine similarity is ``⟨ΔW_A, ΔW_B⟩_F / (‖ΔW_A‖_F·‖ΔW_B‖_F)``.
 * **Subspaces.** The top-``k`` left (column space, the output side of ``B·A``) and right (row
   space, the input side) singular vectors of each update come from the factored SVD
-  :func:`lora_audit.spectral.svd`. The principal angles ``0 ≤ θ₁ ≤ … ≤ θ_k ≤ π/2`` between
+  :func:`lora_audit.spectral.svd_host`. The principal angles ``0 ≤ θ₁ ≤ … ≤ θ_k ≤ π/2`` between
   two orthonormal bases ``Q_A``, ``Q_B`` of shape ``(n, k)`` are ``arccos`` of the singular
   values of the ``k × k`` matrix ``Q_AᵀQ_B``, and, for the small angles where ``arccos`` is
   ill-conditioned (``cos²θ ≥ ½``), ``arcsin`` of the singular values of
@@ -43,15 +43,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
-from lora_audit.spectral import singular_values, svd
-
-if TYPE_CHECKING:
-    import torch
+from lora_audit.spectral import qr_singular_values, svd_host
 
 Float64Array = npt.NDArray[np.float64]
 
@@ -103,10 +100,10 @@ class PairMetrics:
 
 
 def compare_factors(
-    b_a: torch.Tensor,
-    a_a: torch.Tensor,
-    b_b: torch.Tensor,
-    a_b: torch.Tensor,
+    b_a: Float64Array,
+    a_a: Float64Array,
+    b_b: Float64Array,
+    a_b: Float64Array,
     *,
     scale_a: float,
     scale_b: float,
@@ -116,11 +113,11 @@ def compare_factors(
 
     Parameters
     ----------
-    b_a : torch.Tensor of shape (out, r_A)
-    a_a : torch.Tensor of shape (r_A, in)
-    b_b : torch.Tensor of shape (out, r_B)
-    a_b : torch.Tensor of shape (r_B, in)
-        Any float dtype (computed in float64 on the tensors' device); finite.
+    b_a : ndarray of shape (out, r_A)
+    a_a : ndarray of shape (r_A, in)
+    b_b : ndarray of shape (out, r_B)
+    a_b : ndarray of shape (r_B, in)
+        Any float dtype (computed in float64); finite.
     scale_a, scale_b
         The scales ``s_A`` and ``s_B``.
     top_k
@@ -135,25 +132,22 @@ def compare_factors(
     ValueError
         When the two products differ in shape, or ``top_k < 1``.
     """
-    import torch
-
     out, inp = b_a.shape[0], a_a.shape[1]
     if (b_b.shape[0], a_b.shape[1]) != (out, inp):
         raise ValueError(f"shapes differ: {out}×{inp} and {b_b.shape[0]}×{a_b.shape[1]}")
     if top_k < 1:
         raise ValueError(f"top_k = {top_k} must be at least 1")
-    f64 = torch.float64
-    bs_a = b_a.to(f64) * scale_a
-    bs_b = b_b.to(f64) * scale_b
-    a_a64, a_b64 = a_a.to(f64), a_b.to(f64)
+    bs_a = np.asarray(b_a, dtype=np.float64) * scale_a
+    bs_b = np.asarray(b_b, dtype=np.float64) * scale_b
+    a_a64, a_b64 = np.asarray(a_a, dtype=np.float64), np.asarray(a_b, dtype=np.float64)
 
-    stacked_b = torch.cat([bs_a, -bs_b], dim=1)  # (out, r_A + r_B)
-    stacked_a = torch.cat([a_a64, a_b64], dim=0)  # (r_A + r_B, in)
-    sigma_d = _host(singular_values(stacked_b[None], stacked_a[None], method="qr")[0])
-    inner = float(((bs_a.mT @ bs_b) * (a_a64 @ a_b64.mT)).sum())
+    stacked_b = np.concatenate([bs_a, -bs_b], axis=1)  # (out, r_A + r_B)
+    stacked_a = np.concatenate([a_a64, a_b64], axis=0)  # (r_A + r_B, in)
+    sigma_d = qr_singular_values(stacked_b, stacked_a)
+    inner = float(((bs_a.T @ bs_b) * (a_a64 @ a_b64.T)).sum())
 
-    u_a, sigma_a, vh_a = (_host(x[0]) for x in svd(bs_a[None], a_a64[None]))
-    u_b, sigma_b, vh_b = (_host(x[0]) for x in svd(bs_b[None], a_b64[None]))
+    u_a, sigma_a, vh_a = svd_host(bs_a, a_a64)
+    u_b, sigma_b, vh_b = svd_host(bs_b, a_b64)
     k = min(top_k, numerical_rank(sigma_a, shape=(out, inp)), numerical_rank(sigma_b, (out, inp)))
     left = principal_angles(u_a[:, :k], u_b[:, :k])
     right = principal_angles(vh_a[:k].T, vh_b[:k].T)
@@ -220,10 +214,3 @@ def _norm(sigma: Float64Array) -> float:
     if top == 0.0:
         return 0.0
     return top * math.sqrt(float(np.square(sigma / top).sum()))
-
-
-def _host(t: torch.Tensor) -> Float64Array:
-    import torch
-
-    array: Float64Array = t.detach().to(device="cpu", dtype=torch.float64).numpy()
-    return array

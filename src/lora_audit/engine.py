@@ -42,7 +42,7 @@ import numpy.typing as npt
 
 from lora_audit.adapter import Adapter, LoraLayer, Structure
 from lora_audit.errors import InputError, UsageError
-from lora_audit.host_factors import Readers, cpu_pool, cpu_workers, to_numpy
+from lora_audit.host_factors import Readers, cpu_pool, cpu_workers
 from lora_audit.spectral import (
     GRAM_RELATIVE_TOLERANCE,
     Method,
@@ -91,8 +91,36 @@ class EngineOptions:
     chunk_bytes: int | None = None
 
 
+#: What to install for ``--device cuda`` (torch is an optional dependency).
+TORCH_HINT = (
+    "install torch for your CUDA version (https://pytorch.org/get-started/locally/), "
+    "or this project's extra: pip install 'lora-rank-audit[gpu]'"
+)
+
+
+def torch_available() -> bool:
+    """Whether torch can be imported (without importing it when it is absent)."""
+    import importlib.util
+
+    return "torch" in sys.modules or importlib.util.find_spec("torch") is not None
+
+
+def require_torch(what: str) -> None:
+    """Raise a usage error naming ``what`` (e.g. ``--base``) when torch is not installed."""
+    if not torch_available():
+        raise UsageError(f"{what} needs torch, which is not installed", hint=TORCH_HINT)
+
+
 def resolve_device(name: DeviceName) -> torch.device:
-    """The torch device for ``name``; ``cuda`` without a GPU is a usage error."""
+    """The torch device for ``name``; ``cuda`` without a GPU (or without torch) is a usage error.
+
+    Raises
+    ------
+    UsageError
+        ``cuda`` with no CUDA device, or a device other than the CPU asked for without torch.
+    """
+    if not torch_available():
+        raise UsageError(f"--device {name}: torch is not installed", hint=TORCH_HINT)
     import torch
 
     if name == "auto":
@@ -111,7 +139,7 @@ def device_type(name: DeviceName) -> Literal["cpu", "cuda"]:
     ``/dev/nvidiactl``, ``/proc/driver/nvidia``, ``/dev/kfd`` or ``/dev/dxg`` on Linux;
     always on macOS); otherwise torch decides, as in :func:`resolve_device`.
     """
-    if name == "cpu" or (name == "auto" and not _gpu_possible()):
+    if name == "cpu" or (name == "auto" and not (_gpu_possible() and torch_available())):
         return "cpu"
     return "cuda" if resolve_device(name).type == "cuda" else "cpu"
 
@@ -214,8 +242,8 @@ def _load_chunk(
     a = torch.empty((n, first.rank, first.in_features), dtype=torch.float64, device=device)
     for i, layer in enumerate(chunk):
         b_i, a_i = adapter.load_factors(layer)
-        b[i].copy_(torch.as_tensor(b_i).to(device, non_blocking=True))
-        a[i].copy_(torch.as_tensor(a_i).to(device, non_blocking=True))
+        b[i].copy_(torch.from_numpy(b_i))
+        a[i].copy_(torch.from_numpy(a_i))
     # A NaN or Inf makes its layer's sum non-finite; one reduction pass, no boolean copy. A
     # finite sum cannot hide one, and a non-finite sum of finite values (overflow, float64
     # factors only) is told apart by the exact check below.
@@ -304,18 +332,16 @@ def _spectra_kron(
     """LoKr layers with a full ``W2``: σ(kron(W1, W2)) = σ(W1)⊗σ(W2), two small SVDs each."""
     if not layers:
         return {}
-    import torch
-
     from lora_audit.adapter import kron_w1, kron_w2
     from lora_audit.spectral import kron_singular_values
 
     out: dict[str, Float64Array] = {}
     for layer in layers:
-        f = {role: t.to(torch.float64) for role, t in adapter.load_tensors(layer).items()}
+        f = adapter.load_tensors(layer)
         w1, w2 = kron_w1(f), kron_w2(f)
-        if not (bool(torch.isfinite(w1).all()) and bool(torch.isfinite(w2).all())):
+        if not (np.isfinite(w1).all() and np.isfinite(w2).all()):
             raise _non_finite(adapter, next(iter(layer.keys.values())))
-        out[layer.name] = kron_singular_values(w1, w2, rank=layer.rank).numpy()
+        out[layer.name] = kron_singular_values(w1, w2, rank=layer.rank)
         if progress is not None:
             progress(1)
     return out
@@ -424,7 +450,7 @@ def _check_grams(
         layer = group[int(i)]
         b, a = adapter.load_factors(layer)
         for key, factor in ((layer.b_key, b), (layer.a_key, a)):
-            if not bool(np.isfinite(to_numpy(factor)).all()):
+            if not np.isfinite(factor).all():
                 raise _non_finite(adapter, key)
         raise InputError(
             f"{adapter.tensor_file}: layer {layer.name!r} has values too large to square in "

@@ -25,8 +25,6 @@ from lora_audit.formats.safetensors_io import SafetensorsSource
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
-    import torch
-
 Float64Array = npt.NDArray[np.float64]
 
 
@@ -74,7 +72,7 @@ class Readers:
         self._adapter = adapter
         self._local = threading.local()
         self._all: list[HostFactors] = []
-        self._lock = threading.Lock()  # for Adapter.load_factors (torch, lazy handles)
+        self._lock = threading.Lock()  # for Adapter.load_factors (sources need not be thread-safe)
 
     def __enter__(self) -> Readers:
         return self
@@ -134,8 +132,8 @@ class HostFactors:
             with self._lock:
                 b_t, a_t = self._adapter.load_factors(layer)
             b, a = self._buffer("b", shape_b, "<f8"), self._buffer("a", shape_a, "<f8")
-            np.copyto(b, to_numpy(b_t))
-            np.copyto(a, to_numpy(a_t))
+            np.copyto(b, b_t)
+            np.copyto(a, a_t)
             return b, a
         return self._read(layer.b_key, "b", shape_b), self._read(layer.a_key, "a", shape_a)
 
@@ -184,12 +182,3 @@ class HostFactors:
                 done += n
         except OSError as exc:
             raise InputError(f"{path}: cannot read tensor {key!r}: {exc.strerror or exc}") from exc
-
-
-def to_numpy(t: torch.Tensor | npt.NDArray[Any]) -> Float64Array:
-    if isinstance(t, np.ndarray):  # sources that already return numpy (mlx, GGUF)
-        return np.asarray(t, dtype=np.float64)
-    import torch
-
-    array: Float64Array = t.detach().to(device="cpu", dtype=torch.float64).numpy()
-    return array

@@ -141,6 +141,32 @@ def svd(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     return u * signs, sigma, vh * signs.mT
 
 
+def svd_host(b: Float64Array, a: Float64Array) -> tuple[Float64Array, Float64Array, Float64Array]:
+    """Thin SVD of one ``B @ A`` from its factors, by QR (numpy, float64): :func:`svd` on the host.
+
+    Parameters
+    ----------
+    b : ndarray of shape (out, r)
+    a : ndarray of shape (r, in)
+
+    Returns
+    -------
+    u : ndarray of shape (out, k)
+    sigma : ndarray of shape (k,)
+    vh : ndarray of shape (k, in)
+        With ``k = min(r, out, in)``, ``B @ A ≈ u @ diag(sigma) @ vh``, ``sigma`` descending,
+        each column of ``u`` signed so that its entry of largest magnitude is positive (the
+        convention of :func:`svd` and :func:`fix_signs`).
+    """
+    q_b, r_b = np.linalg.qr(b)  # (out, kb), (kb, r)
+    q_a, r_a = np.linalg.qr(a.T)  # (in, ka), (ka, r)
+    u_core, sigma, vh_core = np.linalg.svd(r_b @ r_a.T, full_matrices=False)
+    u = np.ascontiguousarray(q_b @ u_core)
+    vh = np.ascontiguousarray(vh_core @ q_a.T)
+    fix_signs(u, vh)
+    return u, cast("Float64Array", sigma), vh
+
+
 def gram_singular_values(
     gram_b: Float64Array, gram_a: Float64Array
 ) -> tuple[Float64Array, Float64Array]:
@@ -210,7 +236,7 @@ def qr_singular_values(b: Float64Array, a: Float64Array) -> Float64Array:
     return sigma
 
 
-def kron_singular_values(w1: torch.Tensor, w2: torch.Tensor, *, rank: int) -> torch.Tensor:
+def kron_singular_values(w1: Float64Array, w2: Float64Array, *, rank: int) -> Float64Array:
     """Singular values of ``kron(W1, W2)`` from the two factors, descending.
 
     The singular values of a Kronecker product are all products ``σᵢ(W1)·σⱼ(W2)`` (Van Loan,
@@ -219,24 +245,21 @@ def kron_singular_values(w1: torch.Tensor, w2: torch.Tensor, *, rank: int) -> to
 
     Parameters
     ----------
-    w1 : torch.Tensor of shape (a, b)
-    w2 : torch.Tensor of shape (o, i)
-        Float64 for results accurate to ``1e-6·σ₁``.
+    w1 : ndarray of shape (a, b), float64
+    w2 : ndarray of shape (o, i), float64
     rank
         Length of the result: ``min(a, b)·min(o, i)`` gives every value; shorter truncates,
         longer pads with zeros.
 
     Returns
     -------
-    sigma : torch.Tensor of shape (rank,)
+    sigma : ndarray of shape (rank,), float64
     """
-    import torch
-
-    products = torch.outer(torch.linalg.svdvals(w1), torch.linalg.svdvals(w2)).flatten()
-    sigma = products.sort(descending=True).values[:rank]
-    if sigma.numel() < rank:
-        sigma = torch.cat([sigma, sigma.new_zeros(rank - sigma.numel())])
-    return sigma
+    products = np.outer(
+        np.linalg.svd(w1, compute_uv=False), np.linalg.svd(w2, compute_uv=False)
+    ).reshape(-1)
+    sigma = np.sort(products)[::-1][:rank]
+    return np.concatenate([sigma, np.zeros(max(0, rank - sigma.size))])
 
 
 def gram_truncation(

@@ -48,7 +48,7 @@ from lora_audit.errors import InputError
 from lora_audit.formats.safetensors_io import FLOAT_DTYPES, Header, SafetensorsSource, read_header
 
 if TYPE_CHECKING:
-    import torch
+    import numpy.typing as npt
 
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -156,10 +156,12 @@ class BaseModel:
             )
         return file, info.shape, info.dtype
 
-    def load(self, weight: BaseWeight, *, out_features: int, in_features: int) -> torch.Tensor:
-        """``W`` of one layer as an ``(out_features, in_features)`` tensor in its stored dtype.
+    def load(
+        self, weight: BaseWeight, *, out_features: int, in_features: int
+    ) -> npt.NDArray[Any]:
+        """``W`` of one layer as an ``(out_features, in_features)`` array (BF16 as float32).
 
-        A view of the memory map where possible (transposed or reshaped, not copied).
+        Transposed or reshaped as a view of the array read, not copied.
         """
         source = self._sources.get(weight.file)
         if source is None:

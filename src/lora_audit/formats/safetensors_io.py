@@ -182,22 +182,14 @@ class SafetensorsSource:
     def __init__(self, path: Path, header: Header) -> None:
         self.path = path
         self.header = header
-        self._handle: Any = None
 
-    def get(self, key: str) -> torch.Tensor:
-        """Return tensor ``key`` in its stored dtype (a view of the memory map where possible)."""
-        if self._handle is None:
-            from safetensors import safe_open
+    def get(self, key: str) -> npt.NDArray[Any]:
+        """Tensor ``key`` as a numpy array: F16/F32/F64 and integers as stored, BF16 as float32.
 
-            try:
-                self._handle = safe_open(str(self.path), framework="pt")
-            except Exception as exc:  # the library validates again; report its words
-                raise InputError(f"{self.path}: cannot open tensors: {exc}") from exc
-        try:
-            tensor: torch.Tensor = self._handle.get_tensor(key)
-        except Exception as exc:
-            raise InputError(f"{self.path}: cannot read tensor {key!r}: {exc}") from exc
-        return tensor
+        BF16 is widened exactly (it is the upper half of a float32). The array is a fresh
+        copy read from the file; nothing of the file stays mapped.
+        """
+        return decode(self.raw(key), where=f"{self.path}: tensor {key!r}")
 
     def raw(self, key: str) -> StoredTensor:
         """Tensor ``key`` as stored: its bytes, read from the file, and its dtype and shape."""
@@ -247,6 +239,56 @@ class StoredTensor:
         if math.prod(shape) != math.prod(self.shape):
             raise ValueError(f"cannot reshape {list(self.shape)} to {list(shape)}")
         return StoredTensor(dtype=self.dtype, shape=tuple(shape), data=self.data)
+
+
+#: numpy dtypes of the stored dtypes that numpy reads directly (BF16 is widened by hand).
+NUMPY_DTYPES: Mapping[str, str] = {
+    "F16": "<f2",
+    "F32": "<f4",
+    "F64": "<f8",
+    "I8": "i1",
+    "U8": "u1",
+    "I16": "<i2",
+    "U16": "<u2",
+    "I32": "<i4",
+    "U32": "<u4",
+    "I64": "<i8",
+    "U64": "<u8",
+    "BOOL": "?",
+}
+
+
+def decode(tensor: StoredTensor, *, where: str = "tensor") -> npt.NDArray[Any]:
+    """A :class:`StoredTensor` as a numpy array of its shape (BF16 widened to float32).
+
+    Raises
+    ------
+    InputError
+        For a dtype numpy cannot hold exactly (the 8-bit floats).
+    """
+    import numpy as np
+
+    if tensor.dtype == "BF16":
+        half = np.frombuffer(tensor.data, dtype="<u2")
+        wide = np.left_shift(half.astype(np.uint32), 16).view(np.float32)
+        return wide.reshape(tensor.shape)
+    numpy_dtype = NUMPY_DTYPES.get(tensor.dtype)
+    if numpy_dtype is None:
+        raise InputError(f"{where} has dtype {tensor.dtype}, which cannot be read as numbers here")
+    return np.frombuffer(tensor.data, dtype=numpy_dtype).reshape(tensor.shape).copy()
+
+
+def stored_from_numpy(array: npt.NDArray[Any]) -> StoredTensor:
+    """A numpy array as a :class:`StoredTensor` of the same dtype (float16/32/64, ints, bool)."""
+    import numpy as np
+
+    names = {np.dtype(v): k for k, v in NUMPY_DTYPES.items()}
+    dtype = np.dtype(array.dtype).newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    name = names.get(np.dtype(dtype))
+    if name is None:
+        raise ValueError(f"safetensors cannot store numpy dtype {array.dtype}")
+    data = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+    return StoredTensor(dtype=name, shape=tuple(int(n) for n in array.shape), data=data)
 
 
 _TORCH_DTYPE_NAMES = {

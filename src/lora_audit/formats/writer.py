@@ -47,7 +47,7 @@ from lora_audit.formats.safetensors_io import (
     SafetensorsSource,
     StoredTensor,
     encode_floats,
-    stored_from_torch,
+    stored_from_numpy,
     write_atomic,
     write_safetensors,
 )
@@ -201,7 +201,7 @@ def _tensors(
             if isinstance(source, SafetensorsSource):
                 out[key] = source.raw(key)
             else:
-                out[key] = stored_from_torch(source.get(key))
+                out[key] = stored_from_numpy(source.get(key))
     return out, dict(adapter.metadata)
 
 
