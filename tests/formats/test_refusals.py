@@ -168,3 +168,20 @@ def test_plain_lora_is_still_read(tmp_path: Path) -> None:
         str(path),
     )
     assert load_adapter(path).format == "kohya"
+
+
+@pytest.mark.parametrize("header_bytes", [0x0580, 0x0280, 0x0480])
+def test_safetensors_whose_header_length_looks_like_a_pickle(
+    tmp_path: Path, header_bytes: int
+) -> None:
+    """A header length of 0x0580 starts with the bytes of a protocol-5 pickle: still read."""
+    path = tmp_path / "k.safetensors"
+    base = {
+        "lora_unet_x.lora_down.weight": torch.randn(2, 8),
+        "lora_unet_x.lora_up.weight": torch.randn(6, 2),
+    }
+    save_file(base, str(path), metadata={"pad": ""})
+    size = int.from_bytes(path.read_bytes()[:8], "little")
+    save_file(base, str(path), metadata={"pad": "x" * (header_bytes - size)})
+    assert path.read_bytes()[:2] == header_bytes.to_bytes(2, "little")
+    assert load_adapter(path).format == "kohya"

@@ -183,7 +183,7 @@ def read_gguf(*, path: Path, tensor_file: Path, alpha: float | None) -> Adapter:
         metadata=metadata,
         base_model=_field(reader, "general.base_model.0.name"),
         warnings=tuple(warnings),
-        source=GgufSource(tensor_file, tensors),  # type: ignore[arg-type]  # numpy contract
+        source=GgufSource(tensor_file, tensors),
     )
 
 

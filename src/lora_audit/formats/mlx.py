@@ -37,7 +37,6 @@ from lora_audit.formats.safetensors_io import (
     Header,
     SafetensorsSource,
     TensorInfo,
-    decode_stored,
 )
 from lora_audit.formats.stacked import sliced, split_sliced
 
@@ -68,7 +67,7 @@ class MlxSource:
     def get(self, key: str) -> npt.NDArray[Any]:
         """The factor (or stored tensor) ``key`` as described above."""
         stored, index = split_sliced(key)
-        array = decode_stored(self.stored.raw(stored))
+        array = self.stored.get(stored)
         if index is not None:
             part: npt.NDArray[Any] = array[index]
             return part
@@ -228,7 +227,7 @@ def read_mlx(
         metadata=header.metadata,
         base_model=str(config["model"]) if config and config.get("model") else None,
         warnings=tuple(warnings),
-        source=MlxSource(tensor_file, header),  # type: ignore[arg-type]  # numpy contract
+        source=MlxSource(tensor_file, header),
     )
 
 

@@ -427,38 +427,3 @@ def encode_floats(values: npt.NDArray[np.float64], dtype: str) -> StoredTensor:
         except FloatingPointError:
             top = float(np.abs(values).max())
             raise OverflowError(f"{top:.3g} is out of the range of {dtype}") from None
-
-
-_NUMPY_DTYPES = {
-    "F64": "<f8",
-    "F32": "<f4",
-    "F16": "<f2",
-    "I64": "<i8",
-    "I32": "<i4",
-    "I16": "<i2",
-    "I8": "i1",
-    "U8": "u1",
-    "BOOL": "?",
-}
-
-
-def decode_stored(tensor: StoredTensor) -> npt.NDArray[Any]:
-    """A stored tensor as a numpy array of its shape, without torch.
-
-    F16/F32/F64 and integers keep their dtype; BF16 is widened to float32 exactly (its bits
-    are the upper half of a float32).
-
-    Raises
-    ------
-    InputError
-        For a dtype numpy cannot hold (FP8).
-    """
-    import numpy as np
-
-    if tensor.dtype == "BF16":
-        half = np.frombuffer(tensor.data, dtype="<u2")
-        return (half.astype("<u4") << np.uint32(16)).view("<f4").reshape(tensor.shape)
-    name = _NUMPY_DTYPES.get(tensor.dtype)
-    if name is None:
-        raise InputError(f"dtype {tensor.dtype} cannot be decoded", hint="convert to float32")
-    return np.frombuffer(tensor.data, dtype=name).reshape(tensor.shape)

@@ -66,6 +66,10 @@ def sniff(path: Path) -> FileKind:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     if not head:
         return "empty"
+    if len(head) >= 9:  # first: a header length can begin with any bytes, even 0x80 0x05
+        (n,) = struct.unpack("<Q", head[:8])
+        if 8 + n <= size and head[8:9] == b"{":
+            return "safetensors"
     if head[:4] == b"GGUF":
         return "gguf"
     if head[:4] == b"PK\x03\x04":
@@ -76,10 +80,6 @@ def sniff(path: Path) -> FileKind:
         return "ggla"
     if head[:6] == b"\x93NUMPY":
         return "npy"
-    if len(head) >= 9:
-        (n,) = struct.unpack("<Q", head[:8])
-        if 8 + n <= size and head[8:9] == b"{":
-            return "safetensors"
     return "unknown"
 
 
