@@ -303,3 +303,12 @@ def test_compress_refuses_uneven_ranks(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "one rank lora_parameters.rank" in result.output and "--rank" in result.output
     assert not out.exists()
+
+
+def test_input_format_mlx_and_the_peft_reader_on_mlx_keys(tmp_path: Path) -> None:
+    write_mlx(tmp_path / "ad", _llama(), rank=2, scale=4.0)
+    file = tmp_path / "ad" / "adapters.safetensors"
+    assert load_adapter(file, input_format="mlx").format == "mlx"
+    with pytest.raises(InputError, match="another format") as info:
+        load_adapter(file, input_format="peft")
+    assert "drop --input-format" in str(info.value)
