@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from factories import FakeAdapter, FakeLayer, planted_factors, write_peft
 
 
@@ -33,7 +32,12 @@ def write_wasteful(directory: Path) -> Path:
 
 def write_untrained(directory: Path) -> Path:
     """r=4, lean, but one layer has B = 0 (ΔW = 0), as PEFT initialises it."""
-    dead = FakeLayer("model.layers.1.q_proj", torch.zeros(32, 4), torch.randn(4, 24))
+    rng = np.random.default_rng(0)
+    dead = FakeLayer(
+        "model.layers.1.q_proj",
+        np.zeros((32, 4), dtype=np.float32),
+        rng.standard_normal((4, 24)).astype(np.float32),
+    )
     layers = [_layer("model.layers.0.q_proj", rank=4, spectrum=[4.0, 3, 2, 1.5], seed=0), dead]
     return write_peft(directory, FakeAdapter(layers))
 

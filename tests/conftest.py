@@ -1,16 +1,64 @@
-"""Shared fixtures: small adapters with known spectra, written into tmp_path."""
+"""Shared fixtures: small adapters with known spectra, written into tmp_path.
+
+Without torch (the default install), test modules that import torch, or the libraries that
+need it (PEFT, transformers, diffusers, lycoris), at module level are not collected; the
+header of the run says how many, and fixtures that need torch skip their tests.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from factories import FakeAdapter, FakeLayer, planted_factors, write_peft
+from factories import HAS_TORCH, FakeAdapter, FakeLayer, planted_factors, write_peft
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "sample_adapters"
+TESTS = Path(__file__).resolve().parent
+
+#: A module-level import of torch or of a library that needs it.
+_NEEDS_TORCH = re.compile(
+    r"^(?:import|from) (?:torch|safetensors\.torch|peft|transformers|diffusers|lycoris)\b",
+    re.MULTILINE,
+)
+
+
+def _modules_needing_torch() -> list[str]:
+    return sorted(
+        str(p.relative_to(TESTS))
+        for p in TESTS.rglob("*.py")
+        if _NEEDS_TORCH.search(p.read_text(encoding="utf-8"))
+    )
+
+
+collect_ignore = [] if HAS_TORCH else _modules_needing_torch()
+
+
+_TORCH_LIBRARIES = frozenset({"torch", "peft", "transformers", "diffusers", "lycoris"})
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):  # type: ignore[no-untyped-def]
+    """Without torch, a test that imports it (or PEFT, …) inside its body is skipped."""
+    outcome = yield
+    error = outcome.excinfo[1] if outcome.excinfo else None
+    if (
+        not HAS_TORCH
+        and isinstance(error, ModuleNotFoundError)
+        and (error.name or "").split(".")[0] in _TORCH_LIBRARIES
+    ):
+        outcome.force_exception(pytest.skip.Exception(f"needs {error.name}, not installed"))
+
+
+def pytest_report_header() -> str:
+    if HAS_TORCH:
+        return "torch: installed (every test module runs)"
+    return (
+        f"torch: not installed; {len(collect_ignore)} test modules that need it are not "
+        "collected"
+    )
 
 
 def sample_adapter_dirs() -> list[Path]:
@@ -28,6 +76,7 @@ def sample_sd_files() -> list[Path]:
 @pytest.fixture
 def mixed_adapter(tmp_path: Path) -> Path:
     """Linear layers with planted spectra, an embedding, a conv, an untrained layer; bf16/fp16."""
+    torch = pytest.importorskip("torch")
     layers = []
     for i in range(2):
         for name, (out, inp) in {"q_proj": (24, 16), "up_proj": (40, 16)}.items():

@@ -1,16 +1,25 @@
-"""Build adapters with known factors in a temporary directory (no PEFT needed)."""
+"""Build adapters with known factors in a temporary directory (no PEFT needed).
+
+torch is optional here: with torch installed, factors are torch tensors (any dtype, bf16
+included) and files are written by ``safetensors.torch``; without it, they are numpy arrays
+written by ``safetensors.numpy`` (the torch-free half of CI).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from safetensors.torch import save_file
+
+if TYPE_CHECKING:
+    import torch
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
 @dataclass
@@ -18,8 +27,8 @@ class FakeLayer:
     """One LoRA layer: module name and factors B (out, r), A (r, in)."""
 
     name: str
-    b: torch.Tensor
-    a: torch.Tensor
+    b: torch.Tensor | np.ndarray
+    a: torch.Tensor | np.ndarray
     embedding: bool = False
 
 
@@ -27,7 +36,7 @@ class FakeLayer:
 class FakeAdapter:
     layers: list[FakeLayer]
     config: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def planted_factors(
@@ -37,9 +46,13 @@ def planted_factors(
     rank: int,
     spectrum: np.ndarray,
     seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """B (out, r), A (r, in) whose product has exactly the singular values ``spectrum``."""
+    dtype: Any = None,
+) -> tuple[Any, Any]:
+    """B (out, r), A (r, in) whose product has exactly the singular values ``spectrum``.
+
+    ``dtype`` is a torch dtype (torch tensors), a numpy dtype (numpy arrays), or ``None``:
+    float32 torch tensors where torch is installed, float32 numpy arrays otherwise.
+    """
     gen = np.random.default_rng(seed)
     k = len(spectrum)
     u, _ = np.linalg.qr(gen.standard_normal((out, k)))
@@ -51,7 +64,36 @@ def planted_factors(
     a[:k, :] = (v * s).T
     mix, _ = np.linalg.qr(gen.standard_normal((rank, rank)))  # hide the structure
     b, a = b @ mix, mix.T @ a
+    if dtype is None:
+        if not HAS_TORCH:
+            return b.astype(np.float32), a.astype(np.float32)
+        import torch
+
+        dtype = torch.float32
+    if isinstance(dtype, (type, np.dtype, str)):
+        return b.astype(dtype), a.astype(dtype)
+    import torch
+
     return torch.tensor(b, dtype=dtype), torch.tensor(a, dtype=dtype)
+
+
+def save_tensors(tensors: Mapping[str, Any], path: Path, *, metadata: Mapping[str, str]) -> None:
+    """Write torch tensors with ``safetensors.torch``, numpy arrays with ``safetensors.numpy``."""
+    if any(not isinstance(t, np.ndarray) for t in tensors.values()):
+        import torch
+        from safetensors.torch import save_file
+
+        contiguous = {
+            k: torch.from_numpy(np.ascontiguousarray(t)) if isinstance(t, np.ndarray) else t
+            for k, t in tensors.items()
+        }
+        contiguous = {k: t.contiguous() for k, t in contiguous.items()}
+        save_file(contiguous, str(path), metadata=dict(metadata))
+        return
+    from safetensors.numpy import save_file as save_numpy
+
+    arrays = {k: np.ascontiguousarray(t) for k, t in tensors.items()}
+    save_numpy(arrays, str(path), metadata=dict(metadata))
 
 
 def write_peft(
@@ -63,19 +105,19 @@ def write_peft(
 ) -> Path:
     """Write ``adapter_model.safetensors`` (+ ``adapter_config.json``) like PEFT does."""
     directory.mkdir(parents=True, exist_ok=True)
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, Any] = {}
     for layer in adapter.layers:
         prefix = f"base_model.model.{layer.name}"
         if layer.embedding:
-            tensors[f"{prefix}.lora_embedding_A"] = layer.a.contiguous()
-            tensors[f"{prefix}.lora_embedding_B"] = layer.b.contiguous()
+            tensors[f"{prefix}.lora_embedding_A"] = layer.a
+            tensors[f"{prefix}.lora_embedding_B"] = layer.b
         else:
-            tensors[f"{prefix}.lora_A.weight"] = layer.a.contiguous()
-            tensors[f"{prefix}.lora_B.weight"] = layer.b.contiguous()
+            tensors[f"{prefix}.lora_A.weight"] = layer.a
+            tensors[f"{prefix}.lora_B.weight"] = layer.b
     tensors.update(adapter.extra)
-    save_file(
+    save_tensors(
         tensors,
-        str(directory / "adapter_model.safetensors"),
+        directory / "adapter_model.safetensors",
         metadata={"format": "pt", **(metadata or {})},
     )
     if with_config:

@@ -102,7 +102,12 @@ def torch_available() -> bool:
     """Whether torch can be imported (without importing it when it is absent)."""
     import importlib.util
 
-    return "torch" in sys.modules or importlib.util.find_spec("torch") is not None
+    if sys.modules.get("torch") is not None:
+        return True
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a broken install, or sys.modules["torch"] = None
+        return False
 
 
 def require_torch(what: str) -> None:
@@ -145,7 +150,7 @@ def device_type(name: DeviceName) -> Literal["cpu", "cuda"]:
 
 
 def _gpu_possible() -> bool:
-    if "torch" in sys.modules:
+    if sys.modules.get("torch") is not None:
         return True  # already paid for: let torch answer
     if sys.platform == "darwin":
         return False

@@ -112,11 +112,13 @@ def test_bad_input_exits_3_with_one_line(tmp_path: Path, kind: str) -> None:
         assert "lora_A" in lines[0] and "NaN" in lines[0]
 
 
-def test_version() -> None:
-    from lora_audit import __version__
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_names_the_project_and_its_home(flag: str) -> None:
+    from lora_audit import HOME, __version__
 
-    result = runner.invoke(app, ["--version"])
-    assert result.exit_code == 0 and result.stdout.strip() == f"lora-audit {__version__}"
+    result = runner.invoke(app, [flag])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"lora-audit {__version__} (lora-rank-audit, {HOME})"
 
 
 def test_offered_formats_are_the_registered_ones() -> None:

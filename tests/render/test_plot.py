@@ -158,7 +158,7 @@ def test_missing_matplotlib_is_a_clear_usage_error(
     picture = tmp_path / "x.png"
     result = runner.invoke(app, ["trend", str(RUN), "--plot", str(picture)])
     assert result.exit_code == 2
-    assert "pip install 'lora-audit[plot]'" in result.stderr
+    assert "pip install 'lora-rank-audit[plot]'" in result.stderr
     assert not picture.exists() and result.stdout == ""
     from lora_audit.render.plot import require_matplotlib
 

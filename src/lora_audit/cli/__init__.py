@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lora_audit import __version__
+from lora_audit import DISTRIBUTION, HOME, __version__
 from lora_audit.cli import _state
 from lora_audit.cli.check import check_command
 from lora_audit.cli.compare import compare_command
@@ -24,14 +24,19 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"lora-audit {__version__}")
+        typer.echo(f"lora-audit {__version__} ({DISTRIBUTION}, {HOME})")
         raise typer.Exit()
 
 
 @app.callback()
 def _root(
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        False,
+        "--version",
+        "-V",
+        callback=_version,
+        is_eager=True,
+        help="Print the version, the distribution name and the project's home, and exit.",
     ),
     debug: bool = typer.Option(False, "--debug", help="Show a traceback when a command fails."),
 ) -> None:

@@ -176,7 +176,7 @@ PlotOption = Annotated[
     typer.Option(
         "--plot",
         help="Also draw the report into this .png or .svg file (needs matplotlib: "
-        "pip install 'lora-audit[plot]').",
+        "pip install 'lora-rank-audit[plot]').",
         show_default=False,
     ),
 ]

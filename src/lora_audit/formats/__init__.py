@@ -13,9 +13,11 @@ from pathlib import Path
 from lora_audit.adapter import Adapter
 from lora_audit.errors import InputError
 from lora_audit.formats import mlx, sniff
-from lora_audit.formats.kohya import looks_like_kohya, read_kohya
+from lora_audit.formats.diffusers_metadata import component_configs, read_pipeline
+from lora_audit.formats.kohya import has_module_alphas, looks_like_kohya, read_kohya
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME, looks_like_peft, read_peft
 from lora_audit.formats.safetensors_io import Header, read_header
+from lora_audit.formats.xlabs import looks_like_xlabs, read_xlabs
 
 #: Tensor files that ``adapter_config.json`` beside them describes: PEFT's, and mlx-lm's final
 #: file and the numbered checkpoints its trainer writes beside it.
@@ -115,6 +117,11 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
     header = read_header(tensor_file)
     mlx_config = config_file is not None and mlx.is_mlx_config_file(config_file)
     fmt = input_format
+    configs = component_configs(header, where=str(tensor_file)) if config_file is None else None
+    if configs and fmt in {"auto", "peft"}:  # diffusers save_lora_weights: one config a component
+        return read_pipeline(
+            path=path, tensor_file=tensor_file, header=header, configs=configs, alpha=alpha
+        )
     if fmt == "auto":
         detected = _detect(header, config_file=config_file, mlx_config=mlx_config)
         if detected is None:
@@ -128,6 +135,8 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
             header=header,
             alpha=alpha,
         )
+    if fmt == "kohya" and looks_like_xlabs(header):
+        return read_xlabs(path=path, tensor_file=tensor_file, header=header)
     if fmt == "kohya":
         return read_kohya(path=path, tensor_file=tensor_file, header=header)
     return read_peft(
@@ -139,10 +148,23 @@ def _detect(header: Header, *, config_file: Path | None, mlx_config: bool) -> st
     """The reader for a safetensors file, from its config and keys; ``None`` for no LoRA."""
     if mlx_config:
         return "mlx"
+    if config_file is None and _single_file_sd(header):
+        # a GLoRA or full-diff file has kohya-style .alpha keys and no factor
+        return None if sniff.not_lora(header.tensors) else "kohya"
     if config_file is not None or looks_like_peft(header):
         return "peft"
-    if looks_like_kohya(header):  # a GLoRA or full-diff file has kohya-style .alpha keys
-        return None if sniff.not_lora(header.tensors) else "kohya"
     if mlx.looks_like_mlx(header):
         return "mlx"
     return None
+
+
+def _single_file_sd(header: Header) -> bool:
+    """A file without ``adapter_config.json`` that the kohya reader reads, not the PEFT one.
+
+    ``lora_A`` keys alone do not make a file PEFT: ComfyUI-style files keep a per-module
+    ``.alpha`` beside them, which PEFT never writes. XLabs (x-flux) files are read by their
+    own reader (``--input-format kohya`` covers them too).
+    """
+    if has_module_alphas(header) or looks_like_xlabs(header):
+        return True
+    return not looks_like_peft(header) and looks_like_kohya(header)

@@ -9,10 +9,12 @@ PEFT
     left as it was, its rank and ``alpha = scale·r`` — unless it matches the top-level
     ``r``/``lora_alpha``, which are the most common pair. The old patterns are replaced (their
     keys could match the new modules first). Everything else in the config is kept.
-kohya / LyCORIS / diffusers
-    One ``.safetensors`` file with the same key names; a rewritten layer gets
-    ``<module>.alpha = k`` so that ``alpha/k·up·down`` is the truncation (diffusers files have
-    no alpha keys: scale 1 is baked in). LoHa, LoKr and Tucker layers that are rewritten come
+kohya / LyCORIS / ComfyUI-style / diffusers / XLabs
+    One ``.safetensors`` file with the same key names (``lora_down``/``lora_up`` or
+    ``lora_A``/``lora_B`` as the layer had them); a rewritten layer gets ``<module>.alpha = k``
+    so that ``alpha/k·up·down`` is the truncation (diffusers-processor and XLabs files have no
+    alpha keys: scale 1 is baked in; XLabs files are written only when every layer ends at one
+    rank, which x-flux's loader needs). LoHa, LoKr and Tucker layers that are rewritten come
     out as plain ``lora_down``/``lora_up`` layers under the same module name.
     ``ss_network_dim``/``ss_network_alpha`` are updated (``"Dynamic"`` when ranks differ).
 mlx-lm
@@ -41,6 +43,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure
 from lora_audit.errors import OutputError, UsageError
+from lora_audit.formats.diffusers_metadata import PIPELINE_FORMAT, pipeline_metadata
 from lora_audit.formats.patterns import pattern_keys
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME
 from lora_audit.formats.safetensors_io import (
@@ -51,10 +54,15 @@ from lora_audit.formats.safetensors_io import (
     write_atomic,
     write_safetensors,
 )
+from lora_audit.formats.xlabs import check_one_rank
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
+
+
+#: Single-file formats that store no alpha: a rewritten layer's factors carry its scale.
+NO_ALPHA_FORMATS = frozenset({"diffusers", "xlabs"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,6 +167,8 @@ def write_compressed(
                 write_plain=_write_plain,
             )
         return output / "adapters.safetensors"
+    if adapter.format == "xlabs":
+        check_one_rank(adapter, {name: new.rank for name, new in new_layers.items()})
     tensors, metadata = _tensors(adapter, new_layers)
     metadata.update(provenance)
     if adapter.format == "peft":
@@ -172,6 +182,8 @@ def write_compressed(
                 _write_plain(tmp / CONFIG_NAME, text.encode("utf-8"))
             return output / WEIGHTS_NAME
         metadata["lora_adapter_metadata"] = json.dumps(config)
+    elif adapter.format == PIPELINE_FORMAT:
+        metadata["lora_adapter_metadata"] = json.dumps(pipeline_metadata(adapter, new_layers))
     else:
         metadata.update(_kohya_metadata(adapter, new_layers))
     _make_parent(output)
@@ -224,16 +236,15 @@ def _new_keys(adapter: Adapter, layer: LoraLayer, new: NewLayer) -> dict[str, St
         b = new.b.reshape(layer.out_features, k, *([1] * len(spatial)))
     else:
         a, b = new.a, new.b
-    if adapter.format == "peft" or (
-        adapter.format == "diffusers" and layer.structure is Structure.LORA
+    if adapter.format in {"peft", PIPELINE_FORMAT} or (
+        adapter.format in NO_ALPHA_FORMATS and layer.structure is Structure.LORA
     ):
         return {layer.a_key: a, layer.b_key: b}
     module = layer.name
-    return {
-        f"{module}.lora_down.weight": a,
-        f"{module}.lora_up.weight": b,
-        f"{module}.alpha": encode_floats(np.array(float(k)), b.dtype),
-    }
+    alpha = {f"{module}.alpha": encode_floats(np.array(float(k)), b.dtype)}
+    if layer.structure is Structure.LORA:  # its own key names (lora_down or lora_A style)
+        return {layer.a_key: a, layer.b_key: b, **alpha}
+    return {f"{module}.lora_down.weight": a, f"{module}.lora_up.weight": b, **alpha}
 
 
 def new_layer(

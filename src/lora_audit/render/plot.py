@@ -1,6 +1,6 @@
 """Pictures of finished reports: PNG or SVG bytes, drawn with matplotlib (an optional extra).
 
-``pip install 'lora-audit[plot]'`` installs matplotlib; without it, :func:`require_matplotlib`
+``pip install 'lora-rank-audit[plot]'`` installs matplotlib; without it, :func:`require_matplotlib`
 raises a usage error that says so. Figures are drawn on matplotlib's ``Figure`` directly (no
 ``pyplot``, no GUI backend, nothing is ever shown in a window) at :data:`DPI` dots per inch,
 with a fixed layout, so the pixel size is known in advance:
@@ -42,7 +42,7 @@ COMPARE_SIZE = (12.0, 5.5)
 #: Formats a plot file may have, by suffix.
 PLOT_FORMATS = ("png", "svg")
 
-_INSTALL_HINT = "pip install 'lora-audit[plot]' (or pip install matplotlib)"
+_INSTALL_HINT = "pip install 'lora-rank-audit[plot]' (or pip install matplotlib)"
 _RC = {
     "svg.hashsalt": "lora-audit",  # stable element ids: the same report gives the same SVG
     "svg.fonttype": "path",
