@@ -1,6 +1,6 @@
 """llama.cpp GGUF LoRA adapters (``convert_lora_to_gguf.py``; used by llama.cpp and Ollama).
 
-Read with the ``gguf`` package (``pip install 'lora-audit[gguf]'``, imported only here and
+Read with the ``gguf`` package (``pip install gguf`` or the ``lora-rank-audit[gguf]`` extra; imported only here and
 only when a GGUF file is given), the way llama.cpp's ``llama_adapter_lora_init`` and
 ``build_lora_mm`` apply the file:
 
@@ -45,7 +45,7 @@ def _import_gguf() -> Any:
     except ImportError as exc:
         raise InputError(
             "this is a GGUF file; reading it needs the gguf package",
-            hint="pip install gguf (or install lora-audit with the [gguf] extra)",
+            hint="pip install gguf (or the lora-rank-audit[gguf] extra)",
         ) from exc
     return gguf
 
