@@ -1,8 +1,8 @@
 """llama.cpp GGUF LoRA adapters (``convert_lora_to_gguf.py``; used by llama.cpp and Ollama).
 
 Read with the ``gguf`` package (``pip install gguf``, or the ``lora-rank-audit[gguf]`` extra;
-imported only here and only when a GGUF file is given), the way llama.cpp's ``llama_adapter_lora_init`` and
-``build_lora_mm`` apply the file:
+imported only here and only when a GGUF file is given), the way llama.cpp's
+``llama_adapter_lora_init`` and ``build_lora_mm`` apply the file:
 
 * metadata ``general.type = adapter``, ``adapter.type = lora``, ``adapter.lora.alpha``
   (float32; missing means 0);
