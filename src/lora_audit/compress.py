@@ -275,7 +275,7 @@ def _report(
     lost = sum((layer.relative_error * layer.frobenius_norm) ** 2 for layer in layers)
     info = adapter_info(adapter)
     output = options.output
-    fmt = "peft directory" if output_is_directory(adapter) else f"{adapter.format} file"
+    fmt = f"{adapter.format} {'directory' if output_is_directory(adapter) else 'file'}"
     return CompressReport(
         tool=TOOL,
         adapter=info,

@@ -154,13 +154,15 @@ class InputFormat(StrEnum):
     AUTO = "auto"
     PEFT = "peft"
     KOHYA = "kohya"
+    MLX = "mlx"
 
 
 InputFormatOption = Annotated[
     InputFormat,
     typer.Option(
         "--input-format",
-        help="auto (detect from the keys), peft, or kohya (kohya/sd-scripts, LyCORIS, diffusers).",
+        help="auto (detect from the keys), peft, kohya (kohya/sd-scripts, LyCORIS, diffusers) "
+        "or mlx (mlx-lm); GGUF is detected from the file.",
     ),
 ]
 

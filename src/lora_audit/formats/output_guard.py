@@ -40,7 +40,9 @@ Kind = Literal["file", "directory"]
 Data = bytes | Callable[[IO[bytes]], None]
 
 #: The only entries of a directory ``--force`` may replace (what ``compress`` writes).
-ADAPTER_DIR_FILES = frozenset({"adapter_model.safetensors", "adapter_config.json"})
+ADAPTER_DIR_FILES = frozenset(
+    {"adapter_model.safetensors", "adapter_config.json", "adapters.safetensors"}  # PEFT, mlx-lm
+)
 _DESCRIPTOR = re.compile(r"/dev/(stdout|stderr|fd/\d+)|/proc/(self|\d+)/fd/\d+")
 
 

@@ -27,6 +27,7 @@ from lora_audit.formats.safetensors_io import (
     TensorInfo,
     read_header,
 )
+from lora_audit.formats.sniff import no_factors_error
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -229,10 +230,7 @@ def _pair_layers(
             hint="every lora_A needs its lora_B; the file is incomplete",
         )
     if not factors:
-        raise InputError(
-            f"{tensor_file}: no LoRA factors found (no '*.lora_A.weight' / '*.lora_B.weight' keys)",
-            hint="is this a PEFT LoRA adapter? other formats are not supported yet",
-        )
+        raise no_factors_error(tensor_file, header.tensors)
     layers = [
         _make_layer(
             module_key=mod,

@@ -17,6 +17,11 @@ kohya / LyCORIS / ComfyUI-style / diffusers / XLabs
     rank, which x-flux's loader needs). LoHa, LoKr and Tucker layers that are rewritten come
     out as plain ``lora_down``/``lora_up`` layers under the same module name.
     ``ss_network_dim``/``ss_network_alpha`` are updated (``"Dynamic"`` when ranks differ).
+mlx-lm
+    A directory with ``adapters.safetensors`` and ``adapter_config.json``, every layer at one
+    rank (:mod:`lora_audit.formats.mlx_write`).
+GGUF
+    Refused: compress the PEFT adapter it was converted from and convert again.
 
 Every file is written to a temporary name in the target directory, fsync'ed and renamed; a
 directory is built as a temporary sibling and renamed into place, so an interrupted run leaves
@@ -36,7 +41,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure
-from lora_audit.errors import OutputError
+from lora_audit.errors import OutputError, UsageError
 from lora_audit.formats.diffusers_metadata import PIPELINE_FORMAT, pipeline_metadata
 from lora_audit.formats.output_guard import Kind, OutputGuard
 from lora_audit.formats.patterns import pattern_keys
@@ -80,12 +85,34 @@ class NewLayer:
 
 
 def output_is_directory(adapter: Adapter) -> bool:
-    """PEFT adapters read from a directory (or with a config) are written as directories."""
-    return (
+    """PEFT adapters read from a directory (or with a config), and mlx-lm adapters, are written
+    as directories."""
+    return adapter.format == "mlx" or (
         adapter.format == "peft"
         and bool(adapter.config)
         and "lora_adapter_metadata" not in adapter.metadata
     )
+
+
+def refuse_unwritable(adapter: Adapter) -> None:
+    """Refuse formats that compress cannot write back exactly (GGUF; mlx-lm without config).
+
+    Raises
+    ------
+    UsageError
+        With what to do instead.
+    """
+    if adapter.format == "gguf":
+        raise UsageError(
+            f"{adapter.path}: compress does not write GGUF adapters",
+            hint="compress the PEFT adapter the GGUF was converted from, then convert the "
+            "result again with llama.cpp's convert_lora_to_gguf.py (inspect and check read "
+            "GGUF directly)",
+        )
+    if adapter.format == "mlx":
+        from lora_audit.formats.mlx_write import check_ranks
+
+        check_ranks(adapter, {})
 
 
 def output_kind(adapter: Adapter) -> Kind:
@@ -119,6 +146,7 @@ def check_output(
         When ``output`` is an input, contains one, lies in an input directory, or exists and
         ``force`` is off (or, with ``force``, is a directory holding other files).
     """
+    refuse_unwritable(adapter)
     guard = output_guard(adapter, force=force, base=base)
     guard.plan(output, role="--output", kind=output_kind(adapter), adapter=True)
     return guard
@@ -141,6 +169,18 @@ def write_compressed(
         The tensor file written.
     """
     guard = check_output(adapter, output, force=force, base=base)
+    if adapter.format == "mlx":
+        from lora_audit.formats.mlx_write import write_mlx
+
+        with guard.directory(output, role="--output") as tmp:
+            write_mlx(
+                adapter,
+                new_layers,
+                directory=tmp,
+                metadata={**adapter.metadata, **provenance},
+                write_plain=_write_plain,
+            )
+        return Path(os.path.realpath(output)) / "adapters.safetensors"
     if adapter.format == "xlabs":
         check_one_rank(adapter, {name: new.rank for name, new in new_layers.items()})
     final = Path(os.path.realpath(output))  # now: `-o .` leaves the working directory behind
