@@ -460,7 +460,7 @@ class DoraCompression:
         Each carries its new ``lora_magnitude_vector`` in ``extra`` (stored shape and dtype).
         """
         from lora_audit.formats.safetensors_io import SafetensorsSource, encode_floats
-        from lora_audit.formats.writer import new_layer
+        from lora_audit.formats.writer import new_layer, stored_dtypes
 
         todo = replace(
             self.adapter, layers=tuple(x for x in self.adapter.layers if x.name in ranks)
@@ -495,6 +495,7 @@ class DoraCompression:
                         b=b_k.cpu().double().numpy(),
                         a=a_k.cpu().double().numpy(),
                         extra={key: encode_floats(magnitude, stored.dtype)},
+                        dtypes=stored_dtypes(todo, layer),
                     )
                 )
             return out

@@ -134,8 +134,11 @@ class HostFactors:
             b, a = self._buffer("b", shape_b, "<f8"), self._buffer("a", shape_a, "<f8")
             np.copyto(b, b_t)
             np.copyto(a, a_t)
-            return b, a
-        return self._read(layer.b_key, "b", shape_b), self._read(layer.a_key, "a", shape_a)
+        else:
+            b, a = self._read(layer.b_key, "b", shape_b), self._read(layer.a_key, "a", shape_a)
+        if "F64" in layer.dtype:  # only float64 can hold values whose squares overflow
+            balance(b, a)
+        return b, a
 
     def _buffer(self, slot: str, shape: tuple[int, ...], dtype: str) -> npt.NDArray[Any]:
         key = (f"{slot}:{dtype}", shape)
@@ -182,3 +185,33 @@ class HostFactors:
                 done += n
         except OSError as exc:
             raise InputError(f"{path}: cannot read tensor {key!r}: {exc.strerror or exc}") from exc
+
+
+#: Factors whose largest magnitude lies outside [2⁻³⁰⁰, 2³⁰⁰] are balanced before Grams.
+_SAFE_EXPONENT = 300
+
+
+def balance(b: Float64Array, a: Float64Array) -> None:
+    """Scale ``B`` by 2⁻ᵏ and ``A`` by 2ᵏ in place so their largest magnitudes meet.
+
+    ``B·A`` is unchanged — multiplying by a power of two is exact — but the Gram matrices
+    ``BᵀB`` and ``AAᵀ`` of float64 factors with a huge dynamic range (``B·1e-200``,
+    ``A·1e200``) no longer underflow or overflow although the product is moderate. Factors
+    already in a safe range, zero or non-finite ones (reported later) are left as they are.
+
+    Parameters
+    ----------
+    b : ndarray, float64, shape (out, r)
+    a : ndarray, float64, shape (r, in)
+    """
+    if b.size == 0 or a.size == 0:
+        return
+    top_b, top_a = float(np.abs(b).max()), float(np.abs(a).max())
+    if not (math.isfinite(top_b) and math.isfinite(top_a)) or top_b == 0 or top_a == 0:
+        return
+    exp_b, exp_a = math.frexp(top_b)[1], math.frexp(top_a)[1]
+    if max(abs(exp_b), abs(exp_a)) <= _SAFE_EXPONENT:
+        return
+    k = (exp_b - exp_a) // 2
+    np.ldexp(b, -k, out=b)
+    np.ldexp(a, k, out=a)

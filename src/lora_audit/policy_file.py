@@ -25,13 +25,13 @@ range is an :class:`~lora_audit.errors.InputError` (exit 3) naming the file and 
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lora_audit.errors import InputError
+from lora_audit.formats.config_files import load_toml_file
 from lora_audit.rules import SETTINGS_BY_KEY, Policy, merge
 
 #: The file that holds only lora-audit's settings.
@@ -75,9 +75,13 @@ def find_policy_file(start: Path) -> Path | None:
 
 
 def _exists(path: Path, *, file: bool) -> bool:
-    """Whether ``path`` is a file (or exists at all); unreadable directories hold nothing."""
+    """Whether something is at ``path``; unreadable directories hold nothing.
+
+    A policy file that is a FIFO, a device or a directory counts (``file=True``), so that
+    reading it refuses it clearly instead of the search skipping it in silence.
+    """
     try:
-        return path.is_file() if file else path.exists()
+        return path.exists() or (file and path.is_symlink())
     except OSError:
         return False
 
@@ -163,17 +167,9 @@ def resolve_policy(
 
 
 def _load(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such policy file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise InputError(f"{path}: cannot read the policy file: {reason}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML ({exc})") from None
+    if not path.exists() and not path.is_symlink():
+        raise InputError(f"{path}: no such policy file")
+    return load_toml_file(path, what="policy file")
 
 
 def _table(data: Mapping[str, Any], *, path: Path) -> Mapping[str, Any] | None:

@@ -83,3 +83,12 @@ def test_pattern_keys_agree_with_matching_every_module(names: list[str]) -> None
             assert keys[name].startswith("^")
         hits = [m for m in names if peft_other.get_pattern_key([keys[name]], m) == keys[name]]
         assert hits == [name], (name, keys[name], hits)
+
+
+def test_ordinary_keys_pass_the_backtracking_screen() -> None:
+    from lora_audit.formats.patterns import regex_problem
+
+    keys = [k for patterns in PATTERNS for k in patterns]
+    keys += list(pattern_keys(MODULES).values())
+    keys += [r"layers\.\d+\.self_attn\.(q|k|v)_proj", r"model\.layers\.[0-9]{1,2}\..*proj"]
+    assert [k for k in keys if regex_problem(k) is not None] == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -28,10 +29,27 @@ OutputOption = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Write the report to this file instead of stdout."),
 ]
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Replace existing output files (-o, --plot); an input is never replaced.",
+    ),
+]
+
+
+def _finite_non_zero(value: float | None) -> float | None:
+    """Refuse ``--alpha nan``, ``inf`` or 0 as a bad option (exit 2), not a bad file."""
+    if value is not None and not (math.isfinite(value) and value != 0):
+        raise typer.BadParameter(f"{value} is not a finite non-zero number")
+    return value
+
+
 AlphaOption = Annotated[
     float | None,
     typer.Option(
         "--alpha",
+        callback=_finite_non_zero,
         help="lora_alpha to use when neither adapter_config.json nor the file header gives one.",
     ),
 ]
@@ -136,13 +154,15 @@ class InputFormat(StrEnum):
     AUTO = "auto"
     PEFT = "peft"
     KOHYA = "kohya"
+    MLX = "mlx"
 
 
 InputFormatOption = Annotated[
     InputFormat,
     typer.Option(
         "--input-format",
-        help="auto (detect from the keys), peft, or kohya (kohya/sd-scripts, LyCORIS, diffusers).",
+        help="auto (detect from the keys), peft, kohya (kohya/sd-scripts, LyCORIS, diffusers) "
+        "or mlx (mlx-lm); GGUF is detected from the file.",
     ),
 ]
 

@@ -35,6 +35,7 @@ def plot_request(
         For a suffix other than .png/.svg, missing matplotlib, a bad or unmatched pattern, or
         ``--plot-layers`` without ``--plot``.
     """
+    from lora_audit.formats.patterns import search_names
     from lora_audit.render.plot import layer_filter, plot_format, require_matplotlib
 
     if path is None:
@@ -42,9 +43,16 @@ def plot_request(
             raise UsageError("--plot-layers needs --plot FILE")
         return None
     fmt = plot_format(path)
+    from lora_audit.cli._common import preflight
+
+    preflight(path, role="--plot")
     require_matplotlib()
     pattern = layer_filter(layers)
-    if pattern is not None and names is not None and not any(pattern.search(n) for n in names):
+    if (
+        pattern is not None
+        and names is not None
+        and not any(search_names(pattern, names, what="--plot-layers"))
+    ):
         raise UsageError(
             f"--plot-layers {layers!r} matches none of the {len(names)} layers",
             hint="e.g. " + (names[0] if names else "layer names as inspect prints them"),
@@ -56,7 +64,8 @@ def draw(report: Any, request: PlotRequest | None) -> None:
     """Draw ``report`` into the requested file (written atomically)."""
     if request is None:
         return
-    from lora_audit.formats.safetensors_io import write_atomic
+    from lora_audit.cli._common import outputs
     from lora_audit.render.plot import render_plot
 
-    write_atomic(request.path, render_plot(report, fmt=request.fmt, layers=request.layers))
+    data = render_plot(report, fmt=request.fmt, layers=request.layers)
+    outputs().write(request.path, data, role="--plot")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -13,6 +14,8 @@ from lora_audit.cli._common import (
     check_fraction,
     emit_report,
     load_reported,
+    outputs,
+    preflight,
     progress_bar,
     run_guarded,
     warn,
@@ -29,6 +32,7 @@ from lora_audit.cli._options import (
 from lora_audit.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
+    from lora_audit.adapter import Adapter
     from lora_audit.selection import RankRule
 
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
@@ -45,7 +49,10 @@ def parse_budget(text: str) -> int:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)\s*", text)
     if not match:
         raise UsageError(f"--budget {text!r} is not a parameter count", hint="e.g. 2M, 500k")
-    value = int(float(match[1]) * _SUFFIXES[match[2].lower()])
+    count = float(match[1]) * _SUFFIXES[match[2].lower()]
+    if not math.isfinite(count):
+        raise UsageError(f"--budget {text[:40]!r} is too large", hint="e.g. 2M, 500k")
+    value = int(count)
     if value <= 0:
         raise UsageError(f"--budget {text!r} must be positive")
     return value
@@ -105,7 +112,14 @@ def compress_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the plan; write nothing.")
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing output (-o, --report): a file, or a directory holding "
+            "only an adapter; never an input.",
+        ),
+    ] = False,
     allow_dora: Annotated[
         bool,
         typer.Option(
@@ -160,12 +174,22 @@ def compress_command(
         if output is None and not dry_run:
             raise UsageError("--output is required", hint="or pass --dry-run to see the plan")
         loaded = load_reported(adapter, alpha=alpha, input_format=input_format.value)
+        _claim_outputs(loaded, output=None if dry_run else output, report=report_file)
         with progress_bar(len(loaded.layers), description="compress") as advance:
             report = compress_adapter(loaded, options=options, progress=advance, warn=warn)
-        emit_report(report, output_format.value, output=report_file)
+        emit_report(report, output_format.value, output=report_file, role="--report")
         return int(ExitCode.OK)
 
-    run_guarded(body)
+    run_guarded(body, force=force, inputs=[adapter], base=base)
+
+
+def _claim_outputs(loaded: Adapter, *, output: Path | None, report: Path | None) -> None:
+    """Check ``-o`` and ``--report`` before any work: neither an input nor each other."""
+    from lora_audit.formats.writer import output_kind
+
+    if output is not None:
+        outputs().plan(output, role="--output", kind=output_kind(loaded), adapter=True)
+    preflight(report, role="--report")
 
 
 def _rule(

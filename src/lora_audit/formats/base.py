@@ -35,9 +35,9 @@ stored ``(vocab, dim)`` and transposed to ``ΔW``'s ``(dim, vocab)``.
 
 from __future__ import annotations
 
-import json
 import math
 import re
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer
 from lora_audit.errors import InputError
+from lora_audit.formats.config_files import file_kind, parse_json, read_bounded
 from lora_audit.formats.safetensors_io import FLOAT_DTYPES, Header, SafetensorsSource, read_header
 
 if TYPE_CHECKING:
@@ -185,6 +186,12 @@ def open_base(path: Path) -> BaseModel:
     """
     if not path.exists():
         raise InputError(f"--base {path}: no such file or directory")
+    kind = path.stat().st_mode
+    if not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
+        raise InputError(
+            f"--base {path}: {file_kind(kind)}, not a file or directory",
+            hint="point --base at the model's directory or its .safetensors file",
+        )
     if path.is_file():
         if path.name.endswith(INDEX_SUFFIX):
             return _from_index(path, base=path)
@@ -197,10 +204,10 @@ def open_base(path: Path) -> BaseModel:
             )
         return _single(path, base=path)
     for name in INDEX_NAMES:
-        if (path / name).is_file():
+        if (path / name).exists():  # read_bounded refuses one that is not a regular file
             return _from_index(path / name, base=path)
     for name in SINGLE_NAMES:
-        if (path / name).is_file():
+        if (path / name).exists():  # … and read_header likewise
             return _single(path / name, base=path)
     indexes = sorted(p for p in path.iterdir() if p.name.endswith(INDEX_SUFFIX) and p.is_file())
     singles = sorted(p for p in path.iterdir() if p.suffix == ".safetensors" and p.is_file())
@@ -241,15 +248,8 @@ def _single(file: Path, *, base: Path) -> BaseModel:
 
 def _from_index(index: Path, *, base: Path) -> BaseModel:
     """Read ``weight_map`` of a sharded checkpoint; shard names must stay in its directory."""
-    try:
-        size = index.stat().st_size
-        if size > MAX_INDEX_BYTES:
-            raise InputError(f"{index}: {size} bytes, too large for a checkpoint index")
-        raw = json.loads(index.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"{index}: cannot read: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{index}: not valid JSON ({exc.__class__.__name__})") from exc
+    data = read_bounded(index, what="checkpoint index", limit=MAX_INDEX_BYTES)
+    raw = parse_json(data, where=str(index))
     weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()

@@ -45,14 +45,16 @@ _ROLE = re.compile(
     r"^(?P<module>.+?)\."
     r"(?P<role>lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha|dora_scale"
     r"|lora_[AB](?:\.default)?\.weight"
-    r"|hada_w[12]_[ab]|hada_t[12]|lokr_w[12]|lokr_w[12]_[ab]|lokr_t2)$"
+    r"|hada_w[12]_[ab]|hada_t[12]|lokr_w[12]|lokr_w[12]_[ab]|lokr_t2)\Z",
+    re.DOTALL,  # a module name may hold any character, a line break too: never skip it
 )
 _DIFFUSERS = re.compile(
-    r"^(?P<module>.+?)(?:_lora|\.lora_linear_layer|\.lora)\.(?P<side>down|up)\.weight$"
+    r"^(?P<module>.+?)(?:_lora|\.lora_linear_layer|\.lora)\.(?P<side>down|up)\.weight\Z",
+    re.DOTALL,
 )
 #: ComfyUI-style factor names, read as kohya's down / up.
 _PEFT_NAMED = {"lora_A": "lora_down", "lora_B": "lora_up"}
-_NOT_LOW_RANK = re.compile(r"\.(diff|diff_b|oft_blocks|oft_diag|on_input|rescale)$")
+_NOT_LOW_RANK = re.compile(r"\.(diff|diff_b|oft_blocks|oft_diag|on_input|rescale)\Z")
 
 #: ``ss_*`` metadata keys shown in reports.
 SHOWN_METADATA = (

@@ -8,7 +8,6 @@ top-level value, with PEFT's own matching (:mod:`lora_audit.formats.patterns`).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -18,6 +17,8 @@ from typing import Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, ScaleSource, lora_scale, natural_key
 from lora_audit.errors import InputError
+from lora_audit.formats.config_checks import check_lora_numbers, check_one_adapter_name
+from lora_audit.formats.config_files import load_json_file, parse_json
 from lora_audit.formats.derived_source import Derive, DerivedSource
 from lora_audit.formats.patterns import match_pattern
 from lora_audit.formats.peft_init import init_warnings
@@ -36,6 +37,7 @@ from lora_audit.formats.safetensors_io import (
     TensorInfo,
     read_header,
 )
+from lora_audit.formats.sniff import no_factors_error
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -43,9 +45,12 @@ PREFIX = "base_model.model."
 
 _FACTOR = re.compile(
     r"^(?P<module>.+)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
-    r"(?:\.(?P<adapter>[A-Za-z0-9_\-]+))?(?P<suffix>\.weight)?$"
+    r"(?:\.(?P<adapter>[A-Za-z0-9_\-]+))?(?P<suffix>\.weight)?\Z",
+    re.DOTALL,  # a module name may hold any character, a line break too: never skip it
 )
-_EXTRA = re.compile(r"^(?P<module>.+)\.(?:lora_B\.bias|lora_magnitude_vector(?:\.weight)?)$")
+_EXTRA = re.compile(
+    r"^(?P<module>.+)\.(?:lora_B\.bias|lora_magnitude_vector(?:\.weight)?)\Z", re.DOTALL
+)
 _SUPPORTED_PEFT_TYPES = {"LORA", "LOHA", "LOKR", "ADALORA"}
 
 
@@ -88,6 +93,8 @@ def parse_config(raw: Mapping[str, Any], *, where: str) -> PeftConfig:
             hint="lora-audit reads PEFT LoRA (and DoRA), LoHa, LoKr and AdaLoRA adapters; "
             "IA3, OFT/BOFT, VeRA, … are not low-rank B·A updates",
         )
+    masks_removed = {**raw, "rank_pattern": None} if peft_type == "ADALORA" else raw
+    check_lora_numbers(masks_removed, where=where)  # AdaLoRA's rank_pattern holds masks
     r, init_r = raw.get("r"), raw.get("init_r") if peft_type == "ADALORA" else None
     for field_name, value in (("r", r), ("init_r", init_r)):
         bad = isinstance(value, bool) or not isinstance(value, int) or value <= 0
@@ -136,14 +143,7 @@ def _strings(value: Any) -> tuple[str, ...]:
 
 def read_config(path: Path) -> PeftConfig:
     """Read and validate an ``adapter_config.json``."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(
-            f"{path}: not valid JSON ({exc})", hint="fix or regenerate adapter_config.json"
-        ) from exc
+    raw = load_json_file(path, what="adapter config")
     if not isinstance(raw, dict):
         raise InputError(f"{path}: must contain a JSON object")
     return parse_config(raw, where=str(path))
@@ -154,10 +154,7 @@ def config_from_metadata(header: Header, *, where: str) -> PeftConfig | None:
     text = header.metadata.get("lora_adapter_metadata")
     if text is None:
         return None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{where}: lora_adapter_metadata in the header is not JSON") from exc
+    raw = parse_json(text, where=f"{where}: lora_adapter_metadata in the header")
     if not isinstance(raw, dict):
         raise InputError(f"{where}: lora_adapter_metadata in the header is not a JSON object")
     return parse_config(raw, where=f"{where} (lora_adapter_metadata)")
@@ -311,6 +308,7 @@ def _pair_layers(
     factors: dict[str, dict[str, str]] = {}
     extras: dict[str, list[str]] = {}
     passthrough: list[str] = []
+    check_one_adapter_name(header.tensors, where=str(tensor_file))
     for key in header.tensors:
         if m := _EXTRA.match(key):
             extras.setdefault(m["module"], []).append(key)
@@ -339,10 +337,7 @@ def _pair_layers(
             hint="every lora_A needs its lora_B; the file is incomplete",
         )
     if not factors:
-        raise InputError(
-            f"{tensor_file}: no LoRA factors found (no '*.lora_A.weight' / '*.lora_B.weight' keys)",
-            hint="is this a PEFT LoRA adapter? other formats are not supported yet",
-        )
+        raise no_factors_error(tensor_file, header.tensors)
     layers = [
         _make_layer(
             module_key=mod,

@@ -21,12 +21,15 @@ from __future__ import annotations
 import io
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_audit.errors import UsageError
-from lora_audit.render.table import block_prefix, split_block
+from lora_audit.render._plot_data import binned, heat_grid, sample
+from lora_audit.render.escape import for_plot
+from lora_audit.render.table import block_prefix
 from lora_audit.report import CompareReport, InspectReport, TrendReport
 
 if TYPE_CHECKING:
@@ -50,6 +53,8 @@ _RC = {
     "axes.titlesize": 10,
     "axes.spines.top": False,
     "axes.spines.right": False,
+    "text.parse_math": False,  # names are labels, never mathtext ("$\\frac{" must not crash)
+    "text.usetex": False,
 }
 
 
@@ -92,10 +97,20 @@ def layer_filter(pattern: str | None) -> re.Pattern[str] | None:
     Raises
     ------
     UsageError
-        When the pattern is not a valid regular expression.
+        When the pattern is not a valid regular expression, or one that could backtrack
+        for too long (:func:`~lora_audit.formats.patterns.regex_problem`).
     """
     if pattern is None:
         return None
+    from lora_audit.formats.patterns import regex_problem
+
+    problem = regex_problem(pattern)
+    if problem is not None:
+        raise UsageError(
+            f"--plot-layers {pattern[:60]!r} is refused: {problem} can make matching take "
+            "exponential time",
+            hint="e.g. --plot-layers 'layer\\.(0|5)\\..*query'",
+        )
     try:
         return re.compile(pattern)
     except re.error as exc:
@@ -127,7 +142,9 @@ def render_plot(report: Any, *, fmt: str = "png", layers: str | None = None) -> 
         raise UsageError(f"unknown picture format {fmt!r}", hint="use png or svg")
     from matplotlib import rc_context
 
-    with rc_context(_RC):  # type: ignore[arg-type]
+    with rc_context(_RC), warnings.catch_warnings():  # type: ignore[arg-type]
+        # a name in a script the fonts lack draws as boxes; no multi-line warning on stderr
+        warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
         if report.kind == "inspect":
             fig = _inspect_figure(report, layers=layer_filter(layers))
         elif report.kind == "trend":
@@ -144,7 +161,7 @@ def render_plot(report: Any, *, fmt: str = "png", layers: str | None = None) -> 
 
 def inspect_size(report: InspectReport) -> tuple[float, float]:
     """The inspect figure's size in inches: taller when the heatmap has many rows."""
-    rows = len(_grid(report.layers)[0])
+    rows = len(heat_grid(report.layers)[0])
     width, height = INSPECT_SIZE
     return width, max(height, 1.26 + 0.22 * rows)
 
@@ -157,22 +174,30 @@ def _figure(size: tuple[float, float]) -> Figure:
 
 def _short_names(names: Sequence[str]) -> list[str]:
     prefix = block_prefix(names)
-    return [name.removeprefix(prefix) for name in names]
+    return [for_plot(name.removeprefix(prefix)) for name in names]
 
 
 # --- inspect ------------------------------------------------------------------------------------
 def _inspect_figure(report: InspectReport, *, layers: re.Pattern[str] | None) -> Figure:
     fig = _figure(inspect_size(report))
     spectra_ax, heat_ax = fig.subplots(1, 2, width_ratios=(1.15, 1))
-    chosen = [layer for layer in report.layers if layers is None or layers.search(layer.name)]
+    chosen = list(report.layers)
+    if layers is not None:
+        from lora_audit.formats.patterns import search_names
+
+        hits = search_names(layers, [layer.name for layer in chosen], what="--plot-layers")
+        chosen = [layer for layer, hit in zip(chosen, hits, strict=True) if hit]
     if not chosen:
         raise UsageError(
             f"--plot-layers {layers.pattern if layers else ''!r} matches no layer",
             hint="the layer names are those of the report (lora-audit inspect ADAPTER)",
         )
-    _spectra(spectra_ax, report, chosen)
+    drawn = sample(chosen)
+    _spectra(spectra_ax, report, drawn)
     _heatmap(fig, heat_ax, report)
-    fig.suptitle(f"{report.adapter.path} · {len(report.layers)} layers", fontsize=11)
+    shown = f" · spectra of {len(drawn)} of them, evenly spaced" if len(drawn) < len(chosen) else ""
+    title = f"{for_plot(report.adapter.path)} · {len(report.layers)} layers{shown}"
+    fig.suptitle(title, fontsize=11)
     return fig
 
 
@@ -214,32 +239,16 @@ def _spectra(ax: Axes, report: InspectReport, chosen: Sequence[Any]) -> None:
     ax.grid(True, which="major", alpha=0.3)
 
 
-def _grid(layers: Sequence[Any]) -> tuple[list[str], list[str], dict[tuple[str, str], Any]]:
-    """Heatmap rows (numbered blocks, in order), columns (modules) and cells."""
-    prefix = block_prefix([layer.name for layer in layers])
-    rows: dict[str, None] = {}
-    cols: dict[str, None] = {}
-    cells: dict[tuple[str, str], Any] = {}
-    for layer in layers:
-        group, label = split_block(layer.name.removeprefix(prefix))
-        row = group.rstrip("._") or "(other)"
-        rows[row] = None
-        cols[label] = None
-        cells[(row, label)] = layer
-    return list(rows), list(cols), cells
-
-
 def _heatmap(fig: Figure, ax: Axes, report: InspectReport) -> None:
-    rows, cols, cells = _grid(report.layers)
-    values = [
-        [cells[(r, c)].stable_rank if (r, c) in cells else math.nan for c in cols] for r in rows
-    ]
+    rows, cols, values, averaged = heat_grid(report.layers)
     from matplotlib import colormaps
 
     cmap = colormaps["magma_r"].with_extremes(bad="#eeeeee")
     image = ax.imshow(values, cmap=cmap, aspect="auto", interpolation="nearest", vmin=1.0)
-    ax.set_xticks(range(len(cols)), labels=cols, rotation=35, ha="right", fontsize=7)
-    ax.set_yticks(range(len(rows)), labels=rows, fontsize=7)
+    ax.set_xticks(
+        range(len(cols)), labels=[for_plot(c) for c in cols], rotation=35, ha="right", fontsize=7
+    )
+    ax.set_yticks(range(len(rows)), labels=[for_plot(r) for r in rows], fontsize=7)
     ax.spines[:].set_visible(False)
     if len(rows) * len(cols) <= 200:
         top = max((v for row in values for v in row if not math.isnan(v)), default=1.0)
@@ -251,7 +260,9 @@ def _heatmap(fig: Figure, ax: Axes, report: InspectReport) -> None:
                         color="white" if v > 1 + 0.6 * (top - 1) else "black",
                     )  # fmt: skip
     fig.colorbar(image, ax=ax, label="stable rank ‖ΔW‖F² / ‖ΔW‖₂²", shrink=0.9)
-    ax.set_title("stable rank by block and module")
+    ax.set_title(
+        "stable rank by block and module" + (" (consecutive bins averaged)" if averaged else "")
+    )
 
 
 # --- trend --------------------------------------------------------------------------------------
@@ -269,9 +280,10 @@ def _trend_figure(report: TrendReport) -> Figure:
         ("frobenius_norm", "‖ΔW‖F", "frobenius_norm", "adapter √Σ‖ΔW‖F²"),
     )
     window = report.settings.window
+    drawn = sample(report.layers, keep=lambda layer: bool(layer.drift))
     for ax, (metric, title, total, total_label) in zip(axes, panels, strict=True):
         flagged_label = False
-        for layer in report.layers:
+        for layer in drawn:
             series = getattr(layer, metric)
             points = [(s, v) for s, v in zip(steps, series, strict=True) if v is not None]
             if not points:
@@ -301,8 +313,10 @@ def _trend_figure(report: TrendReport) -> Figure:
         ax.set_xlabel(unit)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, frameon=False)
+    shown = f" ({len(drawn)} drawn: drift first, the rest evenly spaced)"
     fig.suptitle(
-        f"lora-audit trend · {len(report.layers)} layers over {len(steps)} checkpoints "
+        f"lora-audit trend · {len(report.layers)} layers"
+        f"{shown if len(drawn) < len(report.layers) else ''} over {len(steps)} checkpoints "
         f"(shaded: the last {window}, where drift is judged)",
         fontsize=11,
     )
@@ -314,14 +328,15 @@ def _compare_figure(report: CompareReport) -> Figure:
     fig = _figure(COMPARE_SIZE)
     diff_ax, overlap_ax = fig.subplots(2, 1, sharex=True)
     layers = report.layers
-    xs = list(range(len(layers)))
-    diffs = [math.nan if x.relative_difference is None else x.relative_difference for x in layers]
+    diffs, size = binned([x.relative_difference for x in layers])
+    xs = list(range(len(diffs)))
     diff_ax.bar(xs, diffs, color="tab:purple", width=0.8)
     diff_ax.set_ylabel("‖ΔW_A − ΔW_B‖F / ‖ΔW_A‖F")
-    diff_ax.set_title(f"{report.adapter_a.path} (A) vs {report.adapter_b.path} (B)")
+    a, b = for_plot(report.adapter_a.path), for_plot(report.adapter_b.path)
+    diff_ax.set_title(f"{a} (A) vs {b} (B)")
     diff_ax.grid(True, axis="y", alpha=0.3)
-    left = [math.nan if x.left_overlap is None else x.left_overlap for x in layers]
-    right = [math.nan if x.right_overlap is None else x.right_overlap for x in layers]
+    left, _ = binned([x.left_overlap for x in layers])
+    right, _ = binned([x.right_overlap for x in layers])
     overlap_ax.plot(xs, left, "o-", markersize=3, linewidth=0.9, label="output side (left)")
     overlap_ax.plot(xs, right, "s--", markersize=3, linewidth=0.9, label="input side (right)")
     overlap_ax.set_ylim(-0.03, 1.03)
@@ -331,6 +346,8 @@ def _compare_figure(report: CompareReport) -> Figure:
     names = _short_names([x.name for x in layers])
     if len(layers) <= 60:
         overlap_ax.set_xticks(xs, labels=names, rotation=90, fontsize=6)
+    elif size > 1:
+        overlap_ax.set_xlabel(f"layer bins of {size} (means, report order)")
     else:
         overlap_ax.set_xlabel("layer (report order)")
     return fig
