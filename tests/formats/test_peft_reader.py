@@ -134,7 +134,7 @@ def test_config_rank_disagrees_with_tensors(tmp_path: Path) -> None:
         ({"peft_type": "IA3"}, "not supported"),
         ({"peft_type": "ADALORA"}, "no lora_E"),
         ({"r": 0}, "positive integer"),
-        ({"lora_alpha": "sixteen"}, "finite number"),
+        ({"lora_alpha": "sixteen"}, "finite"),
         ({"rank_pattern": {"q": True}}, "rank_pattern"),
     ],
 )
