@@ -174,6 +174,11 @@ def _tau(policy: Policy) -> str:
 
 
 def _compress_fix(report: InspectReport, policy: Policy) -> str:
+    if report.adapter.format == "gguf":  # compress refuses GGUF: name the route that works
+        return (
+            f"run `lora-audit compress PEFT_ADAPTER -o OUT --energy {_tau(policy)}` on the "
+            "adapter this GGUF was converted from, then convert OUT with convert_lora_to_gguf.py"
+        )
     return f"run `lora-audit compress {report.adapter.path} -o OUT --energy {_tau(policy)}`"
 
 
