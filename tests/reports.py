@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from lora_audit.audit import TOOL
 from lora_audit.report import AdapterInfo, InspectReport, LayerReport, Settings, Summary
 
 
-def layer_report(name: str, *, rank: int, k: int, out: int = 8, inp: int = 8) -> LayerReport:
+def layer_report(
+    name: str, *, rank: int, k: int, out: int = 8, inp: int = 8, scale_source: str = "config"
+) -> LayerReport:
     """A linear layer of rank ``rank`` whose ΔW has ``k`` equal singular values."""
     return LayerReport(
         name=name,
@@ -32,6 +35,7 @@ def layer_report(name: str, *, rank: int, k: int, out: int = 8, inp: int = 8) ->
         params=rank * (out + inp),
         params_after=k * (out + inp),
         untrained=k == 0,
+        scale_source=scale_source,
     )
 
 
@@ -58,6 +62,7 @@ def inspect_report(
             modules_to_save=(),
             passthrough_tensors=0,
             file_bytes=1000,
+            scale_sources=dict(sorted(Counter(layer.scale_source for layer in layers).items())),
         ),
         settings=Settings(energy=energy, coverage=0.9, device="cpu", method="auto"),
         layers=tuple(layers),

@@ -52,7 +52,7 @@ def test_pinned_revisions_are_this_version() -> None:
     hooks = (REPO / ".pre-commit-hooks.yaml").read_text(encoding="utf-8")
     assert f"rev: {tag}" in hooks
     changelog = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
-    assert f"## {__version__}" in changelog or "## Unreleased" in changelog
+    assert re.search(rf"^## \[{re.escape(__version__)}\]", changelog, flags=re.MULTILINE)
 
 
 def test_distribution_metadata() -> None:

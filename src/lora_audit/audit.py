@@ -6,6 +6,7 @@ retraining plan, and the advice text, assembled into frozen report objects.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from lora_audit.report import (
     Summary,
     ToolInfo,
 )
+from lora_audit.selection import truncation
 
 TOOL = ToolInfo(name="lora-audit", version=__version__)
 
@@ -119,11 +121,23 @@ def adapter_info(adapter: Adapter) -> AdapterInfo:
         passthrough_tensors=len(adapter.passthrough_keys),
         file_bytes=file_bytes,
         metadata={k: adapter.metadata[k] for k in SHOWN_METADATA if k in adapter.metadata},
+        scale_sources=dict(sorted(Counter(layer.scale_source for layer in adapter.layers).items())),
     )
 
 
 def _layer_report(layer: LoraLayer, s: SpectrumSummary) -> LayerReport:
     k = s.energy_rank
+    if k == 0:  # untrained: all of it is waste (drop it from target_modules)
+        new_rank, params_after = 0, 0
+    else:  # what `compress --energy τ` keeps of it
+        cut = truncation(
+            rank=layer.rank,
+            params=layer.params,
+            out_features=layer.out_features,
+            in_features=layer.in_features,
+            k=k,
+        )
+        new_rank, params_after = cut.new_rank, cut.params_after
     return LayerReport(
         name=layer.name,
         kind=layer.kind.value,
@@ -142,12 +156,13 @@ def _layer_report(layer: LoraLayer, s: SpectrumSummary) -> LayerReport:
         energy=s.energy,
         energy_rank=k,
         recommended_rank=k,
-        wasted_rank=layer.rank - k,
+        wasted_rank=layer.rank - new_rank,
         params=layer.params,
-        params_after=min(k * layer.params_per_rank, layer.params),
+        params_after=params_after,
         untrained=s.spectral_norm == 0.0,
         structure=layer.structure.value,
         network_dim=layer.network_dim,
+        scale_source=layer.scale_source,
     )
 
 
@@ -158,13 +173,13 @@ def _summary(layers: Sequence[LayerReport], plan: RankPlan, *, energy: float) ->
     trained = [layer for layer in layers if not layer.untrained]
     stable = [layer.stable_rank for layer in trained]
     nominal = max((layer.rank for layer in layers), default=0)
-    # Σ(r − k)(in + out) / Σ r(in + out): rank paid for and unused, weighted by its cost
-    rank_cost = sum(layer.rank * sum(layer.shape) for layer in layers)
-    wasted_cost = sum(layer.wasted_rank * sum(layer.shape) for layer in layers)
-    wasted_fraction = wasted_cost / rank_cost if rank_cost else 0.0
+    # the parameters `compress --energy τ` removes (and untrained layers), over all stored:
+    # Σ(r − k)(in + out) / Σ r(in + out) for plain LoRA; for LoHa/LoKr/Tucker only what
+    # rewriting them as plain LoRA at k saves, so the figure never promises more than compress does
+    wasted_fraction = sum(layer.wasted_params for layer in layers) / params if params else 0.0
     wasters = sorted(
-        (layer for layer in layers if layer.wasted_rank > 0),
-        key=lambda layer: (-layer.wasted_rank * sum(layer.shape), layer.name),
+        (layer for layer in layers if layer.wasted_params > 0),
+        key=lambda layer: (-layer.wasted_params, layer.name),
     )
     return Summary(
         layer_count=len(layers),
@@ -185,7 +200,10 @@ def _summary(layers: Sequence[LayerReport], plan: RankPlan, *, energy: float) ->
         advice=_advice(
             plan, energy=energy, nominal=nominal, untrained=untrained,
             params=params, params_after=params_after, layer_count=len(layers),
+            structured=any(layer.structure != "lora" for layer in layers),
         ),
+        keep_structure=plan.keep_structure,
+        network_dims=tuple(sorted({lr.network_dim for lr in layers if lr.network_dim})),
     )  # fmt: skip
 
 
@@ -198,18 +216,26 @@ def _advice(
     params: int,
     params_after: int,
     layer_count: int,
+    structured: bool,
 ) -> tuple[str, ...]:
     lines: list[str] = []
     pct = f"{energy:.4g}".rstrip("0")
-    if plan.rank < nominal or plan.rank_pattern:
+    if plan.keep_structure:
+        lines.append(
+            f"Keep the LyCORIS structure as trained: plain LoRA at the ranks these layers need "
+            f"at τ={pct} would take {plan.lora_params:,} parameters, not fewer than the "
+            f"{params:,} they store."
+        )
+    elif plan.rank < nominal or plan.rank_pattern:
         alpha = f", lora_alpha={plan.lora_alpha:g}" if plan.lora_alpha is not None else ""
         extra = (
             f", with a rank_pattern for {len(plan.rank_pattern)} layer(s)"
             if plan.rank_pattern
             else ""
         )
+        plain = " as plain LoRA" if structured else ""
         lines.append(
-            f"Retrain at r={plan.rank}{alpha}{extra}: it covers {plan.layers_covered} of "
+            f"Retrain{plain} at r={plan.rank}{alpha}{extra}: it covers {plan.layers_covered} of "
             f"{layer_count} layers at τ={pct} and needs {plan.params:,} parameters "
             f"instead of {params:,}."
         )

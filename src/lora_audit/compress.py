@@ -32,7 +32,7 @@ from lora_audit.formats.writer import (
 from lora_audit.metrics import cumulative_energy
 from lora_audit.refactor import truncate_layers
 from lora_audit.report import CompressReport, CompressSettings, CompressSummary, LayerCompression
-from lora_audit.selection import RankRule, select_ranks
+from lora_audit.selection import RankRule, select_ranks, truncation
 from lora_audit.truncate import relative_error
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def compress_adapter(
     if not options.dry_run:
         if options.output is None:
             raise UsageError("--output is required unless --dry-run is given")
-        check_output(adapter, options.output, force=options.force)
+        check_output(adapter, options.output, force=options.force, base=options.base)
     writing = not options.dry_run and options.output is not None
     digest = _start_digest(adapter) if writing else None
     analysis = analyse(
@@ -151,6 +151,7 @@ def compress_adapter(
             output=options.output,
             provenance=_provenance(adapter, options.rule, sha256=digest.result()),
             force=options.force,
+            base=options.base,
         )
         file_after = written.stat().st_size
     return _report(adapter, plans, options=options, file_after=file_after, warnings=warnings)
@@ -172,15 +173,20 @@ def _plan(
         )
     plans = []
     for layer, sigma, k in zip(layers, spectra_, ranks, strict=True):
-        k = min(k, layer.out_features, layer.in_features)
-        smaller = k < layer.rank and k * layer.params_per_rank < layer.params
+        cut = truncation(
+            rank=layer.rank,
+            params=layer.params,
+            out_features=layer.out_features,
+            in_features=layer.in_features,
+            k=k,
+        )
         energy = cumulative_energy(sigma)
-        kept = float(energy[k - 1]) if smaller and float(sigma[0]) > 0 else 1.0
+        kept = float(energy[cut.new_rank - 1]) if cut.truncated and float(sigma[0]) > 0 else 1.0
         plans.append(
             _Plan(
                 layer=layer,
-                new_rank=k if smaller else layer.rank,
-                truncate=smaller,
+                new_rank=cut.new_rank,
+                truncate=cut.truncated,
                 energy_kept=kept,
                 frobenius_norm=math.sqrt(float((sigma.astype("float64") ** 2).sum())),
             )
@@ -269,7 +275,7 @@ def _report(
     lost = sum((layer.relative_error * layer.frobenius_norm) ** 2 for layer in layers)
     info = adapter_info(adapter)
     output = options.output
-    fmt = "peft directory" if output_is_directory(adapter) else f"{adapter.format} file"
+    fmt = f"{adapter.format} {'directory' if output_is_directory(adapter) else 'file'}"
     return CompressReport(
         tool=TOOL,
         adapter=info,

@@ -9,6 +9,8 @@ code  meaning
 1     policy findings (``check``: the adapter wastes too much rank)
 2     usage error (bad flag, bad option value, output exists)
 3     an input could not be read or is invalid; an output could not be written
+130   interrupted (SIGINT, ^C): temporary files removed, no output written
+143   terminated (SIGTERM): temporary files removed, no output written
 ====  ==========================================================
 """
 
@@ -24,6 +26,8 @@ class ExitCode(IntEnum):
     FINDINGS = 1
     USAGE = 2
     INPUT = 3
+    INTERRUPTED = 130
+    TERMINATED = 143
 
 
 class LoraAuditError(Exception):
@@ -64,3 +68,10 @@ class UsageError(LoraAuditError):
     """The command line asks for something inconsistent (exit 2)."""
 
     exit_code = ExitCode.USAGE
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like ``KeyboardInterrupt`` so that temporary files go (143).
+
+    A ``BaseException``, so that no ``except Exception`` on the way swallows it.
+    """

@@ -17,6 +17,11 @@ Each layer ℓ needs ``k_ℓ`` = its energy rank at τ (the smallest k keeping a
    :func:`lora_audit.formats.patterns.pattern_key_for`).
 4. ``lora_alpha`` is scaled so that every layer keeps its current ``alpha/r`` (or
    ``alpha/√r`` with rsLoRA) ratio, and pattern layers get an ``alpha_pattern`` entry.
+5. Advice never grows an adapter. Plain LoRA layers cannot (a layer never gets more than its
+   own rank), but LoHa, LoKr and LoCon-Tucker layers store far fewer parameters than plain
+   LoRA of their inner rank. When the plan above, retrained as plain LoRA, would need at
+   least as many parameters as the adapter stores, the advice is to keep what was trained
+   (``keep_structure``): the plan's rank is the nominal one, with no patterns.
 """
 
 from __future__ import annotations
@@ -30,7 +35,24 @@ from lora_audit.adapter import LoraLayer, Structure
 
 @dataclass(frozen=True, kw_only=True)
 class RankPlan:
-    """The retraining advice for a whole adapter."""
+    """The retraining advice for a whole adapter.
+
+    Attributes
+    ----------
+    rank, lora_alpha, rank_pattern, alpha_pattern
+        The advised global rank and alpha, and the per-module exceptions (PEFT's names).
+    layers_covered
+        Layers whose energy rank the global rank covers.
+    params
+        Parameters of the advised adapter; never more than the adapter stores now.
+    quantile, coverage
+        The ``coverage`` quantile of the trained layers' energy ranks.
+    keep_structure
+        The adapter has LoHa/LoKr/Tucker layers and plain LoRA at the ranks they need would
+        not be smaller: keep what was trained (``params`` is then what it stores).
+    lora_params
+        Parameters of the plain LoRA plan (what ``keep_structure`` compared against).
+    """
 
     rank: int
     lora_alpha: float | None
@@ -40,6 +62,8 @@ class RankPlan:
     params: int
     quantile: int = 0
     coverage: float = 0.9
+    keep_structure: bool = False
+    lora_params: int = 0
 
 
 def next_power_of_two(k: int) -> int:
@@ -101,6 +125,23 @@ def plan_retrain(
                 alpha_pattern[key] = _alpha_for(ratio, layer_rank, rslora=rslora)
         params += layer_rank * layer.params_per_rank
     lora_alpha = _alpha_for(ratio, rank, rslora=rslora) if ratio is not None else None
+    stored = sum(layer.params for layer in layers)
+    structured = any(layer.structure is not Structure.LORA for layer in layers)
+    if structured and params >= stored:  # as plain LoRA it would not be smaller: keep it
+        return RankPlan(
+            rank=max(nominal, 1),
+            lora_alpha=(
+                _alpha_for(ratio, max(nominal, 1), rslora=rslora) if ratio is not None else None
+            ),
+            rank_pattern={},
+            alpha_pattern={},
+            layers_covered=len(layers),
+            params=stored,
+            quantile=quantile,
+            coverage=coverage,
+            keep_structure=True,
+            lora_params=params,
+        )
     return RankPlan(
         rank=rank,
         lora_alpha=lora_alpha,
@@ -110,6 +151,7 @@ def plan_retrain(
         params=params,
         quantile=quantile,
         coverage=coverage,
+        lora_params=params,
     )
 
 

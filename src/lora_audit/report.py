@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Bumped on any incompatible change to the JSON form (major) or on additions (minor).
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +42,9 @@ class AdapterInfo:
     passthrough_tensors: int
     file_bytes: int
     metadata: Mapping[str, str] = field(default_factory=dict)
+    #: How many layers took their scale from each source (``{"config": 37}``); see
+    #: :attr:`LayerReport.scale_source`. ``assumed`` means nothing in the file gave it.
+    scale_sources: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,8 +84,16 @@ class LayerReport:
     untrained: bool
     structure: str = "lora"
     network_dim: int | None = None
+    #: Where ``scale`` came from: ``config``, ``metadata``, ``module_alpha``, ``option``,
+    #: ``assumed`` (nothing in the file says; a warning names the scale) or ``fixed``.
+    scale_source: str = "assumed"
     #: Base-aware metrics (``inspect --base``); ``None`` without a base or for an unmatched layer.
     base: BaseLayerReport | None = None
+
+    @property
+    def wasted_params(self) -> int:
+        """``params − params_after``: what ``compress --energy τ`` removes (all when untrained)."""
+        return self.params - self.params_after
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +116,11 @@ class Summary:
     max_stable_rank: float
     top_wasters: tuple[str, ...]
     advice: tuple[str, ...]
+    #: The adapter has LoHa/LoKr/Tucker layers that plain LoRA at their needed ranks would not
+    #: make smaller: the advice is to keep what was trained (``params_retrain = params``).
+    keep_structure: bool = False
+    #: The ``network_dim`` values the LoHa/LoKr layers were trained at (sorted, distinct).
+    network_dims: tuple[int, ...] = ()
     #: Adapter-wide base-aware summary (``inspect --base``); ``None`` without a base.
     base: BaseSummary | None = None
 

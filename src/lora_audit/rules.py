@@ -13,9 +13,12 @@ keeps a fraction τ of ‖ΔW‖_F²) and ``in + out`` for the parameters one un
     The adapter's wasted fraction, ``Σ(r − k_τ)(in + out) / Σ r(in + out)`` over all layers:
     the share of its LoRA parameters that lie beyond what each layer uses (the inspect
     report's ``summary.wasted_fraction``). One finding for the whole adapter when it exceeds
-    the limit. A limit of 1 turns the rule off.
+    the limit. A limit of 1 turns the rule off. For LoHa, LoKr and Tucker layers only the
+    parameters that ``compress`` can remove count (rewriting the layer as LoRA at ``k_τ``,
+    done only when that is smaller), so the fix it names always removes what was measured.
 ``max-layer-waste`` (default 1, off)
-    One layer's wasted share of its rank, ``(r − k_τ) / r``. One finding per trained layer
+    One layer's wasted share of its rank, ``(r − k_τ) / r`` (structured layers: of its
+    parameters, as above). One finding per trained layer
     above the limit; untrained layers (``k_τ = 0``) are left to ``min-rank-used``. Off by
     default because a uniform rank makes per-layer waste normal: the adapter-wide rule
     already weighs each layer by what it costs.
@@ -206,7 +209,9 @@ def _max_waste(report: InspectReport, policy: Policy) -> Iterator[Finding]:
 
 
 def _layer_waste(layer: LayerReport) -> float:
-    return (layer.rank - layer.energy_rank) / layer.rank if layer.rank else 0.0
+    """The share of the layer's parameters ``compress --energy τ`` removes; ``(r − k_τ)/r`` for
+    plain LoRA, and for a LoHa/LoKr/Tucker layer only what rewriting it as LoRA saves."""
+    return layer.wasted_params / layer.params if layer.params else 0.0
 
 
 def _max_layer_waste(report: InspectReport, policy: Policy) -> Iterator[Finding]:
@@ -214,21 +219,32 @@ def _max_layer_waste(report: InspectReport, policy: Policy) -> Iterator[Finding]
         measured = _layer_waste(layer)
         if layer.energy_rank == 0 or measured <= policy.max_layer_waste:
             continue
-        target = min(next_power_of_two(layer.energy_rank), layer.rank)
+        limit = f"(limit {policy.max_layer_waste:.1%})"
+        if layer.structure == "lora":
+            target = min(next_power_of_two(layer.energy_rank), layer.rank)
+            message = (
+                f"uses {layer.energy_rank} of its rank {layer.rank} at τ={_tau(policy)}: "
+                f"{measured:.1%} of the rank is wasted {limit}"
+            )
+            fix = (
+                f"give this layer r={target} through rank_pattern when retraining, or "
+                f"{_compress_fix(report, policy)}"
+            )
+        else:  # waste > 0: compress rewrites it as plain LoRA at k_τ, which is smaller
+            message = (
+                f"{layer.structure} layer of inner rank {layer.rank} needs {layer.energy_rank} "
+                f"at τ={_tau(policy)}: as plain LoRA it keeps {layer.params_after:,} of its "
+                f"{layer.params:,} parameters, {measured:.1%} wasted {limit}"
+            )
+            fix = _compress_fix(report, policy)
         yield Finding(
             adapter=report.adapter.path,
             layer=layer.name,
             rule="max-layer-waste",
             measured=measured,
             limit=policy.max_layer_waste,
-            message=(
-                f"uses {layer.energy_rank} of its rank {layer.rank} at τ={_tau(policy)}: "
-                f"{measured:.1%} of the rank is wasted (limit {policy.max_layer_waste:.1%})"
-            ),
-            fix=(
-                f"give this layer r={target} through rank_pattern when retraining, or "
-                f"{_compress_fix(report, policy)}"
-            ),
+            message=message,
+            fix=fix,
             severity=ERROR,
         )
 

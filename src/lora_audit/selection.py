@@ -104,6 +104,43 @@ def select_ranks(
     return [_clamp(_one(s, rule), r=len(s), low=low, high=rule.max_rank) for s in spectra]
 
 
+@dataclass(frozen=True, kw_only=True)
+class Truncation:
+    """What ``compress`` does to one layer at rank ``k``.
+
+    Attributes
+    ----------
+    new_rank
+        The rank written (the layer's own rank when it is kept).
+    truncated
+        Whether the layer is rewritten as plain LoRA at ``new_rank``.
+    params_after
+        Its parameters afterwards: ``new_rank·(in + out)`` when truncated, else what it stores.
+    """
+
+    new_rank: int
+    truncated: bool
+    params_after: int
+
+
+def truncation(
+    *, rank: int, params: int, out_features: int, in_features: int, k: int
+) -> Truncation:
+    """How ``compress`` treats a layer that stores ``params`` parameters when it keeps ``k``.
+
+    The layer is rewritten as plain LoRA at ``k' = min(k, out, in)`` only when that is below
+    its rank **and** stores fewer parameters than it does now (``k'·(in + out) < params``):
+    a LoHa, LoKr or Tucker layer that would not get smaller is kept as it is. This is the one
+    definition that ``compress`` applies and that ``inspect``'s ``params_after``, its wasted
+    fraction and ``check``'s waste rules report.
+    """
+    k = max(1, min(k, out_features, in_features))
+    after = k * (out_features + in_features)
+    if k < rank and after < params:
+        return Truncation(new_rank=k, truncated=True, params_after=after)
+    return Truncation(new_rank=rank, truncated=False, params_after=params)
+
+
 def _one(sigma: npt.NDArray[np.float64], rule: RankRule) -> int:
     if rule.mode == "rank":
         return int(rule.value)

@@ -97,12 +97,19 @@ def test_existing_output_needs_force(mixed_adapter: Path, tmp_path: Path) -> Non
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "--force" in result.stderr
     assert (out / "keep.txt").read_text() == "mine"
-    result = runner.invoke(app, [*args, "--force"])
-    assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == [
-        "adapter_config.json",
-        "adapter_model.safetensors",
-    ]
+    result = runner.invoke(app, [*args, "--force"])  # not an adapter directory: kept
+    assert result.exit_code == 2 and "did not write (keep.txt)" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    assert runner.invoke(app, args).exit_code == 2  # empty, but it exists
+    for rank in ("2", "1"):  # an empty directory, then the adapter directory written before
+        result = runner.invoke(app, [*args[:-1], rank, "--force"])
+        assert result.exit_code == 0, result.stderr
+        assert sorted(p.name for p in out.iterdir()) == [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        ]
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 1
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -126,14 +133,12 @@ def test_interrupted_write_leaves_nothing(
 ) -> None:
     out = tmp_path / "out"
     before = digest(mixed_adapter)
-    real_replace = os.replace
+    from lora_audit.formats import atomic
 
-    def crash(src: str, dst: str) -> None:
-        if Path(dst) == out:
-            raise KeyboardInterrupt  # the user pressed ^C just before the rename
-        real_replace(src, dst)
+    def crash() -> None:
+        raise KeyboardInterrupt  # the user pressed ^C just before the rename
 
-    monkeypatch.setattr(os, "replace", crash)
+    monkeypatch.setattr(atomic, "hold_for_tests", crash)
     result = runner.invoke(app, ["compress", str(mixed_adapter), "-o", str(out), "--rank", "2"])
     assert result.exit_code == 130
     assert not out.exists()

@@ -26,7 +26,7 @@ def test_json_validates_and_stdout_is_only_the_report(mixed_adapter: Path) -> No
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     jsonschema.validate(report, schema())
-    assert report["schema_version"] == "1.0"
+    assert report["schema_version"] == "1.1"
     assert report["tool"]["name"] == "lora-audit"
     assert report["adapter"]["format"] == "peft"
     assert all(len(layer["singular_values"]) == layer["rank"] for layer in report["layers"])

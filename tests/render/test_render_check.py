@@ -12,8 +12,9 @@ from lora_audit import __version__
 from lora_audit.errors import ExitCode, UsageError
 from lora_audit.gate import assemble
 from lora_audit.render import RENDERERS, OutputFormat, formats_for, render
-from lora_audit.render.github import command, escape_data, escape_property
-from lora_audit.render.markdown import cell, code
+from lora_audit.render.escape import for_github_data, for_github_property
+from lora_audit.render.github import command
+from lora_audit.render.markdown import code, prose
 from lora_audit.report import AdapterError, CheckReport
 from lora_audit.rules import Policy
 
@@ -61,7 +62,7 @@ def test_inspect_rejects_check_only_formats_as_a_usage_error() -> None:
 
 def test_json_is_the_inspect_reports_plus_findings(report: CheckReport) -> None:
     data = json.loads(render(report, OutputFormat.JSON))
-    assert data["kind"] == "check" and data["schema_version"] == "1.0"
+    assert data["kind"] == "check" and data["schema_version"] == "1.1"
     assert [a["kind"] for a in data["adapters"]] == ["inspect", "inspect"]
     assert data["adapters"][1]["summary"]["wasted_fraction"] == 0.9375
     assert data["findings"][0] == {
@@ -146,9 +147,10 @@ def test_markdown_passing(passing: CheckReport) -> None:
 
 
 def test_markdown_cells_escape_pipes_and_code_survives_backticks() -> None:
-    assert cell("a|b\nc") == "a\\|b<br>c"
-    assert code("x`y") == "``x`y``"
-    assert code("`x") == "`` `x ``"
+    assert prose("a|b\nc") == "a\\|b\\\\nc"  # the newline as a visible escape
+    assert prose("run `x|y` now") == "run <code>x\\|y</code> now"
+    assert code("x`y") == "<code>x\\`y</code>"
+    assert code("a.b_c") == "`a.b_c`"
 
 
 GITHUB = f"""\
@@ -171,8 +173,8 @@ def test_github(report: CheckReport) -> None:
 
 
 def test_github_escaping() -> None:
-    assert escape_data("50% done\r\nnext: a,b") == "50%25 done%0D%0Anext: a,b"
-    assert escape_property("dir:a,b%\n") == "dir%3Aa%2Cb%25%0A"
+    assert for_github_data("50% done\r\nnext: a,b") == "50%25 done%0D%0Anext: a,b"
+    assert for_github_property("dir:a,b%\n") == "dir%3Aa%2Cb%25%0A"
     assert command("error", "x\ny", file="a,b.safetensors", title="t: 1", line=None) == (
         "::error file=a%2Cb.safetensors,title=t%3A 1::x%0Ay"
     )
@@ -254,7 +256,7 @@ def test_junit_survives_control_characters_and_markup() -> None:
     nasty = assemble(reports=[], errors=[error], policy=Policy(), policy_file=None)
     root = ET.fromstring(render(nasty, OutputFormat.JUNIT))
     element = root.find(".//error")
-    assert element is not None and element.get("message") == 'bad\ufffd <x> & "q"'
+    assert element is not None and element.get("message") == 'bad\\x00 <x> & "q"'
     assert root.find("testsuite") is not None
 
 

@@ -40,7 +40,10 @@ def _root(
     ),
     debug: bool = typer.Option(False, "--debug", help="Show a traceback when a command fails."),
 ) -> None:
-    """Exit codes: 0 ok · 1 policy findings · 2 usage error · 3 unreadable or invalid input."""
+    """Exit codes: 0 ok · 1 policy findings · 2 usage error · 3 unreadable or invalid input.
+
+    130 interrupted (^C) · 143 terminated (SIGTERM).
+    """
     _state.DEBUG = debug
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -12,17 +12,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 
 from lora_audit.cli import _state
-from lora_audit.errors import ExitCode, LoraAuditError, UsageError
+from lora_audit.errors import ExitCode, LoraAuditError, Terminated, UsageError
 
 if TYPE_CHECKING:
     from lora_audit.adapter import Adapter
+    from lora_audit.formats.output_guard import OutputGuard
 
 T = TypeVar("T")
 
 
 def err(message: str) -> None:
-    """Write one line to stderr."""
-    sys.stderr.write(message.rstrip("\n") + "\n")
+    """Write one line to stderr: every warning and error passes here, so untrusted names in
+    ``message`` are escaped once (no control, bidi or line-break character; no line that
+    starts with a CI command such as ``::error``)."""
+    from lora_audit.render.escape import for_terminal
+
+    sys.stderr.write(for_terminal(message.rstrip("\n")) + "\n")
 
 
 def warn(message: str) -> None:
@@ -30,18 +35,43 @@ def warn(message: str) -> None:
     err(f"lora-audit: warning: {message}")
 
 
-def run_guarded(body: Callable[[], int]) -> None:
-    """Run a command body; turn known errors into one stderr line and an exit code."""
+def run_guarded(
+    body: Callable[[], int],
+    *,
+    force: bool = False,
+    inputs: Sequence[Path] = (),
+    base: Path | None = None,
+) -> None:
+    """Run a command body; turn known errors into one stderr line and an exit code.
+
+    Parameters
+    ----------
+    force
+        ``--force``: outputs may replace existing files (never an input).
+    inputs
+        The adapters (files or directories) the command reads; no output may replace them.
+    base
+        ``--base``: the base model's files are protected too.
+    """
+    from lora_audit.formats import atomic
+
     try:
-        code = body()
+        _state.OUTPUTS = _guard(force=force, inputs=inputs, base=base)
+        with _sigterm_raises():
+            code = body()
     except LoraAuditError as exc:
         if _state.DEBUG:
             raise
         err(f"lora-audit: error: {exc}")
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt:
+        atomic.remove_live()
         err("lora-audit: interrupted")
-        raise typer.Exit(130) from None
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except Terminated:
+        atomic.remove_live()
+        err("lora-audit: terminated")
+        raise typer.Exit(int(ExitCode.TERMINATED)) from None
     except typer.Exit:
         raise
     except Exception as exc:  # a bug, or an input problem we failed to anticipate
@@ -52,7 +82,56 @@ def run_guarded(body: Callable[[], int]) -> None:
             "(run with --debug for a traceback, and please report it)"
         )
         raise typer.Exit(int(ExitCode.INPUT)) from None
+    finally:
+        _state.OUTPUTS = None
     raise typer.Exit(code)
+
+
+def _guard(*, force: bool, inputs: Sequence[Path], base: Path | None) -> OutputGuard:
+    from lora_audit.formats.output_guard import OutputGuard
+
+    guard = OutputGuard(force=force)
+    for path in inputs:
+        guard.add_adapter(path)
+    if base is not None:
+        guard.add_base(base)
+    return guard
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the body runs, SIGTERM raises :class:`Terminated` (so temporary files go)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not stop the cleanup
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def outputs() -> OutputGuard:
+    """The running command's output guard (a fresh one outside :func:`run_guarded`)."""
+    if _state.OUTPUTS is None:
+        from lora_audit.formats.output_guard import OutputGuard
+
+        return OutputGuard()
+    return _state.OUTPUTS
+
+
+def preflight(output: Path | None, *, role: str = "--output") -> None:
+    """Check an output path before any work is done (it is checked again when written)."""
+    if output is not None:
+        outputs().plan(output, role=role)
 
 
 def check_fraction(name: str, value: float, *, allow_zero: bool = False) -> float:
@@ -64,15 +143,13 @@ def check_fraction(name: str, value: float, *, allow_zero: bool = False) -> floa
     return value
 
 
-def emit(text: str, *, output: Path | None) -> None:
-    """Write the rendered report to ``output`` (atomically) or to stdout."""
+def emit(text: str, *, output: Path | None, role: str = "--output") -> None:
+    """Write the rendered report to ``output`` (through the guard, atomically) or to stdout."""
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    from lora_audit.formats.safetensors_io import write_atomic
-
-    write_atomic(output, text.encode("utf-8"))
+    outputs().write(output, text.encode("utf-8"), role=role)
 
 
 def stdout_is_terminal() -> bool:
@@ -106,7 +183,9 @@ def progress_bar(total: int, *, description: str) -> Iterator[Callable[[int], No
         console=Console(stderr=True),
         transient=True,
     ) as bar:
-        task = bar.add_task(description, total=total)
+        from lora_audit.render.escape import for_rich
+
+        task = bar.add_task(for_rich(description), total=total)
 
         def advance(n: int) -> None:
             bar.advance(task, n)
@@ -129,10 +208,10 @@ def load_reported(path: Path, *, alpha: float | None, input_format: str) -> Adap
     return adapter
 
 
-def emit_report(report: Any, fmt: str, *, output: Path | None) -> None:
+def emit_report(report: Any, fmt: str, *, output: Path | None, role: str = "--output") -> None:
     """Render a finished report in ``fmt`` (colour only for a table on a terminal) and emit it."""
     from lora_audit.render import OutputFormat, render
 
     chosen = OutputFormat(fmt)
     color = output is None and chosen is OutputFormat.TABLE and stdout_is_terminal()
-    emit(render(report, chosen, width=terminal_width(), color=color), output=output)
+    emit(render(report, chosen, width=terminal_width(), color=color), output=output, role=role)

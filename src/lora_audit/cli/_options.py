@@ -29,6 +29,13 @@ OutputOption = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Write the report to this file instead of stdout."),
 ]
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Replace existing output files (-o, --plot); an input is never replaced.",
+    ),
+]
 
 
 def _finite_non_zero(value: float | None) -> float | None:
@@ -147,13 +154,15 @@ class InputFormat(StrEnum):
     AUTO = "auto"
     PEFT = "peft"
     KOHYA = "kohya"
+    MLX = "mlx"
 
 
 InputFormatOption = Annotated[
     InputFormat,
     typer.Option(
         "--input-format",
-        help="auto (detect from the keys), peft, or kohya (kohya/sd-scripts, LyCORIS, diffusers).",
+        help="auto (detect from the keys), peft, kohya (kohya/sd-scripts, LyCORIS, diffusers) "
+        "or mlx (mlx-lm); GGUF is detected from the file.",
     ),
 ]
 

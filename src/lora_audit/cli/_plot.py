@@ -43,6 +43,9 @@ def plot_request(
             raise UsageError("--plot-layers needs --plot FILE")
         return None
     fmt = plot_format(path)
+    from lora_audit.cli._common import preflight
+
+    preflight(path, role="--plot")
     require_matplotlib()
     pattern = layer_filter(layers)
     if (
@@ -61,7 +64,8 @@ def draw(report: Any, request: PlotRequest | None) -> None:
     """Draw ``report`` into the requested file (written atomically)."""
     if request is None:
         return
-    from lora_audit.formats.safetensors_io import write_atomic
+    from lora_audit.cli._common import outputs
     from lora_audit.render.plot import render_plot
 
-    write_atomic(request.path, render_plot(report, fmt=request.fmt, layers=request.layers))
+    data = render_plot(report, fmt=request.fmt, layers=request.layers)
+    outputs().write(request.path, data, role="--plot")

@@ -12,6 +12,8 @@ from lora_audit.cli._common import (
     emit_report,
     err,
     options_dict,
+    outputs,
+    preflight,
     progress_bar,
     run_guarded,
     warn,
@@ -21,6 +23,7 @@ from lora_audit.cli._options import (
     ConfigOption,
     Device,
     DeviceOption,
+    ForceOption,
     InputFormat,
     InputFormatOption,
     MaxLayerWasteOption,
@@ -65,6 +68,7 @@ def check_command(
         ),
     ] = OutputFormat.TABLE,
     output: OutputOption = None,
+    force: ForceOption = False,
     alpha: AlphaOption = None,
     device: DeviceOption = Device.AUTO,
     method: MethodOption = Method.AUTO,
@@ -86,6 +90,9 @@ def check_command(
 
         if config is not None and no_config:
             raise UsageError("--config and --no-config exclude each other")
+        if config is not None:
+            outputs().add_input(config)
+        preflight(output)
         flags = _validated_flags(
             energy=energy,
             coverage=coverage,
@@ -96,6 +103,8 @@ def check_command(
         policy, policy_file = resolve_policy(
             flags=flags, config=config, search_from=None if no_config else Path.cwd()
         )
+        if policy_file is not None:
+            outputs().add_input(policy_file)
         report = run_check(
             adapters,
             policy=policy,
@@ -110,7 +119,7 @@ def check_command(
         emit_report(report, output_format.value, output=output)
         return report.exit_code
 
-    run_guarded(body)
+    run_guarded(body, force=force, inputs=adapters)
 
 
 def _validated_flags(**given: float | int | None) -> dict[str, float | int]:

@@ -10,6 +10,7 @@ import typer
 from lora_audit.cli._common import (
     emit_report,
     load_reported,
+    preflight,
     progress_bar,
     run_guarded,
     warn,
@@ -17,6 +18,7 @@ from lora_audit.cli._common import (
 from lora_audit.cli._options import (
     AlphaOption,
     CompareFormat,
+    ForceOption,
     InputFormat,
     InputFormatOption,
     OutputOption,
@@ -44,6 +46,7 @@ def compare_command(
         CompareFormat, typer.Option("--format", "-f", help="Report format.")
     ] = CompareFormat.TABLE,
     output: OutputOption = None,
+    force: ForceOption = False,
     plot: PlotOption = None,
     alpha: AlphaOption = None,
     input_format: InputFormatOption = InputFormat.AUTO,
@@ -56,6 +59,7 @@ def compare_command(
 
         if top_k < 1:
             raise UsageError(f"--top-k {top_k} must be at least 1", hint="e.g. --top-k 4")
+        preflight(output)
         request = plot_request(plot)
         loaded_a = load_reported(adapter_a, alpha=alpha, input_format=input_format.value)
         loaded_b = load_reported(adapter_b, alpha=alpha, input_format=input_format.value)
@@ -66,4 +70,4 @@ def compare_command(
         emit_report(report, output_format.value, output=output)
         return int(ExitCode.OK)
 
-    run_guarded(body)
+    run_guarded(body, force=force, inputs=[adapter_a, adapter_b])

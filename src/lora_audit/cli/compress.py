@@ -14,6 +14,8 @@ from lora_audit.cli._common import (
     check_fraction,
     emit_report,
     load_reported,
+    outputs,
+    preflight,
     progress_bar,
     run_guarded,
     warn,
@@ -30,6 +32,7 @@ from lora_audit.cli._options import (
 from lora_audit.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
+    from lora_audit.adapter import Adapter
     from lora_audit.selection import RankRule
 
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
@@ -109,7 +112,14 @@ def compress_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the plan; write nothing.")
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing output (-o, --report): a file, or a directory holding "
+            "only an adapter; never an input.",
+        ),
+    ] = False,
     allow_dora: Annotated[
         bool,
         typer.Option(
@@ -164,12 +174,22 @@ def compress_command(
         if output is None and not dry_run:
             raise UsageError("--output is required", hint="or pass --dry-run to see the plan")
         loaded = load_reported(adapter, alpha=alpha, input_format=input_format.value)
+        _claim_outputs(loaded, output=None if dry_run else output, report=report_file)
         with progress_bar(len(loaded.layers), description="compress") as advance:
             report = compress_adapter(loaded, options=options, progress=advance, warn=warn)
-        emit_report(report, output_format.value, output=report_file)
+        emit_report(report, output_format.value, output=report_file, role="--report")
         return int(ExitCode.OK)
 
-    run_guarded(body)
+    run_guarded(body, force=force, inputs=[adapter], base=base)
+
+
+def _claim_outputs(loaded: Adapter, *, output: Path | None, report: Path | None) -> None:
+    """Check ``-o`` and ``--report`` before any work: neither an input nor each other."""
+    from lora_audit.formats.writer import output_kind
+
+    if output is not None:
+        outputs().plan(output, role="--output", kind=output_kind(loaded), adapter=True)
+    preflight(report, role="--report")
 
 
 def _rule(

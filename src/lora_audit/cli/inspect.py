@@ -11,6 +11,7 @@ from lora_audit.cli._common import (
     check_fraction,
     emit_report,
     load_reported,
+    preflight,
     progress_bar,
     run_guarded,
     warn,
@@ -24,6 +25,7 @@ from lora_audit.cli._options import (
     Device,
     DeviceOption,
     EnergyOption,
+    ForceOption,
     InputFormat,
     InputFormatOption,
     InspectFormat,
@@ -50,6 +52,7 @@ def inspect_command(
         InspectFormat, typer.Option("--format", "-f", help="Report format.")
     ] = InspectFormat.TABLE,
     output: OutputOption = None,
+    force: ForceOption = False,
     alpha: AlphaOption = None,
     coverage: CoverageOption = 0.9,
     device: DeviceOption = Device.AUTO,
@@ -73,7 +76,8 @@ def inspect_command(
             coverage=check_fraction("--coverage", coverage),
             engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
         )
-        plot_request(plot, layers=plot_layers)  # a bad --plot fails before any work
+        preflight(output)  # a bad -o or --plot fails before any work
+        plot_request(plot, layers=plot_layers)
         if base is not None or base_k is not None or base_partial:
             from lora_audit.base_audit import check_base_options
 
@@ -99,4 +103,4 @@ def inspect_command(
         emit_report(report, output_format.value, output=output)
         return int(ExitCode.OK)
 
-    run_guarded(body)
+    run_guarded(body, force=force, inputs=[adapter], base=base)

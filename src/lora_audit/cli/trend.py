@@ -11,6 +11,8 @@ from lora_audit.cli._common import (
     check_fraction,
     emit_report,
     load_reported,
+    outputs,
+    preflight,
     progress_bar,
     run_guarded,
     warn,
@@ -20,6 +22,7 @@ from lora_audit.cli._options import (
     Device,
     DeviceOption,
     EnergyOption,
+    ForceOption,
     InputFormat,
     InputFormatOption,
     Method,
@@ -64,6 +67,7 @@ def trend_command(
         TrendFormat, typer.Option("--format", "-f", help="Report format.")
     ] = TrendFormat.TABLE,
     output: OutputOption = None,
+    force: ForceOption = False,
     plot: PlotOption = None,
     alpha: AlphaOption = None,
     device: DeviceOption = Device.AUTO,
@@ -91,8 +95,11 @@ def trend_command(
             min_rise=min_rise,
             fail_on_drift=fail_on_drift,
         )
+        preflight(output)
         request = plot_request(plot)
         paths, notes = expand_run(checkpoints)
+        for path in paths:
+            outputs().add_adapter(path)
         if len(paths) < 2:
             raise UsageError(
                 f"trend needs at least two checkpoints; {len(paths)} found",
@@ -108,4 +115,4 @@ def trend_command(
         emit_report(report, output_format.value, output=output)
         return report.exit_code
 
-    run_guarded(body)
+    run_guarded(body, force=force, inputs=checkpoints)

@@ -1,10 +1,16 @@
-"""Single-file Stable Diffusion adapters: kohya / sd-scripts, LyCORIS and older diffusers.
+"""Single-file Stable Diffusion adapters: kohya / sd-scripts, LyCORIS, ComfyUI-style, diffusers.
 
 Per module ``<m>``:
 
 * kohya LoRA / LoCon: ``<m>.lora_down.weight`` (r, in[, kh, kw]), ``<m>.lora_up.weight``
   (out, r[, 1, 1]), optional ``<m>.lora_mid.weight`` (r, r, kh, kw) Tucker core (LoCon),
-  optional ``<m>.alpha`` (0-d). Scale ``alpha / r``; no alpha means scale 1.
+  optional ``<m>.alpha`` (0-d). Scale ``alpha / r``; no alpha means scale 1 (assumed, with a
+  warning: sd-scripts, ComfyUI and diffusers all load such a module at ``alpha = r``).
+* ComfyUI-style (OneTrainer, SimpleTuner's ComfyUI export, DiffSynth / Wan, Qwen-Image,
+  Z-Image, HunyuanVideo): ``<m>.lora_A.weight`` (r, in) and ``<m>.lora_B.weight`` (out, r)
+  (or ``.lora_A.default.weight``) beside a per-module ``<m>.alpha``: scale ``alpha / r`` per
+  module, as ComfyUI's ``LoRAAdapter`` and diffusers' ``lora_conversion_utils`` apply it.
+  Such a file is read here, not as PEFT (:func:`has_module_alphas`); format ``comfyui``.
 * LyCORIS LoHa: ``hada_w1_a``, ``hada_w1_b``, ``hada_w2_a``, ``hada_w2_b`` and optional Tucker
   cores ``hada_t1``/``hada_t2``; scale ``alpha / r`` with ``r = hada_w1_b.shape[0]``.
 * LyCORIS LoKr: ``lokr_w1`` or ``lokr_w1_a``/``_b``, ``lokr_w2`` or ``lokr_w2_a``/``_b``,
@@ -23,10 +29,10 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypedDict
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure, natural_key
 from lora_audit.errors import InputError
+from lora_audit.formats.lycoris import Common, alpha_scale, loha, lokr, need
 from lora_audit.formats.safetensors_io import (
     FLOAT_DTYPES,
     Header,
@@ -38,12 +44,17 @@ from lora_audit.formats.safetensors_io import (
 _ROLE = re.compile(
     r"^(?P<module>.+?)\."
     r"(?P<role>lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha|dora_scale"
-    r"|hada_w[12]_[ab]|hada_t[12]|lokr_w[12]|lokr_w[12]_[ab]|lokr_t2)$"
+    r"|lora_[AB](?:\.default)?\.weight"
+    r"|hada_w[12]_[ab]|hada_t[12]|lokr_w[12]|lokr_w[12]_[ab]|lokr_t2)\Z",
+    re.DOTALL,  # a module name may hold any character, a line break too: never skip it
 )
 _DIFFUSERS = re.compile(
-    r"^(?P<module>.+?)(?:_lora|\.lora_linear_layer|\.lora)\.(?P<side>down|up)\.weight$"
+    r"^(?P<module>.+?)(?:_lora|\.lora_linear_layer|\.lora)\.(?P<side>down|up)\.weight\Z",
+    re.DOTALL,
 )
-_NOT_LOW_RANK = re.compile(r"\.(diff|diff_b|oft_blocks|oft_diag|on_input|rescale)$")
+#: ComfyUI-style factor names, read as kohya's down / up.
+_PEFT_NAMED = {"lora_A": "lora_down", "lora_B": "lora_up"}
+_NOT_LOW_RANK = re.compile(r"\.(diff|diff_b|oft_blocks|oft_diag|on_input|rescale)\Z")
 
 #: ``ss_*`` metadata keys shown in reports.
 SHOWN_METADATA = (
@@ -58,16 +69,26 @@ SHOWN_METADATA = (
 )
 
 
-class _Common(TypedDict):
-    name: str
-    extra_keys: tuple[str, ...]
-    dora: bool
-    dtype: str
-
-
 def looks_like_kohya(header: Header) -> bool:
     """True when any key is a kohya, LyCORIS or diffusers-processor factor."""
     return any(_ROLE.match(k) or _DIFFUSERS.match(k) for k in header.tensors)
+
+
+def has_module_alphas(header: Header) -> bool:
+    """True when a ``lora_A``/``lora_B`` module has a ``.alpha`` tensor beside it.
+
+    Such files (ComfyUI-style) look like PEFT but are not: PEFT never stores an alpha
+    tensor, and their loaders scale each module by its own ``alpha / r``.
+    """
+    factored: set[str] = set()
+    alphas: set[str] = set()
+    for key in header.tensors:
+        if (m := _ROLE.match(key)) and m["role"] != "alpha":
+            if m["role"].startswith("lora_A") or m["role"].startswith("lora_B"):
+                factored.add(m["module"])
+        elif key.endswith(".alpha"):
+            alphas.add(key.removesuffix(".alpha"))
+    return not factored.isdisjoint(alphas)
 
 
 def read_kohya(*, path: Path, tensor_file: Path, header: Header | None = None) -> Adapter:
@@ -84,10 +105,20 @@ def read_kohya(*, path: Path, tensor_file: Path, header: Header | None = None) -
     passthrough: list[str] = []
     unknown: list[str] = []
     diffusers = False
+    comfy = False
     for key in header.tensors:
         if m := _ROLE.match(key):
-            role = m["role"].removesuffix(".weight")
-            modules.setdefault(m["module"], {})[role] = key
+            role = m["role"].removesuffix(".weight").removesuffix(".default")
+            comfy = comfy or role in _PEFT_NAMED
+            role = _PEFT_NAMED.get(role, role)
+            slot = modules.setdefault(m["module"], {})
+            if role in slot:
+                raise InputError(
+                    f"{tensor_file}: module {m['module']!r} has two {role} tensors "
+                    f"({slot[role]!r} and {key!r})",
+                    hint="the file mixes two naming schemes for one module; keep one",
+                )
+            slot[role] = key
         elif m := _DIFFUSERS.match(key):
             diffusers = True
             modules.setdefault(m["module"], {})[f"lora_{m['side']}"] = key
@@ -131,8 +162,12 @@ def read_kohya(*, path: Path, tensor_file: Path, header: Header | None = None) -
     passthrough.extend(unknown)
     layers.sort(key=lambda layer: natural_key(layer.name))
     structures = {layer.structure for layer in layers}
+    if assumed := [layer.name for layer in layers if layer.scale_source == "assumed"]:
+        warnings.append(_assumed_warning(tensor_file, assumed, total=len(layers)))
     if diffusers:
         fmt = "diffusers"
+    elif comfy:
+        fmt = "comfyui"
     elif structures - {Structure.LORA} or any(layer.kind is LayerKind.CONV for layer in layers):
         fmt = "lycoris" if structures - {Structure.LORA, Structure.TUCKER} else "kohya"
     else:
@@ -152,6 +187,15 @@ def read_kohya(*, path: Path, tensor_file: Path, header: Header | None = None) -
     )
 
 
+def _assumed_warning(tensor_file: Path, names: list[str], *, total: int) -> str:
+    """The warning for modules whose file says nothing about their scale."""
+    return (
+        f"{tensor_file}: {len(names)} of {total} module(s) store no .alpha (e.g. {names[0]!r}): "
+        "scale 1 assumed for them (alpha = rank, as sd-scripts, LyCORIS, ComfyUI and "
+        "diffusers load such modules)"
+    )
+
+
 def _alpha(source: SafetensorsSource, key: str | None, *, tensor_file: Path) -> float | None:
     if key is None:
         return None
@@ -164,16 +208,6 @@ def _alpha(source: SafetensorsSource, key: str | None, *, tensor_file: Path) -> 
     if not math.isfinite(value):
         raise InputError(f"{tensor_file}: alpha {key!r} is {value}")
     return value
-
-
-def _need(roles: Mapping[str, str], *names: str, module: str, tensor_file: Path) -> None:
-    missing = [n for n in names if n not in roles]
-    if missing:
-        have = ", ".join(sorted(roles))
-        raise InputError(
-            f"{tensor_file}: module {module!r} has {have} but not {', '.join(missing)}",
-            hint="the file is incomplete or mixes formats",
-        )
 
 
 def _layer(
@@ -193,17 +227,17 @@ def _layer(
         if 0 in info.shape or len(info.shape) < 2:
             raise InputError(f"{tensor_file}: tensor {key!r} has shape {list(info.shape)}")
     shape = {role: tensors[key].shape for role, key in roles.items()}
-    common = _Common(
+    common = Common(
         name=module,
         extra_keys=extras,
         dora=dora,
         dtype="/".join(sorted({tensors[k].dtype for k in roles.values()})),
     )
     if any(r.startswith("hada_") for r in roles):
-        return _loha(roles, shape, alpha=alpha, common=common, tensor_file=tensor_file)
+        return loha(roles, shape, alpha=alpha, common=common, tensor_file=tensor_file)
     if any(r.startswith("lokr_") for r in roles):
-        return _lokr(roles, shape, alpha=alpha, common=common, tensor_file=tensor_file)
-    _need(roles, "lora_down", "lora_up", module=module, tensor_file=tensor_file)
+        return lokr(roles, shape, alpha=alpha, common=common, tensor_file=tensor_file)
+    need(roles, "lora_down", "lora_up", module=module, tensor_file=tensor_file)
     down, up = shape["lora_down"], shape["lora_up"]
     rank = down[0]
     if up[1] != rank or any(d != 1 for d in up[2:]):
@@ -224,6 +258,7 @@ def _layer(
         structure = Structure.TUCKER
         keys = {"up": roles["lora_up"], "mid": roles["lora_mid"], "down": roles["lora_down"]}
         stored = sum(math.prod(s) for s in (down, up, mid))
+    scale, source = alpha_scale(alpha, rank)
     return LoraLayer(
         kind=LayerKind.CONV if len(weight_shape) > 2 else LayerKind.LINEAR,
         a_key=roles["lora_down"],
@@ -234,128 +269,11 @@ def _layer(
         in_features=math.prod(weight_shape[1:]),
         rank=rank,
         alpha=alpha,
-        scale=_scale(alpha, rank),
+        scale=scale,
+        scale_source=source,
         weight_shape=weight_shape,
         structure=structure,
         keys=keys,
         stored_params=stored,
-        **common,
-    )
-
-
-def _scale(alpha: float | None, rank: int) -> float:
-    return 1.0 if alpha is None else alpha / rank
-
-
-def _loha(
-    roles: dict[str, str],
-    shape: dict[str, tuple[int, ...]],
-    *,
-    alpha: float | None,
-    common: _Common,
-    tensor_file: Path,
-) -> LoraLayer:
-    name = common["name"]
-    _need(
-        roles,
-        "hada_w1_a",
-        "hada_w1_b",
-        "hada_w2_a",
-        "hada_w2_b",
-        module=name,
-        tensor_file=tensor_file,
-    )
-    tucker = "hada_t1" in roles
-    w1a, w1b, w2a, w2b = (shape[f"hada_{r}"] for r in ("w1_a", "w1_b", "w2_a", "w2_b"))
-    if tucker:
-        _need(roles, "hada_t2", module=name, tensor_file=tensor_file)
-        t1 = shape["hada_t1"]
-        r1, r2 = w1a[0], w2a[0]
-        out, inp = w1a[1], w1b[1] * math.prod(t1[2:])
-        weight_shape: tuple[int, ...] = (out, w1b[1], *t1[2:])
-    else:
-        r1, r2 = w1a[1], w2a[1]
-        out, inp = w1a[0], math.prod(w1b[1:])
-        weight_shape = (out, *w1b[1:]) if len(w1b) > 2 else (out, inp)
-    if w1b[0] != r1 or w2b[0] != r2 or (w2a[0] if not tucker else w2a[1]) != out:
-        raise InputError(
-            f"{tensor_file}: {name}: LoHa factors do not fit: w1_a {list(w1a)}, w1_b {list(w1b)}, "
-            f"w2_a {list(w2a)}, w2_b {list(w2b)}"
-        )
-    keys = {f"w{i}_{s}": roles[f"hada_w{i}_{s}"] for i in (1, 2) for s in ("a", "b")}
-    if tucker:
-        keys |= {"t1": roles["hada_t1"], "t2": roles["hada_t2"]}
-    return LoraLayer(
-        kind=LayerKind.CONV if len(weight_shape) > 2 else LayerKind.LINEAR,
-        a_key=roles["hada_w1_b"],
-        b_key=roles["hada_w1_a"],
-        a_shape=w1b,
-        b_shape=w1a,
-        out_features=out,
-        in_features=inp,
-        rank=r1 * r2,
-        alpha=alpha,
-        scale=_scale(alpha, r1),
-        weight_shape=weight_shape,
-        structure=Structure.LOHA,
-        keys=keys,
-        stored_params=sum(math.prod(shape[r]) for r in roles),
-        network_dim=r1,
-        **common,
-    )
-
-
-def _lokr(
-    roles: dict[str, str],
-    shape: dict[str, tuple[int, ...]],
-    *,
-    alpha: float | None,
-    common: _Common,
-    tensor_file: Path,
-) -> LoraLayer:
-    name = common["name"]
-    if "lokr_w1" in roles:
-        a1, b1 = shape["lokr_w1"][0], math.prod(shape["lokr_w1"][1:])
-        low_rank_dim = None
-    else:
-        _need(roles, "lokr_w1_a", "lokr_w1_b", module=name, tensor_file=tensor_file)
-        a1, b1 = shape["lokr_w1_a"][0], shape["lokr_w1_b"][1]
-        low_rank_dim = shape["lokr_w1_b"][0]
-    keys = {r.removeprefix("lokr_"): k for r, k in roles.items()}
-    if "lokr_w2" in roles:
-        w2 = shape["lokr_w2"]
-        o2, i2, spatial = w2[0], w2[1], w2[2:]
-        r2 = None
-    else:
-        _need(roles, "lokr_w2_a", "lokr_w2_b", module=name, tensor_file=tensor_file)
-        w2a, w2b = shape["lokr_w2_a"], shape["lokr_w2_b"]
-        if "lokr_t2" in roles:
-            t2 = shape["lokr_t2"]
-            o2, i2, spatial, r2 = w2a[1], w2b[1], t2[2:], w2a[0]
-        else:
-            o2, i2, spatial, r2 = w2a[0], w2b[1], w2b[2:], w2a[1]
-        low_rank_dim = low_rank_dim or r2
-    out, inp = a1 * o2, b1 * i2 * math.prod(spatial)
-    thin = r2 is not None and "lokr_t2" not in roles
-    structure = Structure.LOKR if thin else Structure.KRON
-    rank = b1 * r2 if thin and r2 is not None else min(a1, b1) * min(o2, i2 * math.prod(spatial))
-    scale = 1.0 if alpha is None or low_rank_dim is None else alpha / low_rank_dim
-    weight_shape = (out, b1 * i2, *spatial)
-    return LoraLayer(
-        kind=LayerKind.CONV if spatial else LayerKind.LINEAR,
-        a_key=next(iter(roles.values())),
-        b_key=next(iter(roles.values())),
-        a_shape=shape[next(iter(roles))],
-        b_shape=shape[next(iter(roles))],
-        out_features=out,
-        in_features=inp,
-        rank=rank,
-        alpha=alpha,
-        scale=scale,
-        weight_shape=weight_shape,
-        structure=structure,
-        keys=keys,
-        stored_params=sum(math.prod(shape[r]) for r in roles),
-        network_dim=low_rank_dim,
         **common,
     )

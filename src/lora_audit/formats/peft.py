@@ -27,6 +27,7 @@ from lora_audit.formats.safetensors_io import (
     TensorInfo,
     read_header,
 )
+from lora_audit.formats.sniff import no_factors_error
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -34,9 +35,12 @@ PREFIX = "base_model.model."
 
 _FACTOR = re.compile(
     r"^(?P<module>.+)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
-    r"(?:\.(?P<adapter>[A-Za-z0-9_\-]+))?(?P<suffix>\.weight)?$"
+    r"(?:\.(?P<adapter>[A-Za-z0-9_\-]+))?(?P<suffix>\.weight)?\Z",
+    re.DOTALL,  # a module name may hold any character, a line break too: never skip it
 )
-_EXTRA = re.compile(r"^(?P<module>.+)\.(?:lora_B\.bias|lora_magnitude_vector(?:\.weight)?)$")
+_EXTRA = re.compile(
+    r"^(?P<module>.+)\.(?:lora_B\.bias|lora_magnitude_vector(?:\.weight)?)\Z", re.DOTALL
+)
 _SUPPORTED_PEFT_TYPES = {"LORA"}
 
 
@@ -226,10 +230,7 @@ def _pair_layers(
             hint="every lora_A needs its lora_B; the file is incomplete",
         )
     if not factors:
-        raise InputError(
-            f"{tensor_file}: no LoRA factors found (no '*.lora_A.weight' / '*.lora_B.weight' keys)",
-            hint="is this a PEFT LoRA adapter? other formats are not supported yet",
-        )
+        raise no_factors_error(tensor_file, header.tensors)
     layers = [
         _make_layer(
             module_key=mod,

@@ -15,19 +15,17 @@ aligned to its element size.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from lora_audit.errors import InputError, OutputError
+from lora_audit.errors import InputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -354,41 +352,18 @@ def write_safetensors(
 def write_atomic(path: Path, data: bytes | Callable[[IO[bytes]], None]) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory.
 
-    ``data`` is the bytes to write, or a function that writes them to the open file.
-
-    The temporary file is flushed, fsync'ed and renamed over ``path``; if anything fails,
-    it is removed and ``path`` is left as it was.
+    ``data`` is the bytes to write, or a function that writes them to the open file. An
+    existing file is replaced (checks against a run's inputs and ``--force`` belong to
+    :class:`lora_audit.formats.output_guard.OutputGuard`, which does the writing).
 
     Raises
     ------
     OutputError
         On any OS error (permission denied, disk full, …).
     """
-    directory = path.parent
-    tmp_name: str | None = None
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; the output is an ordinary file
-        with os.fdopen(fd, "wb") as fh:
-            if callable(data):
-                data(fh)
-            else:
-                fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-    except OSError as exc:
-        raise OutputError(
-            f"{path}: cannot write: {exc.strerror or exc}",
-            hint="check free disk space and write permission on the output directory",
-        ) from exc
-    finally:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
+    from lora_audit.formats.output_guard import OutputGuard
+
+    OutputGuard(force=True).write(path, data, role="output")
 
 
 def encode_floats(values: npt.NDArray[np.float64], dtype: str) -> StoredTensor:

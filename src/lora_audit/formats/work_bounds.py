@@ -80,7 +80,11 @@ def check_work_bounded(adapter: Adapter, *, header: Header, file_size: int) -> N
     """
     budget = work_budget(file_size)
     for layer in adapter.layers:
-        shapes = {role: header.tensors[key].shape for role, key in layer.keys.items()}
+        shapes = {
+            role: header.tensors[key].shape
+            for role, key in layer.keys.items()
+            if key in header.tensors  # an expert of a stacked tensor is bounded by its layer
+        }
         _check_inner_dims(layer, shapes, where=str(adapter.tensor_file))
         need = layer_work_bytes(layer, shapes)
         if need > budget:

@@ -9,33 +9,41 @@ PEFT
     left as it was, its rank and ``alpha = scale·r`` — unless it matches the top-level
     ``r``/``lora_alpha``, which are the most common pair. The old patterns are replaced (their
     keys could match the new modules first). Everything else in the config is kept.
-kohya / LyCORIS / diffusers
-    One ``.safetensors`` file with the same key names; a rewritten layer gets
-    ``<module>.alpha = k`` so that ``alpha/k·up·down`` is the truncation (diffusers files have
-    no alpha keys: scale 1 is baked in). LoHa, LoKr and Tucker layers that are rewritten come
+kohya / LyCORIS / ComfyUI-style / diffusers / XLabs
+    One ``.safetensors`` file with the same key names (``lora_down``/``lora_up`` or
+    ``lora_A``/``lora_B`` as the layer had them); a rewritten layer gets ``<module>.alpha = k``
+    so that ``alpha/k·up·down`` is the truncation (diffusers-processor and XLabs files have no
+    alpha keys: scale 1 is baked in; XLabs files are written only when every layer ends at one
+    rank, which x-flux's loader needs). LoHa, LoKr and Tucker layers that are rewritten come
     out as plain ``lora_down``/``lora_up`` layers under the same module name.
     ``ss_network_dim``/``ss_network_alpha`` are updated (``"Dynamic"`` when ranks differ).
+mlx-lm
+    A directory with ``adapters.safetensors`` and ``adapter_config.json``, every layer at one
+    rank (:mod:`lora_audit.formats.mlx_write`).
+GGUF
+    Refused: compress the PEFT adapter it was converted from and convert again.
 
 Every file is written to a temporary name in the target directory, fsync'ed and renamed; a
 directory is built as a temporary sibling and renamed into place, so an interrupted run leaves
-no output (and, with ``--force``, the previous output) behind. The input is never written.
+no output (and, with ``--force``, the previous output) behind. The input is never written, and
+``--force`` replaces only an adapter directory
+(:class:`~lora_audit.formats.output_guard.OutputGuard`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure
 from lora_audit.errors import OutputError, UsageError
+from lora_audit.formats.diffusers_metadata import PIPELINE_FORMAT, pipeline_metadata
+from lora_audit.formats.output_guard import Kind, OutputGuard
 from lora_audit.formats.patterns import pattern_keys
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME
 from lora_audit.formats.safetensors_io import (
@@ -44,13 +52,17 @@ from lora_audit.formats.safetensors_io import (
     StoredTensor,
     encode_floats,
     stored_from_numpy,
-    write_atomic,
     write_safetensors,
 )
+from lora_audit.formats.xlabs import check_one_rank
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
+
+
+#: Single-file formats that store no alpha: a rewritten layer's factors carry its scale.
+NO_ALPHA_FORMATS = frozenset({"diffusers", "xlabs"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,35 +85,71 @@ class NewLayer:
 
 
 def output_is_directory(adapter: Adapter) -> bool:
-    """PEFT adapters read from a directory (or with a config) are written as directories."""
-    return (
+    """PEFT adapters read from a directory (or with a config), and mlx-lm adapters, are written
+    as directories."""
+    return adapter.format == "mlx" or (
         adapter.format == "peft"
         and bool(adapter.config)
         and "lora_adapter_metadata" not in adapter.metadata
     )
 
 
-def check_output(adapter: Adapter, output: Path, *, force: bool) -> None:
-    """Refuse outputs that would overwrite or delete the input, or an existing path.
+def refuse_unwritable(adapter: Adapter) -> None:
+    """Refuse formats that compress cannot write back exactly (GGUF; mlx-lm without config).
 
     Raises
     ------
     UsageError
-        When ``output`` is the input, contains it, or exists and ``force`` is off.
+        With what to do instead.
     """
-    out = output.resolve()
-    inputs = {adapter.path.resolve(), adapter.tensor_file.resolve()}
-    config = adapter.tensor_file.parent / CONFIG_NAME
-    if config.exists():
-        inputs.add(config.resolve())
-    for item in inputs:
-        if out == item or out in item.parents:
-            raise UsageError(
-                f"--output {output} would overwrite the input {item}",
-                hint="choose another output path; lora-audit never writes over its input",
-            )
-    if output.exists() and not force:
-        raise UsageError(f"--output {output} already exists", hint="pass --force to replace it")
+    if adapter.format == "gguf":
+        raise UsageError(
+            f"{adapter.path}: compress does not write GGUF adapters",
+            hint="compress the PEFT adapter the GGUF was converted from, then convert the "
+            "result again with llama.cpp's convert_lora_to_gguf.py (inspect and check read "
+            "GGUF directly)",
+        )
+    if adapter.format == "mlx":
+        from lora_audit.formats.mlx_write import check_ranks
+
+        check_ranks(adapter, {})
+
+
+def output_kind(adapter: Adapter) -> Kind:
+    """Whether ``compress`` writes ``adapter`` as a directory or as one file."""
+    return "directory" if output_is_directory(adapter) else "file"
+
+
+def output_guard(adapter: Adapter, *, force: bool, base: Path | None = None) -> OutputGuard:
+    """The guard of a ``compress`` run: the adapter's files (and the base model's) protected."""
+    guard = OutputGuard(force=force)
+    guard.add_adapter(adapter.path)
+    guard.add_adapter(adapter.tensor_file)
+    if base is not None:
+        guard.add_base(base)
+    return guard
+
+
+def check_output(
+    adapter: Adapter, output: Path, *, force: bool, base: Path | None = None
+) -> OutputGuard:
+    """Refuse outputs that would overwrite or delete an input, or an existing path.
+
+    Returns
+    -------
+    OutputGuard
+        The guard, with ``output`` claimed as ``--output``.
+
+    Raises
+    ------
+    UsageError
+        When ``output`` is an input, contains one, lies in an input directory, or exists and
+        ``force`` is off (or, with ``force``, is a directory holding other files).
+    """
+    refuse_unwritable(adapter)
+    guard = output_guard(adapter, force=force, base=base)
+    guard.plan(output, role="--output", kind=output_kind(adapter), adapter=True)
+    return guard
 
 
 def write_compressed(
@@ -111,6 +159,7 @@ def write_compressed(
     output: Path,
     provenance: Mapping[str, str],
     force: bool,
+    base: Path | None = None,
 ) -> Path:
     """Write ``adapter`` with ``new_layers`` replacing the layers of the same name.
 
@@ -119,27 +168,45 @@ def write_compressed(
     Path
         The tensor file written.
     """
-    check_output(adapter, output, force=force)
+    guard = check_output(adapter, output, force=force, base=base)
+    if adapter.format == "mlx":
+        from lora_audit.formats.mlx_write import write_mlx
+
+        with guard.directory(output, role="--output") as tmp:
+            write_mlx(
+                adapter,
+                new_layers,
+                directory=tmp,
+                metadata={**adapter.metadata, **provenance},
+                write_plain=_write_plain,
+            )
+        return Path(os.path.realpath(output)) / "adapters.safetensors"
+    if adapter.format == "xlabs":
+        check_one_rank(adapter, {name: new.rank for name, new in new_layers.items()})
+    final = Path(os.path.realpath(output))  # now: `-o .` leaves the working directory behind
     tensors, metadata = _tensors(adapter, new_layers)
     metadata.update(provenance)
     if adapter.format == "peft":
         config = peft_config(adapter, new_layers)
         if output_is_directory(adapter):
-            with atomic_directory(output, force=force) as tmp:
+            with guard.directory(output, role="--output") as tmp:
                 _write_plain(
                     tmp / WEIGHTS_NAME, lambda fh: write_safetensors(fh, tensors, metadata=metadata)
                 )
                 text = json.dumps(config, indent=2) + "\n"  # pattern order matters to PEFT
                 _write_plain(tmp / CONFIG_NAME, text.encode("utf-8"))
-            return output / WEIGHTS_NAME
+            return final / WEIGHTS_NAME
         metadata["lora_adapter_metadata"] = json.dumps(config)
+    elif adapter.format == PIPELINE_FORMAT:
+        metadata["lora_adapter_metadata"] = json.dumps(pipeline_metadata(adapter, new_layers))
     else:
         metadata.update(_kohya_metadata(adapter, new_layers))
-    _make_parent(output)
-    if output.is_dir():
-        raise UsageError(f"--output {output} is a directory; this format is a single file")
-    write_atomic(output, lambda fh: write_safetensors(fh, tensors, metadata=metadata))
-    return output
+    return guard.write(
+        output,
+        lambda fh: write_safetensors(fh, tensors, metadata=metadata),
+        role="--output",
+        adapter=True,
+    )
 
 
 def _tensors(
@@ -188,16 +255,15 @@ def _new_keys(adapter: Adapter, layer: LoraLayer, new: NewLayer) -> dict[str, St
         b = new.b.reshape(layer.out_features, k, *([1] * len(spatial)))
     else:
         a, b = new.a, new.b
-    if adapter.format == "peft" or (
-        adapter.format == "diffusers" and layer.structure is Structure.LORA
+    if adapter.format in {"peft", PIPELINE_FORMAT} or (
+        adapter.format in NO_ALPHA_FORMATS and layer.structure is Structure.LORA
     ):
         return {layer.a_key: a, layer.b_key: b}
     module = layer.name
-    return {
-        f"{module}.lora_down.weight": a,
-        f"{module}.lora_up.weight": b,
-        f"{module}.alpha": encode_floats(np.array(float(k)), b.dtype),
-    }
+    alpha = {f"{module}.alpha": encode_floats(np.array(float(k)), b.dtype)}
+    if layer.structure is Structure.LORA:  # its own key names (lora_down or lora_A style)
+        return {layer.a_key: a, layer.b_key: b, **alpha}
+    return {f"{module}.lora_down.weight": a, f"{module}.lora_up.weight": b, **alpha}
 
 
 def new_layer(
@@ -292,28 +358,6 @@ def _kohya_metadata(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> dic
     return {"ss_network_dim": "Dynamic", "ss_network_alpha": "Dynamic"}
 
 
-def _make_parent(output: Path) -> None:
-    """Create the directory ``output`` goes in.
-
-    Raises
-    ------
-    OutputError
-        When it cannot be created (a component is a file, permission denied, …).
-    """
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        hint = (
-            "a component of the path is an existing file"
-            if isinstance(exc, FileExistsError | NotADirectoryError)
-            else "check write permission"
-        )
-        raise OutputError(
-            f"{output}: cannot create the directory {output.parent}: {exc.strerror or exc}",
-            hint=hint,
-        ) from exc
-
-
 def _write_plain(path: Path, data: bytes | Callable[[IO[bytes]], None]) -> None:
     """Write and fsync ``data`` (bytes, or a function that writes them) inside a new directory."""
     with path.open("wb") as fh:
@@ -323,41 +367,3 @@ def _write_plain(path: Path, data: bytes | Callable[[IO[bytes]], None]) -> None:
             fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-@contextmanager
-def atomic_directory(output: Path, *, force: bool) -> Iterator[Path]:
-    """Yield a temporary sibling of ``output``; rename it into place when the block ends.
-
-    On any error the temporary directory is removed and ``output`` is left as it was.
-    """
-    _make_parent(output)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary dir
-    except OSError as exc:
-        raise OutputError(f"{output}: cannot create: {exc.strerror or exc}") from exc
-    try:
-        yield tmp
-        if output.exists():
-            if not force:
-                raise UsageError(f"--output {output} already exists", hint="pass --force")
-            old = Path(
-                tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent)
-            )
-            os.replace(output, old / output.name)
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(
-            f"{output}: cannot write: {exc.strerror or exc}",
-            hint="check free disk space and write permission on the output directory",
-        ) from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -1,8 +1,10 @@
-"""Wording shared by the check renderers (formatting only; nothing is computed here)."""
+"""Wording shared by the renderers (formatting only; nothing is computed here)."""
 
 from __future__ import annotations
 
-from lora_audit.report import CheckReport, Finding
+from collections.abc import Mapping
+
+from lora_audit.report import CheckReport, Finding, InspectReport, LayerReport, Summary
 
 #: How a policy field is named in reports (the flag and policy-file key).
 SETTING_NAMES = {
@@ -54,3 +56,54 @@ def verdict(report: CheckReport) -> str:
     if report.errors:
         parts.append(f"{len(report.errors)} unreadable")
     return f"{report.status.upper()}: " + ", ".join(parts)
+
+
+def scale_sources_text(sources: Mapping[str, int]) -> str:
+    """``config (37 layers)`` or ``module_alpha (10 layers), assumed (2 layers)``."""
+    return ", ".join(
+        f"{source} ({count} layer{'s' if count != 1 else ''})" for source, count in sources.items()
+    )
+
+
+def assumed_scale_text(report: InspectReport) -> str | None:
+    """The loud line for layers whose scale nothing in the file gave; ``None`` when none."""
+    assumed = [layer for layer in report.layers if layer.scale_source == "assumed"]
+    if not assumed:
+        return None
+    scales = ", ".join(f"{s:g}" for s in sorted({layer.scale for layer in assumed}))
+    return (
+        f"scale ASSUMED for {len(assumed)} of {len(report.layers)} layers: the file records "
+        f"no scale for them, so s = {scales} was used and their σ are only as right as that "
+        "guess (see the warnings)"
+    )
+
+
+#: What ``r/dD`` in a rank cell means.
+RANK_NOTE = (
+    "inner rank r of a LoHa/LoKr layer trained at network_dim D; waste counts only what "
+    "compress removes (it rewrites a layer as LoRA only if that is smaller)"
+)
+
+
+def rank_cell(layer: LayerReport) -> str:
+    """``r``, or ``r/dD`` for a LoHa/LoKr layer trained at ``network_dim`` D (inner rank r)."""
+    if layer.network_dim is not None and layer.network_dim != layer.rank:
+        return f"{layer.rank}/d{layer.network_dim}"
+    return str(layer.rank)
+
+
+def retrain_text(s: Summary) -> str:
+    """``r=4, lora_alpha=8 (N parameters)``, or keep-as-trained for LyCORIS structures."""
+    if s.keep_structure:
+        plan = "keep as trained (plain LoRA would not be smaller)"
+    else:
+        plan = f"r={s.recommended_rank}"
+        if s.lora_alpha is not None:
+            plan += f", lora_alpha={s.lora_alpha:g}"
+    return f"{plan} ({s.params_retrain:,} parameters)"
+
+
+def adapter_rank_text(s: Summary) -> str:
+    """``r=16`` and, for LoHa/LoKr adapters, ``, network_dim=4``."""
+    dims = "/".join(str(d) for d in s.network_dims)
+    return f"r={s.nominal_rank}" + (f", network_dim={dims}" if dims else "")

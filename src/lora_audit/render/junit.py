@@ -16,15 +16,16 @@ actions read)::
       </testsuite>
     </testsuites>
 
-Built with :mod:`xml.etree.ElementTree`, so any standard parser reads it.
+Built with :mod:`xml.etree.ElementTree`, so any standard parser reads it; every value passes
+through :func:`~lora_audit.render.escape.for_xml` first (no character XML 1.0 forbids).
 """
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 
 from lora_audit.render._text import finding_text, number, policy_source, verdict
+from lora_audit.render.escape import escaped_report, for_xml
 from lora_audit.report import CheckReport, Finding
 
 
@@ -36,9 +37,10 @@ def _counts(element: ET.Element, *, tests: int, failures: int, errors: int) -> N
 
 
 def _sub(parent: ET.Element, tag: str, attrs: dict[str, str]) -> ET.Element:
-    return ET.SubElement(parent, tag, {k: _xml_safe(v) for k, v in attrs.items()})
+    return ET.SubElement(parent, tag, {k: for_xml(v) for k, v in attrs.items()})
 
 
+@escaped_report(for_xml)
 def render_check(report: CheckReport, *, width: int = 100, color: bool = False) -> str:
     """The check report as JUnit XML; ``width`` and ``color`` are ignored."""
     del width, color
@@ -60,8 +62,8 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
             if broken:
                 failed += 1
                 failure = _sub(case, "failure", {"type": rule, "message": _summary(broken)})
-                failure.text = _xml_safe(
-                    "\n".join(f"{finding_text(f)}\nfix: {f.fix}" for f in broken)
+                failure.text = "\n".join(
+                    f"{for_xml(finding_text(f))}\nfix: {for_xml(f.fix)}" for f in broken
                 )
         _counts(suite, tests=len(report.rules), failures=failed, errors=0)
         total += len(report.rules)
@@ -70,7 +72,7 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
         suite = _sub(root, "testsuite", {"name": error.path})
         case = _sub(suite, "testcase", {"classname": error.path, "name": "read"})
         element = _sub(case, "error", {"type": "InputError", "message": error.message})
-        element.text = _xml_safe(error.message)
+        element.text = for_xml(error.message)
         _counts(suite, tests=1, failures=0, errors=1)
         total += 1
         errors += 1
@@ -84,11 +86,3 @@ def _summary(findings: list[Finding]) -> str:
     first = findings[0]
     text = f"layer {first.layer} {first.message}" if first.layer else first.message
     return text if len(findings) == 1 else f"{len(findings)} findings; first: {text}"
-
-
-_XML_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-
-
-def _xml_safe(text: str) -> str:
-    """``text`` without the control characters XML 1.0 cannot hold."""
-    return _XML_ILLEGAL.sub("\ufffd", text)

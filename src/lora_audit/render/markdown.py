@@ -2,41 +2,60 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from lora_audit.render._base_text import BASE_HEADERS, base_cells, base_summary_rows
 from lora_audit.render._text import (
+    RANK_NOTE,
     SETTING_NAMES,
+    adapter_rank_text,
+    assumed_scale_text,
     finding_text,
     number,
     policy_source,
+    rank_cell,
+    retrain_text,
+    scale_sources_text,
     verdict,
 )
+from lora_audit.render.escape import escaped_report, for_markdown, for_terminal
 from lora_audit.report import CheckReport, InspectReport
 
 _ICONS = {"pass": "✅", "fail": "❌", "error": "⚠️"}
 
 
-def cell(text: str) -> str:
-    """Text safe inside a table cell: pipes escaped, newlines as ``<br>``."""
-    return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+def prose(text: str) -> str:
+    """Untrusted text as inline Markdown: each ``…``-quoted part as :func:`code`, the rest
+    through :func:`for_markdown` (no HTML, link, emphasis or cell boundary comes from it)."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: nothing is quoted
+        return for_markdown(text)
+    return "".join(code(p) if i % 2 else for_markdown(p) for i, p in enumerate(parts))
 
 
 def code(text: str) -> str:
-    """Inline code that survives backticks in ``text``."""
-    fence = "``" if "`" in text else "`"
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
+    """``text`` as inline code: a code span when it holds nothing Markdown or HTML could read,
+    else ``<code>`` around the escaped text (a code span cannot escape a backtick or ``|``)."""
+    if _PLAIN_CODE.fullmatch(text) and for_terminal(text) == text:
+        return f"`{text}`"
+    return f"<code>{for_markdown(text)}</code>"
+
+
+#: Text a code span shows as is (a span strips a space from each end, so none there).
+_PLAIN_CODE = re.compile(r"[^`|<>&\\ ]([^`|<>&\\]*[^`|<>&\\ ])?")
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, right: int = 0) -> list[str]:
-    """A pipe table; the last ``right`` columns are right-aligned."""
+    """A pipe table; the last ``right`` columns are right-aligned; cells are Markdown already
+    (escape untrusted text with :func:`prose` or :func:`code`)."""
     align = ["---"] * (len(header) - right) + ["---:"] * right
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
 
 
+@escaped_report(for_terminal)
 def render_check(report: CheckReport, *, width: int = 100, color: bool = False) -> str:
     """The check report as Markdown; ``width`` and ``color`` are ignored."""
     del width, color
@@ -47,7 +66,7 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
         + ", ".join(
             f"{code(SETTING_NAMES.get(k, k))} {number(v)}" for k, v in report.policy.items()
         )
-        + f" ({policy_source(report)}); rules: "
+        + f" ({prose(policy_source(report))}); rules: "
         + (", ".join(code(rule) for rule in report.rules) or "none"),
         "",
     ]
@@ -63,7 +82,7 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
                 str(s.layer_count),
                 str(s.nominal_rank),
                 f"{s.wasted_fraction:.1%}",
-                f"r={s.recommended_rank}",
+                "keep" if s.keep_structure else f"r={s.recommended_rank}",
                 str(len(found)),
             ]
         )
@@ -82,21 +101,26 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
                     code(f.rule),
                     number(f.measured),
                     number(f.limit),
-                    f.fix,
+                    prose(f.fix),
                 ]
                 for f in report.findings
             ],
         )
         lines += ["", "<details><summary>Messages</summary>", ""]
-        lines += [f"- {cell(finding_text(f))}" for f in report.findings]
+        lines += [f"- {prose(finding_text(f))}" for f in report.findings]
         lines += ["", "</details>"]
+    loud = [(a.adapter.path, text) for a in report.adapters if (text := assumed_scale_text(a))]
+    if loud:
+        lines += ["", "### ⚠️ Scale assumed", ""]
+        lines += [f"- {code(path)}: **{prose(text)}**" for path, text in loud]
     if report.errors:
         lines += ["", "### Unreadable adapters", ""]
-        lines += [f"- {cell(e.message)}" for e in report.errors]
+        lines += [f"- {prose(e.message)}" for e in report.errors]
     lines += ["", f"<sub>{report.tool.name} {report.tool.version}</sub>"]
     return "\n".join(lines) + "\n"
 
 
+@escaped_report(for_terminal)
 def render_inspect(report: InspectReport, *, width: int = 100, color: bool = False) -> str:
     """The inspect report as Markdown: summary, advice, and one row per layer."""
     del width, color
@@ -106,26 +130,32 @@ def render_inspect(report: InspectReport, *, width: int = 100, color: bool = Fal
     lines = [
         f"## lora-audit inspect: {code(a.path)}",
         "",
-        f"- adapter: {a.format}, r={s.nominal_rank}{alpha}, {', '.join(a.dtypes)}, "
+        f"- adapter: {for_markdown(a.format)}, {adapter_rank_text(s)}{alpha}, "
+        f"{for_markdown(', '.join(a.dtypes))}, "
         f"{s.layer_count} layers",
         f"- parameters: {s.params:,} now → {s.params_after:,} truncated at τ={tau} "
         f"({s.wasted_fraction:.1%} wasted)",
-        f"- retrain: r={s.recommended_rank}"
-        + (f", lora_alpha={s.lora_alpha:g}" if s.lora_alpha is not None else "")
-        + f" ({s.params_retrain:,} parameters)",
+        f"- retrain: {retrain_text(s)}",
     ]
+    if any(rank_cell(layer) != str(layer.rank) for layer in report.layers):
+        lines.append(f"- r/dD: {RANK_NOTE}")
+    if a.scale_sources:
+        lines.append(f"- scale from: {scale_sources_text(a.scale_sources)}")
+    loud = assumed_scale_text(report)
+    if loud is not None:
+        lines.append(f"- ⚠️ **{prose(loud)}** (⚠️ in the table)")
     if s.untrained_layers:
         lines.append("- untrained: " + ", ".join(code(n) for n in s.untrained_layers))
     lines.append("")
-    lines += [f"- {cell(line)}" for line in s.advice]
+    lines += [f"- {prose(line)}" for line in s.advice]
     lines.append("")
     lines += table(
         ["layer", "shape", "r", "σ₁", "‖ΔW‖F", "stable rank", "eff. rank", f"k@{tau}", "waste"],
         [
             [
-                code(layer.name),
+                code(layer.name) + (" ⚠️" if layer.scale_source == "assumed" else ""),
                 f"{layer.shape[0]}×{layer.shape[1]}",
-                str(layer.rank),
+                rank_cell(layer),
                 f"{layer.spectral_norm:.3g}",
                 f"{layer.frobenius_norm:.3g}",
                 f"{layer.stable_rank:.2f}",
@@ -151,7 +181,7 @@ def _base_section(report: InspectReport) -> list[str]:
     lines = ["", "### Against the base", ""]
     if dora:
         lines += ["ΔW is DoRA's effective update.", ""]
-    lines += [f"- {label}: {cell(text)}" for label, text in base_summary_rows(base)]
+    lines += [f"- {label}: {prose(text)}" for label, text in base_summary_rows(base)]
     lines.append("")
     rows = [[code(layer.name), *base_cells(layer.base)] for layer in layers if layer.base]
     lines += table(["layer", *BASE_HEADERS], rows, right=len(BASE_HEADERS))

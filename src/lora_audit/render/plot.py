@@ -21,12 +21,14 @@ from __future__ import annotations
 import io
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_audit.errors import UsageError
 from lora_audit.render._plot_data import binned, heat_grid, sample
+from lora_audit.render.escape import for_plot
 from lora_audit.render.table import block_prefix
 from lora_audit.report import CompareReport, InspectReport, TrendReport
 
@@ -51,6 +53,8 @@ _RC = {
     "axes.titlesize": 10,
     "axes.spines.top": False,
     "axes.spines.right": False,
+    "text.parse_math": False,  # names are labels, never mathtext ("$\\frac{" must not crash)
+    "text.usetex": False,
 }
 
 
@@ -138,7 +142,9 @@ def render_plot(report: Any, *, fmt: str = "png", layers: str | None = None) -> 
         raise UsageError(f"unknown picture format {fmt!r}", hint="use png or svg")
     from matplotlib import rc_context
 
-    with rc_context(_RC):  # type: ignore[arg-type]
+    with rc_context(_RC), warnings.catch_warnings():  # type: ignore[arg-type]
+        # a name in a script the fonts lack draws as boxes; no multi-line warning on stderr
+        warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
         if report.kind == "inspect":
             fig = _inspect_figure(report, layers=layer_filter(layers))
         elif report.kind == "trend":
@@ -168,7 +174,7 @@ def _figure(size: tuple[float, float]) -> Figure:
 
 def _short_names(names: Sequence[str]) -> list[str]:
     prefix = block_prefix(names)
-    return [name.removeprefix(prefix) for name in names]
+    return [for_plot(name.removeprefix(prefix)) for name in names]
 
 
 # --- inspect ------------------------------------------------------------------------------------
@@ -190,7 +196,8 @@ def _inspect_figure(report: InspectReport, *, layers: re.Pattern[str] | None) ->
     _spectra(spectra_ax, report, drawn)
     _heatmap(fig, heat_ax, report)
     shown = f" · spectra of {len(drawn)} of them, evenly spaced" if len(drawn) < len(chosen) else ""
-    fig.suptitle(f"{report.adapter.path} · {len(report.layers)} layers{shown}", fontsize=11)
+    title = f"{for_plot(report.adapter.path)} · {len(report.layers)} layers{shown}"
+    fig.suptitle(title, fontsize=11)
     return fig
 
 
@@ -238,8 +245,10 @@ def _heatmap(fig: Figure, ax: Axes, report: InspectReport) -> None:
 
     cmap = colormaps["magma_r"].with_extremes(bad="#eeeeee")
     image = ax.imshow(values, cmap=cmap, aspect="auto", interpolation="nearest", vmin=1.0)
-    ax.set_xticks(range(len(cols)), labels=cols, rotation=35, ha="right", fontsize=7)
-    ax.set_yticks(range(len(rows)), labels=rows, fontsize=7)
+    ax.set_xticks(
+        range(len(cols)), labels=[for_plot(c) for c in cols], rotation=35, ha="right", fontsize=7
+    )
+    ax.set_yticks(range(len(rows)), labels=[for_plot(r) for r in rows], fontsize=7)
     ax.spines[:].set_visible(False)
     if len(rows) * len(cols) <= 200:
         top = max((v for row in values for v in row if not math.isnan(v)), default=1.0)
@@ -323,7 +332,8 @@ def _compare_figure(report: CompareReport) -> Figure:
     xs = list(range(len(diffs)))
     diff_ax.bar(xs, diffs, color="tab:purple", width=0.8)
     diff_ax.set_ylabel("‖ΔW_A − ΔW_B‖F / ‖ΔW_A‖F")
-    diff_ax.set_title(f"{report.adapter_a.path} (A) vs {report.adapter_b.path} (B)")
+    a, b = for_plot(report.adapter_a.path), for_plot(report.adapter_b.path)
+    diff_ax.set_title(f"{a} (A) vs {b} (B)")
     diff_ax.grid(True, axis="y", alpha=0.3)
     left, _ = binned([x.left_overlap for x in layers])
     right, _ = binned([x.right_overlap for x in layers])

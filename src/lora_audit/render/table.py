@@ -15,6 +15,15 @@ from rich.table import Table
 from rich.text import Text
 
 from lora_audit.render._base_text import BASE_HEADERS, base_cells, base_summary_rows
+from lora_audit.render._text import (
+    RANK_NOTE,
+    adapter_rank_text,
+    assumed_scale_text,
+    rank_cell,
+    retrain_text,
+    scale_sources_text,
+)
+from lora_audit.render.escape import escaped_report, for_terminal
 from lora_audit.report import (
     CheckReport,
     CompareReport,
@@ -67,6 +76,7 @@ def _to_text(renderable: RenderableType, *, width: int, color: bool) -> str:
         force_terminal=color,
         color_system="standard" if color else None,
         no_color=not color,
+        markup=False,  # untrusted names are never console markup
         highlight=False,
         emoji=False,
     )
@@ -94,8 +104,11 @@ def layer_table(report: InspectReport, *, headers: BlockHeaders | None = None) -
     scales = {layer.scale for layer in report.layers}
     show_scale = len(scales) > 1
     title = f"{report.adapter.path} · {len(names)} layers"
+    sources = {layer.scale_source for layer in report.layers}
     if not show_scale and scales:
         title += f" · scale {next(iter(scales)):.3g}"
+        title += " (ASSUMED)" if sources == {"assumed"} else ""
+    mark = len(sources) > 1  # mark the assumed rows only when the others' scales are known
     if prefix:
         title += f" · {prefix}…"
     table = layer_table_frame(
@@ -113,7 +126,8 @@ def layer_table(report: InspectReport, *, headers: BlockHeaders | None = None) -
     for layer, (block, label) in zip(report.layers, block_rows(names, prefix=prefix), strict=True):
         if block is not None:
             table.add_row(_block_cell(block, headers))
-        table.add_row(*_row(layer, label=label, show_scale=show_scale))
+        assumed = mark and layer.scale_source == "assumed"
+        table.add_row(*_row(layer, label=label, show_scale=show_scale, assumed=assumed))
     return table
 
 
@@ -216,14 +230,16 @@ def _block_cell(name: str, headers: BlockHeaders | None) -> Text:
     return headers.cell(name) if headers is not None else Text(name, style="bold")
 
 
-def _row(layer: LayerReport, *, label: str, show_scale: bool) -> list[str | Text]:
-    heavy = layer.wasted_rank * 2 > layer.rank
+def _row(
+    layer: LayerReport, *, label: str, show_scale: bool, assumed: bool = False
+) -> list[str | Text]:
+    heavy = layer.wasted_params * 2 > layer.params
     waste = Text(str(layer.wasted_rank), style="bold red" if heavy else "")
     k = Text(str(layer.energy_rank), style="yellow" if layer.untrained else "bold")
     cells: list[str | Text] = [
-        label,
+        Text.assemble(label, (" *", "bold red")) if assumed else label,
         f"{layer.shape[0]}×{layer.shape[1]}",
-        str(layer.rank),
+        rank_cell(layer),
     ]
     if show_scale:
         cells.append(f"{layer.scale:.3g}")
@@ -250,25 +266,32 @@ def summary_table(report: InspectReport) -> Table:
     flags = "".join(
         f", {flag}" for flag, on in (("rsLoRA", a.use_rslora), ("DoRA", a.use_dora)) if on
     )
-    info.add_row("adapter", f"{a.format}, r={s.nominal_rank}{alpha}{flags}, {', '.join(a.dtypes)}")
+    info.add_row(
+        "adapter", f"{a.format}, {adapter_rank_text(s)}{alpha}{flags}, {', '.join(a.dtypes)}"
+    )
     if a.base_model:
         info.add_row("base model", a.base_model)
     if a.metadata:
         info.add_row("metadata", ", ".join(f"{k}={v}" for k, v in a.metadata.items()))
+    if a.scale_sources:
+        info.add_row("scale from", scale_sources_text(a.scale_sources))
+    loud = assumed_scale_text(report)
+    if loud is not None:
+        marked = " (* in the table)" if len(a.scale_sources) > 1 else ""
+        info.add_row(Text("ASSUMED", style="bold red"), Text(loud + marked, style="bold red"))
     info.add_row("stable rank", f"mean {s.mean_stable_rank:.2f}, max {s.max_stable_rank:.2f}")
     info.add_row(
         "parameters",
         f"{s.params:,} now → {s.params_after:,} truncated at τ={report.settings.energy:g} "
         f"({s.wasted_fraction:.1%} wasted)",
     )
-    plan = f"r={s.recommended_rank}"
-    if s.lora_alpha is not None:
-        plan += f", lora_alpha={s.lora_alpha:g}"
-    info.add_row("retrain", f"{plan} ({s.params_retrain:,} parameters)")
+    info.add_row("retrain", retrain_text(s))
     if s.rank_pattern:
         info.add_row("rank_pattern", json.dumps(s.rank_pattern))
     if s.alpha_pattern:
         info.add_row("alpha_pattern", json.dumps(s.alpha_pattern))
+    if any(rank_cell(layer) != str(layer.rank) for layer in report.layers):
+        info.add_row("r/dD", RANK_NOTE)
     if s.top_wasters:
         info.add_row("most waste", ", ".join(s.top_wasters))
     if s.untrained_layers:
@@ -278,6 +301,7 @@ def summary_table(report: InspectReport) -> Table:
     return info
 
 
+@escaped_report(for_terminal)
 def render_inspect(report: InspectReport, *, width: int = 100, color: bool = False) -> str:
     """The full human-readable inspect report."""
     advice = Text("\n".join(f"→ {line}" for line in report.summary.advice), style="green")
@@ -291,6 +315,7 @@ def render_inspect(report: InspectReport, *, width: int = 100, color: bool = Fal
 _STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold yellow"}
 
 
+@escaped_report(for_terminal)
 def render_check(report: CheckReport, *, width: int = 100, color: bool = False) -> str:
     """The check report: one row per adapter, then the findings, the errors and the verdict."""
     from lora_audit.render._text import number, policy_values, verdict
@@ -313,7 +338,7 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
             str(s.layer_count),
             str(s.nominal_rank),
             f"{s.wasted_fraction:.1%}",
-            f"r={s.recommended_rank}",
+            "keep" if s.keep_structure else f"r={s.recommended_rank}",
             str(found),
         )
     for error in report.errors:
@@ -341,6 +366,10 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
         parts += [Text("findings", style="bold"), findings, Text("")]
     for error in report.errors:
         parts.append(Text(f"✗ {error.message}", style="yellow"))
+    for inspect in report.adapters:
+        loud = assumed_scale_text(inspect)
+        if loud is not None:
+            parts.append(Text(f"! {inspect.adapter.path}: {loud}", style="bold red"))
     info = Table.grid(padding=(0, 2))
     info.add_column(style="bold")
     info.add_column(overflow="fold")
@@ -352,6 +381,7 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
     return _to_text(Group(*parts), width=width, color=color)
 
 
+@escaped_report(for_terminal)
 def render_compress(report: CompressReport, *, width: int = 100, color: bool = False) -> str:
     """Per layer old r → new k, energy kept and error; then totals and file sizes."""
     names = [layer.name for layer in report.layers]
@@ -408,6 +438,16 @@ def render_compress(report: CompressReport, *, width: int = 100, color: bool = F
         else (f"{t.file_bytes_after:,} bytes")
     )
     info.add_row("file", f"{t.file_bytes:,} bytes → {after}")
+    assumed = report.adapter.scale_sources.get("assumed", 0)
+    if assumed:
+        info.add_row(
+            Text("ASSUMED", style="bold red"),
+            Text(
+                f"scale assumed for {assumed} of {t.layer_count} layers (nothing in the input "
+                "gives it): the output bakes that guess into its factors",
+                style="bold red",
+            ),
+        )
     if report.output and not report.dry_run:
         info.add_row("written", f"{report.output} ({report.output_format})")
     return _to_text(Group(table, info), width=width, color=color)
@@ -471,6 +511,7 @@ def _step_word(unit: str) -> str:
     return {"step": "step", "epoch": "epoch", "order": "#"}.get(unit, "n")
 
 
+@escaped_report(for_terminal)
 def render_trend(report: TrendReport, *, width: int = 100, color: bool = False) -> str:
     """Checkpoints in step order, then each layer's stable rank, energy rank and norm over them."""
     s = report.settings
@@ -584,6 +625,7 @@ def _opt(value: float | None, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
 
+@escaped_report(for_terminal)
 def render_compare(report: CompareReport, *, width: int = 100, color: bool = False) -> str:
     """Per matched layer: norms, relative difference, cosine and subspace overlaps."""
     names = [layer.name for layer in report.layers]
