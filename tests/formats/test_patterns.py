@@ -86,7 +86,7 @@ def test_pattern_keys_agree_with_matching_every_module(names: list[str]) -> None
 
 
 def test_ordinary_keys_pass_the_backtracking_screen() -> None:
-    from lora_audit.formats.patterns import regex_problem
+    from lora_audit.regex_guard import regex_problem
 
     keys = [k for patterns in PATTERNS for k in patterns]
     keys += list(pattern_keys(MODULES).values())

@@ -110,11 +110,12 @@ def test_backtracking_plot_layers_is_a_bad_option(tmp_path: Path, pattern: str) 
 
 
 def test_polynomial_backtracking_stops_at_the_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lora_audit import regex_guard
     from lora_audit.errors import InputError
     from lora_audit.formats import patterns
 
-    monkeypatch.setattr(patterns, "MATCH_BUDGET_S", 0.3)
-    monkeypatch.setattr(patterns, "_spent", [0.0])
+    monkeypatch.setattr(regex_guard, "MATCH_BUDGET_S", 0.3)
+    monkeypatch.setattr(regex_guard, "_spent", [0.0])
     start = time.perf_counter()
     with pytest.raises(InputError, match="took too long"):
         patterns.match_pattern({r".*a.*a.*c": 1}, "a" * 3000)

@@ -35,7 +35,7 @@ def plot_request(
         For a suffix other than .png/.svg, missing matplotlib, a bad or unmatched pattern, or
         ``--plot-layers`` without ``--plot``.
     """
-    from lora_audit.formats.patterns import search_names
+    from lora_audit.regex_guard import search_names
     from lora_audit.render.plot import layer_filter, plot_format, require_matplotlib
 
     if path is None:

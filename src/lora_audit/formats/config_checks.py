@@ -27,7 +27,7 @@ _PEFT_FACTOR = re.compile(
 def _number_problem(value: Any, *, integer: bool) -> str | None:
     """Ranks must be positive integers; alphas finite non-zero numbers (a negative alpha
     is a real, negated update: PEFT applies it and compress splits its sign exactly)."""
-    wanted = "must be a positive integer" if integer else "must be a finite non-zero number"
+    wanted = "must be a positive integer" if integer else "must be a finite number other than 0"
     if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
         return wanted
     if isinstance(value, float) and not math.isfinite(value):

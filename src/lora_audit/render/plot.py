@@ -102,7 +102,7 @@ def layer_filter(pattern: str | None) -> re.Pattern[str] | None:
     """
     if pattern is None:
         return None
-    from lora_audit.formats.patterns import regex_problem
+    from lora_audit.regex_guard import regex_problem
 
     problem = regex_problem(pattern)
     if problem is not None:
@@ -183,7 +183,7 @@ def _inspect_figure(report: InspectReport, *, layers: re.Pattern[str] | None) ->
     spectra_ax, heat_ax = fig.subplots(1, 2, width_ratios=(1.15, 1))
     chosen = list(report.layers)
     if layers is not None:
-        from lora_audit.formats.patterns import search_names
+        from lora_audit.regex_guard import search_names
 
         hits = search_names(layers, [layer.name for layer in chosen], what="--plot-layers")
         chosen = [layer for layer, hit in zip(chosen, hits, strict=True) if hit]
