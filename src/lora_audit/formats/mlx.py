@@ -23,7 +23,6 @@ are read the same way when named.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, ScaleSource, natural_key
 from lora_audit.errors import InputError
+from lora_audit.formats.config_files import load_json_file
 from lora_audit.formats.safetensors_io import (
     FLOAT_DTYPES,
     Header,
@@ -84,8 +84,8 @@ def is_mlx_config(raw: Mapping[str, Any]) -> bool:
 def is_mlx_config_file(path: Path) -> bool:
     """True when ``path`` holds an mlx-lm config (False when unreadable: other readers say why)."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raw = load_json_file(path, what="adapter config")
+    except InputError:
         return False
     return isinstance(raw, dict) and is_mlx_config(raw)
 
@@ -97,12 +97,7 @@ def looks_like_mlx(header: Header) -> bool:
 
 def read_config(path: Path) -> dict[str, Any]:
     """The JSON object of an ``adapter_config.json``."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from exc
+    raw = load_json_file(path, what="adapter config")
     if not isinstance(raw, dict):
         raise InputError(f"{path}: must contain a JSON object")
     return raw
