@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from lora_audit.adapter import Adapter
 from lora_audit.errors import UsageError
 from lora_audit.formats.mlx import CONFIG_NAME, WEIGHTS_NAME
+from lora_audit.formats.one_rank import require_one_rank
 from lora_audit.formats.safetensors_io import (
     DTYPE_SIZES,
     SafetensorsSource,
@@ -49,14 +50,8 @@ def check_ranks(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> int | N
         )
     if not new_layers:
         return None
-    ranks = {new_layers[x.name].rank if x.name in new_layers else x.rank for x in adapter.layers}
-    if len(ranks) > 1:
-        raise UsageError(
-            f"{adapter.path}: mlx-lm gives every layer the one rank lora_parameters.rank, but "
-            f"this plan gives ranks {min(ranks)}–{max(ranks)}",
-            hint="use --rank K to give every layer the same rank",
-        )
-    return ranks.pop()
+    new_ranks = {name: new.rank for name, new in new_layers.items()}
+    return require_one_rank(adapter, new_ranks, loader="mlx-lm (lora_parameters.rank)")
 
 
 def mlx_files(

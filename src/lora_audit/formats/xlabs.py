@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, natural_key
-from lora_audit.errors import InputError, UsageError
+from lora_audit.errors import InputError
+from lora_audit.formats.one_rank import require_one_rank
 from lora_audit.formats.safetensors_io import FLOAT_DTYPES, Header, SafetensorsSource
 
 _KEY = re.compile(
@@ -117,21 +118,6 @@ def _layer(name: str, sides: dict[str, str], header: Header, *, tensor_file: Pat
 
 
 def check_one_rank(adapter: Adapter, new_ranks: Mapping[str, int]) -> None:
-    """Refuse to write an XLabs file whose layers would not all have one rank.
-
-    x-flux builds every LoRA processor at the rank of the file's first ``.down.weight``, so a
-    file with several ranks does not load there.
-
-    Raises
-    ------
-    UsageError
-        When ``new_ranks`` (rewritten layers) and the kept layers give several ranks.
-    """
-    ranks = sorted({new_ranks.get(layer.name, layer.rank) for layer in adapter.layers})
-    if len(ranks) > 1:
-        raise UsageError(
-            f"{adapter.tensor_file}: XLabs (x-flux) loads every layer at one rank, but the "
-            f"compressed layers would have ranks {', '.join(map(str, ranks))}",
-            hint=f"pass --rank K (K < {max(x.rank for x in adapter.layers)}) to give every "
-            "layer the same rank",
-        )
+    """Refuse to write an XLabs file whose layers would not all have one rank: x-flux builds
+    every LoRA processor at the rank of the file's first ``.down.weight``."""
+    require_one_rank(adapter, new_ranks, loader="XLabs (x-flux)")
