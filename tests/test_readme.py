@@ -65,3 +65,10 @@ def test_distribution_metadata() -> None:
     assert not any(dep.startswith("torch") for dep in project["dependencies"])
     assert project["optional-dependencies"]["gpu"] == ["torch>=2.1"]
     assert {"Homepage", "Issues", "Changelog"} <= set(project["urls"])
+
+
+def test_links_to_files_are_absolute() -> None:
+    """The README is the PyPI description too: links to repository files must be absolute."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    relative = re.findall(r"\]\((?!https?://|#|mailto:)([^)]+)\)", text)
+    assert not relative, relative
