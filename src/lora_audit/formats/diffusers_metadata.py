@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from lora_audit.adapter import Adapter, LoraLayer, ScaleSource, natural_key
 from lora_audit.errors import InputError
+from lora_audit.formats.config_files import parse_json
 from lora_audit.formats.patterns import match_pattern
 from lora_audit.formats.safetensors_io import Header, SafetensorsSource, TensorInfo
 
@@ -68,10 +69,7 @@ def component_configs(header: Header, *, where: str) -> dict[str, dict[str, Any]
     text = header.metadata.get(METADATA_KEY)
     if text is None:
         return None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{where}: {METADATA_KEY} in the header is not JSON") from exc
+    raw = parse_json(text, where=f"{where}: {METADATA_KEY} in the header")  # bounded, no dupes
     if not isinstance(raw, dict):
         raise InputError(f"{where}: {METADATA_KEY} in the header is not a JSON object")
     if not any("." in key for key in raw):
@@ -168,7 +166,10 @@ def _split(
 
 
 def _source(config: Mapping[str, Any] | None, alpha: float | None) -> ScaleSource:
-    if config is not None and (config.get("lora_alpha") is not None or config.get("alpha_pattern")):
+    given = ("lora_alpha", "alpha")  # LoRA, and PEFT's LoHa/LoKr configs
+    if config is not None and (
+        any(config.get(k) is not None for k in given) or config.get("alpha_pattern")
+    ):
         return "metadata"
     return "option" if alpha is not None else "assumed"
 
