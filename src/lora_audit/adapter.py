@@ -212,13 +212,27 @@ class Adapter:
         b : ndarray of shape (out_features, rank), float64
         a : ndarray of shape (rank, in_features), float64
         """
-        if self.source is None:
-            raise RuntimeError("adapter has no tensor source")
         if layer.structure is Structure.LORA:
-            a = self.source.get(layer.a_key).reshape(layer.rank, layer.in_features)
-            b = self.source.get(layer.b_key).reshape(layer.out_features, layer.rank)
+            b, a = self.load_stored(layer)
             return b.astype(np.float64), a.astype(np.float64)
         return thin_factors(layer, self.load_tensors(layer))
+
+    def load_stored(self, layer: LoraLayer) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+        """``(B, A)`` of a plain LoRA layer as 2-D arrays in their stored precision.
+
+        Returns
+        -------
+        b : ndarray of shape (out_features, rank)
+        a : ndarray of shape (rank, in_features)
+            F16/F32/F64 as stored, BF16 widened to float32 (see :class:`TensorSource`).
+        """
+        if self.source is None:
+            raise RuntimeError("adapter has no tensor source")
+        if layer.structure is not Structure.LORA:
+            raise ValueError(f"{layer.name}: a {layer.structure} layer has no stored B and A")
+        a = self.source.get(layer.a_key).reshape(layer.rank, layer.in_features)
+        b = self.source.get(layer.b_key).reshape(layer.out_features, layer.rank)
+        return b, a
 
     def load_tensors(self, layer: LoraLayer) -> dict[str, Float64Array]:
         """The stored tensors of a structured layer, by role (``w1``, ``w2``, …), in float64."""

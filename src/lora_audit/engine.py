@@ -264,12 +264,11 @@ def _load_chunk(
 def _stored_factors(
     adapter: Adapter, layer: LoraLayer
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]]:
-    """``(B, A)`` as 2-D arrays in their stored precision (BF16 as float32) for a plain LoRA
-    layer, so that fewer bytes cross to the device; float64 thin factors otherwise."""
-    if layer.structure is not Structure.LORA or adapter.source is None:
+    """``(B, A)`` in their stored precision for a plain LoRA layer, so that fewer bytes cross
+    to the device; float64 thin factors otherwise."""
+    if layer.structure is not Structure.LORA:
         return adapter.load_factors(layer)
-    a = adapter.source.get(layer.a_key).reshape(layer.rank, layer.in_features)
-    b = adapter.source.get(layer.b_key).reshape(layer.out_features, layer.rank)
+    b, a = adapter.load_stored(layer)
     return np.ascontiguousarray(b), np.ascontiguousarray(a)
 
 
