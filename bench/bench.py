@@ -16,7 +16,7 @@ What it does, in one run (plain Python, no harness):
      tensor and ``.float()``s it;
    * **inspect, whole process**: ``lora-audit inspect ADAPTER --format json -o FILE``;
    * **floor, in process**: read and upcast every tensor (CPU), or copy its bytes to the GPU;
-   * **engine, in process**: :func:`lora_audit.engine.spectra` on the same device;
+   * **engine, in process**: :func:`lora_audit.engine.spectra.spectra` on the same device;
    * **dense baseline**: for one matrix of each distinct shape, materialise
      ``ΔW = s·B·A`` in float32 and run ``torch.linalg.svd(ΔW, full_matrices=False)``; the
      time per shape times the number of matrices of that shape is the **extrapolated** time
@@ -355,7 +355,7 @@ def measure_engine(adapter: Any, device: Any, repeats: int) -> dict[str, Any]:
     """Floor and engine for one adapter (or a subset of its layers), in this process."""
     import torch
 
-    from lora_audit.engine import EngineOptions, spectra
+    from lora_audit.engine.spectra import EngineOptions, spectra
 
     source = adapter.source
     path = adapter.tensor_file
@@ -399,7 +399,7 @@ def worker_engine(args: argparse.Namespace) -> dict[str, Any]:
     """Floor and engine, in process, for each ``[adapter, first k decoder layers or null]``."""
     import dataclasses
 
-    from lora_audit.engine import resolve_device
+    from lora_audit.engine.spectra import resolve_device
     from lora_audit.formats import load_adapter
 
     device = resolve_device(args.device)
@@ -419,7 +419,7 @@ def worker_dense(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from lora_audit.engine import EngineOptions, resolve_device, spectra
+    from lora_audit.engine.spectra import EngineOptions, resolve_device, spectra
     from lora_audit.formats import load_adapter
 
     adapter = load_adapter(Path(args.adapter))

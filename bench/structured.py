@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from lora_audit.adapter import LayerKind, LoraLayer, Structure, thin_factors
-from lora_audit.spectral import kron_singular_values, singular_values
+from lora_audit.linalg.spectral import kron_singular_values, singular_values
 
 D = torch.float64
 

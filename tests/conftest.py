@@ -56,8 +56,7 @@ def pytest_report_header() -> str:
     if HAS_TORCH:
         return "torch: installed (every test module runs)"
     return (
-        f"torch: not installed; {len(collect_ignore)} test modules that need it are not "
-        "collected"
+        f"torch: not installed; {len(collect_ignore)} test modules that need it are not collected"
     )
 
 

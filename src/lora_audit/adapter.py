@@ -238,9 +238,7 @@ class Adapter:
         """The stored tensors of a structured layer, by role (``w1``, ``w2``, …), in float64."""
         if self.source is None:
             raise RuntimeError("adapter has no tensor source")
-        return {
-            role: self.source.get(key).astype(np.float64) for role, key in layer.keys.items()
-        }
+        return {role: self.source.get(key).astype(np.float64) for role, key in layer.keys.items()}
 
 
 def thin_factors(

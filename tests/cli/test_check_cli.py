@@ -251,7 +251,7 @@ def test_json_validates_against_the_shipped_schema(adapters: dict[str, str]) -> 
     from referencing import Registry, Resource
 
     def load(name: str) -> dict[str, object]:
-        text = (resources.files("lora_audit") / "schema" / name).read_text("utf-8")
+        text = (resources.files("lora_audit") / "report" / "schema" / name).read_text("utf-8")
         return json.loads(text)  # type: ignore[no-any-return]
 
     inspect_schema, check_schema = load("inspect.schema.json"), load("check.schema.json")

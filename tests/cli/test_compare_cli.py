@@ -20,7 +20,7 @@ RUN = SAMPLES / "minilm-run"
 
 def validate(report: dict[str, object]) -> None:
     def load(name: str) -> dict[str, object]:
-        text = (resources.files("lora_audit") / "schema" / name).read_text("utf-8")
+        text = (resources.files("lora_audit") / "report" / "schema" / name).read_text("utf-8")
         return json.loads(text)  # type: ignore[no-any-return]
 
     inspect_schema, compare_schema = load("inspect.schema.json"), load("compare.schema.json")

@@ -14,9 +14,9 @@ import pytest
 from conftest import SAMPLES
 from typer.testing import CliRunner
 
-from lora_audit.audit import AuditOptions, inspect_adapter
 from lora_audit.cli import app
 from lora_audit.cli.compress import parse_budget
+from lora_audit.commands.inspect import AuditOptions, inspect_adapter
 from lora_audit.errors import UsageError
 from lora_audit.formats import load_adapter
 
@@ -265,7 +265,9 @@ def test_json_report_validates_against_the_schema(mixed_adapter: Path, tmp_path:
 
     import jsonschema
 
-    text = (resources.files("lora_audit") / "schema" / "compress.schema.json").read_text("utf-8")
+    text = (resources.files("lora_audit") / "report" / "schema" / "compress.schema.json").read_text(
+        "utf-8"
+    )
     result = runner.invoke(
         app, ["compress", str(mixed_adapter), "--energy", "0.9", "--dry-run", "-f", "json"]
     )

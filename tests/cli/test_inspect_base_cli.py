@@ -21,7 +21,9 @@ SHAPES = {"q_proj": (24, 16), "up_proj": (40, 16)}
 
 
 def schema() -> dict[str, object]:
-    text = (resources.files("lora_audit") / "schema" / "inspect.schema.json").read_text("utf-8")
+    text = (resources.files("lora_audit") / "report" / "schema" / "inspect.schema.json").read_text(
+        "utf-8"
+    )
     return json.loads(text)  # type: ignore[no-any-return]
 
 

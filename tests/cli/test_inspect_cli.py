@@ -17,7 +17,9 @@ runner = CliRunner()
 
 
 def schema() -> dict[str, object]:
-    text = (resources.files("lora_audit") / "schema" / "inspect.schema.json").read_text("utf-8")
+    text = (resources.files("lora_audit") / "report" / "schema" / "inspect.schema.json").read_text(
+        "utf-8"
+    )
     return json.loads(text)  # type: ignore[no-any-return]
 
 

@@ -17,13 +17,15 @@ SAMPLE_RUN = Path(__file__).resolve().parents[2] / "sample_adapters" / "minilm-r
 
 
 def schema() -> dict[str, object]:
-    text = (resources.files("lora_audit") / "schema" / "trend.schema.json").read_text("utf-8")
+    text = (resources.files("lora_audit") / "report" / "schema" / "trend.schema.json").read_text(
+        "utf-8"
+    )
     return json.loads(text)  # type: ignore[no-any-return]
 
 
 @pytest.fixture
 def run(tmp_path: Path) -> Path:
-    from test_trend import write_checkpoint
+    from checkpoints import write_checkpoint
 
     for i, step in enumerate((5, 50, 500, 5000)):
         write_checkpoint(tmp_path / "run" / f"checkpoint-{step}", i)

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from lora_audit.errors import InputError
 from lora_audit.formats import load_adapter
-from lora_audit.formats.base import match_layers, open_base, unmatched_error
+from lora_audit.formats.base_model import match_layers, open_base, unmatched_error
 
 OUT, IN, R = 12, 8, 2
 

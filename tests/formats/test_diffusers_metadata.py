@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from lora_audit.audit import AuditOptions, inspect_adapter
-from lora_audit.compress import CompressOptions, compress_adapter
+from lora_audit.commands.compress import CompressOptions, compress_adapter
+from lora_audit.commands.inspect import AuditOptions, inspect_adapter
+from lora_audit.decisions.compress_ranks import RankRule
 from lora_audit.formats import load_adapter
 from lora_audit.formats.kohya import read_kohya
 from lora_audit.formats.safetensors_io import read_header
-from lora_audit.selection import RankRule
 
 diffusers = pytest.importorskip("diffusers")
 peft = pytest.importorskip("peft")

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from lora_audit.adapter import Structure
-from lora_audit.audit import AuditOptions, inspect_adapter
+from lora_audit.commands.inspect import AuditOptions, inspect_adapter
 from lora_audit.errors import InputError
 from lora_audit.formats import load_adapter
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from lora_audit.compress import CompressOptions, compress_adapter
-from lora_audit.engine import EngineOptions
+from lora_audit.commands.compress import CompressOptions, compress_adapter
+from lora_audit.decisions.compress_ranks import RankRule
+from lora_audit.engine.spectra import EngineOptions
 from lora_audit.errors import InputError
 from lora_audit.formats import load_adapter
-from lora_audit.selection import RankRule
 
 
 def test_diff_and_oft_are_listed_and_copied(tmp_path: Path) -> None:

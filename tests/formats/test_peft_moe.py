@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lora_audit.engine import EngineOptions, spectra
+from lora_audit.engine.spectra import EngineOptions, spectra
 from lora_audit.errors import InputError
 from lora_audit.formats import load_adapter
 

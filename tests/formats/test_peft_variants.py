@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_audit.engine import EngineOptions, spectra
+from lora_audit.engine.spectra import EngineOptions, spectra
 from lora_audit.errors import InputError
 from lora_audit.formats import load_adapter
 

@@ -145,7 +145,7 @@ _key = (
 def test_fuzz_key_pairing(
     tmp_path: Path, keys: list[str], shapes: list[list[int]], dtype: torch.dtype
 ) -> None:
-    from lora_audit.audit import AuditOptions, inspect_adapter
+    from lora_audit.commands.inspect import AuditOptions, inspect_adapter
 
     path = tmp_path / "pairs.safetensors"
     tensors = {k: torch.ones(tuple(s), dtype=dtype) for k, s in zip(keys, shapes, strict=False)}

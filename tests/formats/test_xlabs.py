@@ -15,11 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_audit.audit import AuditOptions, inspect_adapter
-from lora_audit.compress import CompressOptions, compress_adapter
+from lora_audit.commands.compress import CompressOptions, compress_adapter
+from lora_audit.commands.inspect import AuditOptions, inspect_adapter
+from lora_audit.decisions.compress_ranks import RankRule
 from lora_audit.errors import InputError, UsageError
 from lora_audit.formats import load_adapter
-from lora_audit.selection import RankRule
 
 conversion = pytest.importorskip("diffusers.loaders.lora_conversion_utils")
 

@@ -16,8 +16,8 @@ from hostile.builders import write_st
 from typer.testing import CliRunner
 
 from lora_audit.cli import app
+from lora_audit.engine.host_buffers import balance
 from lora_audit.formats.safetensors_io import SafetensorsSource, StoredTensor, read_header
-from lora_audit.host_factors import balance
 
 runner = CliRunner()
 KEYS = ("base_model.model.x.lora_B.weight", "base_model.model.x.lora_A.weight")

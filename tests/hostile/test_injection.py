@@ -415,11 +415,11 @@ def strings(data: Any) -> Iterator[str]:
 def test_every_renderer_escapes_every_payload(payload: str) -> None:
     from reports import lean_report, wasteful_report
 
-    from lora_audit.gate import assemble
+    from lora_audit.commands.check import assemble
+    from lora_audit.decisions.check_rules import Policy
     from lora_audit.render import OutputFormat, formats_for, render
     from lora_audit.render.plot import render_plot
     from lora_audit.report import AdapterError
-    from lora_audit.rules import Policy
 
     inspect = poison(wasteful_report(), payload)
     check = poison(

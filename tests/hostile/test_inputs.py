@@ -158,7 +158,7 @@ def test_policy_file_that_is_not_a_regular_file_is_refused(tmp_path: Path, kind:
 @pytest.mark.parametrize("target", ["fifo", "/dev/zero", "/dev/urandom", "dir-with-fifo"])
 def test_open_base_refuses_fifos_and_devices(tmp_path: Path, target: str) -> None:
     from lora_audit.errors import InputError
-    from lora_audit.formats.base import open_base
+    from lora_audit.formats.base_model import open_base
 
     path = Path(target)
     if target == "fifo":

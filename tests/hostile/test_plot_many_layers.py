@@ -33,7 +33,7 @@ def _many(report: Any, n: int) -> Any:
 
 @pytest.fixture(scope="module")
 def inspect_report() -> Any:
-    from lora_audit.audit import AuditOptions, inspect_adapter
+    from lora_audit.commands.inspect import AuditOptions, inspect_adapter
     from lora_audit.formats import load_adapter
 
     return inspect_adapter(load_adapter(SAMPLES / "minilm-r16"), options=AuditOptions())

@@ -52,7 +52,7 @@ def pixels(size: tuple[float, float]) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def inspect_report() -> Any:
-    from lora_audit.audit import AuditOptions, inspect_adapter
+    from lora_audit.commands.inspect import AuditOptions, inspect_adapter
     from lora_audit.formats import load_adapter
 
     return inspect_adapter(load_adapter(SAMPLES / "minilm-r16"), options=AuditOptions())

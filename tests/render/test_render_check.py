@@ -9,14 +9,14 @@ import pytest
 from reports import lean_report, wasteful_report
 
 from lora_audit import __version__
+from lora_audit.commands.check import assemble
+from lora_audit.decisions.check_rules import Policy
 from lora_audit.errors import ExitCode, UsageError
-from lora_audit.gate import assemble
 from lora_audit.render import RENDERERS, OutputFormat, formats_for, render
 from lora_audit.render.escape import for_github_data, for_github_property
 from lora_audit.render.github import command
 from lora_audit.render.markdown import code, prose
 from lora_audit.report import AdapterError, CheckReport
-from lora_audit.rules import Policy
 
 BROKEN = (
     "adapters/broken/adapter_model.safetensors: file is 3 bytes, too short to be safetensors"

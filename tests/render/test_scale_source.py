@@ -6,10 +6,10 @@ import json
 
 from reports import inspect_report, layer_report
 
-from lora_audit.gate import assemble
+from lora_audit.commands.check import assemble
+from lora_audit.decisions.check_rules import Policy
 from lora_audit.render import OutputFormat, render
 from lora_audit.report import CheckReport, InspectReport
-from lora_audit.rules import Policy
 
 
 def mixed(path: str = "adapters/mixed") -> InspectReport:

@@ -40,7 +40,7 @@ from lora_audit.errors import UsageError
 from lora_audit.render import OutputFormat
 
 if TYPE_CHECKING:
-    from lora_audit.engine import Progress
+    from lora_audit.engine.spectra import Progress
 
 
 def check_command(
@@ -84,9 +84,9 @@ def check_command(
     """
 
     def body() -> int:
-        from lora_audit.engine import EngineOptions
-        from lora_audit.gate import run_check
-        from lora_audit.policy_file import resolve_policy
+        from lora_audit.cli.settings_file import resolve_policy
+        from lora_audit.commands.check import run_check
+        from lora_audit.engine.spectra import EngineOptions
 
         if config is not None and no_config:
             raise UsageError("--config and --no-config exclude each other")
@@ -124,7 +124,7 @@ def check_command(
 
 def _validated_flags(**given: float | int | None) -> dict[str, float | int]:
     """The policy flags the user gave, by field name; an invalid value is a usage error."""
-    from lora_audit.rules import SETTINGS, Policy
+    from lora_audit.decisions.check_rules import SETTINGS, Policy
 
     values = options_dict(**given)
     for setting in SETTINGS:

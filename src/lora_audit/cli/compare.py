@@ -55,7 +55,7 @@ def compare_command(
 
     def body() -> int:
         from lora_audit.cli._plot import draw, plot_request
-        from lora_audit.compare import compare_adapters, match_layers
+        from lora_audit.commands.compare import compare_adapters, match_layers
 
         if top_k < 1:
             raise UsageError(f"--top-k {top_k} must be at least 1", hint="e.g. --top-k 4")

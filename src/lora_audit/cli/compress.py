@@ -33,7 +33,7 @@ from lora_audit.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
     from lora_audit.adapter import Adapter
-    from lora_audit.selection import RankRule
+    from lora_audit.decisions.compress_ranks import RankRule
 
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
@@ -152,8 +152,8 @@ def compress_command(
     """Rewrite an adapter at a smaller rank with the optimal (Eckart–Young) error."""
 
     def body() -> int:
-        from lora_audit.compress import CompressOptions, compress_adapter
-        from lora_audit.engine import EngineOptions
+        from lora_audit.commands.compress import CompressOptions, compress_adapter
+        from lora_audit.engine.spectra import EngineOptions
 
         options = CompressOptions(
             rule=_rule(
@@ -202,7 +202,7 @@ def _rule(
     max_rank: int | None,
 ) -> RankRule:
     """The one rank rule the flags ask for; exactly one of the four must be given."""
-    from lora_audit.selection import Mode, RankRule
+    from lora_audit.decisions.compress_ranks import Mode, RankRule
 
     flags = {"--rank": rank, "--energy": energy, "--ratio": ratio, "--budget": budget}
     given = [flag for flag, value in flags.items() if value is not None]

@@ -67,9 +67,9 @@ def inspect_command(
     """Per-layer singular spectra, stable and effective ranks, energy ranks and advice."""
 
     def body() -> int:
-        from lora_audit.audit import AuditOptions, inspect_adapter
         from lora_audit.cli._plot import draw, plot_request
-        from lora_audit.engine import EngineOptions
+        from lora_audit.commands.inspect import AuditOptions, inspect_adapter
+        from lora_audit.engine.spectra import EngineOptions
 
         options = AuditOptions(
             energy=check_fraction("--energy", energy),
@@ -79,7 +79,7 @@ def inspect_command(
         preflight(output)  # a bad -o or --plot fails before any work
         plot_request(plot, layers=plot_layers)
         if base is not None or base_k is not None or base_partial:
-            from lora_audit.base_audit import check_base_options
+            from lora_audit.commands.inspect_base import check_base_options
 
             check_base_options(base, k=base_k, partial=base_partial)  # before any work
         loaded = load_reported(adapter, alpha=alpha, input_format=input_format.value)
@@ -87,7 +87,7 @@ def inspect_command(
         with progress_bar(len(loaded.layers), description="spectra") as advance:
             report = inspect_adapter(loaded, options=options, progress=advance, warn=warn)
         if base is not None:
-            from lora_audit.base_audit import BaseOptions, audit_base
+            from lora_audit.commands.inspect_base import BaseOptions, audit_base
 
             base_options = BaseOptions(path=base, k=base_k, partial=base_partial)
             with progress_bar(len(loaded.layers), description="base") as advance:

@@ -77,10 +77,10 @@ def trend_command(
     """Stable rank, energy rank and ‖ΔW‖F of every layer across checkpoints, in step order."""
 
     def body() -> int:
-        from lora_audit.audit import AuditOptions
         from lora_audit.cli._plot import draw, plot_request
-        from lora_audit.engine import EngineOptions
-        from lora_audit.trend import TrendOptions, expand_run, trend_of
+        from lora_audit.commands.inspect import AuditOptions
+        from lora_audit.commands.trend import TrendOptions, expand_run, trend_of
+        from lora_audit.engine.spectra import EngineOptions
 
         if window < 2:
             raise UsageError(f"--window {window} must be at least 2", hint="e.g. --window 3")

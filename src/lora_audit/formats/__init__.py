@@ -22,9 +22,7 @@ from lora_audit.formats.xlabs import looks_like_xlabs, read_xlabs
 
 #: Tensor files that ``adapter_config.json`` beside them describes: PEFT's, and mlx-lm's final
 #: file and the numbered checkpoints its trainer writes beside it.
-_CONFIGURED = re.compile(
-    rf"^(?:{re.escape(WEIGHTS_NAME)}|(?:\d+_)?{re.escape(mlx.WEIGHTS_NAME)})$"
-)
+_CONFIGURED = re.compile(rf"^(?:{re.escape(WEIGHTS_NAME)}|(?:\d+_)?{re.escape(mlx.WEIGHTS_NAME)})$")
 
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 

@@ -1,0 +1,264 @@
+"""Turn an :class:`~lora_audit.adapter.Adapter` into a finished :class:`InspectReport`.
+
+This is the pipeline's "run" step: spectra from the engine, metrics per layer, the policy's
+retraining plan, and the advice text, assembled into frozen report objects.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from lora_audit import __version__
+from lora_audit.adapter import Adapter, LoraLayer
+from lora_audit.decisions.compress_ranks import truncation
+from lora_audit.decisions.retrain_advice import RankPlan, plan_retrain
+from lora_audit.engine.spectra import EngineOptions, Progress, Warn, device_type, spectra
+from lora_audit.formats.kohya import SHOWN_METADATA
+from lora_audit.formats.patterns import pattern_keys
+from lora_audit.formats.peft_variants import compress_refusal
+from lora_audit.linalg.metrics import SpectrumSummary, summarize
+from lora_audit.report import (
+    AdapterInfo,
+    InspectReport,
+    LayerReport,
+    Settings,
+    Summary,
+    ToolInfo,
+)
+
+TOOL = ToolInfo(name="lora-audit", version=__version__)
+
+#: How many layers the summary names as the biggest wasters.
+TOP_WASTERS = 5
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditOptions:
+    """What the audit measures and advises.
+
+    Attributes
+    ----------
+    energy
+        τ in (0, 1]: each layer's energy rank keeps at least this fraction of ‖ΔW‖_F².
+    coverage
+        Fraction of layers the adapter-wide retraining rank must cover, in (0, 1].
+    engine
+        Device and method of the spectral engine.
+    """
+
+    energy: float = 0.99
+    coverage: float = 0.9
+    engine: EngineOptions = field(default_factory=EngineOptions)
+
+
+def inspect_adapter(
+    adapter: Adapter,
+    *,
+    options: AuditOptions,
+    progress: Progress | None = None,
+    warn: Warn | None = None,
+) -> InspectReport:
+    """Measure every layer of ``adapter`` and build the report."""
+    engine_warnings: list[str] = []
+
+    def collect(message: str) -> None:
+        engine_warnings.append(message)
+        if warn is not None:
+            warn(message)
+
+    sigmas = spectra(adapter, options=options.engine, progress=progress, warn=collect)
+    summaries = [summarize(sigmas[layer.name], energy=options.energy) for layer in adapter.layers]
+    layers = tuple(
+        _layer_report(layer, summary)
+        for layer, summary in zip(adapter.layers, summaries, strict=True)
+    )
+    rslora = bool(adapter.config.get("use_rslora", False))
+    plan = plan_retrain(
+        adapter.layers,
+        [s.energy_rank for s in summaries],
+        coverage=options.coverage,
+        pattern_key=pattern_keys([layer.name for layer in adapter.layers]).__getitem__,
+        rslora=rslora,
+    )
+    device = device_type(options.engine.device)
+    return InspectReport(
+        tool=TOOL,
+        adapter=adapter_info(adapter),
+        settings=Settings(
+            energy=options.energy,
+            coverage=options.coverage,
+            device=device,
+            method=options.engine.method,
+        ),
+        layers=layers,
+        summary=_summary(
+            layers, plan, energy=options.energy, compressible=compress_refusal(adapter) is None
+        ),
+        warnings=(*adapter.warnings, *engine_warnings),
+    )
+
+
+def adapter_info(adapter: Adapter) -> AdapterInfo:
+    """The report's description of what was read."""
+    config = adapter.config
+    alpha = config.get("lora_alpha")
+    rank = config.get("r")
+    try:
+        file_bytes = adapter.tensor_file.stat().st_size
+    except OSError:
+        file_bytes = 0
+    return AdapterInfo(
+        path=str(adapter.path),
+        tensor_file=str(adapter.tensor_file),
+        format=adapter.format,
+        base_model=adapter.base_model,
+        layer_count=len(adapter.layers),
+        dtypes=tuple(sorted({layer.dtype for layer in adapter.layers})),
+        rank=rank if isinstance(rank, int) else None,
+        lora_alpha=float(alpha) if isinstance(alpha, int | float) else None,
+        use_rslora=bool(config.get("use_rslora", False)),
+        use_dora=any(layer.dora for layer in adapter.layers),
+        modules_to_save=tuple(adapter.modules_to_save),
+        passthrough_tensors=len(adapter.passthrough_keys),
+        file_bytes=file_bytes,
+        metadata={k: adapter.metadata[k] for k in SHOWN_METADATA if k in adapter.metadata},
+        scale_sources=dict(sorted(Counter(layer.scale_source for layer in adapter.layers).items())),
+    )
+
+
+def _layer_report(layer: LoraLayer, s: SpectrumSummary) -> LayerReport:
+    k = s.energy_rank
+    if k == 0:  # untrained: all of it is waste (drop it from target_modules)
+        new_rank, params_after = 0, 0
+    else:  # what `compress --energy τ` keeps of it
+        cut = truncation(
+            rank=layer.rank,
+            params=layer.params,
+            out_features=layer.out_features,
+            in_features=layer.in_features,
+            k=k,
+        )
+        new_rank, params_after = cut.new_rank, cut.params_after
+    return LayerReport(
+        name=layer.name,
+        kind=layer.kind.value,
+        shape=(layer.out_features, layer.in_features),
+        weight_shape=layer.weight_shape,
+        rank=layer.rank,
+        alpha=layer.alpha,
+        scale=layer.scale,
+        dtype=layer.dtype,
+        dora=layer.dora,
+        singular_values=s.singular_values,
+        frobenius_norm=s.frobenius_norm,
+        spectral_norm=s.spectral_norm,
+        stable_rank=s.stable_rank,
+        effective_rank=s.effective_rank,
+        energy=s.energy,
+        energy_rank=k,
+        recommended_rank=k,
+        wasted_rank=layer.rank - new_rank,
+        params=layer.params,
+        params_after=params_after,
+        untrained=s.spectral_norm == 0.0,
+        structure=layer.structure.value,
+        network_dim=layer.network_dim,
+        scale_source=layer.scale_source,
+    )
+
+
+def _summary(
+    layers: Sequence[LayerReport], plan: RankPlan, *, energy: float, compressible: bool = True
+) -> Summary:
+    params = sum(layer.params for layer in layers)
+    params_after = sum(layer.params_after for layer in layers)
+    untrained = tuple(layer.name for layer in layers if layer.untrained)
+    trained = [layer for layer in layers if not layer.untrained]
+    stable = [layer.stable_rank for layer in trained]
+    nominal = max((layer.rank for layer in layers), default=0)
+    # the parameters `compress --energy τ` removes (and untrained layers), over all stored:
+    # Σ(r − k)(in + out) / Σ r(in + out) for plain LoRA; for LoHa/LoKr/Tucker only what
+    # rewriting them as plain LoRA at k saves, so the figure never promises more than compress does
+    wasted_fraction = sum(layer.wasted_params for layer in layers) / params if params else 0.0
+    wasters = sorted(
+        (layer for layer in layers if layer.wasted_params > 0),
+        key=lambda layer: (-layer.wasted_params, layer.name),
+    )
+    return Summary(
+        layer_count=len(layers),
+        untrained_layers=untrained,
+        nominal_rank=nominal,
+        recommended_rank=plan.rank,
+        lora_alpha=plan.lora_alpha,
+        rank_pattern=plan.rank_pattern,
+        alpha_pattern=plan.alpha_pattern,
+        layers_covered=plan.layers_covered,
+        params=params,
+        params_after=params_after,
+        params_retrain=plan.params,
+        wasted_fraction=wasted_fraction,
+        mean_stable_rank=sum(stable) / len(stable) if stable else 0.0,
+        max_stable_rank=max(stable, default=0.0),
+        top_wasters=tuple(layer.name for layer in wasters[:TOP_WASTERS]),
+        advice=_advice(
+            plan, energy=energy, nominal=nominal, untrained=untrained,
+            params=params, params_after=params_after, layer_count=len(layers),
+            structured=any(layer.structure != "lora" for layer in layers),
+            compressible=compressible,
+        ),
+        keep_structure=plan.keep_structure,
+        network_dims=tuple(sorted({lr.network_dim for lr in layers if lr.network_dim})),
+    )  # fmt: skip
+
+
+def _advice(
+    plan: RankPlan,
+    *,
+    energy: float,
+    nominal: int,
+    untrained: Sequence[str],
+    params: int,
+    params_after: int,
+    layer_count: int,
+    structured: bool,
+    compressible: bool = True,
+) -> tuple[str, ...]:
+    lines: list[str] = []
+    pct = f"{energy:.4g}".rstrip("0")
+    if plan.keep_structure:
+        lines.append(
+            f"Keep the LyCORIS structure as trained: plain LoRA at the ranks these layers need "
+            f"at τ={pct} would take {plan.lora_params:,} parameters, not fewer than the "
+            f"{params:,} they store."
+        )
+    elif plan.rank < nominal or plan.rank_pattern:
+        alpha = f", lora_alpha={plan.lora_alpha:g}" if plan.lora_alpha is not None else ""
+        extra = (
+            f", with a rank_pattern for {len(plan.rank_pattern)} layer(s)"
+            if plan.rank_pattern
+            else ""
+        )
+        plain = " as plain LoRA" if structured else ""
+        lines.append(
+            f"Retrain{plain} at r={plan.rank}{alpha}{extra}: it covers {plan.layers_covered} of "
+            f"{layer_count} layers at τ={pct} and needs {plan.params:,} parameters "
+            f"instead of {params:,}."
+        )
+    else:
+        lines.append(
+            f"Keep r={nominal}: at τ={pct}, {plan.coverage:.0%} of the trained layers need up "
+            f"to {plan.quantile} of it."
+        )
+    if params_after < params and compressible:  # never name a command that refuses
+        saved = 1 - params_after / params
+        lines.append(
+            f"Or truncate now: `lora-audit compress ADAPTER -o OUT --energy {pct}` keeps "
+            f"{params_after:,} parameters ({saved:.0%} fewer) and ≥{pct} of every layer's energy."
+        )
+    if untrained:
+        lines.append(
+            f"{len(untrained)} layer(s) are untrained (ΔW = 0); drop them from target_modules."
+        )
+    return tuple(lines)

@@ -1,0 +1,1 @@
+"""Pure decisions from computed numbers: retrain advice, compress ranks, check rules."""

@@ -1,0 +1,2 @@
+"""Running the math over an adapter: devices, host buffers, batches by shape, spectra and
+refactorisation."""
