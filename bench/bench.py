@@ -355,7 +355,8 @@ def measure_engine(adapter: Any, device: Any, repeats: int) -> dict[str, Any]:
     """Floor and engine for one adapter (or a subset of its layers), in this process."""
     import torch
 
-    from lora_audit.engine.spectra import EngineOptions, spectra
+    from lora_audit.engine.device import EngineOptions
+    from lora_audit.engine.spectra import spectra
 
     source = adapter.source
     path = adapter.tensor_file
@@ -399,7 +400,7 @@ def worker_engine(args: argparse.Namespace) -> dict[str, Any]:
     """Floor and engine, in process, for each ``[adapter, first k decoder layers or null]``."""
     import dataclasses
 
-    from lora_audit.engine.spectra import resolve_device
+    from lora_audit.engine.device import resolve_device
     from lora_audit.formats import load_adapter
 
     device = resolve_device(args.device)
@@ -419,7 +420,8 @@ def worker_dense(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from lora_audit.engine.spectra import EngineOptions, resolve_device, spectra
+    from lora_audit.engine.device import EngineOptions, resolve_device
+    from lora_audit.engine.spectra import spectra
     from lora_audit.formats import load_adapter
 
     adapter = load_adapter(Path(args.adapter))

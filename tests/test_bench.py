@@ -10,7 +10,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from lora_audit.engine.spectra import EngineOptions, spectra
+from lora_audit.engine.device import EngineOptions
+from lora_audit.engine.spectra import spectra
 from lora_audit.formats import load_adapter
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench.py"
