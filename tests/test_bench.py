@@ -61,5 +61,5 @@ def test_child_rss_is_the_childs_own(bench: ModuleType) -> None:
 
 def test_linear_fit(bench: ModuleType) -> None:
     fit = bench.linear_fit([1, 2, 4, 8], [3.0, 5.0, 9.0, 17.0])
-    assert fit["slope"] == pytest.approx(2.0) and fit["intercept"] == pytest.approx(1.0)
-    assert fit["r2"] == pytest.approx(1.0)
+    assert fit.slope == pytest.approx(2.0) and fit.intercept == pytest.approx(1.0)
+    assert fit.r2 == pytest.approx(1.0)
