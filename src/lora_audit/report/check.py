@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from lora_audit.report.common import SCHEMA_VERSION, ToolInfo
 from lora_audit.report.inspect import InspectReport
+
+CheckStatus = Literal["pass", "fail", "error"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,9 +71,8 @@ class CheckReport:
     findings
         Every finding, by adapter (in the order given), then rule, then layer.
     status
-        ``"pass"``, ``"fail"`` (findings) or ``"error"`` (an adapter could not be read).
-    exit_code
-        The process exit code: the worst of 0 (pass), 1 (findings) and 3 (errors).
+        ``"pass"``, ``"fail"`` (findings) or ``"error"`` (an adapter could not be read). The
+        CLI maps it to the process exit code (0, 1, 3); the report holds no exit code.
     """
 
     tool: ToolInfo
@@ -80,8 +82,7 @@ class CheckReport:
     adapters: tuple[InspectReport, ...]
     errors: tuple[AdapterError, ...]
     findings: tuple[Finding, ...]
-    status: str
-    exit_code: int
+    status: CheckStatus
     schema_version: str = field(default=SCHEMA_VERSION)
     kind: str = "check"
 

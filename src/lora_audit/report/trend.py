@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from lora_audit.report.check import Finding
 from lora_audit.report.common import SCHEMA_VERSION, ToolInfo
+
+TrendStatus = Literal["pass", "drift"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,8 +94,7 @@ class TrendReport:
     checkpoints: tuple[CheckpointSummary, ...]
     layers: tuple[LayerTrend, ...]
     findings: tuple[Finding, ...]
-    status: str
-    exit_code: int
+    status: TrendStatus
     warnings: tuple[str, ...] = ()
     schema_version: str = field(default=SCHEMA_VERSION)
     kind: str = "trend"
