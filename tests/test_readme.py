@@ -130,8 +130,12 @@ def test_docs_links_resolve() -> None:
     problems, checked = [], 0
     for page in pages:
         for link in LINK.findall(page.read_text(encoding="utf-8")):
+            if absolute := REPO_FILE.fullmatch(link):
+                path, anchor = absolute.group(1), (absolute.group(2) or "#")[1:]
+                problems.append(_check_target(page, REPO / path, anchor))
+                continue
             if re.match(r"[a-z]+:", link):
-                continue  # https:, mailto:
+                continue  # other sites, mailto:
             path, _, anchor = link.partition("#")
             target = (page.parent / path).resolve() if path else page
             problems.append(_check_target(page, target, anchor))
