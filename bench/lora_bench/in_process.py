@@ -44,7 +44,11 @@ def _timed(fn: Callable[[], Any], device: Any, repeats: int, *, warm: Path | Non
 
 
 def measure_engine(adapter: Any, device: Any, repeats: int) -> EnginePoint:
-    """Floor and engine for one adapter (or a subset of its layers), in this process."""
+    """Floor and engine for one adapter (or a subset of its layers), in this process.
+
+    The floor reads every factor through the adapter's ``TensorSource`` (numpy; BF16 widened
+    to float32) — on CUDA, copies it to the GPU and upcasts it there to float64.
+    """
     import torch
 
     from lora_audit.engine.spectra import EngineOptions, spectra
@@ -56,20 +60,20 @@ def measure_engine(adapter: Any, device: Any, repeats: int) -> EnginePoint:
     h2d = None
     if device.type == "cuda":
 
-        def copy() -> None:  # the stored bytes, as they are, to the GPU
+        def copy() -> None:  # the factors as the engine sends them (BF16 widened on the host)
             for k in keys:
-                source.get(k).to(device)
+                torch.from_numpy(source.get(k)).to(device)
 
-        def floor() -> None:
+        def floor() -> None:  # … and upcast there to float64, as the engine does
             for k in keys:
-                source.get(k).to(device).float()
+                torch.from_numpy(source.get(k)).to(device).double()
 
         h2d = _timed(copy, device, repeats, warm=path)
     else:
 
-        def floor() -> None:
+        def floor() -> None:  # read every factor; BF16 is widened to float32 (numpy)
             for k in keys:
-                source.get(k).float()
+                source.get(k)
 
     floor_timing = _timed(floor, device, repeats, warm=path)
     if device.type == "cuda":
@@ -113,7 +117,7 @@ def _dense_shape(adapter: Any, layers: Sequence[Any], device: Any, samples: int)
     )
     times, errors = [], []
     for layer in sample:
-        b, a = adapter.load_factors(layer)
+        b, a = (torch.from_numpy(f) for f in adapter.load_factors(layer))  # float64, numpy
         _sync(device)
         start = time.perf_counter()
         delta = layer.scale * (b.to(device).float() @ a.to(device).float())
