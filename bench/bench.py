@@ -15,7 +15,8 @@ What it does, in one run (plain Python, no harness):
    * **floor, whole process**: ``python -c`` that imports torch and safetensors, reads every
      tensor and ``.float()``s it;
    * **inspect, whole process**: ``lora-audit inspect ADAPTER --format json -o FILE``;
-   * **floor, in process**: read and upcast every tensor (CPU), or copy its bytes to the GPU;
+   * **floor, in process**: read every tensor through lora-audit's ``TensorSource`` (numpy;
+     BF16 widened to float32), and on CUDA copy it to the GPU (and upcast it there);
    * **engine, in process**: :func:`lora_audit.engine.spectra.spectra` on the same device;
    * **dense baseline**: for one matrix of each distinct shape, materialise
      ``ΔW = s·B·A`` in float32 and run ``torch.linalg.svd(ΔW, full_matrices=False)``; the
