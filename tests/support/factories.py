@@ -133,3 +133,36 @@ def write_peft(
         }
         (directory / "adapter_config.json").write_text(json.dumps(config))
     return directory
+
+
+#: The seven projections of a Llama-style decoder block.
+LLAMA_MODULES = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
+
+
+def write_deep_peft(
+    directory: Path, *, blocks: int = 32, rank: int = 16, width: int = 24, seed: int = 0
+) -> Path:
+    """A PEFT adapter of ``blocks × 7`` Llama-style layers (224 by default), rank ``rank``.
+
+    Each layer's spectrum decays as ``σᵢ ∝ (i + 1)^-p`` with ``p`` from 0.1 (flat: stable rank
+    near ``rank``) to 1.5 (steep: stable rank near 1), varying smoothly with depth and module, so
+    the stable ranks span most of ``[1, rank]``. ``width`` is both ``in`` and ``out`` (float32).
+    """
+    layers = []
+    for block in range(blocks):
+        for m, module in enumerate(LLAMA_MODULES):
+            p = 0.1 + 1.4 * ((block / max(blocks - 1, 1) + m / len(LLAMA_MODULES)) % 1.0)
+            spectrum = np.array([(i + 1.0) ** -p for i in range(rank)])
+            b, a = planted_factors(
+                out=width, inp=width, rank=rank, spectrum=spectrum, seed=seed + 7 * block + m
+            )
+            layers.append(FakeLayer(f"model.layers.{block}.{module}", b, a))
+    return write_peft(directory, FakeAdapter(layers, {"r": rank, "lora_alpha": rank}))
