@@ -148,18 +148,26 @@ LLAMA_MODULES = (
 
 
 def write_deep_peft(
-    directory: Path, *, blocks: int = 32, rank: int = 16, width: int = 24, seed: int = 0
+    directory: Path,
+    *,
+    blocks: int = 32,
+    rank: int = 16,
+    width: int = 24,
+    steepness: tuple[float, float] = (0.1, 1.5),
+    seed: int = 0,
 ) -> Path:
     """A PEFT adapter of ``blocks × 7`` Llama-style layers (224 by default), rank ``rank``.
 
-    Each layer's spectrum decays as ``σᵢ ∝ (i + 1)^-p`` with ``p`` from 0.1 (flat: stable rank
-    near ``rank``) to 1.5 (steep: stable rank near 1), varying smoothly with depth and module, so
-    the stable ranks span most of ``[1, rank]``. ``width`` is both ``in`` and ``out`` (float32).
+    Each layer's spectrum decays as ``σᵢ ∝ (i + 1)^-p`` with ``p`` across ``steepness``, varying
+    smoothly with depth and module: 0.1 is flat (stable rank 11 at r=16), 1.5 steep (stable
+    rank 1.2), so the default spans most of ``[1, rank]``; ``(0.02, 0.3)`` gives a noisy adapter
+    whose stable ranks all lie high (5.7 to 14.8). ``width`` is both ``in`` and ``out``.
     """
     layers = []
     for block in range(blocks):
         for m, module in enumerate(LLAMA_MODULES):
-            p = 0.1 + 1.4 * ((block / max(blocks - 1, 1) + m / len(LLAMA_MODULES)) % 1.0)
+            where = (block / max(blocks - 1, 1) + m / len(LLAMA_MODULES)) % 1.0
+            p = steepness[0] + (steepness[1] - steepness[0]) * where
             spectrum = np.array([(i + 1.0) ** -p for i in range(rank)])
             b, a = planted_factors(
                 out=width, inp=width, rank=rank, spectrum=spectrum, seed=seed + 7 * block + m

@@ -102,7 +102,10 @@ def _spectra(
         legend = ax.legend(fontsize=7, title=title, title_fontsize=7.5, loc="best")
         legend.get_frame().set_alpha(0.85)
     if len(drawn) > len(named):
-        rest = "no layer wastes rank at τ; " if not named and not picked else ""
+        rest = ""
+        if not named:
+            wasters = report.summary.top_wasters
+            rest = "none of the layers wasting most is chosen; " if wasters else "no waste; "
         ax.text(
             0.99, 0.98, f"{rest}grey: {len(drawn) - len(named)} other layers",
             transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.35",
@@ -129,6 +132,15 @@ def _spectrum(
         )  # fmt: skip
 
 
+def heat_range(values: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """The lowest and highest cell (widened by ×1.1 both ways when all cells are equal)."""
+    finite = [v for row in values for v in row if not math.isnan(v) and v > 0]
+    low, high = (min(finite), max(finite)) if finite else (1.0, 1.0)
+    if high <= low * (1 + 1e-9):  # one value: centre it instead of a degenerate scale
+        low, high = low / 1.1, high * 1.1
+    return low, high
+
+
 def heat_norm(values: Sequence[Sequence[float]]) -> tuple[Normalize, str]:
     """The colour scale of the heatmap: the cells' own range, log-scaled when it spans ×2 or more.
 
@@ -136,10 +148,7 @@ def heat_norm(values: Sequence[Sequence[float]]) -> tuple[Normalize, str]:
     """
     from matplotlib.colors import LogNorm, Normalize
 
-    finite = [v for row in values for v in row if not math.isnan(v) and v > 0]
-    low, high = (min(finite), max(finite)) if finite else (1.0, 1.0)
-    if high <= low * (1 + 1e-9):  # one value: centre it instead of a degenerate scale
-        low, high = low / 1.1, high * 1.1
+    low, high = heat_range(values)
     if high >= 2 * low:
         return LogNorm(vmin=low, vmax=high), "log scale"
     return Normalize(vmin=low, vmax=high), "linear"
@@ -169,7 +178,7 @@ def _heatmap(fig: Figure, ax: Axes, report: InspectReport) -> None:
     bar = fig.colorbar(image, ax=ax, shrink=0.9)
     bar.set_label(f"stable rank ‖ΔW‖F² / ‖ΔW‖₂² ({scale})")
     if scale == "log scale":
-        plain_log_colorbar(bar)
+        plain_log_colorbar(bar, *heat_range(values))
     ax.set_title(
         "stable rank by block and module" + (" (consecutive bins averaged)" if averaged else "")
     )

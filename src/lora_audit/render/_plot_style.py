@@ -82,10 +82,18 @@ def plain_log(ax: Axes, axis: str = "y") -> None:
     which.set_minor_formatter(_plain_log_formatter(minor=True))
 
 
-def plain_log_colorbar(bar: Colorbar) -> None:
-    """Label a log-scaled colour bar like :func:`plain_log` does an axis."""
+def plain_log_colorbar(bar: Colorbar, low: float, high: float) -> None:
+    """Label a log-scaled colour bar from ``low`` to ``high`` with plain numbers: matplotlib's
+    log ticks over a decade or more, else about six round numbers across the whole bar."""
+    from matplotlib.ticker import MaxNLocator, NullFormatter
+
     bar.ax.yaxis.set_major_formatter(_plain_log_formatter())
     bar.ax.yaxis.set_minor_formatter(_plain_log_formatter(minor=True))
+    if high < 10 * low:
+        ticks = MaxNLocator(nbins=6).tick_values(low, high)
+        bar.set_ticks([t for t in ticks if low <= t <= high])
+        bar.set_ticklabels([f"{t:g}" for t in bar.get_ticks()])
+        bar.ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _plain_log_formatter(*, minor: bool = False) -> Any:
