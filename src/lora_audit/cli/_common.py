@@ -17,6 +17,7 @@ from lora_audit.errors import ExitCode, LoraAuditError, Terminated, UsageError
 if TYPE_CHECKING:
     from lora_audit.adapter import Adapter
     from lora_audit.formats.output_guard import OutputGuard
+    from lora_audit.report import CheckReport, TrendReport
 
 T = TypeVar("T")
 
@@ -33,6 +34,18 @@ def err(message: str) -> None:
 def warn(message: str) -> None:
     """A warning on stderr (never on stdout, which carries only the report)."""
     err(f"lora-audit: warning: {message}")
+
+
+def exit_code_for(report: CheckReport | TrendReport) -> ExitCode:
+    """The process exit code a finished report calls for (the reports hold no exit codes).
+
+    ``check``: pass → 0, fail (findings) → 1, error (an adapter could not be read) → 3.
+    ``trend``: drift → 1 only under ``--fail-on-drift``, else 0.
+    """
+    if report.kind == "trend":
+        drifting = report.status == "drift" and report.settings.fail_on_drift  # type: ignore[union-attr]
+        return ExitCode.FINDINGS if drifting else ExitCode.OK
+    return {"pass": ExitCode.OK, "fail": ExitCode.FINDINGS, "error": ExitCode.INPUT}[report.status]
 
 
 def run_guarded(

@@ -11,6 +11,7 @@ import typer
 from lora_audit.cli._common import (
     emit_report,
     err,
+    exit_code_for,
     options_dict,
     outputs,
     preflight,
@@ -117,7 +118,7 @@ def check_command(
             progress=_progress,
         )
         emit_report(report, output_format.value, output=output)
-        return report.exit_code
+        return exit_code_for(report)
 
     run_guarded(body, force=force, inputs=adapters)
 

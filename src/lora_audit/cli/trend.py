@@ -10,6 +10,7 @@ import typer
 from lora_audit.cli._common import (
     check_fraction,
     emit_report,
+    exit_code_for,
     load_reported,
     outputs,
     preflight,
@@ -113,6 +114,6 @@ def trend_command(
             report = trend_of(loaded, options=options, progress=advance, warn=warn, notes=notes)
         draw(report, request)
         emit_report(report, output_format.value, output=output)
-        return report.exit_code
+        return exit_code_for(report)
 
     run_guarded(body, force=force, inputs=checkpoints)

@@ -14,8 +14,9 @@ from pathlib import Path
 from lora_audit.commands.inspect import TOOL, AuditOptions, inspect_adapter
 from lora_audit.decisions.check_rules import Policy, active_rules, evaluate
 from lora_audit.engine.spectra import EngineOptions, Progress, Warn, device_type
-from lora_audit.errors import ExitCode, InputError
+from lora_audit.errors import InputError
 from lora_audit.report import AdapterError, CheckReport, InspectReport
+from lora_audit.report.check import CheckStatus
 
 #: Opens a progress callback for one adapter: ``(adapter path, layer count) → context``.
 ProgressFactory = Callable[[str, int], AbstractContextManager[Progress | None]]
@@ -98,12 +99,7 @@ def assemble(
 ) -> CheckReport:
     """Apply the rules to finished inspect reports and build the check report (no I/O)."""
     findings = tuple(f for report in reports for f in evaluate(report, policy=policy))
-    if errors:
-        status, code = "error", ExitCode.INPUT
-    elif findings:
-        status, code = "fail", ExitCode.FINDINGS
-    else:
-        status, code = "pass", ExitCode.OK
+    status: CheckStatus = "error" if errors else "fail" if findings else "pass"
     return CheckReport(
         tool=TOOL,
         policy=policy.as_dict(),
@@ -113,7 +109,6 @@ def assemble(
         errors=tuple(errors),
         findings=findings,
         status=status,
-        exit_code=int(code),
     )
 
 

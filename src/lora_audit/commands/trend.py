@@ -277,7 +277,6 @@ def trend_of(
         layers=layers,
         findings=findings,
         status="drift" if drift else "pass",
-        exit_code=1 if drift and options.fail_on_drift else 0,
         warnings=tuple(warnings),
     )
 
