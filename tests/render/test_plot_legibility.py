@@ -69,8 +69,9 @@ def test_spectra_legend_names_the_worst_wasters_and_greys_the_rest(r16: Any) -> 
     spectra_ax = fig.axes[0]
     wasters = r16.summary.top_wasters
     assert len(wasters) == 5
-    labels = _texts(spectra_ax.get_legend())
+    *labels, rest = _texts(spectra_ax.get_legend())
     assert len(labels) == len(wasters)
+    assert rest == f"{len(r16.layers) - len(wasters)} other layers"
     short = style.label_map([x.name for x in r16.layers])
     for name, label in zip(wasters, labels, strict=True):  # worst first, as the summary says
         layer = next(x for x in r16.layers if x.name == name)

@@ -97,19 +97,16 @@ def _spectra(
     ax.set_ylabel("σᵢ of ΔW")
     tau = f"{report.settings.energy:g}"
     ax.set_title(f"singular values (log scale); ● = energy rank k at τ={tau}")
-    if named:
-        title = "chosen layers" if picked else f"most wasted rank (worst {len(named)})"
-        legend = ax.legend(fontsize=7, title=title, title_fontsize=7.5, loc="best")
-        legend.get_frame().set_alpha(0.85)
-    if len(drawn) > len(named):
-        rest = ""
-        if not named:
-            wasters = report.summary.top_wasters
-            rest = "none of the layers wasting most is chosen; " if wasters else "no waste; "
-        ax.text(
-            0.99, 0.98, f"{rest}grey: {len(drawn) - len(named)} other layers",
-            transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.35",
-        )  # fmt: skip
+    others = len(drawn) - len(named)
+    if others:  # one grey legend entry stands for every layer not named
+        note = "other layers" if named else "layers"
+        if not named and not picked:
+            wasted = report.summary.top_wasters
+            note += ": none of those wasting most is chosen" if wasted else ": none wastes rank"
+        ax.plot([], [], **BACKGROUND, label=f"{others} {note}")
+    title = "chosen layers" if picked else f"most wasted rank (worst {len(named)})"
+    legend = ax.legend(fontsize=7, title=title if named else None, title_fontsize=7.5, loc="best")
+    legend.get_frame().set_alpha(0.85)
     ax.grid(True, which="major", alpha=0.3)
 
 

@@ -28,7 +28,7 @@ MAX_TICKS = 60
 HIGHLIGHT = ("tab:red", "tab:blue", "tab:orange", "tab:green", "tab:purple",
              "tab:brown", "tab:pink", "tab:olive", "tab:cyan")  # fmt: skip
 #: The colour and width of the layers that are not named.
-BACKGROUND = {"color": "0.72", "linewidth": 0.6, "alpha": 0.55}
+BACKGROUND: dict[str, Any] = {"color": "0.72", "linewidth": 0.6, "alpha": 0.55}
 
 RC = {
     "svg.hashsalt": "lora-audit",  # stable element ids: the same report gives the same SVG
