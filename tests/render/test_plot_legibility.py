@@ -76,7 +76,7 @@ def test_spectra_legend_names_the_worst_wasters_and_greys_the_rest(r16: Any) -> 
     for name, label in zip(wasters, labels, strict=True):  # worst first, as the summary says
         layer = next(x for x in r16.layers if x.name == name)
         assert label == f"{short[name]} · k={layer.energy_rank} of r={layer.rank}"
-    assert "wasted" in spectra_ax.get_legend().get_title().get_text()
+    assert spectra_ax.get_legend().get_title().get_text() == "most wasted rank (worst 5)"
     grey = [line for line in spectra_ax.lines if line.get_color() == style.BACKGROUND["color"]]
     coloured = {line.get_color() for line in spectra_ax.lines} - {style.BACKGROUND["color"]}
     others = len(r16.layers) - len(wasters)
@@ -92,6 +92,17 @@ def test_a_few_chosen_layers_are_all_named(r16: Any) -> None:
     chosen = [x.name for x in r16.layers if "layer.5." in x.name]
     assert len(labels) == len(chosen) == 6
     assert all(any(name.split("encoder.")[-1] in label for label in labels) for name in chosen)
+
+
+def test_a_pattern_keeping_some_wasters_names_those_and_says_so(r16: Any) -> None:
+    import re
+
+    fig = _figure(r16, layers=re.compile(r"layer\.(0|5)\."))  # 12 layers, 3 of the worst 5
+    legend = fig.axes[0].get_legend()
+    *labels, rest = _texts(legend)
+    kept = [name for name in r16.summary.top_wasters if re.search(r"layer\.(0|5)\.", name)]
+    assert len(labels) == len(kept) == 3 and rest == "9 other layers"
+    assert legend.get_title().get_text() == "most wasted rank: 3 of the worst 5"
 
 
 def test_log_axes_are_labelled_with_plain_numbers_never_mathtext(r16: Any) -> None:

@@ -104,7 +104,11 @@ def _spectra(
             wasted = report.summary.top_wasters
             note += ": none of those wasting most is chosen" if wasted else ": none wastes rank"
         ax.plot([], [], **BACKGROUND, label=f"{others} {note}")
-    title = "chosen layers" if picked else f"most wasted rank (worst {len(named)})"
+    worst = len(report.summary.top_wasters)
+    title = "most wasted rank" + (
+        f" (worst {worst})" if len(named) == worst else f": {len(named)} of the worst {worst}"
+    )
+    title = "chosen layers" if picked else title
     legend = ax.legend(fontsize=7, title=title if named else None, title_fontsize=7.5, loc="best")
     legend.get_frame().set_alpha(0.85)
     ax.grid(True, which="major", alpha=0.3)
