@@ -144,6 +144,10 @@ def test_heat_norm_of_one_value_is_centred_not_degenerate() -> None:
     norm, scale = _plot_inspect.heat_norm([[1.33, 1.33], [1.33, float("nan")]])
     assert norm.vmin < 1.33 < norm.vmax and scale == "linear"
     assert float(norm(1.33)) == pytest.approx(0.5, abs=0.03)
+    norm, scale = _plot_inspect.heat_norm([[0.0, 1.5], [6.0, float("nan")]])  # an untrained cell
+    assert (norm.vmin, norm.vmax, scale) == (0.0, 6.0, "linear")
+    norm, scale = _plot_inspect.heat_norm([[1.2, 1.5], [6.0, float("nan")]])
+    assert (norm.vmin, norm.vmax, scale) == (1.2, 6.0, "log scale")
 
 
 # --- trend --------------------------------------------------------------------------------------
@@ -223,3 +227,10 @@ def test_fold_keeps_start_and_end() -> None:
     assert style.fold("short") == "short"
     folded = style.fold("encoder.layer.11.attention.output.dense.extra.long.tail", 30)
     assert len(folded) == 30 and folded.startswith("encoder.lay") and folded.endswith("long.tail")
+
+
+def test_a_trend_without_drift_has_no_drift_legend_and_the_plain_size(run_trend: Any) -> None:
+    layers = tuple(dataclasses.replace(layer, drift=()) for layer in run_trend.layers)
+    fig = _figure(dataclasses.replace(run_trend, layers=layers))
+    assert fig.legends == [] and tuple(fig.get_size_inches()) == plot.TREND_SIZE
+    assert "0 drifting" in fig._suptitle.get_text()

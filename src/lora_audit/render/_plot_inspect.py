@@ -97,19 +97,25 @@ def _spectra(
     ax.set_ylabel("σᵢ of ΔW")
     tau = f"{report.settings.energy:g}"
     ax.set_title(f"singular values (log scale); ● = energy rank k at τ={tau}")
+    from matplotlib.lines import Line2D
+
+    handles, texts = ax.get_legend_handles_labels()
     others = len(drawn) - len(named)
     if others:  # one grey legend entry stands for every layer not named
         note = "other layers" if named else "layers"
         if not named and not picked:
             wasted = report.summary.top_wasters
             note += ": none of those wasting most is chosen" if wasted else ": none wastes rank"
-        ax.plot([], [], **BACKGROUND, label=f"{others} {note}")
+        handles.append(Line2D([], [], **BACKGROUND))
+        texts.append(f"{others} {note}")
     worst = len(report.summary.top_wasters)
     title = "most wasted rank" + (
         f" (worst {worst})" if len(named) == worst else f": {len(named)} of the worst {worst}"
     )
     title = "chosen layers" if picked else title
-    legend = ax.legend(fontsize=7, title=title if named else None, title_fontsize=7.5, loc="best")
+    legend = ax.legend(
+        handles, texts, fontsize=7, title=title if named else None, title_fontsize=7.5, loc="best"
+    )
     legend.get_frame().set_alpha(0.85)
     ax.grid(True, which="major", alpha=0.3)
 
@@ -145,11 +151,15 @@ def heat_range(values: Sequence[Sequence[float]]) -> tuple[float, float]:
 def heat_norm(values: Sequence[Sequence[float]]) -> tuple[Normalize, str]:
     """The colour scale of the heatmap: the cells' own range, log-scaled when it spans ×2 or more.
 
+    A cell of stable rank 0 (an untrained layer) makes the scale linear from 0, so that it is
+    drawn as the lowest colour rather than masked like a missing module.
     Returns the norm and the colour bar's scale note (``"log scale"`` or ``"linear"``).
     """
     from matplotlib.colors import LogNorm, Normalize
 
     low, high = heat_range(values)
+    if any(v <= 0 for row in values for v in row if not math.isnan(v)):
+        return Normalize(vmin=0.0, vmax=high), "linear"
     if high >= 2 * low:
         return LogNorm(vmin=low, vmax=high), "log scale"
     return Normalize(vmin=low, vmax=high), "linear"
