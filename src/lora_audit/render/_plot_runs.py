@@ -8,6 +8,7 @@ and grey. ``compare`` lists layers down the y axis (folded names, at most
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lora_audit.render._plot_data import binned, sample
@@ -64,23 +65,7 @@ def trend_figure(report: TrendReport) -> Figure:
     colours = {layer.name: HIGHLIGHT[i % len(HIGHLIGHT)] for i, layer in enumerate(named)}
     labels = label_map([x.name for x in report.layers])
     for ax, (metric, title, total, total_label) in zip(axes, panels, strict=True):
-        for layer in sorted(drawn, key=lambda x: x.name in colours):  # named ones on top
-            series = getattr(layer, metric)
-            points = [(s, v) for s, v in zip(steps, series, strict=True) if v is not None]
-            if not points:
-                continue
-            xs, ys = zip(*points, strict=True)
-            if layer.name in colours:
-                rising = metric in layer.drift
-                ax.plot(
-                    xs, ys, color=colours[layer.name], linewidth=1.8 if rising else 1.0,
-                    linestyle="-" if rising else "--", marker="o" if rising else None,
-                    markersize=3.5, zorder=3,
-                )  # fmt: skip
-            elif layer.drift:  # drifting, beyond the named ones
-                ax.plot(xs, ys, color="tab:red", linewidth=0.9, alpha=0.6, zorder=2)
-            else:
-                ax.plot(xs, ys, **BACKGROUND, zorder=1)
+        _series(ax, drawn, metric=metric, steps=steps, colours=colours)
         ax.plot(
             steps, [getattr(c, total) for c in report.checkpoints], color="black",
             linewidth=2.2, marker="o", markersize=4, label=total_label, zorder=4,
@@ -106,6 +91,34 @@ def trend_figure(report: TrendReport) -> Figure:
         fontsize=11,
     )
     return fig
+
+
+def _series(
+    ax: Axes,
+    drawn: Sequence[LayerTrend],
+    *,
+    metric: str,
+    steps: Sequence[int],
+    colours: dict[str, str],
+) -> None:
+    """One panel's layer lines: grey, then drifting (red), then the named ones on top."""
+    for layer in sorted(drawn, key=lambda x: x.name in colours):  # named ones on top
+        series = getattr(layer, metric)
+        points = [(s, v) for s, v in zip(steps, series, strict=True) if v is not None]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        if layer.name in colours:
+            rising = metric in layer.drift
+            ax.plot(
+                xs, ys, color=colours[layer.name], linewidth=1.8 if rising else 1.0,
+                linestyle="-" if rising else "--", marker="o" if rising else None,
+                markersize=3.5, zorder=3,
+            )  # fmt: skip
+        elif layer.drift:  # drifting, beyond the named ones
+            ax.plot(xs, ys, color="tab:red", linewidth=0.9, alpha=0.6, zorder=2)
+        else:
+            ax.plot(xs, ys, **BACKGROUND, zorder=1)
 
 
 def _drift_legend(
