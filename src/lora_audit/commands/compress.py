@@ -66,7 +66,7 @@ class CompressOptions:
         full-rank update (they are kept as they are).
     base
         The base model's weights: DoRA layers are then truncated exactly, keeping each output
-        row's DoRA scale (:class:`lora_audit.commands.inspect_base.DoraCompression`).
+        row's DoRA scale (:class:`lora_audit.commands.compress_dora.DoraCompression`).
     """
 
     rule: RankRule
@@ -137,7 +137,7 @@ def compress_adapter(
     sigmas = analysis.sigmas
     dora = None
     if options.base is not None:  # DoRA layers: spectra of the update as DoRA applies it
-        from lora_audit.commands.inspect_base import DoraCompression
+        from lora_audit.commands.compress_dora import DoraCompression
 
         dora = DoraCompression.prepare(adapter, options.base, engine=options.engine, warn=warn)
         sigmas = {**sigmas, **(dora.sigmas if dora is not None else {})}
