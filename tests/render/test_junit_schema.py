@@ -68,7 +68,11 @@ def test_junitparser_reads_the_counts_and_the_failures(tmp_path: Path) -> None:
     out.write_text(render(report, OutputFormat.JUNIT), encoding="utf-8")
     xml = junitparser.JUnitXml.fromfile(str(out))
     suites = list(xml)
-    assert [s.name for s in suites] == ["adapters/lean", "adapters/wasteful", "adapters/br<o>ken\\x01"]
+    assert [s.name for s in suites] == [
+        "adapters/lean",
+        "adapters/wasteful",
+        "adapters/br<o>ken\\x01",
+    ]
     assert [(s.tests, s.failures, s.errors) for s in suites] == [(2, 0, 0), (2, 2, 0), (1, 0, 1)]
     wasteful = {case.name: case for case in suites[1]}
     assert set(wasteful) == set(report.rules)
