@@ -99,7 +99,6 @@ def test_the_tree_is_the_pipeline() -> None:
 
 #: being removed by the de-duplication commits that follow the moves.
 KNOWN = [
-    Violation("engine/host_buffers.py", "lora_audit.formats.safetensors_io"),
     Violation("decisions/check_rules.py", "lora_audit.report"),
 ]
 
