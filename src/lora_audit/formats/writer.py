@@ -5,7 +5,8 @@ PEFT
     ``.safetensors`` file when the input was one, with the config in the header's
     ``lora_adapter_metadata``). A directory's model card (``README.md``) is copied with a line
     saying what changed (:mod:`lora_audit.formats.model_card`); ``-o NAME.safetensors`` for a
-    directory output is refused (PEFT loads a directory, not a lone file). The config makes PEFT rebuild every layer exactly: the scale of
+    directory output is refused (PEFT loads a directory, not a lone file). The config makes
+    PEFT rebuild every layer exactly: the scale of
     a rewritten layer is baked into its factors, so ``use_rslora`` is turned off and each layer
     gets ``rank_pattern[key] = k`` and ``alpha_pattern[key] = k`` (scale 1) — or, for a layer
     left as it was, its rank and ``alpha = scale·r`` — unless it matches the top-level
@@ -45,9 +46,9 @@ from typing import IO, TYPE_CHECKING, Any
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure
 from lora_audit.errors import OutputError, UsageError
 from lora_audit.formats.diffusers_metadata import PIPELINE_FORMAT, pipeline_metadata
+from lora_audit.formats.model_card import MODEL_CARD, carried_card
 from lora_audit.formats.output_guard import Kind, OutputGuard
 from lora_audit.formats.patterns import pattern_keys
-from lora_audit.formats.model_card import MODEL_CARD, carried_card
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME
 from lora_audit.formats.safetensors_io import (
     DTYPE_SIZES,
