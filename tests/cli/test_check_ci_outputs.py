@@ -69,6 +69,9 @@ def test_no_step_summary_and_markdown_output_leave_the_summary_alone(workdir: Pa
     code, out, _ = check(*ADAPTERS, "-f", "markdown", env=env)  # >> $GITHUB_STEP_SUMMARY
     assert code == 1 and out.startswith("## ❌ lora-audit check")
     assert summary.read_text() == ""
+    # Markdown into a file (-o) is not the summary: the summary is still appended
+    assert check(*ADAPTERS, "-f", "markdown", "-o", "report.md", env=env)[0] == 1
+    assert summary.read_text() == (workdir / "report.md").read_text() != ""
 
 
 def test_without_github_step_summary_nothing_is_appended(workdir: Path) -> None:

@@ -4,8 +4,8 @@ Markdown job summary appended to ``$GITHUB_STEP_SUMMARY``.
 GitHub Actions names in ``GITHUB_STEP_SUMMARY`` a file that each step appends Markdown to; the
 runner shows it on the run's summary page (at most 1 MiB per step). When it is set, ``check``
 appends its Markdown report there, as the popular actions do, unless ``--no-step-summary`` is
-given or the main report is Markdown already (``--format markdown >> "$GITHUB_STEP_SUMMARY"``,
-the older recipe, must not get it twice).
+given or the main report is Markdown on stdout already (``--format markdown >>
+"$GITHUB_STEP_SUMMARY"``, the older recipe, must not get it twice).
 """
 
 from __future__ import annotations
@@ -37,18 +37,22 @@ NoStepSummaryOption = Annotated[
     typer.Option(
         "--no-step-summary",
         help="Do not append the Markdown summary to $GITHUB_STEP_SUMMARY (appended by default "
-        "when that variable is set, unless --format markdown).",
+        "when that variable is set, unless --format markdown prints it to stdout).",
     ),
 ]
 
 
 def step_summary_file(
-    *, main_format: str, disabled: bool, environ: Mapping[str, str] | None = None
+    *,
+    main_format: str,
+    output: Path | None,
+    disabled: bool,
+    environ: Mapping[str, str] | None = None,
 ) -> Path | None:
     """The job summary file to append to, or ``None`` (not in Actions, turned off, or the
-    main report is Markdown already)."""
+    Markdown report goes to stdout already, where the workflow may redirect it)."""
     value = (os.environ if environ is None else environ).get("GITHUB_STEP_SUMMARY", "")
-    if disabled or not value or main_format == "markdown":
+    if disabled or not value or (main_format == "markdown" and output is None):
         return None
     return Path(value)
 

@@ -108,7 +108,9 @@ def check_command(
             outputs().add_input(config)
         preflight(output)
         plan_extra_outputs(junit_xml=junit_xml)
-        summary = step_summary_file(main_format=output_format.value, disabled=no_step_summary)
+        summary = step_summary_file(
+            main_format=output_format.value, output=output, disabled=no_step_summary
+        )
         flags = _validated_flags(
             energy=energy,
             coverage=coverage,
