@@ -19,18 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_audit.adapter import Adapter, LoraLayer
-from lora_audit.engine.spectra import (
+from lora_audit.engine.batches import (
     CPU_CHUNK_BYTES,
     GPU_MEMORY_FRACTION,
     WORKING_COPIES,
-    EngineOptions,
     Progress,
     Warn,
     group_layers,
     map_groups,
-    require_torch,
-    resolve_device,
 )
+from lora_audit.engine.device import EngineOptions, require_torch, resolve_device
 from lora_audit.errors import InputError, UsageError
 from lora_audit.formats.base_model import (
     BaseMatch,
