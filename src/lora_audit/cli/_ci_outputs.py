@@ -13,12 +13,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lora_audit.cli._common import outputs, preflight, warn
-from lora_audit.report import CheckReport
+
+if TYPE_CHECKING:
+    from lora_audit.report import CheckReport
 
 #: GitHub refuses a step summary larger than this (``$GITHUB_STEP_SUMMARY upload aborted``).
 SUMMARY_LIMIT = 1024 * 1024
