@@ -45,9 +45,9 @@ from lora_audit.linalg.against_base import (
     ITERATIVE_FIELDS,
     UPDATE_FIELDS,
     BaseMetrics,
-    KrylovOptions,
     base_metrics,
 )
+from lora_audit.linalg.krylov import KrylovOptions
 from lora_audit.report import BaseLayerReport, BaseStat, BaseSummary, InspectReport, LayerReport
 
 if TYPE_CHECKING:
@@ -439,7 +439,7 @@ class DoraCompression:
         def batch(
             chunk: Sequence[LoraLayer], b: torch.Tensor, a: torch.Tensor
         ) -> list[npt.NDArray[np.float64]]:
-            from lora_audit.linalg.against_base import dora_row_scale
+            from lora_audit.linalg.dora import dora_row_scale
             from lora_audit.linalg.spectral import singular_values
 
             w = _load_weights(subset, base, match, chunk, like=b)
@@ -468,7 +468,7 @@ class DoraCompression:
             return {}
 
         def batch(chunk: Sequence[LoraLayer], b: torch.Tensor, a: torch.Tensor) -> list[Any]:
-            from lora_audit.linalg.against_base import dora_truncated
+            from lora_audit.linalg.dora import dora_truncated
 
             w = _load_weights(todo, self.base, self.match, chunk, like=b)
             m = _load_magnitudes(todo, chunk, like=b)
