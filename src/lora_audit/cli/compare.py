@@ -61,7 +61,7 @@ def compare_command(
 
     def body() -> int:
         from lora_audit.cli._plot import draw, plot_request
-        from lora_audit.commands.compare import compare_adapters, match_layers
+        from lora_audit.commands.compare import compare_adapters, pair_layers
 
         if top_k < 1:
             raise UsageError(f"--top-k {top_k} must be at least 1", hint="e.g. --top-k 4")
@@ -69,7 +69,7 @@ def compare_command(
         request = plot_request(plot)
         loaded_a = load_reported(adapter_a, alpha=alpha, input_format=input_format.value)
         loaded_b = load_reported(adapter_b, alpha=alpha, input_format=input_format.value)
-        pairs = len(match_layers(loaded_a.layers, loaded_b.layers).pairs)
+        pairs = len(pair_layers(loaded_a.layers, loaded_b.layers).pairs)
         with progress_bar(pairs, description="layers") as advance:
             report = compare_adapters(loaded_a, loaded_b, top_k=top_k, progress=advance, warn=warn)
         draw(report, request)

@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from lora_audit.commands.inspect import TOOL, AuditOptions, inspect_adapter
+from lora_audit.commands.adapter_info import TOOL
+from lora_audit.commands.inspect import AuditOptions, inspect_adapter
 from lora_audit.decisions.check_rules import Policy, active_rules, evaluate
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type
