@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
+from lora_audit import HOME
 from lora_audit.cli import _state
 from lora_audit.errors import ExitCode, LoraAuditError, Terminated, UsageError
 
@@ -88,7 +89,8 @@ def run_guarded(
             code = body()
     except LoraAuditError as exc:
         _traceback()
-        fail(str(exc))
+        usage = exc.exit_code == ExitCode.USAGE and exc.hint is None
+        fail(f"{exc} — see '{_command_path()} --help'" if usage else str(exc))
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt:
         atomic.remove_live()
@@ -105,13 +107,22 @@ def run_guarded(
     except Exception as exc:  # a bug, or an input problem we failed to anticipate
         _traceback()
         fail(
-            f"unexpected {exc.__class__.__name__}: {exc} "
-            "(run with --debug for a traceback, and please report it)"
+            f"unexpected {exc.__class__.__name__}: {exc} — a bug: please report it at "
+            f"{HOME}/issues (run with --debug for the traceback)"
         )
         raise typer.Exit(int(ExitCode.INPUT)) from None
     finally:
         _state.OUTPUTS = None
     raise typer.Exit(code)
+
+
+def _command_path() -> str:
+    """``lora-audit inspect`` while ``inspect`` runs (``lora-audit`` outside a command)."""
+    from typer._click.globals import get_current_context
+
+    from lora_audit.cli._usage import command_path
+
+    return command_path(get_current_context(silent=True))
 
 
 def _traceback() -> None:

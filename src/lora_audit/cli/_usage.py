@@ -198,7 +198,7 @@ def usage_line(exc: Any, *, command: str | None = None) -> str:
     """
     ctx = getattr(exc, "ctx", None)
     if ctx is not None:
-        where = _command_path(ctx)
+        where = command_path(ctx)
     else:
         where = PROG if command is None else f"{PROG} {command}"
     fixes: list[str] = []
@@ -227,8 +227,9 @@ def _usage(ctx: Any) -> list[str]:
         return []
 
 
-def _command_path(ctx: Any) -> str:
-    """``lora-audit inspect`` for the context of ``inspect`` (whatever the program name)."""
+def command_path(ctx: Any) -> str:
+    """``lora-audit inspect`` for the context of ``inspect`` (whatever the program name);
+    ``lora-audit`` for the root's context or ``None``."""
     names: list[str] = []
     while ctx is not None and ctx.parent is not None:
         names.append(str(ctx.info_name))
