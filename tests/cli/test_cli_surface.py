@@ -282,7 +282,7 @@ def test_show_completion_prints_a_script() -> None:
 def test_install_completion_writes_only_below_home(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    code, out, err = run("--install-completion", "bash", SHELL="/bin/bash", HOME=str(home))
+    code, _, err = run("--install-completion", "bash", SHELL="/bin/bash", HOME=str(home))
     assert code == 0, err
     written = [p for p in home.rglob("*") if p.is_file()]
     assert written and any("_LORA_AUDIT_COMPLETE" in p.read_text() for p in written)

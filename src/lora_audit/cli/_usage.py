@@ -23,12 +23,11 @@ from typing import Any
 
 import typer
 import typer.core
+from typer._click import exceptions as _click_errors
+from typer._click.formatting import HelpFormatter
 
 from lora_audit.cli import _state
 from lora_audit.errors import ExitCode
-
-from typer._click import exceptions as _click_errors
-from typer._click.formatting import HelpFormatter
 
 PROG = "lora-audit"
 
