@@ -304,3 +304,20 @@ def test_help_of_every_command_imports_no_numpy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("words", "cword", "expected"),
+    [
+        ("lora-audit ins", "1", ["inspect"]),
+        ("lora-audit inspect x --ene", "3", ["--energy"]),
+        ("lora-audit inspect x -f ", "4", ["table", "json", "markdown"]),
+    ],
+)
+def test_completion_completes_commands_options_and_choices(
+    words: str, cword: str, expected: list[str]
+) -> None:
+    code, out, _ = run(
+        _LORA_AUDIT_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=cword
+    )
+    assert code == 0 and out.split() == expected
