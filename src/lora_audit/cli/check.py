@@ -95,7 +95,7 @@ def check_command(
     pyproject.toml, found upward from the working directory or named with --config) < flags.
 
     Exit codes: 0 every adapter passes · 1 policy findings · 2 usage error · 3 an adapter or
-    the policy file cannot be read or is invalid (the worst over all adapters).
+    the settings file cannot be read or is invalid (the worst over all adapters).
     """
 
     def body() -> int:
