@@ -43,7 +43,7 @@ from lora_audit.errors import UsageError
 from lora_audit.render import OutputFormat
 
 if TYPE_CHECKING:
-    from lora_audit.engine.spectra import Progress
+    from lora_audit.engine.batches import Progress
 
 EXAMPLES = examples(
     "lora-audit check ./my-adapter",
@@ -102,7 +102,7 @@ def check_command(
         from lora_audit.cli._settings import read_settings, report_format
         from lora_audit.cli.settings_file import policy_from
         from lora_audit.commands.check import run_check
-        from lora_audit.engine.spectra import EngineOptions
+        from lora_audit.engine.device import EngineOptions
 
         source = read_settings(config=config, no_config=no_config)
         preflight(output)

@@ -177,7 +177,7 @@ def compress_command(
     def body() -> int:
         from lora_audit.cli._settings import read_settings, report_format
         from lora_audit.commands.compress import CompressOptions, compress_adapter
-        from lora_audit.engine.spectra import EngineOptions
+        from lora_audit.engine.device import EngineOptions
 
         read_settings(config=config, no_config=no_config)
         fmt = report_format(output_format, offered=CompressFormat, command="compress")

@@ -93,7 +93,7 @@ def inspect_command(
             settings_file_shown,
         )
         from lora_audit.commands.inspect import AuditOptions, inspect_adapter
-        from lora_audit.engine.spectra import EngineOptions
+        from lora_audit.engine.device import EngineOptions
 
         read_settings(config=config, no_config=no_config)
         options = AuditOptions(

@@ -105,7 +105,7 @@ def trend_command(
         )
         from lora_audit.commands.inspect import AuditOptions
         from lora_audit.commands.trend import TrendOptions, expand_run, trend_of
-        from lora_audit.engine.spectra import EngineOptions
+        from lora_audit.engine.device import EngineOptions
 
         read_settings(config=config, no_config=no_config)
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from lora_audit.commands.inspect import TOOL, AuditOptions, inspect_adapter
 from lora_audit.decisions.check_rules import Policy, active_rules, evaluate
-from lora_audit.engine.spectra import EngineOptions, Progress, Warn, device_type
+from lora_audit.engine.batches import Progress, Warn
+from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.errors import InputError
 from lora_audit.report import AdapterError, CheckReport, Finding, InspectReport
 from lora_audit.report.check import CheckStatus
