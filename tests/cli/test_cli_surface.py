@@ -317,7 +317,5 @@ def test_help_of_every_command_imports_no_numpy() -> None:
 def test_completion_completes_commands_options_and_choices(
     words: str, cword: str, expected: list[str]
 ) -> None:
-    code, out, _ = run(
-        _LORA_AUDIT_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=cword
-    )
+    code, out, _ = run(_LORA_AUDIT_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=cword)
     assert code == 0 and out.split() == expected
