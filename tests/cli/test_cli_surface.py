@@ -19,7 +19,8 @@ from lora_audit.errors import ExitCode
 
 runner = CliRunner()
 PREFIX = "lora-audit: error: "
-COMMANDS = ("inspect", "check", "compress", "trend", "compare")
+#: Every registered command (a new one gets these tests, and needs -q, --debug and examples).
+COMMANDS = tuple(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)
@@ -181,10 +182,11 @@ def test_debug_is_forgotten_between_runs(lean: str) -> None:
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_command_has_quiet_and_debug(command: str) -> None:
+def test_every_command_has_quiet_debug_and_the_settings_file(command: str) -> None:
     code, out, _ = run(command, "--help")
     assert code == 0
-    assert "-q, --quiet" in out and "--debug" in out
+    for option in ("-q, --quiet", "--debug", "--config PATH", "--no-config"):
+        assert option in out, option
 
 
 def test_quiet_prints_nothing_but_keeps_the_exit_code(workdir: Path, wasteful: str) -> None:
@@ -218,7 +220,23 @@ def test_help_is_plain_and_ends_with_examples(command: str, columns: str) -> Non
         assert noise not in out, (noise, out)
     assert f"Usage: lora-audit {command} [OPTIONS] " in out
     assert "\n  Examples:\n    lora-audit " + command in out
-    assert "--force FLOAT" not in out and "--dry-run " not in out.replace("--dry-run  ", "")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_flags_show_no_metavar_and_values_a_plain_one(command: str) -> None:
+    sub = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    ctx = sub.make_context(command, ["--help"], resilient_parsing=True)
+    for param in sub.get_params(ctx):
+        record = param.get_help_record(ctx)
+        if record is None or param.param_type_name != "option":
+            continue
+        names = ", ".join(sorted(param.opts, key=len))
+        if param.is_flag:
+            assert record[0] == names, record[0]
+        else:
+            metavar = record[0].removeprefix(names + " ")
+            assert metavar.isupper() or metavar.startswith("["), record[0]
+    _state.reset()
 
 
 @pytest.mark.parametrize("columns", ["60", "80", "100", "160"])
