@@ -202,6 +202,8 @@ class TrendFormat(StrEnum):
 
     TABLE = "table"
     JSON = "json"
+    MARKDOWN = "markdown"
+    GITHUB = "github"
 
 
 class CompareFormat(StrEnum):
@@ -209,6 +211,8 @@ class CompareFormat(StrEnum):
 
     TABLE = "table"
     JSON = "json"
+    MARKDOWN = "markdown"
+    GITHUB = "github"
 
 
 class CompressFormat(StrEnum):
@@ -224,13 +228,17 @@ InspectFormatOption = Annotated[
     InspectFormat | None,
     typer.Option("--format", "-f", help=_FORMAT_HELP, show_default=False),
 ]
+_FORMAT_CI_HELP = (
+    "Report format: table, json, markdown (for $GITHUB_STEP_SUMMARY) or github (workflow "
+    "annotations). Default table, or format in the settings file."
+)
 TrendFormatOption = Annotated[
     TrendFormat | None,
-    typer.Option("--format", "-f", help=_FORMAT_HELP, show_default=False),
+    typer.Option("--format", "-f", help=_FORMAT_CI_HELP, show_default=False),
 ]
 CompareFormatOption = Annotated[
     CompareFormat | None,
-    typer.Option("--format", "-f", help=_FORMAT_HELP, show_default=False),
+    typer.Option("--format", "-f", help=_FORMAT_CI_HELP, show_default=False),
 ]
 CompressFormatOption = Annotated[
     CompressFormat | None,

@@ -8,6 +8,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from lora_audit.cli._ci_outputs import (
+    JunitXmlOption,
+    NoStepSummaryOption,
+    plan_extra_outputs,
+    step_summary_file,
+    write_extra_outputs,
+)
 from lora_audit.cli._common import (
     emit_report,
     exit_code_for,
@@ -81,6 +88,8 @@ def check_command(
         ),
     ] = None,
     output: OutputOption = None,
+    junit_xml: JunitXmlOption = None,
+    no_step_summary: NoStepSummaryOption = False,
     force: ForceOption = False,
     alpha: AlphaOption = None,
     device: DeviceOption = Device.AUTO,
@@ -94,6 +103,10 @@ def check_command(
     Policy: defaults < the settings file (lora-audit.toml, or [tool.lora-audit] in
     pyproject.toml, found upward from the working directory or named with --config) < flags.
 
+    One run can serve a whole CI job: --format github prints annotations, --junit-xml FILE
+    also writes JUnit XML, and when $GITHUB_STEP_SUMMARY is set the Markdown summary is
+    appended to it (--no-step-summary turns that off).
+
     Exit codes: 0 every adapter passes · 1 policy findings · 2 usage error · 3 an adapter or
     the settings file cannot be read or is invalid (the worst over all adapters).
     """
@@ -105,7 +118,10 @@ def check_command(
         from lora_audit.engine.device import EngineOptions
 
         source = read_settings(config=config, no_config=no_config)
+        fmt = report_format(output_format, offered=OutputFormat, command="check")
         preflight(output)
+        plan_extra_outputs(junit_xml=junit_xml)
+        summary = step_summary_file(main_format=fmt.value, output=output, disabled=no_step_summary)
         flags = _validated_flags(
             energy=energy,
             coverage=coverage,
@@ -113,7 +129,6 @@ def check_command(
             max_layer_waste=max_layer_waste,
             min_rank_used=min_rank_used,
         )
-        fmt = report_format(output_format, offered=OutputFormat, command="check")
         report = run_check(
             adapters,
             policy=policy_from(flags, source),
@@ -126,6 +141,7 @@ def check_command(
             progress=_progress,
         )
         emit_report(report, fmt.value, output=output)
+        write_extra_outputs(report, junit_xml=junit_xml, step_summary=summary)
         return exit_code_for(report)
 
     run_guarded(body, force=force, inputs=adapters)

@@ -86,9 +86,10 @@ def compress_command(
         typer.Option(
             "--output",
             "-o",
-            help="Where to write the compressed ADAPTER (a directory for PEFT directories, "
-            "else a .safetensors file); never the input. The report goes to stdout, or to "
-            "--report FILE.",
+            help="Where to write the compressed ADAPTER: a directory for a PEFT adapter with "
+            "its adapter_config.json (its README.md model card is carried over) or an mlx-lm "
+            "adapter, else a .safetensors file. Never the input. The report goes to stdout, "
+            "or to --report FILE.",
             show_default=False,
         ),
     ] = None,
@@ -212,10 +213,11 @@ def compress_command(
 
 def _claim_outputs(loaded: Adapter, *, output: Path | None, report: Path | None) -> None:
     """Check ``-o`` and ``--report`` before any work: neither an input nor each other."""
-    from lora_audit.formats.writer import output_kind
+    from lora_audit.formats.writer import output_kind, refuse_file_name
 
     if output is not None:
         outputs().plan(output, role="--output", kind=output_kind(loaded), adapter=True)
+        refuse_file_name(loaded, output)
     preflight(report, role="--report")
 
 
