@@ -68,7 +68,12 @@ def run_check(
     from lora_audit.formats import load_adapter
 
     device_type(engine.device)  # a usage error stops the run before any adapter is read
-    options = AuditOptions(energy=policy.energy, coverage=policy.coverage, engine=engine)
+    options = AuditOptions(
+        energy=policy.energy,
+        coverage=policy.coverage,
+        engine=engine,
+        settings_file=display_path(policy_file),
+    )
     reports: list[InspectReport] = []
     errors: list[AdapterError] = []
     for path in dict.fromkeys(paths):
@@ -89,7 +94,7 @@ def run_check(
             if on_error is not None:
                 on_error(exc)
     return assemble(
-        reports=reports, errors=errors, policy=policy, policy_file=_display(policy_file)
+        reports=reports, errors=errors, policy=policy, policy_file=display_path(policy_file)
     )
 
 
@@ -119,7 +124,7 @@ def assemble(
     )
 
 
-def _display(path: Path | None) -> str | None:
+def display_path(path: Path | None) -> str | None:
     """``path`` relative to the working directory when it lies below it, else absolute."""
     if path is None:
         return None

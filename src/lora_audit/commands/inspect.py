@@ -42,11 +42,15 @@ class AuditOptions:
         Fraction of layers the adapter-wide retraining rank must cover, in (0, 1].
     engine
         Device and method of the spectral engine.
+    settings_file
+        The settings file ``energy`` or ``coverage`` may have come from, as the report shows
+        it; ``None`` when only defaults and flags applied.
     """
 
     energy: float = 0.99
     coverage: float = 0.9
     engine: EngineOptions = field(default_factory=EngineOptions)
+    settings_file: str | None = None
 
 
 def inspect_adapter(
@@ -87,6 +91,7 @@ def inspect_adapter(
             coverage=options.coverage,
             device=device,
             method=options.engine.method,
+            settings_file=options.settings_file,
         ),
         layers=layers,
         summary=_summary(

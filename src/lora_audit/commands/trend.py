@@ -274,6 +274,7 @@ def trend_of(
             method=engine.method,
             step_source=steps.source,
             step_unit=steps.unit,
+            settings_file=options.audit.settings_file,
         ),
         checkpoints=checkpoints,
         layers=layers,
