@@ -13,11 +13,10 @@ from lora_audit.linalg.spectral import (
     GRAM_RELATIVE_TOLERANCE,
     fix_signs,
     gram_singular_values,
-    gram_truncation,
-    qr_truncation,
     singular_values,
     svd,
 )
+from lora_audit.linalg.truncation import gram_truncation, qr_truncation
 
 METHODS = ["auto", "qr", "gram"]
 TOL = 1e-6  # max |σ − σ_ref| ≤ TOL · σ₁(ref): the contract the README states

@@ -22,7 +22,6 @@ maps are applied there. Signs follow :func:`lora_audit.linalg.spectral.svd`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
@@ -32,10 +31,12 @@ from lora_audit.engine.batches import Progress, Warn, map_groups
 from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.engine.host_buffers import Readers, cpu_pool
 from lora_audit.engine.spectra import Grams
-from lora_audit.linalg.spectral import Float64Array, fix_signs, gram_truncation, qr_truncation
+from lora_audit.linalg.spectral import Float64Array, fix_signs
+from lora_audit.linalg.truncation import gram_truncation, qr_truncation, split_scale
 
 if TYPE_CHECKING:
     import torch
+
 
 R = TypeVar("R")
 
@@ -95,16 +96,10 @@ def truncate_layers(
 Maps = tuple[Float64Array, Float64Array]
 
 
-def _split_scale(scale: float) -> tuple[float, float]:
-    """Factors for ``B′`` and ``A′`` whose product is ``scale``, of equal magnitude."""
-    root = math.sqrt(abs(scale))
-    return math.copysign(root, scale), root
-
-
 def _scaled_maps(layer: LoraLayer, grams: Grams, *, rank: int) -> Maps:
     """:func:`gram_truncation` maps with the layer scale split evenly into both factors."""
     map_b, map_a = gram_truncation(grams.b, grams.a, rank=rank)
-    to_b, to_a = _split_scale(layer.scale)
+    to_b, to_a = split_scale(layer.scale)
     return map_b * to_b, map_a * to_a
 
 
@@ -114,7 +109,7 @@ def _cpu_layer(
     maps = None if grams is None else _scaled_maps(layer, grams, rank=rank)
     b, a = readers.load(layer)  # this thread's buffers: every result below is a new array
     if maps is None:
-        to_b, to_a = _split_scale(layer.scale)
+        to_b, to_a = split_scale(layer.scale)
         b_k, a_k = qr_truncation(b * to_b, a * to_a, rank=rank)
     else:
         b_k, a_k = b @ maps[0], maps[1] @ a
@@ -167,8 +162,9 @@ def _on_device(
             rank = ranks[layer.name]
             pair = maps.get(layer.name)
             if pair is None:
-                scale = torch.tensor(layer.scale, dtype=b.dtype, device=b.device)
-                ((b_t, a_t),) = truncated_factors(b[i : i + 1] * scale, a[i : i + 1], ranks=[rank])
+                to_b, to_a = split_scale(layer.scale)
+                pair_b, pair_a = b[i : i + 1] * to_b, a[i : i + 1] * to_a
+                ((b_t, a_t),) = truncated_factors(pair_b, pair_a, ranks=[rank])
                 b_k, a_k = b_t.cpu().numpy(), a_t.cpu().numpy()
             else:
                 map_b = torch.from_numpy(pair[0]).to(b.device)
