@@ -21,6 +21,8 @@ from lora_audit.cli._common import (
 )
 from lora_audit.cli._options import (
     AlphaOption,
+    ColorChoice,
+    ColorOption,
     ConfigOption,
     Device,
     DeviceOption,
@@ -70,6 +72,7 @@ def check_command(
     ] = OutputFormat.TABLE,
     output: OutputOption = None,
     force: ForceOption = False,
+    color: ColorOption = ColorChoice.AUTO,
     alpha: AlphaOption = None,
     device: DeviceOption = Device.AUTO,
     method: MethodOption = Method.AUTO,
@@ -117,7 +120,7 @@ def check_command(
             on_error=lambda exc: err(f"lora-audit: error: {exc}"),
             progress=_progress,
         )
-        emit_report(report, output_format.value, output=output)
+        emit_report(report, output_format.value, output=output, color=color.value)
         return exit_code_for(report)
 
     run_guarded(body, force=force, inputs=adapters)

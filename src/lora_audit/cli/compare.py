@@ -17,6 +17,8 @@ from lora_audit.cli._common import (
 )
 from lora_audit.cli._options import (
     AlphaOption,
+    ColorChoice,
+    ColorOption,
     CompareFormat,
     ForceOption,
     InputFormat,
@@ -47,6 +49,7 @@ def compare_command(
     ] = CompareFormat.TABLE,
     output: OutputOption = None,
     force: ForceOption = False,
+    color: ColorOption = ColorChoice.AUTO,
     plot: PlotOption = None,
     alpha: AlphaOption = None,
     input_format: InputFormatOption = InputFormat.AUTO,
@@ -67,7 +70,7 @@ def compare_command(
         with progress_bar(pairs, description="layers") as advance:
             report = compare_adapters(loaded_a, loaded_b, top_k=top_k, progress=advance, warn=warn)
         draw(report, request)
-        emit_report(report, output_format.value, output=output)
+        emit_report(report, output_format.value, output=output, color=color.value)
         return int(ExitCode.OK)
 
     run_guarded(body, force=force, inputs=[adapter_a, adapter_b])

@@ -21,6 +21,8 @@ from lora_audit.cli._options import (
     BaseKOption,
     BaseOption,
     BasePartialOption,
+    ColorChoice,
+    ColorOption,
     CoverageOption,
     Device,
     DeviceOption,
@@ -53,6 +55,7 @@ def inspect_command(
     ] = InspectFormat.TABLE,
     output: OutputOption = None,
     force: ForceOption = False,
+    color: ColorOption = ColorChoice.AUTO,
     alpha: AlphaOption = None,
     coverage: CoverageOption = 0.9,
     device: DeviceOption = Device.AUTO,
@@ -100,7 +103,7 @@ def inspect_command(
                     warn=warn,
                 )
         draw(report, request)
-        emit_report(report, output_format.value, output=output)
+        emit_report(report, output_format.value, output=output, color=color.value)
         return int(ExitCode.OK)
 
     run_guarded(body, force=force, inputs=[adapter], base=base)

@@ -20,6 +20,8 @@ from lora_audit.cli._common import (
 )
 from lora_audit.cli._options import (
     AlphaOption,
+    ColorChoice,
+    ColorOption,
     Device,
     DeviceOption,
     EnergyOption,
@@ -69,6 +71,7 @@ def trend_command(
     ] = TrendFormat.TABLE,
     output: OutputOption = None,
     force: ForceOption = False,
+    color: ColorOption = ColorChoice.AUTO,
     plot: PlotOption = None,
     alpha: AlphaOption = None,
     device: DeviceOption = Device.AUTO,
@@ -113,7 +116,7 @@ def trend_command(
         with progress_bar(total, description="checkpoints") as advance:
             report = trend_of(loaded, options=options, progress=advance, warn=warn, notes=notes)
         draw(report, request)
-        emit_report(report, output_format.value, output=output)
+        emit_report(report, output_format.value, output=output, color=color.value)
         return exit_code_for(report)
 
     run_guarded(body, force=force, inputs=checkpoints)
