@@ -67,12 +67,12 @@ def scale_sources_text(sources: Mapping[str, int]) -> str:
 
 def assumed_scale_text(report: InspectReport) -> str | None:
     """The loud line for layers whose scale nothing in the file gave; ``None`` when none."""
-    assumed = [layer for layer in report.layers if layer.scale_source == "assumed"]
-    if not assumed:
+    s = report.summary
+    if not s.assumed_scale_layers:
         return None
-    scales = ", ".join(f"{s:g}" for s in sorted({layer.scale for layer in assumed}))
+    scales = ", ".join(f"{scale:g}" for scale in s.assumed_scales)
     return (
-        f"scale ASSUMED for {len(assumed)} of {len(report.layers)} layers: the file records "
+        f"scale ASSUMED for {s.assumed_scale_layers} of {s.layer_count} layers: the file records "
         f"no scale for them, so s = {scales} was used and their σ are only as right as that "
         "guess (see the warnings)"
     )

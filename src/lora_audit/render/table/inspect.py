@@ -81,7 +81,7 @@ def layer_grid(report: InspectReport) -> tuple[Grid, str]:
         Column(
             header="waste",
             cells=[
-                Text(str(x.wasted_rank), style="bold red" if x.wasted_params * 2 > x.params else "")
+                Text(str(x.wasted_rank), style="bold red" if x.mostly_wasted else "")
                 for x in layers
             ],
         ),
@@ -97,6 +97,14 @@ def summary_table(report: InspectReport) -> Table:
     flags = "".join(
         f", {flag}" for flag, on in (("rsLoRA", a.use_rslora), ("DoRA", a.use_dora)) if on
     )
+    if s.compress_command is not None:
+        most = f"; most in {', '.join(s.top_wasters)}" if s.top_wasters else ""
+        info.add_row(
+            Text("gain", style="bold green"),
+            f"{s.wasted_params:,} of {s.params:,} parameters ({s.wasted_fraction:.1%}) "
+            f"removable at τ={report.settings.energy:g}{most}",
+        )
+        info.add_row(Text("compress", style="bold green"), s.compress_command)
     info.add_row(
         "adapter", f"{a.format}, {adapter_rank_text(s)}{alpha}{flags}, {', '.join(a.dtypes)}"
     )
@@ -123,8 +131,6 @@ def summary_table(report: InspectReport) -> Table:
         info.add_row("alpha_pattern", json.dumps(s.alpha_pattern))
     if any(rank_cell(layer) != str(layer.rank) for layer in report.layers):
         info.add_row("r/dD", RANK_NOTE)
-    if s.top_wasters:
-        info.add_row("most waste", ", ".join(s.top_wasters))
     if s.untrained_layers:
         info.add_row("untrained", ", ".join(s.untrained_layers))
     if a.modules_to_save:
