@@ -7,7 +7,6 @@ retraining plan, and the advice text, assembled into frozen report objects.
 from __future__ import annotations
 
 import shlex
-
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field

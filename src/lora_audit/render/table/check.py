@@ -27,7 +27,8 @@ _STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold yellow
 
 def adapter_grid(report: CheckReport) -> Grid:
     """One row per adapter (readable or not): status, size, waste, retrain rank, findings."""
-    rows, cells = [], []
+    rows: list[Row] = []
+    cells: list[list[str | Text]] = []
     for inspect in report.adapters:
         s = inspect.summary
         found = len(report.findings_for(inspect.adapter.path))
@@ -46,8 +47,8 @@ def adapter_grid(report: CheckReport) -> Grid:
     for error in report.errors:
         rows.append(Row(label=error.path))
         cells.append([Text("unreadable", style=_STATUS_STYLE["error"]), "", "", "", "", ""])
-    headers = ("status", "layers", "r", f"wasted@{report.policy.get('energy', 0):g}")
-    headers += ("retrain", "findings")
+    wasted = f"wasted@{report.policy.get('energy', 0):g}"
+    headers = ("status", "layers", "r", wasted, "retrain", "findings")
     columns = [
         Column(
             header=h,
