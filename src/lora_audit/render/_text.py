@@ -47,14 +47,14 @@ def policy_source(report: CheckReport) -> str:
 
 def verdict(report: CheckReport) -> str:
     """One line: how many adapters were checked and how they fared."""
-    checked = len(report.adapters) + len(report.errors)
-    failed = len({f.adapter for f in report.findings})
-    passed = len(report.adapters) - failed
-    parts = [f"{checked} adapter{'s' if checked != 1 else ''} checked", f"{passed} passed"]
-    if failed:
-        parts.append(f"{failed} failed with {len(report.findings)} finding(s)")
-    if report.errors:
-        parts.append(f"{len(report.errors)} unreadable")
+    t = report.totals
+    if t is None:
+        raise ValueError("a check report without totals (build it with commands.check.assemble)")
+    parts = [f"{t.checked} adapter{'s' if t.checked != 1 else ''} checked", f"{t.passed} passed"]
+    if t.failed:
+        parts.append(f"{t.failed} failed with {t.findings} finding(s)")
+    if t.unreadable:
+        parts.append(f"{t.unreadable} unreadable")
     return f"{report.status.upper()}: " + ", ".join(parts)
 
 

@@ -22,31 +22,36 @@ from lora_audit.report import CheckReport
 #: Short headers and optional columns at narrow widths.
 _SHORT = {"wasted": "waste", "findin": "found"}
 _DROP = {"layers": 2, "r": 1}
-_STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold yellow"}
+_STATUS_STYLE = {
+    "pass": "bold green",
+    "fail": "bold red",
+    "error": "bold yellow",
+    "unreadable": "bold yellow",
+}
 
 
 def adapter_grid(report: CheckReport) -> Grid:
     """One row per adapter (readable or not): status, size, waste, retrain rank, findings."""
     rows: list[Row] = []
     cells: list[list[str | Text]] = []
-    for inspect in report.adapters:
-        s = inspect.summary
-        found = len(report.findings_for(inspect.adapter.path))
-        status = "fail" if found else "pass"
-        rows.append(Row(label=inspect.adapter.path))
+    summaries = {inspect.adapter.path: inspect.summary for inspect in report.adapters}
+    for one in report.verdicts:
+        rows.append(Row(label=one.path))
+        status = Text(one.status, style=_STATUS_STYLE[one.status])
+        s = summaries.get(one.path)
+        if one.status == "unreadable" or s is None:
+            cells.append([status, "", "", "", "", ""])
+            continue
         cells.append(
             [
-                Text(status, style=_STATUS_STYLE[status]),
+                status,
                 str(s.layer_count),
                 str(s.nominal_rank),
                 f"{s.wasted_fraction:.1%}",
                 "keep" if s.keep_structure else f"r={s.recommended_rank}",
-                str(found),
+                str(one.findings),
             ]
         )
-    for error in report.errors:
-        rows.append(Row(label=error.path))
-        cells.append([Text("unreadable", style=_STATUS_STYLE["error"]), "", "", "", "", ""])
     wasted = f"wasted@{report.policy.get('energy', 0):g}"
     headers = ("status", "layers", "r", wasted, "retrain", "findings")
     columns = [

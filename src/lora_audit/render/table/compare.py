@@ -58,7 +58,7 @@ def compare_summary(report: CompareReport) -> Table:
         info.add_row(label, f"{a.path} ({a.format}{rank}, {a.layer_count} layers)")
     info.add_row(
         "layers",
-        f"{s.matched} matched, {len(report.layers)} compared"
+        f"{s.matched} matched, {s.compared} compared"
         + (f", {len(report.mismatched)} differ in shape" if report.mismatched else ""),
     )
     if s.only_in_a:

@@ -67,9 +67,8 @@ def totals_table(report: CompressReport) -> Table:
     """Layers truncated, parameters, error and file size."""
     t = report.summary
     info = info_grid()
-    saved = 1 - t.params_after / t.params if t.params else 0.0
     info.add_row("layers", f"{t.truncated} of {t.layer_count} truncated")
-    info.add_row("parameters", f"{t.params:,} → {t.params_after:,} ({saved:.1%} fewer)")
+    info.add_row("parameters", f"{t.params:,} → {t.params_after:,} ({t.saved_fraction:.1%} fewer)")
     info.add_row(
         "error",
         f"adapter ‖ΔW − ΔW_k‖F/‖ΔW‖F = {t.relative_error:.4f}; worst layer "
@@ -81,13 +80,12 @@ def totals_table(report: CompressReport) -> Table:
         else (f"{t.file_bytes_after:,} bytes")
     )
     info.add_row("file", f"{t.file_bytes:,} bytes → {after}")
-    assumed = report.adapter.scale_sources.get("assumed", 0)
-    if assumed:
+    if t.assumed_scale_layers:
         info.add_row(
             Text("ASSUMED", style="bold red"),
             Text(
-                f"scale assumed for {assumed} of {t.layer_count} layers (nothing in the input "
-                "gives it): the output bakes that guess into its factors",
+                f"scale assumed for {t.assumed_scale_layers} of {t.layer_count} layers (nothing in "
+                "the input gives it): the output bakes that guess into its factors",
                 style="bold red",
             ),
         )

@@ -154,11 +154,10 @@ def render_trend(report: TrendReport, *, width: int = 100, color: bool = False) 
 
 def trend_verdict(report: TrendReport) -> str:
     """``PASS: …`` or ``DRIFT: N layer(s) keep rising …``."""
-    flagged = [layer for layer in report.layers if layer.drift]
     if not report.findings:
         return f"PASS: no series keeps rising over the last {report.settings.window} checkpoints"
     adapter = [f for f in report.findings if f.layer is None]
-    parts = [f"{len(flagged)} layer(s) keep rising"]
+    parts = [f"{report.drifting_layers} layer(s) keep rising"]
     if adapter:
         parts.append(
             "and so does the adapter's mean "
