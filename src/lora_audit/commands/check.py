@@ -7,15 +7,17 @@ code is 1 when any rule fires, else 0.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 from lora_audit.commands.inspect import TOOL, AuditOptions, inspect_adapter
 from lora_audit.decisions.check_rules import Policy, active_rules, evaluate
-from lora_audit.engine.spectra import EngineOptions, Progress, Warn, device_type
+from lora_audit.engine.batches import Progress, Warn
+from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.errors import InputError
-from lora_audit.report import AdapterError, CheckReport, InspectReport
+from lora_audit.report import AdapterError, CheckReport, Finding, InspectReport
 from lora_audit.report.check import AdapterVerdict, CheckStatus, CheckTotals
 
 #: Opens a progress callback for one adapter: ``(adapter path, layer count) → context``.
@@ -98,7 +100,11 @@ def assemble(
     policy_file: str | None,
 ) -> CheckReport:
     """Apply the rules to finished inspect reports and build the check report (no I/O)."""
-    findings = tuple(f for report in reports for f in evaluate(report, policy=policy))
+    findings = tuple(
+        Finding(**dataclasses.asdict(v))
+        for report in reports
+        for v in evaluate(report, policy=policy)
+    )
     status: CheckStatus = "error" if errors else "fail" if findings else "pass"
     verdicts: list[AdapterVerdict] = []
     for report in reports:
