@@ -198,6 +198,8 @@ class TrendFormat(StrEnum):
 
     TABLE = "table"
     JSON = "json"
+    MARKDOWN = "markdown"
+    GITHUB = "github"
 
 
 class CompareFormat(StrEnum):
@@ -205,6 +207,8 @@ class CompareFormat(StrEnum):
 
     TABLE = "table"
     JSON = "json"
+    MARKDOWN = "markdown"
+    GITHUB = "github"
 
 
 PlotOption = Annotated[

@@ -52,21 +52,6 @@ def num(x: float) -> str:
     return f"{x:.3g}"
 
 
-def opt(value: float | None, fmt: str) -> str:
-    """``value`` in ``fmt``, or ``–`` when there is none."""
-    return "–" if value is None else format(value, fmt)
-
-
-def ends(values: Sequence[float | int | None], fmt: str) -> str:
-    """``first → last`` of the known values of a series."""
-    known = [v for v in values if v is not None]
-    if not known:
-        return "–"
-    if len(known) == 1:
-        return format(known[0], fmt)
-    return f"{format(known[0], fmt)} → {format(known[-1], fmt)}"
-
-
 def shape(dims: Sequence[int]) -> str:
     """``out×in``."""
     return "×".join(str(d) for d in dims)

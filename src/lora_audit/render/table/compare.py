@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from rich.console import Group
 from rich.table import Table
 
+from lora_audit.render._text import compare_difference_text, compare_overlap_text, optional
 from lora_audit.render.escape import escaped_report, for_terminal
 from lora_audit.render.table._blocks import BlockHeaders, block_prefix, block_rows
-from lora_audit.render.table._cells import num, opt, shape
+from lora_audit.render.table._cells import num, shape
 from lora_audit.render.table._layout import (
     Column,
     Grid,
@@ -40,11 +41,15 @@ def compare_grid(report: CompareReport) -> tuple[Grid, str]:
         Column(header="r A/B", cells=[f"{x.rank_a}/{x.rank_b}" for x in layers], drop=2),
         Column(header="‖ΔW_A‖F", short="‖A‖F", cells=[num(x.norm_a) for x in layers]),
         Column(header="‖ΔW_B‖F", short="‖B‖F", cells=[num(x.norm_b) for x in layers]),
-        Column(header="rel Δ", cells=[opt(x.relative_difference, ".3f") for x in layers]),
-        Column(header="cos", cells=[opt(x.cosine, ".3f") for x in layers]),
+        Column(header="rel Δ", cells=[optional(x.relative_difference, ".3f") for x in layers]),
+        Column(header="cos", cells=[optional(x.cosine, ".3f") for x in layers]),
         Column(header="k", cells=[str(x.k) for x in layers], drop=1),
-        Column(header="ov. out", short="out", cells=[opt(x.left_overlap, ".3f") for x in layers]),
-        Column(header="ov. in", short="in", cells=[opt(x.right_overlap, ".3f") for x in layers]),
+        Column(
+            header="ov. out", short="out", cells=[optional(x.left_overlap, ".3f") for x in layers]
+        ),
+        Column(
+            header="ov. in", short="in", cells=[optional(x.right_overlap, ".3f") for x in layers]
+        ),
     ]
     return Grid(name="layer", rows=rows, columns=columns), prefix
 
@@ -67,17 +72,8 @@ def compare_summary(report: CompareReport) -> Table:
         info.add_row("only in B", f"{len(s.only_in_b)}: {listed(s.only_in_b)}")
     for m in report.mismatched:
         info.add_row("shape differs", f"{m.name}: {shape(m.shape_a)} vs {shape(m.shape_b)}")
-    info.add_row(
-        "difference",
-        f"‖ΔW_A − ΔW_B‖F / ‖ΔW_A‖F = {opt(s.relative_difference, '.4f')} over the compared "
-        f"layers; cosine {opt(s.cosine, '.4f')}",
-    )
-    info.add_row(
-        "overlap",
-        f"mean {opt(s.mean_left_overlap, '.3f')} (output side), "
-        f"{opt(s.mean_right_overlap, '.3f')} (input side): mean cos² of the principal angles "
-        "between the top-k singular subspaces (1 = same, 0 = orthogonal)",
-    )
+    info.add_row("difference", compare_difference_text(report))
+    info.add_row("overlap", compare_overlap_text(report))
     if s.most_different:
         info.add_row("most different", ", ".join(s.most_different))
     return info

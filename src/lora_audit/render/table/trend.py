@@ -9,9 +9,10 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from lora_audit.render._text import drift_rule_text, series_ends, step_word, trend_verdict
 from lora_audit.render.escape import escaped_report, for_terminal
 from lora_audit.render.table._blocks import BlockHeaders, block_prefix, block_rows
-from lora_audit.render.table._cells import ends, num, series_spark, shape
+from lora_audit.render.table._cells import num, series_spark, shape
 from lora_audit.render.table._layout import (
     DECORATIVE,
     Column,
@@ -30,11 +31,6 @@ def common_directory(paths: Sequence[str]) -> str:
         return ""
     prefix = os.path.commonprefix(list(paths))  # noqa: RUF071 (character-wise is intended)
     return prefix[: prefix.rfind("/") + 1]
-
-
-def step_word(unit: str) -> str:
-    """The header of the step column."""
-    return {"step": "step", "epoch": "epoch", "order": "#"}.get(unit, "n")
 
 
 def runs_title(report: TrendReport, *, where: str) -> str:
@@ -87,7 +83,9 @@ def layers_grid(report: TrendReport, *, prefix: str) -> Grid:
             drop=DECORATIVE,
         ),
         Column(
-            header="stable rank", short="sr", cells=[ends(x.stable_rank, ".2f") for x in layers]
+            header="stable rank",
+            short="sr",
+            cells=[series_ends(x.stable_rank, ".2f") for x in layers],
         ),
         Column(
             header="k",
@@ -96,9 +94,12 @@ def layers_grid(report: TrendReport, *, prefix: str) -> Grid:
             drop=DECORATIVE,
         ),
         Column(
-            header=f"k@{report.settings.energy:g}", cells=[ends(x.energy_rank, "d") for x in layers]
+            header=f"k@{report.settings.energy:g}",
+            cells=[series_ends(x.energy_rank, "d") for x in layers],
         ),
-        Column(header="‖ΔW‖F", cells=[ends(x.frobenius_norm, ".3g") for x in layers], drop=2),
+        Column(
+            header="‖ΔW‖F", cells=[series_ends(x.frobenius_norm, ".3g") for x in layers], drop=2
+        ),
         Column(
             header="drift",
             cells=[Text(f"↑ {m}" if m else "", style="bold red") for m in marks],
@@ -143,26 +144,6 @@ def render_trend(report: TrendReport, *, width: int = 100, color: bool = False) 
     if report.findings:
         parts += [Text("drift", style="bold"), drift_table(report), Text("")]
         parts.append(Text(f"fix: {report.findings[0].fix}", style="green"))
-    rule = (
-        f"drift = never falling over the last {s.window} checkpoints and rising by more than "
-        f"{s.min_rise:.0%}"
-    )
-    parts.append(Text(rule, style="dim"))
+    parts.append(Text(drift_rule_text(report), style="dim"))
     parts.append(Text(trend_verdict(report), style="bold red" if report.findings else "bold green"))
     return headers.expand(to_text(Group(*parts), width=width, color=color), width=width)
-
-
-def trend_verdict(report: TrendReport) -> str:
-    """``PASS: …`` or ``DRIFT: N layer(s) keep rising …``."""
-    if not report.findings:
-        return f"PASS: no series keeps rising over the last {report.settings.window} checkpoints"
-    adapter = [f for f in report.findings if f.layer is None]
-    parts = [f"{report.drifting_layers} layer(s) keep rising"]
-    if adapter:
-        parts.append(
-            "and so does the adapter's mean "
-            + " and ".join(
-                "stable rank" if f.rule == "stable-rank-drift" else "energy rank" for f in adapter
-            )
-        )
-    return "DRIFT: " + " ".join(parts)
