@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from lora_audit.commands.inspect import TOOL, AuditOptions, inspect_adapter
+from lora_audit.commands.adapter_info import TOOL
+from lora_audit.commands.inspect import AuditOptions, inspect_adapter
 from lora_audit.decisions.check_rules import Policy, active_rules, evaluate
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type
@@ -67,7 +68,12 @@ def run_check(
     from lora_audit.formats import load_adapter
 
     device_type(engine.device)  # a usage error stops the run before any adapter is read
-    options = AuditOptions(energy=policy.energy, coverage=policy.coverage, engine=engine)
+    options = AuditOptions(
+        energy=policy.energy,
+        coverage=policy.coverage,
+        engine=engine,
+        settings_file=display_path(policy_file),
+    )
     reports: list[InspectReport] = []
     errors: list[AdapterError] = []
     for path in dict.fromkeys(paths):
@@ -88,7 +94,7 @@ def run_check(
             if on_error is not None:
                 on_error(exc)
     return assemble(
-        reports=reports, errors=errors, policy=policy, policy_file=_display(policy_file)
+        reports=reports, errors=errors, policy=policy, policy_file=display_path(policy_file)
     )
 
 
@@ -137,7 +143,7 @@ def assemble(
     )
 
 
-def _display(path: Path | None) -> str | None:
+def display_path(path: Path | None) -> str | None:
     """``path`` relative to the working directory when it lies below it, else absolute."""
     if path is None:
         return None
