@@ -12,14 +12,9 @@ from rich.text import Text
 from lora_audit.commands.inspect import AuditOptions, inspect_adapter
 from lora_audit.engine.device import EngineOptions
 from lora_audit.formats import load_adapter
-from lora_audit.render.table import (
-    BlockHeaders,
-    _fold,
-    _to_text,
-    layer_table,
-    layer_table_frame,
-    render_inspect,
-)
+from lora_audit.render.table import BlockHeaders, render_inspect
+from lora_audit.render.table._layout import Column, Grid, Row, fold, grid_table, to_text
+from lora_audit.render.table.inspect import layer_grid
 from lora_audit.report import InspectReport
 
 KOHYA_BLOCK = "unet_down_blocks_0_attentions_0_transformer_blocks_0_"
@@ -46,13 +41,17 @@ def test_long_block_names_span_the_table_on_one_line(color: bool) -> None:
     assert len(rows) == 2 and rows[0] == rows[1]
 
 
+def one_column(title_row: str, rows: list[Row], cells: list[str]) -> Grid:
+    return Grid(name=title_row, rows=rows, columns=[Column(header="r", cells=cells)])
+
+
 @pytest.mark.parametrize("color", [False, True])
 def test_blocks_wider_than_the_table_fold_at_name_boundaries(color: bool) -> None:
     headers = BlockHeaders()
-    table = layer_table_frame("t", numbers=("r",))
-    table.add_row(headers.cell(KOHYA_BLOCK))
-    table.add_row("  attn1_to_k", "8")
-    text = headers.expand(_to_text(table, width=30, color=color), width=30)
+    grid = one_column("layer", [Row(label="  attn1_to_k", block=KOHYA_BLOCK)], ["8"])
+    text = headers.expand(
+        to_text(grid_table(grid, width=30, headers=headers), width=30, color=color), width=30
+    )
     lines = visible(text)
     assert all(cell_len(line) <= 30 for line in lines)
     start = next(i for i, line in enumerate(lines) if line.strip().startswith("unet_"))
@@ -65,24 +64,26 @@ def test_blocks_wider_than_the_table_fold_at_name_boundaries(color: bool) -> Non
 @pytest.mark.parametrize("name", ["minilm-r16", "minilm-r8-rslora-patterns"])
 def test_short_blocks_render_as_a_plain_row_would(name: str) -> None:
     # PEFT blocks fit their column: the output is what rich prints with the block in the cell
-    report = report_of(name)
-    plain = _to_text(layer_table(report), width=100, color=False)
-    full = render_inspect(report, width=100)
-    assert full.startswith(plain)
+    grid, _ = layer_grid(report_of(name))
+    plain = to_text(grid_table(grid, width=100), width=100, color=False)
+    headers = BlockHeaders()
+    rendered = to_text(grid_table(grid, width=100, headers=headers), width=100, color=False)
+    assert headers.expand(rendered, width=100) == plain
 
 
 def test_fold() -> None:
-    assert _fold("a_b", 10) == ["a_b"]
-    assert _fold("unet_down_blocks_0_", 10) == ["unet_down_", "blocks_0_"]
-    assert _fold("abcdefghijklmnop", 10) == ["abcdefghijklmnop"]  # nowhere to break
-    assert all(re.fullmatch(r"[\w.]+", piece) for piece in _fold(KOHYA_BLOCK, 12))
+    assert fold("a_b", 10) == ["a_b"]
+    assert fold("unet_down_blocks_0_", 10) == ["unet_down_", "blocks_0_"]
+    assert fold("abcdefghijklmnop", 10) == ["abcdefghij", "klmnop"]  # nowhere to break
+    assert all(re.fullmatch(r"[\w.]+", piece) for piece in fold(KOHYA_BLOCK, 12))
+    assert all(cell_len(piece) <= 12 for piece in fold(KOHYA_BLOCK, 12))
 
 
 def test_names_with_private_use_characters_are_left_alone() -> None:
     headers = BlockHeaders()
-    table = layer_table_frame("path\ue005", numbers=("r",))
-    table.add_row(headers.cell("model.layers.0."))
-    table.add_row("  q\ue000proj", "8")
-    text = headers.expand(_to_text(table, width=40, color=False), width=40)
+    grid = one_column("path\ue005", [Row(label="  q\ue000proj", block="model.layers.0.")], ["8"])
+    text = headers.expand(
+        to_text(grid_table(grid, width=40, headers=headers), width=40, color=False), width=40
+    )
     assert "path\ue005" in text and "  q\ue000proj" in text
     assert " model.layers.0." in text

@@ -83,6 +83,11 @@ def inspect_report(
             mean_stable_rank=1.0,
             max_stable_rank=1.0,
             top_wasters=(),
+            wasted_params=params - params_after,
+            assumed_scale_layers=sum(layer.scale_source == "assumed" for layer in layers),
+            assumed_scales=tuple(
+                sorted({layer.scale for layer in layers if layer.scale_source == "assumed"})
+            ),
             advice=(),
         ),
     )

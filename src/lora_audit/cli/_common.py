@@ -257,16 +257,30 @@ def load_reported(path: Path, *, alpha: float | None, input_format: str) -> Adap
     return adapter
 
 
-def emit_report(report: Any, fmt: str, *, output: Path | None, role: str = "--output") -> None:
-    """Render a finished report in ``fmt`` and emit it.
-
-    Colour only for a table: on a terminal (``auto``), or as the settings file's ``color``
-    says (``always``, ``never``).
-    """
+def emit_report(
+    report: Any, fmt: str, *, output: Path | None, role: str = "--output", color: str = "auto"
+) -> None:
+    """Render a finished report in ``fmt`` and emit it; colour as :func:`use_color` decides."""
     from lora_audit.render import OutputFormat, render
 
     chosen = OutputFormat(fmt)
-    choice = "auto" if _state.SETTINGS is None else _state.SETTINGS.output.get("color", "auto")
-    terminal = output is None and stdout_is_terminal()
-    color = chosen is OutputFormat.TABLE and (choice == "always" or (choice == "auto" and terminal))
-    emit(render(report, chosen, width=terminal_width(), color=color), output=output, role=role)
+    use = chosen is OutputFormat.TABLE and use_color(color, to_file=output is not None)
+    emit(render(report, chosen, width=terminal_width(), color=use), output=output, role=role)
+
+
+def use_color(choice: str, *, to_file: bool = False) -> bool:
+    """Whether a table gets colour: ``--color always|never`` first, then the settings file's
+    ``color``; then a non-empty ``NO_COLOR`` (no-color.org) turns it off and a non-empty
+    ``FORCE_COLOR`` on; then ``TERM=dumb`` or a file or pipe means no colour, and a terminal
+    means colour."""
+    if choice == "auto" and _state.SETTINGS is not None:
+        choice = str(_state.SETTINGS.output.get("color", "auto"))
+    if choice in ("always", "never"):
+        return choice == "always"
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    if to_file or os.environ.get("TERM") == "dumb":
+        return False
+    return stdout_is_terminal()

@@ -36,6 +36,24 @@ OutputOption = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Write the report to this file instead of stdout."),
 ]
+
+
+class ColorChoice(StrEnum):
+    """When a table is printed in colour."""
+
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+ColorOption = Annotated[
+    ColorChoice,
+    typer.Option(
+        "--color",
+        help="Colour in tables: auto (on a terminal, unless NO_COLOR is set or TERM=dumb; "
+        "FORCE_COLOR forces it), always or never.",
+    ),
+]
 ForceOption = Annotated[
     bool,
     typer.Option(

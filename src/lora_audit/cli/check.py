@@ -27,6 +27,8 @@ from lora_audit.cli._common import (
 )
 from lora_audit.cli._options import (
     AlphaOption,
+    ColorChoice,
+    ColorOption,
     ConfigOption,
     CoverageOption,
     DebugOption,
@@ -91,6 +93,7 @@ def check_command(
     junit_xml: JunitXmlOption = None,
     no_step_summary: NoStepSummaryOption = False,
     force: ForceOption = False,
+    color: ColorOption = ColorChoice.AUTO,
     alpha: AlphaOption = None,
     device: DeviceOption = Device.AUTO,
     method: MethodOption = Method.AUTO,
@@ -140,7 +143,7 @@ def check_command(
             on_error=lambda exc: fail(str(exc)),
             progress=_progress,
         )
-        emit_report(report, fmt.value, output=output)
+        emit_report(report, fmt.value, output=output, color=color.value)
         write_extra_outputs(report, junit_xml=junit_xml, step_summary=summary)
         return exit_code_for(report)
 

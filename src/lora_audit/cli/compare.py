@@ -17,6 +17,8 @@ from lora_audit.cli._common import (
 )
 from lora_audit.cli._options import (
     AlphaOption,
+    ColorChoice,
+    ColorOption,
     CompareFormat,
     CompareFormatOption,
     ConfigOption,
@@ -57,6 +59,7 @@ def compare_command(
     output_format: CompareFormatOption = None,
     output: OutputOption = None,
     force: ForceOption = False,
+    color: ColorOption = ColorChoice.AUTO,
     plot: PlotOption = None,
     alpha: AlphaOption = None,
     input_format: InputFormatOption = InputFormat.AUTO,
@@ -88,7 +91,7 @@ def compare_command(
         with progress_bar(pairs, description="layers") as advance:
             report = compare_adapters(loaded_a, loaded_b, top_k=top_k, progress=advance, warn=warn)
         draw(report, request)
-        emit_report(report, fmt.value, output=output)
+        emit_report(report, fmt.value, output=output, color=color.value)
         return int(ExitCode.OK)
 
     run_guarded(body, force=force, inputs=[adapter_a, adapter_b])

@@ -21,6 +21,8 @@ from lora_audit.cli._common import (
 )
 from lora_audit.cli._options import (
     AlphaOption,
+    ColorChoice,
+    ColorOption,
     CompressFormat,
     CompressFormatOption,
     ConfigOption,
@@ -153,6 +155,7 @@ def compress_command(
     device: DeviceOption = Device.AUTO,
     method: MethodOption = Method.AUTO,
     input_format: InputFormatOption = InputFormat.AUTO,
+    color: ColorOption = ColorChoice.AUTO,
     base: Annotated[
         Path | None,
         typer.Option(
@@ -205,7 +208,7 @@ def compress_command(
         _claim_outputs(loaded, output=None if dry_run else output, report=report_file)
         with progress_bar(len(loaded.layers), description="compress") as advance:
             report = compress_adapter(loaded, options=options, progress=advance, warn=warn)
-        emit_report(report, fmt.value, output=report_file, role="--report")
+        emit_report(report, fmt.value, output=report_file, role="--report", color=color.value)
         return int(ExitCode.OK)
 
     run_guarded(body, force=force, inputs=[adapter], base=base)

@@ -20,6 +20,8 @@ from lora_audit.cli._options import (
     BaseKOption,
     BaseOption,
     BasePartialOption,
+    ColorChoice,
+    ColorOption,
     ConfigOption,
     CoverageOption,
     DebugOption,
@@ -63,6 +65,7 @@ def inspect_command(
     output_format: InspectFormatOption = None,
     output: OutputOption = None,
     force: ForceOption = False,
+    color: ColorOption = ColorChoice.AUTO,
     alpha: AlphaOption = None,
     coverage: CoverageOption = None,
     device: DeviceOption = Device.AUTO,
@@ -127,7 +130,7 @@ def inspect_command(
                     warn=warn,
                 )
         draw(report, request)
-        emit_report(report, fmt.value, output=output)
+        emit_report(report, fmt.value, output=output, color=color.value)
         return int(ExitCode.OK)
 
     run_guarded(body, force=force, inputs=[adapter], base=base)

@@ -19,6 +19,8 @@ from lora_audit.cli._common import (
 )
 from lora_audit.cli._options import (
     AlphaOption,
+    ColorChoice,
+    ColorOption,
     ConfigOption,
     DebugOption,
     Device,
@@ -79,6 +81,7 @@ def trend_command(
     output_format: TrendFormatOption = None,
     output: OutputOption = None,
     force: ForceOption = False,
+    color: ColorOption = ColorChoice.AUTO,
     plot: PlotOption = None,
     alpha: AlphaOption = None,
     device: DeviceOption = Device.AUTO,
@@ -141,7 +144,7 @@ def trend_command(
         with progress_bar(total, description="checkpoints") as advance:
             report = trend_of(loaded, options=options, progress=advance, warn=warn, notes=notes)
         draw(report, request)
-        emit_report(report, fmt.value, output=output)
+        emit_report(report, fmt.value, output=output, color=color.value)
         return exit_code_for(report)
 
     run_guarded(body, force=force, inputs=checkpoints)

@@ -19,7 +19,7 @@ from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.errors import InputError
 from lora_audit.report import AdapterError, CheckReport, Finding, InspectReport
-from lora_audit.report.check import CheckStatus
+from lora_audit.report.check import AdapterVerdict, CheckStatus, CheckTotals
 
 #: Opens a progress callback for one adapter: ``(adapter path, layer count) → context``.
 ProgressFactory = Callable[[str, int], AbstractContextManager[Progress | None]]
@@ -112,6 +112,23 @@ def assemble(
         for v in evaluate(report, policy=policy)
     )
     status: CheckStatus = "error" if errors else "fail" if findings else "pass"
+    verdicts: list[AdapterVerdict] = []
+    for report in reports:
+        found = sum(f.adapter == report.adapter.path for f in findings)
+        verdicts.append(
+            AdapterVerdict(
+                path=report.adapter.path, status="fail" if found else "pass", findings=found
+            )
+        )
+    verdicts += [AdapterVerdict(path=e.path, status="unreadable", findings=0) for e in errors]
+    failed = sum(v.status == "fail" for v in verdicts)
+    totals = CheckTotals(
+        checked=len(verdicts),
+        passed=len(reports) - failed,
+        failed=failed,
+        unreadable=len(errors),
+        findings=len(findings),
+    )
     return CheckReport(
         tool=TOOL,
         policy=policy.as_dict(),
@@ -121,6 +138,8 @@ def assemble(
         errors=tuple(errors),
         findings=findings,
         status=status,
+        verdicts=tuple(verdicts),
+        totals=totals,
     )
 
 

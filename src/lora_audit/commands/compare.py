@@ -220,4 +220,5 @@ def _summary(
         mean_left_overlap=sum(left) / len(left) if left else None,
         mean_right_overlap=sum(right) / len(right) if right else None,
         most_different=tuple(layer.name for layer in ranked[:MOST_DIFFERENT]),
+        compared=len(layers),
     )

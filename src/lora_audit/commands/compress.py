@@ -314,6 +314,8 @@ def _report(
     )
     total = sum(layer.frobenius_norm**2 for layer in layers)
     lost = sum((layer.relative_error * layer.frobenius_norm) ** 2 for layer in layers)
+    params = sum(layer.params for layer in layers)
+    params_after = sum(layer.params_after for layer in layers)
     info = adapter_info(adapter)
     output = options.output
     fmt = f"{adapter.format} {'directory' if output_is_directory(adapter) else 'file'}"
@@ -335,13 +337,15 @@ def _report(
         summary=CompressSummary(
             layer_count=len(layers),
             truncated=sum(layer.action == "truncated" for layer in layers),
-            params=sum(layer.params for layer in layers),
-            params_after=sum(layer.params_after for layer in layers),
+            params=params,
+            params_after=params_after,
             min_energy_kept=min((layer.energy_kept for layer in layers), default=1.0),
             max_relative_error=max((layer.relative_error for layer in layers), default=0.0),
             relative_error=math.sqrt(lost / total) if total > 0 else 0.0,
             file_bytes=info.file_bytes,
             file_bytes_after=file_after,
+            saved_fraction=1 - params_after / params if params else 0.0,
+            assumed_scale_layers=info.scale_sources.get("assumed", 0),
         ),
         warnings=tuple(warnings),
     )

@@ -6,6 +6,7 @@ retraining plan, and the advice text, assembled into frozen report objects.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -95,7 +96,11 @@ def inspect_adapter(
         ),
         layers=layers,
         summary=_summary(
-            layers, plan, energy=options.energy, compressible=compress_refusal(adapter) is None
+            layers,
+            plan,
+            energy=options.energy,
+            compressible=compress_refusal(adapter) is None,
+            path=str(adapter.path),
         ),
         warnings=(*adapter.warnings, *engine_warnings),
     )
@@ -139,11 +144,17 @@ def _layer_report(layer: LoraLayer, s: SpectrumSummary) -> LayerReport:
         structure=layer.structure.value,
         network_dim=layer.network_dim,
         scale_source=layer.scale_source,
+        mostly_wasted=(layer.params - params_after) * 2 > layer.params,
     )
 
 
 def _summary(
-    layers: Sequence[LayerReport], plan: RankPlan, *, energy: float, compressible: bool = True
+    layers: Sequence[LayerReport],
+    plan: RankPlan,
+    *,
+    energy: float,
+    compressible: bool = True,
+    path: str = "ADAPTER",
 ) -> Summary:
     params = sum(layer.params for layer in layers)
     params_after = sum(layer.params_after for layer in layers)
@@ -159,6 +170,10 @@ def _summary(
         (layer for layer in layers if layer.wasted_params > 0),
         key=lambda layer: (-layer.wasted_params, layer.name),
     )
+    top = tuple(layer.name for layer in wasters[:TOP_WASTERS])
+    command = compress_command(path, energy=energy) if params_after < params else None
+    command = command if compressible else None  # never name a command that refuses
+    assumed = [layer for layer in layers if layer.scale_source == "assumed"]
     return Summary(
         layer_count=len(layers),
         untrained_layers=untrained,
@@ -174,16 +189,33 @@ def _summary(
         wasted_fraction=wasted_fraction,
         mean_stable_rank=sum(stable) / len(stable) if stable else 0.0,
         max_stable_rank=max(stable, default=0.0),
-        top_wasters=tuple(layer.name for layer in wasters[:TOP_WASTERS]),
+        top_wasters=top,
         advice=_advice(
             plan, energy=energy, nominal=nominal, untrained=untrained,
             params=params, params_after=params_after, layer_count=len(layers),
             structured=any(layer.structure != "lora" for layer in layers),
-            compressible=compressible,
+            command=command, top_wasters=top,
         ),
+        wasted_params=params - params_after,
+        compress_command=command,
+        assumed_scale_layers=len(assumed),
+        assumed_scales=tuple(sorted({layer.scale for layer in assumed})),
         keep_structure=plan.keep_structure,
         network_dims=tuple(sorted({lr.network_dim for lr in layers if lr.network_dim})),
     )  # fmt: skip
+
+
+def compress_command(path: str, *, energy: float) -> str:
+    """The ``lora-audit compress`` line for this adapter, its path shell-quoted as given.
+
+    The output sits next to the input: ``DIR-compressed`` or ``NAME-compressed.safetensors``.
+    """
+    source = path.rstrip("/") or path
+    stem, dot, suffix = source.rpartition(".")
+    plain = not dot or "/" in suffix or suffix != "safetensors"
+    out = f"{source}-compressed" if plain else f"{stem}-compressed.{suffix}"
+    pct = f"{energy:.4g}"
+    return f"lora-audit compress {shlex.quote(path)} -o {shlex.quote(out)} --energy {pct}"
 
 
 def _advice(
@@ -196,10 +228,19 @@ def _advice(
     params_after: int,
     layer_count: int,
     structured: bool,
-    compressible: bool = True,
+    command: str | None = None,
+    top_wasters: Sequence[str] = (),
 ) -> tuple[str, ...]:
+    """What to do, gain first: truncate now (the exact command), then how to retrain."""
     lines: list[str] = []
     pct = f"{energy:.4g}".rstrip("0")
+    if command is not None:
+        saved = 1 - params_after / params
+        most = f"; most in {', '.join(top_wasters[:3])}" if top_wasters else ""
+        lines.append(
+            f"Truncate now to drop {params - params_after:,} of {params:,} parameters "
+            f"({saved:.1%}) and keep ≥{pct} of every layer's energy{most}: `{command}`"
+        )
     if plan.keep_structure:
         lines.append(
             f"Keep the LyCORIS structure as trained: plain LoRA at the ranks these layers need "
@@ -221,14 +262,10 @@ def _advice(
         )
     else:
         lines.append(
-            f"Keep r={nominal}: at τ={pct}, {plan.coverage:.0%} of the trained layers need up "
-            f"to {plan.quantile} of it."
-        )
-    if params_after < params and compressible:  # never name a command that refuses
-        saved = 1 - params_after / params
-        lines.append(
-            f"Or truncate now: `lora-audit compress ADAPTER -o OUT --energy {pct}` keeps "
-            f"{params_after:,} parameters ({saved:.0%} fewer) and ≥{pct} of every layer's energy."
+            f"Retrain at the same r={nominal}: at τ={pct}, {plan.coverage:.0%} of the trained "
+            f"layers need up to {plan.quantile} of its ranks, and a smaller power of two would "
+            "cut into them (a low stable rank says the energy is concentrated, not that the "
+            f"last {1 - energy:.2g} of it fits in fewer ranks)."
         )
     if untrained:
         lines.append(

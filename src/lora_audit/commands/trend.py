@@ -281,6 +281,7 @@ def trend_of(
         findings=findings,
         status="drift" if drift else "pass",
         warnings=tuple(warnings),
+        drifting_layers=sum(bool(layer.drift) for layer in layers),
     )
 
 

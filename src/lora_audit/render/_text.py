@@ -55,14 +55,14 @@ def policy_source(report: CheckReport) -> str:
 
 def verdict(report: CheckReport) -> str:
     """One line: how many adapters were checked and how they fared."""
-    checked = len(report.adapters) + len(report.errors)
-    failed = len({f.adapter for f in report.findings})
-    passed = len(report.adapters) - failed
-    parts = [f"{checked} adapter{'s' if checked != 1 else ''} checked", f"{passed} passed"]
-    if failed:
-        parts.append(f"{failed} failed with {len(report.findings)} finding(s)")
-    if report.errors:
-        parts.append(f"{len(report.errors)} unreadable")
+    t = report.totals
+    if t is None:
+        raise ValueError("a check report without totals (build it with commands.check.assemble)")
+    parts = [f"{t.checked} adapter{'s' if t.checked != 1 else ''} checked", f"{t.passed} passed"]
+    if t.failed:
+        parts.append(f"{t.failed} failed with {t.findings} finding(s)")
+    if t.unreadable:
+        parts.append(f"{t.unreadable} unreadable")
     return f"{report.status.upper()}: " + ", ".join(parts)
 
 
@@ -75,12 +75,12 @@ def scale_sources_text(sources: Mapping[str, int]) -> str:
 
 def assumed_scale_text(report: InspectReport) -> str | None:
     """The loud line for layers whose scale nothing in the file gave; ``None`` when none."""
-    assumed = [layer for layer in report.layers if layer.scale_source == "assumed"]
-    if not assumed:
+    s = report.summary
+    if not s.assumed_scale_layers:
         return None
-    scales = ", ".join(f"{s:g}" for s in sorted({layer.scale for layer in assumed}))
+    scales = ", ".join(f"{scale:g}" for scale in s.assumed_scales)
     return (
-        f"scale ASSUMED for {len(assumed)} of {len(report.layers)} layers: the file records "
+        f"scale ASSUMED for {s.assumed_scale_layers} of {s.layer_count} layers: the file records "
         f"no scale for them, so s = {scales} was used and their σ are only as right as that "
         "guess (see the warnings)"
     )
@@ -119,11 +119,10 @@ def adapter_rank_text(s: Summary) -> str:
 
 def trend_verdict(report: TrendReport) -> str:
     """``PASS: no series keeps rising …`` or ``DRIFT: N layer(s) keep rising …``."""
-    flagged = [layer for layer in report.layers if layer.drift]
     if not report.findings:
         return f"PASS: no series keeps rising over the last {report.settings.window} checkpoints"
     adapter = [f for f in report.findings if f.layer is None]
-    parts = [f"{len(flagged)} layer(s) keep rising"]
+    parts = [f"{report.drifting_layers} layer(s) keep rising"]
     if adapter:
         parts.append(
             "and so does the adapter's mean "

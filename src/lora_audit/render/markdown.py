@@ -70,24 +70,24 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
         + (", ".join(code(rule) for rule in report.rules) or "none"),
         "",
     ]
+    summaries = {adapter.adapter.path: adapter.summary for adapter in report.adapters}
     rows = []
-    for adapter in report.adapters:
-        s = adapter.summary
-        found = report.findings_for(adapter.adapter.path)
-        status = f"{_ICONS['fail']} fail" if found else f"{_ICONS['pass']} pass"
+    for one in report.verdicts:
+        s = summaries.get(one.path)
+        if one.status == "unreadable" or s is None:
+            rows.append([code(one.path), f"{_ICONS['error']} unreadable", "", "", "", "", ""])
+            continue
         rows.append(
             [
-                code(adapter.adapter.path),
-                status,
+                code(one.path),
+                f"{_ICONS[one.status]} {one.status}",
                 str(s.layer_count),
                 str(s.nominal_rank),
                 f"{s.wasted_fraction:.1%}",
                 "keep" if s.keep_structure else f"r={s.recommended_rank}",
-                str(len(found)),
+                str(one.findings),
             ]
         )
-    for error in report.errors:
-        rows.append([code(error.path), f"{_ICONS['error']} unreadable", "", "", "", "", ""])
     header = ["adapter", "status", "layers", "r", "wasted", "retrain at", "findings"]
     lines += table(header, rows, right=5)
     if report.findings:

@@ -6,7 +6,13 @@ contract documented in the README and in ``report/schema/inspect.schema.json``.
 
 from __future__ import annotations
 
-from lora_audit.report.check import AdapterError, CheckReport, Finding
+from lora_audit.report.check import (
+    AdapterError,
+    AdapterVerdict,
+    CheckReport,
+    CheckTotals,
+    Finding,
+)
 from lora_audit.report.common import SCHEMA_VERSION, AdapterInfo, ToolInfo, to_dict
 from lora_audit.report.compare import CompareReport, CompareSummary, LayerComparison, ShapeMismatch
 from lora_audit.report.compress import (
@@ -23,10 +29,12 @@ __all__ = [
     "SCHEMA_VERSION",
     "AdapterError",
     "AdapterInfo",
+    "AdapterVerdict",
     "BaseLayerReport",
     "BaseStat",
     "BaseSummary",
     "CheckReport",
+    "CheckTotals",
     "CheckpointSummary",
     "CompareReport",
     "CompareSummary",

@@ -52,6 +52,30 @@ class AdapterError:
     message: str
 
 
+AdapterStatus = Literal["pass", "fail", "unreadable"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterVerdict:
+    """How one adapter fared: ``pass``, ``fail`` (it has findings) or ``unreadable``."""
+
+    path: str
+    status: AdapterStatus
+    findings: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckTotals:
+    """How many adapters were checked (readable or not), passed, failed, were unreadable,
+    and how many findings there are in all."""
+
+    checked: int
+    passed: int
+    failed: int
+    unreadable: int
+    findings: int
+
+
 @dataclass(frozen=True, kw_only=True)
 class CheckReport:
     """Everything ``lora-audit check`` reports: the inspect reports plus the findings.
@@ -83,6 +107,9 @@ class CheckReport:
     errors: tuple[AdapterError, ...]
     findings: tuple[Finding, ...]
     status: CheckStatus
+    #: One verdict per adapter: the readable ones in the order given, then the unreadable.
+    verdicts: tuple[AdapterVerdict, ...] = ()
+    totals: CheckTotals | None = None
     schema_version: str = field(default=SCHEMA_VERSION)
     kind: str = "check"
 

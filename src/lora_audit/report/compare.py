@@ -74,6 +74,8 @@ class CompareSummary:
     mean_left_overlap: float | None
     mean_right_overlap: float | None
     most_different: tuple[str, ...]
+    #: How many matched layers were compared (those of the same shape in both).
+    compared: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

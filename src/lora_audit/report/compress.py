@@ -64,6 +64,10 @@ class CompressSummary:
     relative_error: float
     file_bytes: int
     file_bytes_after: int | None
+    #: ``1 − params_after / params`` (0 for an empty adapter).
+    saved_fraction: float = 0.0
+    #: Layers whose scale nothing in the input gave (the output bakes that guess in).
+    assumed_scale_layers: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

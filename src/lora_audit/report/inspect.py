@@ -57,6 +57,8 @@ class LayerReport:
     scale_source: str = "assumed"
     #: Base-aware metrics (``inspect --base``); ``None`` without a base or for an unmatched layer.
     base: BaseLayerReport | None = None
+    #: More than half of the layer's parameters are what ``compress --energy τ`` removes.
+    mostly_wasted: bool = False
 
     @property
     def wasted_params(self) -> int:
@@ -91,6 +93,14 @@ class Summary:
     network_dims: tuple[int, ...] = ()
     #: Adapter-wide base-aware summary (``inspect --base``); ``None`` without a base.
     base: BaseSummary | None = None
+    #: ``params − params_after``: what ``compress --energy τ`` removes.
+    wasted_params: int = 0
+    #: The ``lora-audit compress`` command for this adapter (its path shell-quoted as given);
+    #: ``None`` when compress would remove nothing or refuses this adapter.
+    compress_command: str | None = None
+    #: How many layers have a scale nothing in the file gave, and those scales (distinct).
+    assumed_scale_layers: int = 0
+    assumed_scales: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

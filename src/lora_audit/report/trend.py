@@ -100,5 +100,7 @@ class TrendReport:
     findings: tuple[Finding, ...]
     status: TrendStatus
     warnings: tuple[str, ...] = ()
+    #: How many layers have a drifting series (``LayerTrend.drift`` not empty).
+    drifting_layers: int = 0
     schema_version: str = field(default=SCHEMA_VERSION)
     kind: str = "trend"

@@ -1,0 +1,107 @@
+"""``compress`` as a table: per layer old r → new k, energy kept and error; then the totals."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from lora_audit.render.escape import escaped_report, for_terminal
+from lora_audit.render.table._blocks import BlockHeaders, block_prefix, block_rows
+from lora_audit.render.table._cells import shape
+from lora_audit.render.table._layout import (
+    Column,
+    Grid,
+    Row,
+    grid_table,
+    info_grid,
+    title,
+    to_text,
+)
+from lora_audit.report import CompressReport
+
+
+def compress_title(report: CompressReport, *, prefix: str) -> str:
+    """``PATH → OUTPUT · rule · names start with PREFIX``."""
+    s = report.settings
+    value = f"{s.value:,.0f}" if s.mode == "budget" else f"{s.value:g}"  # not 2e+06
+    rule = f"{s.mode} {value}" + (
+        f", ranks in [{s.min_rank}, {s.max_rank}]"
+        if s.max_rank is not None
+        else (f", ranks ≥ {s.min_rank}" if s.min_rank > 1 else "")
+    )
+    text = f"{report.adapter.path} → {report.output or '(dry run)'} · {rule}"
+    return text + (f" · names start with {prefix}" if prefix else "")
+
+
+def compress_grid(report: CompressReport) -> tuple[Grid, str]:
+    """One row per layer, under its numbered block, and the name prefix left out."""
+    layers = report.layers
+    names = [layer.name for layer in layers]
+    prefix = block_prefix(names)
+    rows = [Row(label=label, block=block) for block, label in block_rows(names, prefix=prefix)]
+    columns = [
+        Column(header="shape", cells=[shape(x.shape) for x in layers], drop=2),
+        Column(
+            header="r → k",
+            cells=[
+                f"{x.rank} → {x.new_rank}" if x.action == "truncated" else f"{x.rank} (kept)"
+                for x in layers
+            ],
+        ),
+        Column(
+            header="energy kept",
+            short="kept",
+            cells=[f"{x.energy_kept:.4f}" for x in layers],
+            drop=1,
+        ),
+        Column(
+            header="rel. error", short="error", cells=[f"{x.relative_error:.4f}" for x in layers]
+        ),
+        Column(header="params", cells=[f"{x.params:,} → {x.params_after:,}" for x in layers]),
+    ]
+    return Grid(name="layer", rows=rows, columns=columns), prefix
+
+
+def totals_table(report: CompressReport) -> Table:
+    """Layers truncated, parameters, error and file size."""
+    t = report.summary
+    info = info_grid()
+    info.add_row("layers", f"{t.truncated} of {t.layer_count} truncated")
+    info.add_row("parameters", f"{t.params:,} → {t.params_after:,} ({t.saved_fraction:.1%} fewer)")
+    info.add_row(
+        "error",
+        f"adapter ‖ΔW − ΔW_k‖F/‖ΔW‖F = {t.relative_error:.4f}; worst layer "
+        f"{t.max_relative_error:.4f}; min energy kept {t.min_energy_kept:.4f}",
+    )
+    after = (
+        "(dry run: nothing written)"
+        if t.file_bytes_after is None
+        else (f"{t.file_bytes_after:,} bytes")
+    )
+    info.add_row("file", f"{t.file_bytes:,} bytes → {after}")
+    if t.assumed_scale_layers:
+        info.add_row(
+            Text("ASSUMED", style="bold red"),
+            Text(
+                f"scale assumed for {t.assumed_scale_layers} of {t.layer_count} layers (nothing in "
+                "the input gives it): the output bakes that guess into its factors",
+                style="bold red",
+            ),
+        )
+    if report.output and not report.dry_run:
+        info.add_row("written", f"{report.output} ({report.output_format})")
+    return info
+
+
+@escaped_report(for_terminal)
+def render_compress(report: CompressReport, *, width: int = 100, color: bool = False) -> str:
+    """Per layer old r → new k, energy kept and error; then totals and file sizes."""
+    headers = BlockHeaders()
+    grid, prefix = compress_grid(report)
+    parts = (
+        title(compress_title(report, prefix=prefix), width=width),
+        grid_table(grid, width=width, headers=headers),
+        totals_table(report),
+    )
+    return headers.expand(to_text(Group(*parts), width=width, color=color), width=width)
