@@ -17,12 +17,16 @@ from lora_audit.report.compress import (
 )
 from lora_audit.report.inspect import InspectReport, LayerReport, Settings, Summary
 from lora_audit.report.inspect_base import BaseLayerReport, BaseStat, BaseSummary
+from lora_audit.report.many import InspectManyReport
+from lora_audit.report.rows import AdapterRow, AdapterVerdict
 from lora_audit.report.trend import CheckpointSummary, LayerTrend, TrendReport, TrendSettings
 
 __all__ = [
     "SCHEMA_VERSION",
     "AdapterError",
     "AdapterInfo",
+    "AdapterRow",
+    "AdapterVerdict",
     "BaseLayerReport",
     "BaseStat",
     "BaseSummary",
@@ -34,6 +38,7 @@ __all__ = [
     "CompressSettings",
     "CompressSummary",
     "Finding",
+    "InspectManyReport",
     "InspectReport",
     "LayerComparison",
     "LayerCompression",
