@@ -25,6 +25,7 @@ from lora_audit.cli._options import (
     Device,
     DeviceOption,
     ForceOption,
+    IncludeCheckpointsOption,
     InputFormat,
     InputFormatOption,
     MaxLayerWasteOption,
@@ -48,7 +49,8 @@ def check_command(
     adapters: Annotated[
         list[Path],
         typer.Argument(
-            help="PEFT adapter directories or .safetensors files (several allowed).",
+            help="Adapters (PEFT directories, .safetensors or .gguf files), or directories to "
+            "search for them (several allowed).",
             show_default=False,
         ),
     ],
@@ -74,6 +76,7 @@ def check_command(
     device: DeviceOption = Device.AUTO,
     method: MethodOption = Method.AUTO,
     input_format: InputFormatOption = InputFormat.AUTO,
+    include_checkpoints: IncludeCheckpointsOption = False,
 ) -> None:
     """Gate adapters on a policy: fail (exit 1) when one pays for rank it does not use.
 
@@ -113,9 +116,11 @@ def check_command(
             engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
             alpha=alpha,
             input_format=input_format.value,
+            include_checkpoints=include_checkpoints,
             warn=warn,
             on_error=lambda exc: err(f"lora-audit: error: {exc}"),
             progress=_progress,
+            notice=lambda note: err(f"lora-audit: {note}"),
         )
         emit_report(report, output_format.value, output=output)
         return exit_code_for(report)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lora_audit.cli._common import (
     check_fraction,
     emit_report,
+    err,
     load_reported,
     preflight,
     progress_bar,
@@ -26,6 +27,7 @@ from lora_audit.cli._options import (
     DeviceOption,
     EnergyOption,
     ForceOption,
+    IncludeCheckpointsOption,
     InputFormat,
     InputFormatOption,
     InspectFormat,
@@ -35,15 +37,21 @@ from lora_audit.cli._options import (
     PlotLayersOption,
     PlotOption,
 )
-from lora_audit.errors import ExitCode
+from lora_audit.errors import ExitCode, UsageError
+
+if TYPE_CHECKING:
+    from lora_audit.commands.inspect import AuditOptions
+    from lora_audit.formats.discovery import Discovery
+    from lora_audit.report import InspectManyReport
 
 
 def inspect_command(
-    adapter: Annotated[
-        Path,
+    adapters: Annotated[
+        list[Path],
         typer.Argument(
             help="A PEFT adapter directory or a .safetensors file (PEFT, kohya, LyCORIS, "
-            "diffusers).",
+            "diffusers), a Hugging Face cache directory (hub/models--org--name), or several, "
+            "or directories to search for adapters.",
             show_default=False,
         ),
     ],
@@ -63,12 +71,18 @@ def inspect_command(
     base: BaseOption = None,
     base_k: BaseKOption = None,
     base_partial: BasePartialOption = False,
+    include_checkpoints: IncludeCheckpointsOption = False,
 ) -> None:
-    """Per-layer singular spectra, stable and effective ranks, energy ranks and advice."""
+    """Per-layer singular spectra, stable and effective ranks, energy ranks and advice.
+
+    With several adapters (named, or found below a directory): each one's report, then one
+    summary row per adapter; exit 3 when one could not be read.
+    """
 
     def body() -> int:
         from lora_audit.cli._plot import draw, plot_request
         from lora_audit.commands.inspect import AuditOptions, inspect_adapter
+        from lora_audit.commands.many import discovery_note, find_adapters
         from lora_audit.engine.spectra import EngineOptions
 
         options = AuditOptions(
@@ -82,6 +96,22 @@ def inspect_command(
             from lora_audit.commands.inspect_base import check_base_options
 
             check_base_options(base, k=base_k, partial=base_partial)  # before any work
+        discovery = find_adapters(adapters, include_checkpoints=include_checkpoints)
+        if (note := discovery_note(discovery)) is not None:
+            err(f"lora-audit: {note}")
+        if len(discovery.found) != 1:
+            if plot is not None or base is not None:
+                raise UsageError(
+                    f"{'--plot' if plot is not None else '--base'} takes one adapter; "
+                    f"{len(discovery.found)} were found",
+                    hint="name one adapter, or leave the option out",
+                )
+            report = _inspect_many(discovery, options, alpha=alpha, input_format=input_format)
+            emit_report(report, output_format.value, output=output)
+            return int(ExitCode.INPUT if report.status == "error" else ExitCode.OK)
+        if discovery.found[0].error is not None:
+            raise discovery.found[0].error
+        adapter = discovery.found[0].path
         loaded = load_reported(adapter, alpha=alpha, input_format=input_format.value)
         request = plot_request(plot, layers=plot_layers, names=[x.name for x in loaded.layers])
         with progress_bar(len(loaded.layers), description="spectra") as advance:
@@ -103,4 +133,24 @@ def inspect_command(
         emit_report(report, output_format.value, output=output)
         return int(ExitCode.OK)
 
-    run_guarded(body, force=force, inputs=[adapter], base=base)
+    run_guarded(body, force=force, inputs=adapters, base=base)
+
+
+def _inspect_many(
+    discovery: Discovery, options: AuditOptions, *, alpha: float | None, input_format: InputFormat
+) -> InspectManyReport:
+    """Several adapters, audited side by side with one progress bar over them."""
+    from lora_audit.commands.many import audit_all, inspect_many
+
+    total = len(discovery.found)
+    with progress_bar(total, description=f"{total} adapters") as advance:
+        outcomes = audit_all(
+            discovery.found,
+            options=options,
+            alpha=alpha,
+            input_format=input_format.value,
+            warn=warn,
+            on_error=lambda exc: err(f"lora-audit: error: {exc}"),
+            progress=advance,
+        )
+    return inspect_many(outcomes, options=options)

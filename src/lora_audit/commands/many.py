@@ -46,9 +46,10 @@ def find_adapters(paths: Sequence[Path], *, include_checkpoints: bool = False) -
 def discovery_note(discovery: Discovery) -> str | None:
     """One line for stderr about what a directory search found and skipped; ``None`` when
     every path named one adapter."""
-    if not discovery.searched:
-        return None
     n = len(discovery.found)
+    skipped = discovery.skipped_checkpoints or discovery.skipped_files
+    if not discovery.searched or (n == 1 and not skipped):
+        return None
     parts = [f"found {n} adapter{'s' if n != 1 else ''}"]
     if discovery.skipped_checkpoints:
         k = discovery.skipped_checkpoints
@@ -69,6 +70,7 @@ def audit_all(
     alpha: float | None = None,
     input_format: str = "auto",
     warn: Warn | None = None,
+    on_error: Callable[[InputError], None] | None = None,
     progress: Progress | None = None,
 ) -> list[Outcome]:
     """Inspect every adapter in ``found``, a few at once; the outcomes in the same order.
@@ -83,6 +85,8 @@ def audit_all(
         As for :func:`~lora_audit.formats.load_adapter`.
     warn
         Receives each adapter's warnings (reader and engine), in audit order.
+    on_error
+        Receives the error of each adapter that could not be read, in audit order.
     progress
         Advanced by one as each adapter is done.
 
@@ -109,6 +113,8 @@ def audit_all(
             for message in messages:
                 if warn is not None:
                     warn(message)
+            if outcome.error is not None and on_error is not None:
+                on_error(outcome.error)
             outcomes.append(outcome)
             if progress is not None:
                 progress(1)
