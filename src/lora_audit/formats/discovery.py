@@ -220,8 +220,7 @@ def _walk(
                 _repo(child, search, depth=depth)
             elif _is_adapter_dir(child):
                 search.add(Found(path=child))
-                if search.include_checkpoints:
-                    _walk(child, search, depth=depth + 1, own_files=False, checkpoints_only=True)
+                _walk(child, search, depth=depth + 1, own_files=False, checkpoints_only=True)
             else:
                 _walk(child, search, depth=depth + 1)
         elif own_files and name.endswith(_ADAPTER_SUFFIXES) and entry.is_file():
