@@ -93,7 +93,7 @@ def test_refs_main_naming_a_missing_snapshot_is_an_error_not_a_download(hub: Pat
 def test_a_repository_without_refs_main_asks_for_a_snapshot(hub: Path) -> None:
     repo = hub / "models--org--lean"
     (repo / "refs" / "main").unlink()
-    with pytest.raises(InputError, match="without refs/main.*snapshots/<hash>"):
+    with pytest.raises(InputError, match=r"without refs/main.*snapshots/<hash>"):
         snapshot_of(repo)
 
 

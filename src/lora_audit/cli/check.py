@@ -12,7 +12,6 @@ from lora_audit.cli._common import (
     emit_report,
     err,
     exit_code_for,
-    options_dict,
     outputs,
     preflight,
     progress_bar,
@@ -130,17 +129,9 @@ def check_command(
 
 def _validated_flags(**given: float | int | None) -> dict[str, float | int]:
     """The policy flags the user gave, by field name; an invalid value is a usage error."""
-    from lora_audit.decisions.check_rules import SETTINGS, Policy
+    from lora_audit.commands.options import policy_settings
 
-    values = options_dict(**given)
-    for setting in SETTINGS:
-        value = values.get(setting.field)
-        if value is not None and (problem := setting.problem(value)) is not None:
-            default = getattr(Policy(), setting.field)
-            raise UsageError(
-                f"--{setting.key} = {value:g} {problem}", hint=f"e.g. --{setting.key} {default:g}"
-            )
-    return values
+    return policy_settings(**given)
 
 
 def _progress(path: str, layers: int) -> AbstractContextManager[Progress | None]:

@@ -106,9 +106,9 @@ def inspect_command(
                     f"{len(discovery.found)} were found",
                     hint="name one adapter, or leave the option out",
                 )
-            report = _inspect_many(discovery, options, alpha=alpha, input_format=input_format)
-            emit_report(report, output_format.value, output=output)
-            return int(ExitCode.INPUT if report.status == "error" else ExitCode.OK)
+            many = _inspect_many(discovery, options, alpha=alpha, input_format=input_format)
+            emit_report(many, output_format.value, output=output)
+            return int(ExitCode.INPUT if many.status == "error" else ExitCode.OK)
         if discovery.found[0].error is not None:
             raise discovery.found[0].error
         adapter = discovery.found[0].path

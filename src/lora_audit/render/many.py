@@ -17,12 +17,12 @@ from typing import Any
 from lora_audit.render.escape import escaped_report, for_terminal, for_xml
 from lora_audit.render.github import command
 from lora_audit.render.markdown import code, prose, table
-from lora_audit.report import AdapterRow, InspectManyReport
+from lora_audit.report import AdapterRow, AdapterVerdict, InspectManyReport
 
 Renderer = Callable[..., str]
 
 #: How a verdict reads in a row.
-VERDICT_TEXT = {
+VERDICT_TEXT: dict[AdapterVerdict, str] = {
     "keep": "keep r",
     "retrain": "retrain",
     "keep-structure": "keep structure",
@@ -217,7 +217,7 @@ def with_junit_rows(base: Renderer) -> Renderer:
 
 
 def _junit_properties(row: AdapterRow) -> list[tuple[str, str]]:
-    values = [("verdict", row.verdict)]
+    values: list[tuple[str, str]] = [("verdict", row.verdict)]
     if row.wasted_fraction is not None:
         values.append(("waste", f"{row.wasted_fraction:.4g}"))
     if row.mean_stable_rank is not None and row.max_stable_rank is not None:
