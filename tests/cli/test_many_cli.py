@@ -134,7 +134,7 @@ def test_check_a_folder_in_every_format(workdir: Path) -> None:
     suites = {s.get("name"): s for s in root.iter("testsuite")}
     props = {p.get("name"): p.get("value") for p in suites["runs/wasteful"].iter("property")}
     assert props["lora-audit.verdict"] == "fail" and props["lora-audit.waste"] == "0.875"
-    assert list(suites["runs/wasteful"])[0].tag == "properties"  # first, as JUnit XSDs ask
+    assert suites["runs/wasteful"][0].tag == "properties"  # first, as JUnit XSDs ask
 
 
 def test_the_summary_row_schema_is_the_same_in_both_files() -> None:
