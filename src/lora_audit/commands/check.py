@@ -7,6 +7,7 @@ code is 1 when any rule fires, else 0.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
@@ -26,7 +27,7 @@ from lora_audit.decisions.check_rules import Policy, active_rules, evaluate
 from lora_audit.engine.spectra import EngineOptions, Progress, Warn, device_type
 from lora_audit.errors import InputError
 from lora_audit.formats.discovery import Found
-from lora_audit.report import AdapterError, AdapterRow, CheckReport, InspectReport
+from lora_audit.report import AdapterError, AdapterRow, CheckReport, Finding, InspectReport
 from lora_audit.report.check import CheckStatus
 
 #: Opens a progress callback for one adapter: ``(adapter path, layer count) → context``.
@@ -163,7 +164,11 @@ def assemble(
     policy_file: str | None,
 ) -> CheckReport:
     """Apply the rules to finished inspect reports and build the check report (no I/O)."""
-    findings = tuple(f for report in reports for f in evaluate(report, policy=policy))
+    findings = tuple(
+        Finding(**dataclasses.asdict(v))
+        for report in reports
+        for v in evaluate(report, policy=policy)
+    )
     status: CheckStatus = "error" if errors else "fail" if findings else "pass"
     return CheckReport(
         tool=TOOL,
