@@ -38,7 +38,9 @@ RENDERERS: dict[tuple[str, OutputFormat], Renderer] = {
         markdown.render_inspect, many.rows_markdown, error=many.markdown_error
     ),
     # with several adapters, check's renderers end with one row per adapter (render/many.py)
-    ("check", OutputFormat.TABLE): many.with_rows(table.render_check, many.rows_table),
+    ("check", OutputFormat.TABLE): many.with_rows(
+        table.render_check, many.rows_table, separator="\n"
+    ),
     ("check", OutputFormat.JSON): json_.render,
     ("check", OutputFormat.MARKDOWN): many.with_rows(markdown.render_check, many.rows_markdown),
     ("check", OutputFormat.GITHUB): many.with_rows(github.render_check, many.rows_github),

@@ -175,14 +175,14 @@ def rows_github(report: Any, *, width: int = 100, color: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def with_rows(base: Renderer, rows: Renderer) -> Renderer:
-    """``base``'s output, then ``rows``' when the report has summary rows."""
+def with_rows(base: Renderer, rows: Renderer, *, separator: str = "") -> Renderer:
+    """``base``'s output, then ``separator`` and ``rows``' when the report has summary rows."""
 
     def render(report: Any, *, width: int = 100, color: bool = False) -> str:
         text = base(report, width=width, color=color)
         if not report.summary:
             return text
-        return text + rows(report, width=width, color=color)
+        return text + separator + rows(report, width=width, color=color)
 
     render.__doc__ = f"{base.__doc__} With several adapters, then one row per adapter."
     return render
