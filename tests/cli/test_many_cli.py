@@ -140,3 +140,13 @@ def test_check_a_folder_in_every_format(workdir: Path) -> None:
 def test_the_summary_row_schema_is_the_same_in_both_files() -> None:
     many, check = load_schema("inspect-many.schema.json"), load_schema("check.schema.json")
     assert many["$defs"]["adapter_row"] == check["$defs"]["adapter_row"]  # type: ignore[index]
+
+
+def test_no_output_replaces_an_adapter_found_deep_below(workdir: Path) -> None:
+    deep = write_lean(workdir / "runs" / "group" / "sub" / "deep")
+    target = deep / "adapter_model.safetensors"
+    before = target.read_bytes()
+    for command in ("inspect", "check"):
+        code, _, err = run(command, "runs", "-f", "json", "-o", str(target), "--force")
+        assert code == 2, err
+        assert target.read_bytes() == before

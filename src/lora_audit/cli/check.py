@@ -120,6 +120,7 @@ def check_command(
             on_error=lambda exc: err(f"lora-audit: error: {exc}"),
             progress=_progress,
             notice=lambda note: err(f"lora-audit: {note}"),
+            claim=outputs().add_adapter,
         )
         emit_report(report, output_format.value, output=output)
         return exit_code_for(report)

@@ -12,6 +12,7 @@ from lora_audit.cli._common import (
     emit_report,
     err,
     load_reported,
+    outputs,
     preflight,
     progress_bar,
     run_guarded,
@@ -97,6 +98,8 @@ def inspect_command(
 
             check_base_options(base, k=base_k, partial=base_partial)  # before any work
         discovery = find_adapters(adapters, include_checkpoints=include_checkpoints)
+        for item in discovery.found:  # no output may replace an adapter found below a path
+            outputs().add_adapter(item.path)
         if (note := discovery_note(discovery)) is not None:
             err(f"lora-audit: {note}")
         if len(discovery.found) != 1:

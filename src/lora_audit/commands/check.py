@@ -47,6 +47,7 @@ def run_check(
     on_error: Callable[[InputError], None] | None = None,
     progress: ProgressFactory | None = None,
     notice: Callable[[str], None] | None = None,
+    claim: Callable[[Path], None] | None = None,
 ) -> CheckReport:
     """Check every adapter that ``paths`` name or hold against ``policy``.
 
@@ -76,6 +77,9 @@ def run_check(
         callback (``"N adapters"``) advanced once per adapter.
     notice
         Receives a line about what a directory search found and skipped.
+    claim
+        Receives each adapter found, before any is read (the CLI protects them from being
+        replaced by an output).
 
     Raises
     ------
@@ -87,6 +91,9 @@ def run_check(
     device_type(engine.device)  # a usage error stops the run before any adapter is read
     options = AuditOptions(energy=policy.energy, coverage=policy.coverage, engine=engine)
     discovery = find_adapters(paths, include_checkpoints=include_checkpoints)
+    for item in discovery.found:
+        if claim is not None:
+            claim(item.path)
     if notice is not None and (note := discovery_note(discovery)) is not None:
         notice(note)
     if len(discovery.found) == 1:
