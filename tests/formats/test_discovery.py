@@ -130,3 +130,11 @@ def test_too_deep_and_too_many_adapters_are_refused(
     write_lean(tmp_path / "two" / "b")
     with pytest.raises(InputError, match="more than 1 adapters"):
         discover([tmp_path / "two"])
+
+
+def test_beside_other_adapters_a_folder_of_checkpoints_is_only_counted(tmp_path: Path) -> None:
+    """``check sample_adapters/*/`` names a run of checkpoints too: it is skipped, not an error."""
+    root = _tree(tmp_path / "runs")
+    found = discover([root / "b-peft", root / "run"])
+    assert [f.path for f in found.found] == [root / "b-peft"]
+    assert found.skipped_checkpoints == 2 and found.searched

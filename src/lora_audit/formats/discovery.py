@@ -132,16 +132,24 @@ def discover(paths: Sequence[Path], *, include_checkpoints: bool = False) -> Dis
     seen: set[Path] = set()
     searched = False
     checkpoints = files = 0
+    only_checkpoints: list[Found] = []
     for path in dict.fromkeys(paths):
         search = _Search(root=path, include_checkpoints=include_checkpoints)
         searched |= _named(path, search)
         checkpoints += search.skipped_checkpoints
         files += search.skipped_files
+        if search.found and search.found[0].error is _ONLY_CHECKPOINTS:
+            only_checkpoints.append(
+                Found(path=search.found[0].path, error=_only_checkpoints(search))
+            )
+            continue
         for item in search.found:
             key = _identity(item.path)
             if key not in seen:
                 seen.add(key)
                 found.append(item)
+    if not found and only_checkpoints:  # nothing else to audit: say why nothing is
+        found = only_checkpoints[:1]
     return Discovery(
         found=tuple(found),
         searched=searched,
@@ -171,9 +179,14 @@ def _named(path: Path, search: _Search) -> bool:
             return search.include_checkpoints
     _walk(target, search, depth=0, own_files=not whole)
     if not search.found:  # nothing below: read it as named, for the reader's own message
-        error = _only_checkpoints(target, search) if search.skipped_checkpoints else None
+        error = _ONLY_CHECKPOINTS if search.skipped_checkpoints else None
         search.add(Found(path=target, error=error))
     return True
+
+
+#: Marks a named directory holding nothing but skipped checkpoints: beside other adapters it
+#: is only counted in the note; alone, it is an error that says how to include them.
+_ONLY_CHECKPOINTS = InputError("only checkpoints")
 
 
 def _resolves(path: Path) -> bool:
@@ -185,8 +198,8 @@ def _resolves(path: Path) -> bool:
     return True
 
 
-def _only_checkpoints(path: Path, search: _Search) -> InputError:
-    n = search.skipped_checkpoints
+def _only_checkpoints(search: _Search) -> InputError:
+    n, path = search.skipped_checkpoints, search.found[0].path
     return InputError(
         f"{path}: no adapter here but {n} checkpoint-* "
         f"{'directory' if n == 1 else 'directories'}, which are skipped",
