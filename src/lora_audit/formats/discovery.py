@@ -67,7 +67,8 @@ class Discovery:
     found
         The adapters in audit order (each tensor file once).
     searched
-        Whether any directory was searched (rather than every path naming one adapter).
+        Whether a directory search found an adapter other than the path named (or skipped
+        something), rather than every path naming one adapter.
     skipped_checkpoints
         ``checkpoint-*`` directories not searched (see ``include_checkpoints``).
     skipped_files
@@ -135,19 +136,20 @@ def discover(paths: Sequence[Path], *, include_checkpoints: bool = False) -> Dis
     only_checkpoints: list[Found] = []
     for path in dict.fromkeys(paths):
         search = _Search(root=path, include_checkpoints=include_checkpoints)
-        searched |= _named(path, search)
+        target = _named(path, search)
         checkpoints += search.skipped_checkpoints
         files += search.skipped_files
+        searched |= bool(search.skipped_checkpoints or search.skipped_files)
         if search.found and search.found[0].error is _ONLY_CHECKPOINTS:
-            only_checkpoints.append(
-                Found(path=search.found[0].path, error=_only_checkpoints(search))
-            )
+            only = Found(path=search.found[0].path, error=_only_checkpoints(search))
+            only_checkpoints.append(only)
             continue
         for item in search.found:
             key = _identity(item.path)
             if key not in seen:
                 seen.add(key)
                 found.append(item)
+                searched |= item.path != target
     if not found and only_checkpoints:  # nothing else to audit: say why nothing is
         found = only_checkpoints[:1]
     return Discovery(
@@ -158,30 +160,30 @@ def discover(paths: Sequence[Path], *, include_checkpoints: bool = False) -> Dis
     )
 
 
-def _named(path: Path, search: _Search) -> bool:
-    """Add what one named path stands for; whether a directory was searched."""
+def _named(path: Path, search: _Search) -> Path:
+    """Add what one named path stands for; the path it reads as (a cache's snapshot)."""
     if not path.is_dir():  # a file, or nothing: read (or refused) as named
         search.add(Found(path=path))
-        return False
+        return path
     target = path
     if is_repo_dir(path):
         try:
             target = snapshot_of(path)
         except InputError as exc:
             search.add(Found(path=path, error=exc))
-            return False
+            return path
     whole = _resolves(target)
     if whole:
         search.add(Found(path=target))
         if _is_adapter_dir(target):  # the common case: one adapter directory
             if search.include_checkpoints:
                 _walk(target, search, depth=0, own_files=False, checkpoints_only=True)
-            return search.include_checkpoints
+            return target
     _walk(target, search, depth=0, own_files=not whole)
     if not search.found:  # nothing below: read it as named, for the reader's own message
         error = _ONLY_CHECKPOINTS if search.skipped_checkpoints else None
         search.add(Found(path=target, error=error))
-    return True
+    return target
 
 
 #: Marks a named directory holding nothing but skipped checkpoints: beside other adapters it
