@@ -11,7 +11,7 @@ from check_adapters import write_lean, write_unreadable, write_untrained, write_
 from lora_audit.cli._common import exit_code_for
 from lora_audit.commands.check import run_check
 from lora_audit.decisions.check_rules import Policy
-from lora_audit.engine.spectra import EngineOptions
+from lora_audit.engine.device import EngineOptions
 from lora_audit.errors import ExitCode, InputError
 
 CPU = EngineOptions(device="cpu")

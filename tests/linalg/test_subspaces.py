@@ -259,3 +259,15 @@ def test_match_layers_pairs_in_a_order() -> None:
     matching = match_layers(a.layers, tuple(reversed(a.layers)))
     assert [x.name for x, _ in matching.pairs] == [x.name for x in a.layers]
     assert all(x is y for x, y in matching.pairs)
+
+
+@pytest.mark.parametrize("angle", [1e-9, 1e-4, 0.3, 1.2, math.pi / 2])
+def test_principal_angles_are_accurate_at_both_ends(angle: float) -> None:
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.standard_normal((20, 4)))
+    x = q[:, :2]
+    y = np.stack([q[:, 0], math.cos(angle) * q[:, 1] + math.sin(angle) * q[:, 2]], axis=1)
+    got = principal_angles(x, y)
+    want = scipy.linalg.subspace_angles(x, y)[::-1]
+    assert np.allclose(got, want, rtol=1e-9, atol=1e-15)
+    assert got[1] == pytest.approx(angle, rel=1e-9)

@@ -41,7 +41,7 @@ from lora_audit.errors import UsageError
 from lora_audit.render import OutputFormat
 
 if TYPE_CHECKING:
-    from lora_audit.engine.spectra import Progress
+    from lora_audit.engine.batches import Progress
 
 
 def check_command(
@@ -89,7 +89,7 @@ def check_command(
     def body() -> int:
         from lora_audit.cli.settings_file import resolve_policy
         from lora_audit.commands.check import run_check
-        from lora_audit.engine.spectra import EngineOptions
+        from lora_audit.engine.device import EngineOptions
 
         if config is not None and no_config:
             raise UsageError("--config and --no-config exclude each other")

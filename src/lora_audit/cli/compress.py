@@ -129,7 +129,7 @@ def compress_command(
 
     def body() -> int:
         from lora_audit.commands.compress import CompressOptions, compress_adapter
-        from lora_audit.engine.spectra import EngineOptions
+        from lora_audit.engine.device import EngineOptions
 
         options = CompressOptions(
             rule=_rule(

@@ -84,7 +84,7 @@ def inspect_command(
         from lora_audit.cli._plot import draw, plot_request
         from lora_audit.commands.inspect import AuditOptions, inspect_adapter
         from lora_audit.commands.many import discovery_note, find_adapters
-        from lora_audit.engine.spectra import EngineOptions
+        from lora_audit.engine.device import EngineOptions
 
         options = AuditOptions(
             energy=check_fraction("--energy", energy),

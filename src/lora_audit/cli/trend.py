@@ -81,7 +81,7 @@ def trend_command(
         from lora_audit.cli._plot import draw, plot_request
         from lora_audit.commands.inspect import AuditOptions
         from lora_audit.commands.trend import TrendOptions, expand_run, trend_of
-        from lora_audit.engine.spectra import EngineOptions
+        from lora_audit.engine.device import EngineOptions
 
         if window < 2:
             raise UsageError(f"--window {window} must be at least 2", hint="e.g. --window 3")

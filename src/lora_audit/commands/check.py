@@ -24,7 +24,8 @@ from lora_audit.commands.many import (
     inspect_row,
 )
 from lora_audit.decisions.check_rules import Policy, active_rules, evaluate
-from lora_audit.engine.spectra import EngineOptions, Progress, Warn, device_type
+from lora_audit.engine.batches import Progress, Warn
+from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.errors import InputError
 from lora_audit.formats.discovery import Found
 from lora_audit.report import AdapterError, AdapterRow, CheckReport, Finding, InspectReport

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.commands.inspect import TOOL, adapter_info
-from lora_audit.engine.spectra import Progress, Warn
+from lora_audit.engine.batches import Progress, Warn
 from lora_audit.errors import InputError
 from lora_audit.linalg.spectral import Float64Array
 from lora_audit.linalg.subspaces import compare_factors

@@ -21,8 +21,10 @@ from lora_audit import __version__
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.commands.inspect import TOOL, adapter_info
 from lora_audit.decisions.compress_ranks import RankRule, select_ranks, truncation
+from lora_audit.engine.batches import Progress, Warn
+from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.engine.refactorisation import truncate_layers
-from lora_audit.engine.spectra import EngineOptions, Grams, Progress, Warn, analyse, device_type
+from lora_audit.engine.spectra import Grams, analyse
 from lora_audit.errors import UsageError
 from lora_audit.formats.writer import (
     NewLayer,

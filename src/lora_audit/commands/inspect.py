@@ -14,7 +14,9 @@ from lora_audit import __version__
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.decisions.compress_ranks import truncation
 from lora_audit.decisions.retrain_advice import RankPlan, plan_retrain, retrain_verdict
-from lora_audit.engine.spectra import EngineOptions, Progress, Warn, device_type, spectra
+from lora_audit.engine.batches import Progress, Warn
+from lora_audit.engine.device import EngineOptions, device_type
+from lora_audit.engine.spectra import spectra
 from lora_audit.formats.kohya import SHOWN_METADATA
 from lora_audit.formats.patterns import pattern_keys
 from lora_audit.formats.peft_variants import compress_refusal

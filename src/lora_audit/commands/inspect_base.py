@@ -19,18 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_audit.adapter import Adapter, LoraLayer
-from lora_audit.engine.spectra import (
+from lora_audit.engine.batches import (
     CPU_CHUNK_BYTES,
     GPU_MEMORY_FRACTION,
     WORKING_COPIES,
-    EngineOptions,
     Progress,
     Warn,
     group_layers,
     map_groups,
-    require_torch,
-    resolve_device,
 )
+from lora_audit.engine.device import EngineOptions, require_torch, resolve_device
 from lora_audit.errors import InputError, UsageError
 from lora_audit.formats.base_model import (
     BaseMatch,
@@ -47,9 +45,9 @@ from lora_audit.linalg.against_base import (
     ITERATIVE_FIELDS,
     UPDATE_FIELDS,
     BaseMetrics,
-    KrylovOptions,
     base_metrics,
 )
+from lora_audit.linalg.krylov import KrylovOptions
 from lora_audit.report import BaseLayerReport, BaseStat, BaseSummary, InspectReport, LayerReport
 
 if TYPE_CHECKING:
@@ -441,7 +439,7 @@ class DoraCompression:
         def batch(
             chunk: Sequence[LoraLayer], b: torch.Tensor, a: torch.Tensor
         ) -> list[npt.NDArray[np.float64]]:
-            from lora_audit.linalg.against_base import dora_row_scale
+            from lora_audit.linalg.dora import dora_row_scale
             from lora_audit.linalg.spectral import singular_values
 
             w = _load_weights(subset, base, match, chunk, like=b)
@@ -470,7 +468,7 @@ class DoraCompression:
             return {}
 
         def batch(chunk: Sequence[LoraLayer], b: torch.Tensor, a: torch.Tensor) -> list[Any]:
-            from lora_audit.linalg.against_base import dora_truncated
+            from lora_audit.linalg.dora import dora_truncated
 
             w = _load_weights(todo, self.base, self.match, chunk, like=b)
             m = _load_magnitudes(todo, chunk, like=b)

@@ -32,7 +32,8 @@ from pathlib import Path
 
 from lora_audit.adapter import Adapter
 from lora_audit.commands.inspect import TOOL, AuditOptions, inspect_adapter
-from lora_audit.engine.spectra import Progress, Warn, device_type
+from lora_audit.engine.batches import Progress, Warn
+from lora_audit.engine.device import device_type
 from lora_audit.report import (
     CheckpointSummary,
     Finding,

@@ -28,8 +28,10 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
 from lora_audit.adapter import Adapter, LoraLayer
+from lora_audit.engine.batches import Progress, Warn, map_groups
+from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.engine.host_buffers import Readers, cpu_pool
-from lora_audit.engine.spectra import EngineOptions, Grams, Progress, Warn, device_type, map_groups
+from lora_audit.engine.spectra import Grams
 from lora_audit.linalg.spectral import Float64Array, fix_signs, gram_truncation, qr_truncation
 
 if TYPE_CHECKING:
