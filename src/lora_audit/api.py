@@ -25,7 +25,7 @@ from lora_audit.report import CheckReport, CompressReport, InspectManyReport, In
 if TYPE_CHECKING:
     from lora_audit.adapter import Adapter
     from lora_audit.commands.inspect import AuditOptions
-    from lora_audit.engine.spectra import EngineOptions
+    from lora_audit.engine.device import EngineOptions
 
 PathLike = str | os.PathLike[str]
 Device = Literal["auto", "cpu", "cuda"]
@@ -38,7 +38,7 @@ def _warn(message: str) -> None:
 
 
 def _engine(device: Device, method: Method) -> EngineOptions:
-    from lora_audit.engine.spectra import EngineOptions
+    from lora_audit.engine.device import EngineOptions
 
     return EngineOptions(device=device, method=method)
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from lora_audit.commands.inspect import TOOL, AuditOptions, inspect_adapter
 from lora_audit.decisions.retrain_advice import retrain_verdict
+from lora_audit.engine.batches import Progress, Warn
+from lora_audit.engine.device import device_type
 from lora_audit.engine.host_buffers import cpu_cores, cpu_share, single_threaded_blas
-from lora_audit.engine.spectra import Progress, Warn, device_type
 from lora_audit.errors import InputError
 from lora_audit.formats.discovery import Discovery, Found, discover
 from lora_audit.report import AdapterError, AdapterRow, InspectManyReport, InspectReport, Settings
