@@ -189,32 +189,39 @@ def test_github_output_is_one_command_per_line(report: CheckReport) -> None:
     assert all(line.startswith(("::error ", "::notice ")) for line in lines)
 
 
+PROPERTIES = """\
+    <properties>
+      <property name="policy.energy" value="0.99" />
+      <property name="policy.coverage" value="0.9" />
+      <property name="policy.max_waste" value="0.5" />
+      <property name="policy.max_layer_waste" value="1" />
+      <property name="policy.min_rank_used" value="1" />
+      <property name="policy.source" value="from pyproject.toml" />
+      <property name="verdict" value="ERROR: 3 adapters checked, 1 passed, 1 failed with 2 \
+finding(s), 1 unreadable" />
+    </properties>
+"""
+
 JUNIT = f"""\
 <?xml version="1.0" encoding="UTF-8"?>
-<testsuites name="lora-audit check" tests="5" failures="2" errors="1" skipped="0">
-  <properties>
-    <property name="policy.energy" value="0.99" />
-    <property name="policy.coverage" value="0.9" />
-    <property name="policy.max_waste" value="0.5" />
-    <property name="policy.max_layer_waste" value="1" />
-    <property name="policy.min_rank_used" value="1" />
-    <property name="policy.source" value="from pyproject.toml" />
-    <property name="verdict" value="ERROR: 3 adapters checked, 1 passed, 1 failed with 2 \
-finding(s), 1 unreadable" />
-  </properties>
+<testsuites name="lora-audit check" tests="5" failures="2" errors="1">
   <testsuite name="adapters/lean" tests="2" failures="0" errors="0" skipped="0">
-    <testcase classname="adapters/lean" name="max-waste" />
-    <testcase classname="adapters/lean" name="min-rank-used" />
+{PROPERTIES}    <testcase classname="adapters/lean" name="max-waste" \
+file="adapters/lean/adapter_model.safetensors" />
+    <testcase classname="adapters/lean" name="min-rank-used" \
+file="adapters/lean/adapter_model.safetensors" />
   </testsuite>
   <testsuite name="adapters/wasteful" tests="2" failures="2" errors="0" skipped="0">
-    <testcase classname="adapters/wasteful" name="max-waste">
+{PROPERTIES}    <testcase classname="adapters/wasteful" name="max-waste" \
+file="adapters/wasteful/adapter_model.safetensors">
       <failure type="max-waste" message="93.8% of the adapter's LoRA parameters lie beyond each \
 layer's energy rank at τ=0.99 (limit 50.0%)">adapters/wasteful: 93.8% of the adapter's LoRA \
 parameters lie beyond each layer's energy rank at τ=0.99 (limit 50.0%)
 fix: retrain at r=2, lora_alpha=2, or run `lora-audit compress adapters/wasteful -o OUT --energy \
 0.99`</failure>
     </testcase>
-    <testcase classname="adapters/wasteful" name="min-rank-used">
+    <testcase classname="adapters/wasteful" name="min-rank-used" \
+file="adapters/wasteful/adapter_model.safetensors">
       <failure type="min-rank-used" message="layer model.layers.2.q_proj is untrained (ΔW = 0): \
 energy rank 0, below the minimum 1">adapters/wasteful: layer model.layers.2.q_proj is untrained \
 (ΔW = 0): energy rank 0, below the minimum 1
@@ -222,7 +229,7 @@ fix: drop it from target_modules, or find out why it receives no gradient</failu
     </testcase>
   </testsuite>
   <testsuite name="adapters/broken" tests="1" failures="0" errors="1" skipped="0">
-    <testcase classname="adapters/broken" name="read">
+{PROPERTIES}    <testcase classname="adapters/broken" name="read">
       <error type="InputError" message="{BROKEN}">{BROKEN}</error>
     </testcase>
   </testsuite>

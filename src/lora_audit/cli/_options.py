@@ -180,6 +180,8 @@ class TrendFormat(StrEnum):
 
     TABLE = "table"
     JSON = "json"
+    MARKDOWN = "markdown"
+    GITHUB = "github"
 
 
 class CompareFormat(StrEnum):
@@ -187,6 +189,8 @@ class CompareFormat(StrEnum):
 
     TABLE = "table"
     JSON = "json"
+    MARKDOWN = "markdown"
+    GITHUB = "github"
 
 
 PlotOption = Annotated[

@@ -8,6 +8,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from lora_audit.cli._ci_outputs import (
+    JunitXmlOption,
+    NoStepSummaryOption,
+    plan_extra_outputs,
+    step_summary_file,
+    write_extra_outputs,
+)
 from lora_audit.cli._common import (
     emit_report,
     err,
@@ -70,6 +77,8 @@ def check_command(
         ),
     ] = OutputFormat.TABLE,
     output: OutputOption = None,
+    junit_xml: JunitXmlOption = None,
+    no_step_summary: NoStepSummaryOption = False,
     force: ForceOption = False,
     alpha: AlphaOption = None,
     device: DeviceOption = Device.AUTO,
@@ -81,6 +90,10 @@ def check_command(
 
     Policy: defaults < lora-audit.toml or tool.lora-audit in pyproject.toml < flags.
     The policy file is found upward from the working directory, or named with --config.
+
+    One run can serve a whole CI job: --format github prints annotations, --junit-xml FILE
+    also writes JUnit XML, and when $GITHUB_STEP_SUMMARY is set the Markdown summary is
+    appended to it (--no-step-summary turns that off).
 
     Exit codes: 0 every adapter passes · 1 policy findings · 2 usage error · 3 an adapter or
     the policy file cannot be read or is invalid (the worst over all adapters).
@@ -96,6 +109,10 @@ def check_command(
         if config is not None:
             outputs().add_input(config)
         preflight(output)
+        plan_extra_outputs(junit_xml=junit_xml)
+        summary = step_summary_file(
+            main_format=output_format.value, output=output, disabled=no_step_summary
+        )
         flags = _validated_flags(
             energy=energy,
             coverage=coverage,
@@ -123,6 +140,7 @@ def check_command(
             claim=outputs().add_adapter,
         )
         emit_report(report, output_format.value, output=output)
+        write_extra_outputs(report, junit_xml=junit_xml, step_summary=summary)
         return exit_code_for(report)
 
     run_guarded(body, force=force, inputs=adapters)

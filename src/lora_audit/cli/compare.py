@@ -43,7 +43,13 @@ def compare_command(
         ),
     ] = 4,
     output_format: Annotated[
-        CompareFormat, typer.Option("--format", "-f", help="Report format.")
+        CompareFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Report format: table, json, markdown (for $GITHUB_STEP_SUMMARY) or github "
+            "(workflow annotations).",
+        ),
     ] = CompareFormat.TABLE,
     output: OutputOption = None,
     force: ForceOption = False,

@@ -55,8 +55,9 @@ def compress_command(
         typer.Option(
             "--output",
             "-o",
-            help="Where to write the compressed adapter (a directory for PEFT directories, "
-            "else a .safetensors file). Never the input.",
+            help="Where to write the compressed adapter: a directory for a PEFT adapter with "
+            "its adapter_config.json (its README.md model card is carried over) or an mlx-lm "
+            "adapter, else a .safetensors file. Never the input.",
             show_default=False,
         ),
     ] = None,
@@ -161,10 +162,11 @@ def compress_command(
 
 def _claim_outputs(loaded: Adapter, *, output: Path | None, report: Path | None) -> None:
     """Check ``-o`` and ``--report`` before any work: neither an input nor each other."""
-    from lora_audit.formats.writer import output_kind
+    from lora_audit.formats.writer import output_kind, refuse_file_name
 
     if output is not None:
         outputs().plan(output, role="--output", kind=output_kind(loaded), adapter=True)
+        refuse_file_name(loaded, output)
     preflight(report, role="--report")
 
 

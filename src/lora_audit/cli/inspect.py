@@ -94,7 +94,7 @@ def inspect_command(
         preflight(output)  # a bad -o or --plot fails before any work
         plot_request(plot, layers=plot_layers)
         if base is not None or base_k is not None or base_partial:
-            from lora_audit.commands.inspect_base import check_base_options
+            from lora_audit.commands.base_weights import check_base_options
 
             check_base_options(base, k=base_k, partial=base_partial)  # before any work
         discovery = find_adapters(adapters, include_checkpoints=include_checkpoints)

@@ -65,7 +65,13 @@ def trend_command(
         typer.Option("--fail-on-drift", help="Exit 1 when drift is flagged (default: exit 0)."),
     ] = False,
     output_format: Annotated[
-        TrendFormat, typer.Option("--format", "-f", help="Report format.")
+        TrendFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Report format: table, json, markdown (for $GITHUB_STEP_SUMMARY) or github "
+            "(workflow annotations).",
+        ),
     ] = TrendFormat.TABLE,
     output: OutputOption = None,
     force: ForceOption = False,

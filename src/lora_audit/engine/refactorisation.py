@@ -15,7 +15,7 @@ On the CPU the layers are read one at a time into reused float64 buffers
 ``finish`` as soon as it exists, in the worker thread, so memory holds one layer upcast per
 thread plus what ``finish`` keeps (the caller rounds to the stored dtype there). The CPU path
 is numpy only: mixing torch's thread pool with OpenBLAS's in one loop makes both crawl. On
-CUDA, :func:`lora_audit.engine.spectra.map_groups` brings chunks of layers to the device and the
+CUDA, :func:`lora_audit.engine.batches.map_groups` brings chunks of layers to the device and the
 same
 maps are applied there. Signs follow :func:`lora_audit.linalg.spectral.svd`.
 """

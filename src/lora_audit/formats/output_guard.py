@@ -41,7 +41,8 @@ Data = bytes | Callable[[IO[bytes]], None]
 
 #: The only entries of a directory ``--force`` may replace (what ``compress`` writes).
 ADAPTER_DIR_FILES = frozenset(
-    {"adapter_model.safetensors", "adapter_config.json", "adapters.safetensors"}  # PEFT, mlx-lm
+    # PEFT, mlx-lm, and the model card compress carries over
+    {"adapter_model.safetensors", "adapter_config.json", "adapters.safetensors", "README.md"}
 )
 _DESCRIPTOR = re.compile(r"/dev/(stdout|stderr|fd/\d+)|/proc/(self|\d+)/fd/\d+")
 
