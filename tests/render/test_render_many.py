@@ -61,3 +61,31 @@ def test_json_keeps_every_row() -> None:
     assert data["kind"] == "inspect-many"
     assert [r["path"] for r in data["summary"]] == [EVIL, "runs/ok"]
     assert replace(_report(), summary=()).to_dict()["summary"] == []
+
+
+def test_junit_with_summary_rows_validates_against_jenkins_junit_10_xsd() -> None:
+    from pathlib import Path
+
+    import pytest
+    from reports import lean_report, wasteful_report
+
+    from lora_audit.commands.check import assemble
+    from lora_audit.commands.many import error_row, inspect_row
+    from lora_audit.decisions.check_rules import Policy
+
+    xmlschema = pytest.importorskip("xmlschema")
+    xsd = Path(__file__).parents[1] / "support" / "schemas" / "junit-10.xsd"
+    broken = AdapterError(path="adapters/br<o>ken\x01", message="3 bytes")
+    report = assemble(
+        reports=[lean_report(), wasteful_report()],
+        errors=[broken],
+        policy=Policy(),
+        policy_file=None,
+    )
+    found = report.findings_for
+    read = [inspect_row(r, findings=len(found(r.adapter.path))) for r in report.adapters]
+    rows = (*read, error_row(broken))
+    xml = render(replace(report, summary=rows), OutputFormat.JUNIT)
+    xmlschema.XMLSchema10(str(xsd)).validate(xml)
+    assert xml.count('name="lora-audit.verdict"') == 3
+    assert xml != render(report, OutputFormat.JUNIT)
