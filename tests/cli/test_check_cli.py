@@ -229,7 +229,7 @@ def test_malformed_policy_file_exits_3_with_one_line(
 def test_missing_config_file_exits_3(adapters: dict[str, str]) -> None:
     code, _, err = check(adapters["lean"], "--config", "nope.toml")
     assert code == 3
-    assert "nope.toml: no such policy file" in err
+    assert "nope.toml: no such settings file" in err
 
 
 def test_help_lists_the_policy_and_exit_codes() -> None:

@@ -146,13 +146,3 @@ def test_permission_denied_on_output_is_exit_3(
     result = runner.invoke(app, ["inspect", str(mixed_adapter), "-f", "json", "-o", str(out)])
     assert result.exit_code == 3 and "Permission denied" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
-
-
-def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    from lora_audit.errors import InputError
-
-    quiet = runner.invoke(app, ["inspect", str(tmp_path / "nope")])
-    assert quiet.exit_code == 3 and "Traceback" not in quiet.stderr
-    assert not isinstance(quiet.exception, InputError)
-    loud = runner.invoke(app, ["--debug", "inspect", str(tmp_path / "nope")])
-    assert isinstance(loud.exception, InputError)

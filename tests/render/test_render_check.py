@@ -156,7 +156,7 @@ def test_markdown_cells_escape_pipes_and_code_survives_backticks() -> None:
 
 
 GITHUB = f"""\
-::error title=lora-audit unreadable adapter::{BROKEN}
+::error file=adapters/broken,title=lora-audit unreadable adapter::{BROKEN}
 ::error file=adapters/wasteful/adapter_model.safetensors,title=lora-audit max-waste::\
 adapters/wasteful: 93.8%25 of the adapter's LoRA parameters lie beyond each layer's energy rank \
 at τ=0.99 (limit 50.0%25) (fix: retrain at r=2, lora_alpha=2, or run \

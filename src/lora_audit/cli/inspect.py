@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from lora_audit.cli._common import (
-    check_fraction,
     emit_report,
-    err,
+    fail,
     load_reported,
+    note,
     outputs,
     preflight,
     progress_bar,
@@ -23,7 +23,9 @@ from lora_audit.cli._options import (
     BaseKOption,
     BaseOption,
     BasePartialOption,
+    ConfigOption,
     CoverageOption,
+    DebugOption,
     Device,
     DeviceOption,
     EnergyOption,
@@ -32,18 +34,29 @@ from lora_audit.cli._options import (
     InputFormat,
     InputFormatOption,
     InspectFormat,
+    InspectFormatOption,
     Method,
     MethodOption,
+    NoConfigOption,
     OutputOption,
     PlotLayersOption,
     PlotOption,
+    QuietOption,
 )
+from lora_audit.cli._usage import examples
 from lora_audit.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
     from lora_audit.commands.inspect import AuditOptions
     from lora_audit.formats.discovery import Discovery
     from lora_audit.report import InspectManyReport
+
+EXAMPLES = examples(
+    "lora-audit inspect ./my-adapter",
+    "lora-audit inspect adapter_model.safetensors -e 0.95 -f json -o report.json",
+    "lora-audit inspect ./my-adapter --plot spectra.png",
+    "lora-audit inspect ./my-adapter --base ./base-model",
+)
 
 
 def inspect_command(
@@ -56,14 +69,12 @@ def inspect_command(
             show_default=False,
         ),
     ],
-    energy: EnergyOption = 0.99,
-    output_format: Annotated[
-        InspectFormat, typer.Option("--format", "-f", help="Report format.")
-    ] = InspectFormat.TABLE,
+    energy: EnergyOption = None,
+    output_format: InspectFormatOption = None,
     output: OutputOption = None,
     force: ForceOption = False,
     alpha: AlphaOption = None,
-    coverage: CoverageOption = 0.9,
+    coverage: CoverageOption = None,
     device: DeviceOption = Device.AUTO,
     method: MethodOption = Method.AUTO,
     input_format: InputFormatOption = InputFormat.AUTO,
@@ -73,24 +84,40 @@ def inspect_command(
     base_k: BaseKOption = None,
     base_partial: BasePartialOption = False,
     include_checkpoints: IncludeCheckpointsOption = False,
+    config: ConfigOption = None,
+    no_config: NoConfigOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Per-layer singular spectra, stable and effective ranks, energy ranks and advice.
 
     With several adapters (named, or found below a directory): each one's report, then one
     summary row per adapter; exit 3 when one could not be read.
+
+    energy, coverage and format come from the flags, else from the settings file
+    (lora-audit.toml, or [tool.lora-audit] in pyproject.toml), else the defaults.
     """
 
     def body() -> int:
         from lora_audit.cli._plot import draw, plot_request
+        from lora_audit.cli._settings import (
+            number,
+            read_settings,
+            report_format,
+            settings_file_shown,
+        )
         from lora_audit.commands.inspect import AuditOptions, inspect_adapter
         from lora_audit.commands.many import discovery_note, find_adapters
         from lora_audit.engine.device import EngineOptions
 
+        read_settings(config=config, no_config=no_config)
         options = AuditOptions(
-            energy=check_fraction("--energy", energy),
-            coverage=check_fraction("--coverage", coverage),
+            energy=number("energy", energy),
+            coverage=number("coverage", coverage),
             engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
+            settings_file=settings_file_shown(),
         )
+        fmt = report_format(output_format, offered=InspectFormat, command="inspect")
         preflight(output)  # a bad -o or --plot fails before any work
         plot_request(plot, layers=plot_layers)
         if base is not None or base_k is not None or base_partial:
@@ -100,8 +127,8 @@ def inspect_command(
         discovery = find_adapters(adapters, include_checkpoints=include_checkpoints)
         for item in discovery.found:  # no output may replace an adapter found below a path
             outputs().add_adapter(item.path)
-        if (note := discovery_note(discovery)) is not None:
-            err(f"lora-audit: {note}")
+        if (found_note := discovery_note(discovery)) is not None:
+            note(found_note)
         if len(discovery.found) != 1:
             if plot is not None or base is not None:
                 raise UsageError(
@@ -110,7 +137,7 @@ def inspect_command(
                     hint="name one adapter, or leave the option out",
                 )
             many = _inspect_many(discovery, options, alpha=alpha, input_format=input_format)
-            emit_report(many, output_format.value, output=output)
+            emit_report(many, fmt.value, output=output)
             return int(ExitCode.INPUT if many.status == "error" else ExitCode.OK)
         if discovery.found[0].error is not None:
             raise discovery.found[0].error
@@ -133,7 +160,7 @@ def inspect_command(
                     warn=warn,
                 )
         draw(report, request)
-        emit_report(report, output_format.value, output=output)
+        emit_report(report, fmt.value, output=output)
         return int(ExitCode.OK)
 
     run_guarded(body, force=force, inputs=adapters, base=base)
@@ -153,7 +180,7 @@ def _inspect_many(
             alpha=alpha,
             input_format=input_format.value,
             warn=warn,
-            on_error=lambda exc: err(f"lora-audit: error: {exc}"),
+            on_error=lambda exc: fail(str(exc)),
             progress=advance,
         )
     return inspect_many(outcomes, options=options)

@@ -13,7 +13,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
-from lora_audit.commands.inspect import TOOL, AuditOptions, inspect_adapter
+from lora_audit.commands.adapter_info import TOOL
+from lora_audit.commands.inspect import AuditOptions, inspect_adapter
 from lora_audit.commands.many import (
     Outcome,
     adapter_error,
@@ -90,7 +91,12 @@ def run_check(
         When a directory tree is beyond the search limits.
     """
     device_type(engine.device)  # a usage error stops the run before any adapter is read
-    options = AuditOptions(energy=policy.energy, coverage=policy.coverage, engine=engine)
+    options = AuditOptions(
+        energy=policy.energy,
+        coverage=policy.coverage,
+        engine=engine,
+        settings_file=display_path(policy_file),
+    )
     discovery = find_adapters(paths, include_checkpoints=include_checkpoints)
     for item in discovery.found:
         if claim is not None:
@@ -117,7 +123,7 @@ def run_check(
     reports = [o.report for o in outcomes if o.report is not None]
     errors = [adapter_error(o) for o in outcomes if o.error is not None]
     report = assemble(
-        reports=reports, errors=errors, policy=policy, policy_file=_display(policy_file)
+        reports=reports, errors=errors, policy=policy, policy_file=display_path(policy_file)
     )
     if len(outcomes) < 2:
         return report
@@ -190,7 +196,7 @@ def assemble(
     )
 
 
-def _display(path: Path | None) -> str | None:
+def display_path(path: Path | None) -> str | None:
     """``path`` relative to the working directory when it lies below it, else absolute."""
     if path is None:
         return None

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from lora_audit import __version__
 from lora_audit.adapter import Adapter, LoraLayer
-from lora_audit.commands.inspect import TOOL, adapter_info
+from lora_audit.commands.adapter_info import TOOL, adapter_info
 from lora_audit.decisions.compress_ranks import RankRule, select_ranks, truncation
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type

@@ -23,7 +23,7 @@ from lora_audit.formats.base_model import (
     BaseMatch,
     BaseModel,
     magnitude_key,
-    match_layers,
+    match_base_weights,
     open_base,
     unmatched_error,
 )
@@ -88,7 +88,7 @@ class DoraCompression:
         check_base_options(base_path, k=None, partial=False)
         subset = replace(adapter, layers=tuple(dora))
         base = open_base(base_path)
-        match = match_layers(subset, base)
+        match = match_base_weights(subset, base)
         if match.unmatched:
             raise unmatched_error(base, match, layer_count=len(dora))
 

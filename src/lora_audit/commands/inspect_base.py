@@ -37,7 +37,7 @@ from lora_audit.formats.base_model import (
     BaseModel,
     BaseWeight,
     magnitude_key,
-    match_layers,
+    match_base_weights,
     open_base,
     unmatched_error,
     unmatched_warning,
@@ -116,7 +116,7 @@ def audit_base(
     """
     check_base_options(options.path, k=options.k, partial=options.partial)
     base = open_base(options.path)
-    match = match_layers(adapter, base)
+    match = match_base_weights(adapter, base)
     warnings: list[str] = []
 
     def note(message: str) -> None:

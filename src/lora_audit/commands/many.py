@@ -17,7 +17,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_audit.commands.inspect import TOOL, AuditOptions, inspect_adapter
+from lora_audit.commands.adapter_info import TOOL
+from lora_audit.commands.inspect import AuditOptions, inspect_adapter
 from lora_audit.decisions.retrain_advice import retrain_verdict
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import device_type

@@ -12,12 +12,18 @@ from lora_audit.report.inspect_base import BaseLayerReport, BaseSummary
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """The options the numbers depend on."""
+    """The options the numbers depend on.
+
+    ``settings_file`` is the settings file read (``lora-audit.toml``, or ``pyproject.toml``
+    with ``[tool.lora-audit]``), which ``energy`` and ``coverage`` may come from; ``None``
+    when only defaults and flags applied.
+    """
 
     energy: float
     coverage: float
     device: str
     method: str
+    settings_file: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -73,6 +73,9 @@ class TrendSettings:
         Where the steps came from: ``"name"``, ``"ss_steps"``, ``"ss_epoch"`` or ``"order"``.
     step_unit
         ``"step"``, ``"epoch"``, ``"number"`` (a bare number in the names) or ``"order"``.
+    settings_file
+        The settings file read, which ``energy`` may come from; ``None`` when only defaults
+        and flags applied.
     """
 
     energy: float
@@ -83,6 +86,7 @@ class TrendSettings:
     method: str
     step_source: str
     step_unit: str
+    settings_file: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
