@@ -227,6 +227,7 @@ def inspect_many(outcomes: Sequence[Outcome], *, options: AuditOptions) -> Inspe
             coverage=options.coverage,
             device=device_type(options.engine.device),
             method=options.engine.method,
+            settings_file=options.settings_file,
         ),
         adapters=tuple(reports),
         errors=tuple(errors),
