@@ -70,6 +70,11 @@ class UsageError(LoraAuditError):
     exit_code = ExitCode.USAGE
 
 
+class LoraAuditWarning(UserWarning):
+    """A problem that did not stop the audit (an assumed scale, a GPU fallback); the Python
+    API issues these through :mod:`warnings` (the command line prints them on stderr)."""
+
+
 class Terminated(BaseException):
     """SIGTERM arrived: unwinds like ``KeyboardInterrupt`` so that temporary files go (143).
 

@@ -22,7 +22,7 @@ from lora_audit.cli import app
 from lora_audit.report import schema_bundle
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_adapters"
-SCHEMAS = ("inspect", "check", "compare", "trend", "compress")
+SCHEMAS = ("inspect", "check", "compare", "trend", "compress", "inspect-many")
 runner = CliRunner()
 
 
@@ -75,6 +75,7 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     run = [str(SAMPLES / "minilm-run" / f"checkpoint-{s}") for s in (10, 20, 40, 80)]
     commands = {
         "inspect": ["inspect", r16],
+        "inspect-many": ["inspect", r16, r4],
         "check": ["check", r16, r4, "--no-config", "--max-waste", "0.1"],
         "compare": ["compare", r16, r4],
         "trend": ["trend", *run],

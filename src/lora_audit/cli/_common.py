@@ -13,7 +13,8 @@ import typer
 
 from lora_audit import HOME
 from lora_audit.cli import _state
-from lora_audit.errors import ExitCode, LoraAuditError, Terminated, UsageError
+from lora_audit.commands.options import check_fraction as check_fraction  # the commands use it
+from lora_audit.errors import ExitCode, LoraAuditError, Terminated
 
 if TYPE_CHECKING:
     from lora_audit.adapter import Adapter
@@ -42,6 +43,12 @@ def warn(message: str) -> None:
     """A warning on stderr (never on stdout, which carries only the report); none with -q."""
     if not _state.QUIET:
         err(f"lora-audit: warning: {message}")
+
+
+def note(message: str) -> None:
+    """An informational line on stderr (``lora-audit: …``); none with ``--quiet``."""
+    if not _state.QUIET:
+        err(f"lora-audit: {message}")
 
 
 def fail(message: str) -> None:
@@ -178,15 +185,6 @@ def preflight(output: Path | None, *, role: str = "--output") -> None:
     """Check an output path before any work is done (it is checked again when written)."""
     if output is not None:
         outputs().plan(output, role=role)
-
-
-def check_fraction(name: str, value: float, *, allow_zero: bool = False) -> float:
-    """Validate an option that must lie in (0, 1] (or [0, 1])."""
-    low_ok = value >= 0 if allow_zero else value > 0
-    if not (low_ok and value <= 1):
-        bound = "[0, 1]" if allow_zero else "(0, 1]"
-        raise UsageError(f"{name} = {value:g} must be in {bound}", hint=f"e.g. {name} 0.99")
-    return value
 
 
 def emit(text: str, *, output: Path | None, role: str = "--output") -> None:

@@ -315,3 +315,11 @@ BasePartialOption = Annotated[
         "instead of failing.",
     ),
 ]
+IncludeCheckpointsOption = Annotated[
+    bool,
+    typer.Option(
+        "--include-checkpoints",
+        help="Also audit the checkpoint-* directories found below a directory (they are "
+        "skipped by default; a checkpoint named directly is always audited).",
+    ),
+]

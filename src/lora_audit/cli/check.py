@@ -19,7 +19,8 @@ from lora_audit.cli._common import (
     emit_report,
     exit_code_for,
     fail,
-    options_dict,
+    note,
+    outputs,
     preflight,
     progress_bar,
     run_guarded,
@@ -36,6 +37,7 @@ from lora_audit.cli._options import (
     DeviceOption,
     EnergyOption,
     ForceOption,
+    IncludeCheckpointsOption,
     InputFormat,
     InputFormatOption,
     MaxLayerWasteOption,
@@ -48,7 +50,6 @@ from lora_audit.cli._options import (
     QuietOption,
 )
 from lora_audit.cli._usage import examples
-from lora_audit.errors import UsageError
 from lora_audit.render import OutputFormat
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ def check_command(
     adapters: Annotated[
         list[Path],
         typer.Argument(
-            help="PEFT adapter directories or .safetensors files (several allowed).",
+            help="Adapters (PEFT directories, .safetensors or .gguf files), or directories to "
+            "search for them (several allowed).",
             show_default=False,
             metavar="ADAPTER",
         ),
@@ -98,6 +100,7 @@ def check_command(
     device: DeviceOption = Device.AUTO,
     method: MethodOption = Method.AUTO,
     input_format: InputFormatOption = InputFormat.AUTO,
+    include_checkpoints: IncludeCheckpointsOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -139,9 +142,12 @@ def check_command(
             engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
             alpha=alpha,
             input_format=input_format.value,
+            include_checkpoints=include_checkpoints,
             warn=warn,
             on_error=lambda exc: fail(str(exc)),
             progress=_progress,
+            notice=note,
+            claim=outputs().add_adapter,
         )
         emit_report(report, fmt.value, output=output, color=color.value)
         write_extra_outputs(report, junit_xml=junit_xml, step_summary=summary)
@@ -152,17 +158,9 @@ def check_command(
 
 def _validated_flags(**given: float | int | None) -> dict[str, float | int]:
     """The policy flags the user gave, by field name; an invalid value is a usage error."""
-    from lora_audit.decisions.check_rules import SETTINGS, Policy
+    from lora_audit.commands.options import policy_settings
 
-    values = options_dict(**given)
-    for setting in SETTINGS:
-        value = values.get(setting.field)
-        if value is not None and (problem := setting.problem(value)) is not None:
-            default = getattr(Policy(), setting.field)
-            raise UsageError(
-                f"--{setting.key} = {value:g} {problem}", hint=f"e.g. --{setting.key} {default:g}"
-            )
-    return values
+    return policy_settings(**given)
 
 
 def _progress(path: str, layers: int) -> AbstractContextManager[Progress | None]:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lora_audit.cli._common import (
-    check_fraction,
     emit_report,
     load_reported,
     outputs,
@@ -37,34 +34,12 @@ from lora_audit.cli._options import (
     QuietOption,
 )
 from lora_audit.cli._usage import examples
+from lora_audit.commands.options import parse_budget as parse_budget  # this module's API
 from lora_audit.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
     from lora_audit.adapter import Adapter
     from lora_audit.decisions.compress_ranks import RankRule
-
-_SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
-
-
-def parse_budget(text: str) -> int:
-    """``"2M"`` → 2000000; also ``500k``, ``1.5G``, ``120000`` (case-insensitive).
-
-    Raises
-    ------
-    UsageError
-        When the text is not a positive count of parameters.
-    """
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)\s*", text)
-    if not match:
-        raise UsageError(f"--budget {text!r} is not a parameter count", hint="e.g. 2M, 500k")
-    count = float(match[1]) * _SUFFIXES[match[2].lower()]
-    if not math.isfinite(count):
-        raise UsageError(f"--budget {text[:40]!r} is too large", hint="e.g. 2M, 500k")
-    value = int(count)
-    if value <= 0:
-        raise UsageError(f"--budget {text!r} must be positive")
-    return value
-
 
 EXAMPLES = examples(
     "lora-audit compress ./my-adapter -o ./my-adapter-small -e 0.99",
@@ -233,31 +208,9 @@ def _rule(
     min_rank: int,
     max_rank: int | None,
 ) -> RankRule:
-    """The one rank rule the flags ask for; exactly one of the four must be given."""
-    from lora_audit.decisions.compress_ranks import Mode, RankRule
+    """The one rank rule the flags ask for (:func:`lora_audit.commands.options.rank_rule`)."""
+    from lora_audit.commands.options import rank_rule
 
-    flags = {"--rank": rank, "--energy": energy, "--ratio": ratio, "--budget": budget}
-    given = [flag for flag, value in flags.items() if value is not None]
-    if len(given) != 1:
-        raise UsageError(
-            "give exactly one of --rank, --energy, --ratio, --budget"
-            + (f" (got {', '.join(given)})" if given else ""),
-            hint="e.g. lora-audit compress ADAPTER -o OUT --energy 0.99",
-        )
-    if min_rank < 1 or (max_rank is not None and max_rank < min_rank):
-        raise UsageError(f"--min-rank {min_rank} / --max-rank {max_rank}: need 1 ≤ min ≤ max")
-    mode: Mode
-    if rank is not None:
-        if rank < 1:
-            raise UsageError(f"--rank {rank} must be at least 1")
-        mode, value = "rank", float(rank)
-    elif energy is not None:
-        mode, value = "energy", check_fraction("--energy", energy)
-    elif ratio is not None:
-        if not ratio >= 1:
-            raise UsageError(f"--ratio {ratio:g} must be at least 1", hint="e.g. --ratio 20")
-        mode, value = "ratio", ratio
-    else:
-        assert budget is not None
-        mode, value = "budget", float(parse_budget(budget))
-    return RankRule(mode=mode, value=value, min_rank=min_rank, max_rank=max_rank)
+    return rank_rule(
+        rank=rank, energy=energy, ratio=ratio, budget=budget, min_rank=min_rank, max_rank=max_rank
+    )

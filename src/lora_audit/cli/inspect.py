@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lora_audit.cli._common import (
     emit_report,
+    fail,
     load_reported,
+    note,
+    outputs,
     preflight,
     progress_bar,
     run_guarded,
@@ -29,6 +32,7 @@ from lora_audit.cli._options import (
     DeviceOption,
     EnergyOption,
     ForceOption,
+    IncludeCheckpointsOption,
     InputFormat,
     InputFormatOption,
     InspectFormat,
@@ -42,7 +46,12 @@ from lora_audit.cli._options import (
     QuietOption,
 )
 from lora_audit.cli._usage import examples
-from lora_audit.errors import ExitCode
+from lora_audit.errors import ExitCode, UsageError
+
+if TYPE_CHECKING:
+    from lora_audit.commands.inspect import AuditOptions
+    from lora_audit.formats.discovery import Discovery
+    from lora_audit.report import InspectManyReport
 
 EXAMPLES = examples(
     "lora-audit inspect ./my-adapter",
@@ -53,11 +62,12 @@ EXAMPLES = examples(
 
 
 def inspect_command(
-    adapter: Annotated[
-        Path,
+    adapters: Annotated[
+        list[Path],
         typer.Argument(
             help="A PEFT adapter directory or a .safetensors file (PEFT, kohya, LyCORIS, "
-            "diffusers).",
+            "diffusers), a Hugging Face cache directory (hub/models--org--name), or several, "
+            "or directories to search for adapters.",
             show_default=False,
         ),
     ],
@@ -76,12 +86,16 @@ def inspect_command(
     base: BaseOption = None,
     base_k: BaseKOption = None,
     base_partial: BasePartialOption = False,
+    include_checkpoints: IncludeCheckpointsOption = False,
     config: ConfigOption = None,
     no_config: NoConfigOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Per-layer singular spectra, stable and effective ranks, energy ranks and advice.
+
+    With several adapters (named, or found below a directory): each one's report, then one
+    summary row per adapter; exit 3 when one could not be read.
 
     energy, coverage and format come from the flags, else from the settings file
     (lora-audit.toml, or [tool.lora-audit] in pyproject.toml), else the defaults.
@@ -96,6 +110,7 @@ def inspect_command(
             settings_file_shown,
         )
         from lora_audit.commands.inspect import AuditOptions, inspect_adapter
+        from lora_audit.commands.many import discovery_note, find_adapters
         from lora_audit.engine.device import EngineOptions
 
         read_settings(config=config, no_config=no_config)
@@ -112,6 +127,24 @@ def inspect_command(
             from lora_audit.commands.base_weights import check_base_options
 
             check_base_options(base, k=base_k, partial=base_partial)  # before any work
+        discovery = find_adapters(adapters, include_checkpoints=include_checkpoints)
+        for item in discovery.found:  # no output may replace an adapter found below a path
+            outputs().add_adapter(item.path)
+        if (found_note := discovery_note(discovery)) is not None:
+            note(found_note)
+        if len(discovery.found) != 1:
+            if plot is not None or base is not None:
+                raise UsageError(
+                    f"{'--plot' if plot is not None else '--base'} takes one adapter; "
+                    f"{len(discovery.found)} were found",
+                    hint="name one adapter, or leave the option out",
+                )
+            many = _inspect_many(discovery, options, alpha=alpha, input_format=input_format)
+            emit_report(many, fmt.value, output=output)
+            return int(ExitCode.INPUT if many.status == "error" else ExitCode.OK)
+        if discovery.found[0].error is not None:
+            raise discovery.found[0].error
+        adapter = discovery.found[0].path
         loaded = load_reported(adapter, alpha=alpha, input_format=input_format.value)
         request = plot_request(plot, layers=plot_layers, names=[x.name for x in loaded.layers])
         with progress_bar(len(loaded.layers), description="spectra") as advance:
@@ -133,4 +166,24 @@ def inspect_command(
         emit_report(report, fmt.value, output=output, color=color.value)
         return int(ExitCode.OK)
 
-    run_guarded(body, force=force, inputs=[adapter], base=base)
+    run_guarded(body, force=force, inputs=adapters, base=base)
+
+
+def _inspect_many(
+    discovery: Discovery, options: AuditOptions, *, alpha: float | None, input_format: InputFormat
+) -> InspectManyReport:
+    """Several adapters, audited side by side with one progress bar over them."""
+    from lora_audit.commands.many import audit_all, inspect_many
+
+    total = len(discovery.found)
+    with progress_bar(total, description=f"{total} adapters") as advance:
+        outcomes = audit_all(
+            discovery.found,
+            options=options,
+            alpha=alpha,
+            input_format=input_format.value,
+            warn=warn,
+            on_error=lambda exc: fail(str(exc)),
+            progress=advance,
+        )
+    return inspect_many(outcomes, options=options)

@@ -9,16 +9,27 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 from lora_audit.commands.adapter_info import TOOL
 from lora_audit.commands.inspect import AuditOptions, inspect_adapter
+from lora_audit.commands.many import (
+    Outcome,
+    adapter_error,
+    audit_all,
+    discovery_note,
+    error_row,
+    find_adapters,
+    inspect_row,
+)
 from lora_audit.decisions.check_rules import Policy, active_rules, evaluate
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.errors import InputError
-from lora_audit.report import AdapterError, CheckReport, Finding, InspectReport
+from lora_audit.formats.discovery import Found
+from lora_audit.report import AdapterError, AdapterRow, CheckReport, Finding, InspectReport
 from lora_audit.report.check import AdapterVerdict, CheckStatus, CheckTotals
 
 #: Opens a progress callback for one adapter: ``(adapter path, layer count) → context``.
@@ -33,16 +44,20 @@ def run_check(
     engine: EngineOptions,
     alpha: float | None = None,
     input_format: str = "auto",
+    include_checkpoints: bool = False,
     warn: Warn | None = None,
     on_error: Callable[[InputError], None] | None = None,
     progress: ProgressFactory | None = None,
+    notice: Callable[[str], None] | None = None,
+    claim: Callable[[Path], None] | None = None,
 ) -> CheckReport:
-    """Check every adapter in ``paths`` against ``policy``.
+    """Check every adapter that ``paths`` name or hold against ``policy``.
 
     Parameters
     ----------
     paths
-        Adapter directories or ``.safetensors`` files; repeated paths are checked once.
+        Adapter directories or files, or directories to search for adapters
+        (:mod:`lora_audit.formats.discovery`); repeated adapters are checked once.
     policy
         The merged policy.
     policy_file
@@ -53,20 +68,28 @@ def run_check(
         ``lora_alpha`` for adapters whose config gives none.
     input_format
         ``auto`` detects each adapter's format; a format name forces that reader.
+    include_checkpoints
+        Also search ``checkpoint-*`` directories.
     warn
         Receives warnings (adapter read problems, GPU fallback).
     on_error
-        Receives each adapter's read error as it happens.
+        Receives each adapter's read error, in audit order.
     progress
-        Opens a progress callback per adapter.
+        Opens a progress callback: for one adapter, over its layers; for several, one
+        callback (``"N adapters"``) advanced once per adapter.
+    notice
+        Receives a line about what a directory search found and skipped.
+    claim
+        Receives each adapter found, before any is read (the CLI protects them from being
+        replaced by an output).
 
     Raises
     ------
     UsageError
         When the engine options cannot be met (``--device cuda`` without a GPU).
+    InputError
+        When a directory tree is beyond the search limits.
     """
-    from lora_audit.formats import load_adapter
-
     device_type(engine.device)  # a usage error stops the run before any adapter is read
     options = AuditOptions(
         energy=policy.energy,
@@ -74,27 +97,76 @@ def run_check(
         engine=engine,
         settings_file=display_path(policy_file),
     )
-    reports: list[InspectReport] = []
-    errors: list[AdapterError] = []
-    for path in dict.fromkeys(paths):
-        try:
-            adapter = load_adapter(path, alpha=alpha, input_format=input_format)
-            for message in adapter.warnings:
-                if warn is not None:
-                    warn(message)
-            if progress is None:
-                reports.append(inspect_adapter(adapter, options=options, warn=warn))
-                continue
-            with progress(str(path), len(adapter.layers)) as advance:
-                reports.append(
-                    inspect_adapter(adapter, options=options, progress=advance, warn=warn)
-                )
-        except InputError as exc:
-            errors.append(AdapterError(path=str(path), message=str(exc)))
-            if on_error is not None:
-                on_error(exc)
-    return assemble(
+    discovery = find_adapters(paths, include_checkpoints=include_checkpoints)
+    for item in discovery.found:
+        if claim is not None:
+            claim(item.path)
+    if notice is not None and (note := discovery_note(discovery)) is not None:
+        notice(note)
+    if len(discovery.found) == 1:
+        outcomes = [_one(discovery.found[0], options, alpha, input_format, warn, progress)]
+        if outcomes[0].error is not None and on_error is not None:
+            on_error(outcomes[0].error)
+    else:
+        n = len(discovery.found)
+        opened = progress(f"{n} adapters", n) if progress is not None else nullcontext()
+        with opened as advance:
+            outcomes = audit_all(
+                discovery.found,
+                options=options,
+                alpha=alpha,
+                input_format=input_format,
+                warn=warn,
+                on_error=on_error,
+                progress=advance,
+            )
+    reports = [o.report for o in outcomes if o.report is not None]
+    errors = [adapter_error(o) for o in outcomes if o.error is not None]
+    report = assemble(
         reports=reports, errors=errors, policy=policy, policy_file=display_path(policy_file)
+    )
+    if len(outcomes) < 2:
+        return report
+    return replace(report, summary=_rows(report, outcomes))
+
+
+def _one(
+    item: Found,
+    options: AuditOptions,
+    alpha: float | None,
+    input_format: str,
+    warn: Warn | None,
+    progress: ProgressFactory | None,
+) -> Outcome:
+    """One adapter, read and inspected in this thread (its warnings as they come)."""
+    from lora_audit.formats import load_adapter
+
+    if item.error is not None:
+        return Outcome(path=item.path, error=item.error)
+    try:
+        adapter = load_adapter(item.path, alpha=alpha, input_format=input_format)
+        for message in adapter.warnings:
+            if warn is not None:
+                warn(message)
+        if progress is None:
+            return Outcome(
+                path=item.path, report=inspect_adapter(adapter, options=options, warn=warn)
+            )
+        with progress(str(item.path), len(adapter.layers)) as advance:
+            report = inspect_adapter(adapter, options=options, progress=advance, warn=warn)
+        return Outcome(path=item.path, report=report)
+    except InputError as exc:
+        return Outcome(path=item.path, error=exc)
+
+
+def _rows(report: CheckReport, outcomes: Sequence[Outcome]) -> tuple[AdapterRow, ...]:
+    """One row per adapter, in audit order (errors in their place)."""
+    errors = iter(report.errors)
+    return tuple(
+        inspect_row(o.report, findings=len(report.findings_for(o.report.adapter.path)))
+        if o.report is not None
+        else error_row(next(errors))
+        for o in outcomes
     )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.commands.adapter_info import TOOL, adapter_info
 from lora_audit.decisions.compress_ranks import truncation
-from lora_audit.decisions.retrain_advice import RankPlan, plan_retrain
+from lora_audit.decisions.retrain_advice import RankPlan, plan_retrain, retrain_verdict
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.engine.spectra import spectra
@@ -241,13 +241,19 @@ def _advice(
             f"Truncate now to drop {params - params_after:,} of {params:,} parameters "
             f"({saved:.1%}) and keep ≥{pct} of every layer's energy{most}: `{command}`"
         )
-    if plan.keep_structure:
+    verdict = retrain_verdict(
+        keep_structure=plan.keep_structure,
+        rank=plan.rank,
+        nominal=nominal,
+        patterned=bool(plan.rank_pattern),
+    )
+    if verdict == "keep-structure":
         lines.append(
             f"Keep the LyCORIS structure as trained: plain LoRA at the ranks these layers need "
             f"at τ={pct} would take {plan.lora_params:,} parameters, not fewer than the "
             f"{params:,} they store."
         )
-    elif plan.rank < nominal or plan.rank_pattern:
+    elif verdict == "retrain":
         alpha = f", lora_alpha={plan.lora_alpha:g}" if plan.lora_alpha is not None else ""
         extra = (
             f", with a rank_pattern for {len(plan.rank_pattern)} layer(s)"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from lora_audit.adapter import LoraLayer, Structure
 
@@ -64,6 +65,20 @@ class RankPlan:
     coverage: float = 0.9
     keep_structure: bool = False
     lora_params: int = 0
+
+
+#: What the advice comes to: keep the rank trained, retrain smaller (or with a rank_pattern),
+#: or keep a LyCORIS structure that plain LoRA would not make smaller.
+RetrainVerdict = Literal["keep", "retrain", "keep-structure"]
+
+
+def retrain_verdict(
+    *, keep_structure: bool, rank: int, nominal: int, patterned: bool
+) -> RetrainVerdict:
+    """The verdict of a plan: ``rank`` advised against the ``nominal`` rank trained at."""
+    if keep_structure:
+        return "keep-structure"
+    return "retrain" if rank < nominal or patterned else "keep"
 
 
 def next_power_of_two(k: int) -> int:

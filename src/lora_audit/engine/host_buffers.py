@@ -13,7 +13,8 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,14 +30,61 @@ Float64Array = npt.NDArray[np.float64]
 #: Most worker threads the CPU paths start.
 MAX_WORKERS = 8
 
+#: Threads one adapter's CPU path may use while several adapters are audited side by side
+#: (:func:`cpu_share`); ``None``: all of :func:`cpu_workers`.
+_SHARE: ContextVar[int | None] = ContextVar("lora_audit_cpu_share", default=None)
 
-def cpu_workers() -> int:
-    """Threads for the CPU paths: one per core this process may use, at most ``MAX_WORKERS``."""
+
+def cpu_cores() -> int:
+    """Cores this process may use, at most ``MAX_WORKERS``."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return max(1, min(MAX_WORKERS, cores))
+
+
+def cpu_workers() -> int:
+    """Threads for the CPU paths: one per core this process may use, at most ``MAX_WORKERS``,
+    or the share :func:`cpu_share` gave the calling thread."""
+    share = _SHARE.get()
+    return cpu_cores() if share is None else max(1, min(share, cpu_cores()))
+
+
+@contextmanager
+def cpu_share(threads: int) -> Iterator[None]:
+    """In the calling thread, the CPU paths start at most ``threads`` worker threads.
+
+    Several adapters audited at once each get a share of the cores, so that together they
+    start no more threads than :func:`cpu_cores` (no oversubscription).
+    """
+    token = _SHARE.set(max(1, threads))
+    try:
+        yield
+    finally:
+        _SHARE.reset(token)
+
+
+_BLAS_LOCK = threading.Lock()
+_BLAS_USERS: list[Any] = []  # the limiter of the first user; one entry per user
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """BLAS single-threaded while any caller is inside (process-wide; safe across threads:
+    the original limits come back when the last caller leaves)."""
+    from threadpoolctl import threadpool_limits
+
+    with _BLAS_LOCK:
+        limiter = _BLAS_USERS[0] if _BLAS_USERS else threadpool_limits(limits=1, user_api="blas")
+        _BLAS_USERS.append(limiter)
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS.pop()
+            if not _BLAS_USERS:
+                limiter.restore_original_limits()
 
 
 @contextmanager
@@ -48,18 +96,16 @@ def cpu_pool() -> Iterator[ThreadPoolExecutor]:
     letting every worker's calls fan out again over all cores makes them fight: on 2 cores
     the compress refactorisation ran 2.2× slower with OpenBLAS's default threading than with
     one BLAS thread per worker (``bench/bench.py``). The limit is process-wide and is lifted
-    when the pool closes.
+    when the last pool closes.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from threadpoolctl import threadpool_limits
-
     workers = cpu_workers()
-    if workers == 1:
+    if workers == 1 and _SHARE.get() is None:
         with ThreadPoolExecutor(max_workers=1) as pool:
             yield pool
         return
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+    with single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
         yield pool
 
 

@@ -31,7 +31,7 @@ PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 #: told by its magic bytes.
 INPUT_FORMATS = ("auto", "peft", "kohya", "mlx")
 
-__all__ = ["INPUT_FORMATS", "PICKLE_SUFFIXES", "load_adapter", "resolve_files"]
+__all__ = ["INPUT_FORMATS", "PICKLE_SUFFIXES", "holds_adapter", "load_adapter", "resolve_files"]
 
 
 def _refuse_pickle(path: Path) -> InputError:
@@ -210,6 +210,21 @@ def _read(
     return read_peft(
         path=path, tensor_file=tensor_file, config_file=config_file, alpha=alpha, header=header
     )
+
+
+def holds_adapter(tensor_file: Path) -> bool:
+    """Whether a ``.safetensors`` file read alone (no config beside it) holds LoRA factors
+    that a reader here knows, judged from its header only (no tensor is read).
+
+    Raises
+    ------
+    InputError
+        When the header cannot be read (a truncated or corrupt file).
+    """
+    header = read_header(tensor_file)
+    if component_configs(header, where=str(tensor_file)):
+        return True
+    return _detect(header, config_file=None, mlx_config=False) is not None
 
 
 def _detect(header: Header, *, config_file: Path | None, mlx_config: bool) -> str | None:

@@ -17,6 +17,7 @@ from lora_audit.render import (
     github_trend_compare,
     json_,
     junit,
+    many,
     markdown,
     markdown_trend_compare,
     table,
@@ -40,11 +41,19 @@ RENDERERS: dict[tuple[str, OutputFormat], Renderer] = {
     ("inspect", OutputFormat.TABLE): table.render_inspect,
     ("inspect", OutputFormat.JSON): json_.render,
     ("inspect", OutputFormat.MARKDOWN): markdown.render_inspect,
-    ("check", OutputFormat.TABLE): table.render_check,
+    ("inspect-many", OutputFormat.TABLE): many.inspect_many(table.render_inspect, many.rows_table),
+    ("inspect-many", OutputFormat.JSON): json_.render,
+    ("inspect-many", OutputFormat.MARKDOWN): many.inspect_many(
+        markdown.render_inspect, many.rows_markdown, error=many.markdown_error
+    ),
+    # with several adapters, check's renderers end with one row per adapter (render/many.py)
+    ("check", OutputFormat.TABLE): many.with_rows(
+        table.render_check, many.rows_table, separator="\n"
+    ),
     ("check", OutputFormat.JSON): json_.render,
-    ("check", OutputFormat.MARKDOWN): markdown.render_check,
-    ("check", OutputFormat.GITHUB): github.render_check,
-    ("check", OutputFormat.JUNIT): junit.render_check,
+    ("check", OutputFormat.MARKDOWN): many.with_rows(markdown.render_check, many.rows_markdown),
+    ("check", OutputFormat.GITHUB): many.with_rows(github.render_check, many.rows_github),
+    ("check", OutputFormat.JUNIT): many.with_junit_rows(junit.render_check),
     ("compress", OutputFormat.TABLE): table.render_compress,
     ("compress", OutputFormat.JSON): json_.render,
     ("trend", OutputFormat.TABLE): table.render_trend,

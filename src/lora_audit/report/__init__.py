@@ -23,12 +23,15 @@ from lora_audit.report.compress import (
 )
 from lora_audit.report.inspect import InspectReport, LayerReport, Settings, Summary
 from lora_audit.report.inspect_base import BaseLayerReport, BaseStat, BaseSummary
+from lora_audit.report.many import InspectManyReport
+from lora_audit.report.rows import AdapterRow, RowVerdict
 from lora_audit.report.trend import CheckpointSummary, LayerTrend, TrendReport, TrendSettings
 
 __all__ = [
     "SCHEMA_VERSION",
     "AdapterError",
     "AdapterInfo",
+    "AdapterRow",
     "AdapterVerdict",
     "BaseLayerReport",
     "BaseStat",
@@ -42,11 +45,13 @@ __all__ = [
     "CompressSettings",
     "CompressSummary",
     "Finding",
+    "InspectManyReport",
     "InspectReport",
     "LayerComparison",
     "LayerCompression",
     "LayerReport",
     "LayerTrend",
+    "RowVerdict",
     "Settings",
     "ShapeMismatch",
     "Summary",

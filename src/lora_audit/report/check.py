@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from lora_audit.report.common import SCHEMA_VERSION, ToolInfo
+from lora_audit.report.common import OMIT_WHEN_EMPTY, SCHEMA_VERSION, ToolInfo, to_dict
 from lora_audit.report.inspect import InspectReport
+from lora_audit.report.rows import AdapterRow
 
 CheckStatus = Literal["pass", "fail", "error"]
 
@@ -97,6 +98,8 @@ class CheckReport:
     status
         ``"pass"``, ``"fail"`` (findings) or ``"error"`` (an adapter could not be read). The
         CLI maps it to the process exit code (0, 1, 3); the report holds no exit code.
+    summary
+        With several adapters, one row each (verdict ``pass``, ``fail`` or ``error``).
     """
 
     tool: ToolInfo
@@ -112,6 +115,13 @@ class CheckReport:
     totals: CheckTotals | None = None
     schema_version: str = field(default=SCHEMA_VERSION)
     kind: str = "check"
+    #: One row per adapter (read or not) when more than one was checked; empty (and absent
+    #: from the JSON form) for one adapter, whose report keeps the form it always had.
+    summary: tuple[AdapterRow, ...] = field(default=(), metadata={OMIT_WHEN_EMPTY: True})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``report/schema/check.schema.json``)."""
+        return to_dict(self)
 
     def findings_for(self, adapter: str) -> tuple[Finding, ...]:
         """The findings about one adapter (by its path), in report order."""

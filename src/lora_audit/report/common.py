@@ -43,9 +43,18 @@ class AdapterInfo:
     scale_sources: Mapping[str, int] = field(default_factory=dict)
 
 
+#: Field metadata: the field is left out of the JSON form while it is empty (a field that
+#: only some runs fill, so that the others keep the form they always had).
+OMIT_WHEN_EMPTY = "omit_when_empty"
+
+
 def to_dict(report: Any) -> dict[str, Any]:
     """The JSON-ready form of any report dataclass (tuples → lists, non-finite → None)."""
-    return _plain(dataclasses.asdict(report))  # type: ignore[no-any-return]
+    data: dict[str, Any] = _plain(dataclasses.asdict(report))
+    for f in dataclasses.fields(report):
+        if f.metadata.get(OMIT_WHEN_EMPTY) and not data.get(f.name):
+            data.pop(f.name, None)
+    return data
 
 
 def _plain(value: Any) -> Any:

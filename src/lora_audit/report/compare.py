@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from lora_audit.report.common import SCHEMA_VERSION, AdapterInfo, ToolInfo
+from lora_audit.report.common import SCHEMA_VERSION, AdapterInfo, ToolInfo, to_dict
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,3 +93,7 @@ class CompareReport:
     warnings: tuple[str, ...] = ()
     schema_version: str = field(default=SCHEMA_VERSION)
     kind: str = "compare"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``report/schema/compare.schema.json``)."""
+        return to_dict(self)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from lora_audit.report.common import SCHEMA_VERSION, AdapterInfo, ToolInfo
+from lora_audit.report.common import SCHEMA_VERSION, AdapterInfo, ToolInfo, to_dict
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,3 +86,7 @@ class CompressReport:
     warnings: tuple[str, ...] = ()
     schema_version: str = field(default=SCHEMA_VERSION)
     kind: str = "compress"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``report/schema/compress.schema.json``)."""
+        return to_dict(self)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from lora_audit.report.common import SCHEMA_VERSION, AdapterInfo, ToolInfo
+from lora_audit.report.common import SCHEMA_VERSION, AdapterInfo, ToolInfo, to_dict
 from lora_audit.report.inspect_base import BaseLayerReport, BaseSummary
 
 
@@ -115,3 +116,7 @@ class InspectReport:
     warnings: tuple[str, ...] = ()
     schema_version: str = field(default=SCHEMA_VERSION)
     kind: str = "inspect"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``report/schema/inspect.schema.json``)."""
+        return to_dict(self)

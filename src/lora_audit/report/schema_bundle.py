@@ -1,6 +1,7 @@
 """Keep every shipped JSON Schema usable on its own: the inspect schema bundled where used.
 
-``check.schema.json`` and ``compare.schema.json`` refer to the inspect report
+``check.schema.json``, ``compare.schema.json`` and ``inspect-many.schema.json`` refer to the
+inspect report
 (``"$ref": "inspect-1.json"``), which resolves against their ``$id`` to
 ``https://lora-audit.invalid/schema/inspect-1.json`` — an address nothing can fetch. So each
 of them carries a copy of ``inspect.schema.json`` under ``$defs`` as an embedded schema
@@ -24,7 +25,7 @@ from typing import Any
 #: The ``$defs`` key of the bundled inspect schema.
 INSPECT_DEF = "inspect_report"
 #: Schemas that refer to the inspect schema and so carry a bundled copy of it.
-BUNDLING = ("check.schema.json", "compare.schema.json")
+BUNDLING = ("check.schema.json", "compare.schema.json", "inspect-many.schema.json")
 
 
 def schema_dir() -> Path:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from lora_audit.report.check import Finding
-from lora_audit.report.common import SCHEMA_VERSION, ToolInfo
+from lora_audit.report.common import SCHEMA_VERSION, ToolInfo, to_dict
 
 TrendStatus = Literal["pass", "drift"]
 
@@ -104,3 +104,7 @@ class TrendReport:
     drifting_layers: int = 0
     schema_version: str = field(default=SCHEMA_VERSION)
     kind: str = "trend"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``report/schema/trend.schema.json``)."""
+        return to_dict(self)

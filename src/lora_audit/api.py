@@ -1,0 +1,307 @@
+"""The Python API: ``lora_audit.inspect``, ``inspect_many``, ``check`` and ``compress``.
+
+Each function runs the same pipeline as the command of the same name (:mod:`lora_audit.commands`)
+and returns its finished, frozen report; ``report.to_dict()`` gives the JSON form the command
+prints with ``--format json``. Warnings (an assumed scale, a GPU fallback) are issued as
+:class:`~lora_audit.errors.LoraAuditWarning` through :mod:`warnings` and are also kept in the
+report. Errors raise the package's exceptions: :class:`~lora_audit.errors.InputError` for an
+unreadable or invalid adapter, :class:`~lora_audit.errors.UsageError` for inconsistent
+arguments (both are :class:`~lora_audit.errors.LoraAuditError`).
+
+``import lora_audit`` stays light: this module (and numpy) load on first use of a function.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from lora_audit.errors import InputError, LoraAuditWarning, UsageError
+from lora_audit.report import CheckReport, CompressReport, InspectManyReport, InspectReport
+
+if TYPE_CHECKING:
+    from lora_audit.adapter import Adapter
+    from lora_audit.commands.inspect import AuditOptions
+    from lora_audit.engine.device import EngineOptions
+
+PathLike = str | os.PathLike[str]
+Device = Literal["auto", "cpu", "cuda"]
+Method = Literal["auto", "qr", "gram"]
+InputFormat = Literal["auto", "peft", "kohya", "mlx"]
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, LoraAuditWarning, stacklevel=4)
+
+
+def _engine(device: Device, method: Method) -> EngineOptions:
+    from lora_audit.engine.device import EngineOptions
+
+    return EngineOptions(device=device, method=method)
+
+
+def _audit_options(
+    *, energy: float, coverage: float, device: Device, method: Method
+) -> AuditOptions:
+    from lora_audit.commands.inspect import AuditOptions
+    from lora_audit.commands.options import check_fraction
+
+    return AuditOptions(
+        energy=check_fraction("--energy", energy),
+        coverage=check_fraction("--coverage", coverage),
+        engine=_engine(device, method),
+    )
+
+
+def _one_adapter(path: PathLike, *, alpha: float | None, input_format: InputFormat) -> Adapter:
+    """The one adapter ``path`` names (a cache repository at ``refs/main``), read."""
+    from lora_audit.commands.many import find_adapters
+    from lora_audit.formats import load_adapter
+
+    found = find_adapters([Path(path)]).found
+    if len(found) != 1:
+        raise InputError(
+            f"{path}: {len(found)} adapters below it",
+            hint="name one of them, or use lora_audit.inspect_many",
+        )
+    if found[0].error is not None:
+        raise found[0].error
+    adapter = load_adapter(found[0].path, alpha=alpha, input_format=input_format)
+    for message in adapter.warnings:
+        _warn(message)
+    return adapter
+
+
+def inspect(
+    path: PathLike,
+    *,
+    energy: float = 0.99,
+    coverage: float = 0.9,
+    device: Device = "auto",
+    method: Method = "auto",
+    alpha: float | None = None,
+    input_format: InputFormat = "auto",
+) -> InspectReport:
+    """Audit one adapter, as ``lora-audit inspect PATH`` does.
+
+    Parameters
+    ----------
+    path
+        A PEFT or mlx-lm adapter directory, a ``.safetensors`` file (PEFT, kohya, LyCORIS,
+        diffusers, XLabs), a llama.cpp GGUF LoRA, or a Hugging Face cache directory
+        (``hub/models--org--name``, read at ``refs/main``; never downloaded).
+    energy
+        τ in (0, 1]: each layer's energy rank keeps at least this fraction of ‖ΔW‖_F².
+    coverage
+        Fraction of layers, in (0, 1], the advised retraining rank must cover.
+    device
+        ``"auto"`` (CUDA when torch sees one), ``"cpu"`` (numpy, float64) or ``"cuda"``.
+    method
+        Core factorisation: ``"auto"``, ``"qr"`` or ``"gram"``.
+    alpha
+        ``lora_alpha`` to use when neither the config nor the file gives a scale.
+    input_format
+        ``"auto"`` detects the format; ``"peft"``, ``"kohya"`` or ``"mlx"`` force a reader.
+
+    Returns
+    -------
+    InspectReport
+        Per layer (``report.layers``): singular values (float64), stable and effective rank,
+        energy rank, wasted rank; adapter-wide (``report.summary``): wasted fraction, the
+        rank to retrain at, and the advice lines.
+
+    Raises
+    ------
+    InputError
+        When the path holds no readable, valid adapter, or holds several (use
+        :func:`inspect_many`).
+    UsageError
+        For an ``energy`` or ``coverage`` out of range, or ``device="cuda"`` without a GPU.
+    """
+    from lora_audit.commands.inspect import inspect_adapter
+
+    options = _audit_options(energy=energy, coverage=coverage, device=device, method=method)
+    adapter = _one_adapter(path, alpha=alpha, input_format=input_format)
+    return inspect_adapter(adapter, options=options, warn=_warn)
+
+
+def inspect_many(
+    paths: Iterable[PathLike],
+    *,
+    energy: float = 0.99,
+    coverage: float = 0.9,
+    include_checkpoints: bool = False,
+    device: Device = "auto",
+    method: Method = "auto",
+    alpha: float | None = None,
+    input_format: InputFormat = "auto",
+) -> InspectManyReport:
+    """Audit every adapter ``paths`` name or hold, as ``lora-audit inspect A B DIR`` does.
+
+    Directories are searched (``checkpoint-*`` only with ``include_checkpoints``); the
+    adapters are audited a few at a time. An adapter that cannot be read does not stop the
+    others: it is listed in ``report.errors`` and ``report.status`` is ``"error"``. The other
+    parameters are those of :func:`inspect`.
+
+    Returns
+    -------
+    InspectManyReport
+        ``adapters`` (one :class:`InspectReport` each), ``errors``, and ``summary``: one
+        :class:`~lora_audit.report.AdapterRow` per adapter (waste, stable rank, verdict).
+    """
+    from lora_audit.commands.many import audit_all, find_adapters
+    from lora_audit.commands.many import inspect_many as assemble
+
+    options = _audit_options(energy=energy, coverage=coverage, device=device, method=method)
+    found = find_adapters([Path(p) for p in paths], include_checkpoints=include_checkpoints)
+    outcomes = audit_all(
+        found.found,
+        options=options,
+        alpha=alpha,
+        input_format=input_format,
+        warn=_warn,
+    )
+    return assemble(outcomes, options=options)
+
+
+def check(
+    paths: PathLike | Iterable[PathLike],
+    *,
+    energy: float | None = None,
+    coverage: float | None = None,
+    max_waste: float | None = None,
+    max_layer_waste: float | None = None,
+    min_rank_used: int | None = None,
+    include_checkpoints: bool = False,
+    device: Device = "auto",
+    method: Method = "auto",
+    alpha: float | None = None,
+    input_format: InputFormat = "auto",
+) -> CheckReport:
+    """Gate adapters on a policy, as ``lora-audit check`` does (no policy file is read).
+
+    Parameters
+    ----------
+    paths
+        One path or several: adapters, or directories to search for them.
+    energy, coverage, max_waste, max_layer_waste, min_rank_used
+        The policy; ``None`` keeps the default (0.99, 0.9, 0.5, 1.0, 1).
+    include_checkpoints
+        Also search ``checkpoint-*`` directories.
+    device, method, alpha, input_format
+        As for :func:`inspect`.
+
+    Returns
+    -------
+    CheckReport
+        ``status`` is ``"pass"``, ``"fail"`` (``findings`` lists what broke) or ``"error"``
+        (``errors`` lists the adapters that could not be read); with several adapters,
+        ``summary`` holds one row each.
+
+    Raises
+    ------
+    UsageError
+        For a policy value out of range, or ``device="cuda"`` without a GPU.
+    """
+    from lora_audit.commands.check import run_check
+    from lora_audit.commands.options import policy_settings
+    from lora_audit.decisions.check_rules import Policy, merge
+
+    values = policy_settings(
+        energy=energy,
+        coverage=coverage,
+        max_waste=max_waste,
+        max_layer_waste=max_layer_waste,
+        min_rank_used=min_rank_used,
+    )
+    named = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    return run_check(
+        [Path(p) for p in named],
+        policy=merge(Policy(), values),
+        engine=_engine(device, method),
+        alpha=alpha,
+        input_format=input_format,
+        include_checkpoints=include_checkpoints,
+        warn=_warn,
+    )
+
+
+def compress(
+    path: PathLike,
+    *,
+    output: PathLike | None = None,
+    rank: int | None = None,
+    energy: float | None = None,
+    ratio: float | None = None,
+    budget: int | str | None = None,
+    min_rank: int = 1,
+    max_rank: int | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    allow_dora: bool = False,
+    device: Device = "auto",
+    method: Method = "auto",
+    alpha: float | None = None,
+    input_format: InputFormat = "auto",
+) -> CompressReport:
+    """Truncate an adapter exactly (Eckart–Young), as ``lora-audit compress`` does.
+
+    Parameters
+    ----------
+    path
+        The adapter, as for :func:`inspect`.
+    output
+        Where to write the compressed adapter, in the input's format (a directory for a PEFT
+        directory, else a ``.safetensors`` file); required unless ``dry_run``. Never the
+        input; an existing output only with ``force``.
+    rank, energy, ratio, budget
+        Exactly one: every layer to at most ``rank``; per layer the smallest k keeping
+        ``energy`` of ‖ΔW‖_F²; the σᵢ ≥ σ₁/``ratio``; or a total of ``budget`` parameters
+        (an int, or text such as ``"2M"``) placed where they remove the most error.
+    min_rank, max_rank
+        Bounds on every layer's new rank.
+    dry_run
+        Plan only; write nothing.
+    allow_dora
+        Compress a DoRA adapter's B·A and keep its magnitude vectors unchanged.
+    device, method, alpha, input_format
+        As for :func:`inspect`.
+
+    Returns
+    -------
+    CompressReport
+        Per layer the old and new rank, energy kept and relative error; the totals.
+
+    Raises
+    ------
+    UsageError
+        For inconsistent arguments (none or several of rank/energy/ratio/budget, no
+        ``output`` without ``dry_run``, an output that exists or is the input).
+    InputError
+        When the adapter cannot be read, or is a kind that cannot be written back.
+    """
+    from lora_audit.commands.compress import CompressOptions, compress_adapter
+    from lora_audit.commands.options import rank_rule
+
+    if output is None and not dry_run:
+        raise UsageError("--output is required", hint="or pass dry_run=True to see the plan")
+    options = CompressOptions(
+        rule=rank_rule(
+            rank=rank,
+            energy=energy,
+            ratio=ratio,
+            budget=None if budget is None else str(budget),
+            min_rank=min_rank,
+            max_rank=max_rank,
+        ),
+        output=None if output is None else Path(output),
+        dry_run=dry_run,
+        force=force,
+        allow_dora=allow_dora,
+        engine=_engine(device, method),
+    )
+    adapter = _one_adapter(path, alpha=alpha, input_format=input_format)
+    return compress_adapter(adapter, options=options, warn=_warn)
