@@ -22,7 +22,6 @@ maps are applied there. Signs follow :func:`lora_audit.linalg.spectral.svd`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
@@ -31,6 +30,7 @@ from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.engine.host_buffers import Readers, cpu_pool
 from lora_audit.engine.spectra import EngineOptions, Grams, Progress, Warn, device_type, map_groups
 from lora_audit.linalg.spectral import Float64Array, fix_signs, gram_truncation, qr_truncation
+from lora_audit.linalg.stacking import split_scale
 
 if TYPE_CHECKING:
     import torch
@@ -93,16 +93,10 @@ def truncate_layers(
 Maps = tuple[Float64Array, Float64Array]
 
 
-def _split_scale(scale: float) -> tuple[float, float]:
-    """Factors for ``B′`` and ``A′`` whose product is ``scale``, of equal magnitude."""
-    root = math.sqrt(abs(scale))
-    return math.copysign(root, scale), root
-
-
 def _scaled_maps(layer: LoraLayer, grams: Grams, *, rank: int) -> Maps:
     """:func:`gram_truncation` maps with the layer scale split evenly into both factors."""
     map_b, map_a = gram_truncation(grams.b, grams.a, rank=rank)
-    to_b, to_a = _split_scale(layer.scale)
+    to_b, to_a = split_scale(layer.scale)
     return map_b * to_b, map_a * to_a
 
 
@@ -112,7 +106,7 @@ def _cpu_layer(
     maps = None if grams is None else _scaled_maps(layer, grams, rank=rank)
     b, a = readers.load(layer)  # this thread's buffers: every result below is a new array
     if maps is None:
-        to_b, to_a = _split_scale(layer.scale)
+        to_b, to_a = split_scale(layer.scale)
         b_k, a_k = qr_truncation(b * to_b, a * to_a, rank=rank)
     else:
         b_k, a_k = b @ maps[0], maps[1] @ a
