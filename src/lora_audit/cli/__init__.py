@@ -10,6 +10,7 @@ from lora_audit.cli.check import check_command
 from lora_audit.cli.compare import compare_command
 from lora_audit.cli.compress import compress_command
 from lora_audit.cli.inspect import inspect_command
+from lora_audit.cli.merge import merge_command
 from lora_audit.cli.trend import trend_command
 
 app = typer.Typer(
@@ -50,6 +51,7 @@ def _root(
 app.command("inspect")(inspect_command)
 app.command("check")(check_command)
 app.command("compress")(compress_command)
+app.command("merge")(merge_command)
 app.command("trend")(trend_command)
 app.command("compare")(compare_command)
 

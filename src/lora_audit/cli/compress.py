@@ -156,7 +156,7 @@ def compress_command(
         from lora_audit.engine.spectra import EngineOptions
 
         options = CompressOptions(
-            rule=_rule(
+            rule=rank_rule(
                 rank=rank,
                 energy=energy,
                 ratio=ratio,
@@ -192,7 +192,7 @@ def _claim_outputs(loaded: Adapter, *, output: Path | None, report: Path | None)
     preflight(report, role="--report")
 
 
-def _rule(
+def rank_rule(
     *,
     rank: int | None,
     energy: float | None,
@@ -200,6 +200,7 @@ def _rule(
     budget: str | None,
     min_rank: int,
     max_rank: int | None,
+    example: str = "lora-audit compress ADAPTER -o OUT --energy 0.99",
 ) -> RankRule:
     """The one rank rule the flags ask for; exactly one of the four must be given."""
     from lora_audit.decisions.compress_ranks import Mode, RankRule
@@ -210,7 +211,7 @@ def _rule(
         raise UsageError(
             "give exactly one of --rank, --energy, --ratio, --budget"
             + (f" (got {', '.join(given)})" if given else ""),
-            hint="e.g. lora-audit compress ADAPTER -o OUT --energy 0.99",
+            hint=f"e.g. {example}",
         )
     if min_rank < 1 or (max_rank is not None and max_rank < min_rank):
         raise UsageError(f"--min-rank {min_rank} / --max-rank {max_rank}: need 1 ≤ min ≤ max")

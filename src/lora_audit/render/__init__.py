@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from lora_audit.errors import UsageError
-from lora_audit.render import github, json_, junit, markdown, table
+from lora_audit.render import github, json_, junit, markdown, merge_table, table
 
 
 class OutputFormat(StrEnum):
@@ -43,6 +43,8 @@ RENDERERS: dict[tuple[str, OutputFormat], Renderer] = {
     ("trend", OutputFormat.JSON): json_.render,
     ("compare", OutputFormat.TABLE): table.render_compare,
     ("compare", OutputFormat.JSON): json_.render,
+    ("merge", OutputFormat.TABLE): merge_table.render_merge,
+    ("merge", OutputFormat.JSON): json_.render,
 }
 
 
