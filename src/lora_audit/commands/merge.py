@@ -28,6 +28,7 @@ from lora_audit.commands.merge_inputs import (
     Part,
     check_inputs,
     check_weights,
+    drop_warning,
     layer_parts,
     merged_adapter,
     output_template,
@@ -145,7 +146,10 @@ def merge_adapters(
             inputs=adapters,
         )
         file_after = written.stat().st_size
-    return _report(adapters, weights, template, plans, options=options, file_after=file_after)
+    report = _report(adapters, weights, template, plans, options=options, file_after=file_after)
+    if warn is not None and (message := drop_warning(adapters, drop_extras=options.drop_extras)):
+        warn(message)
+    return report
 
 
 def _plan(
@@ -266,6 +270,9 @@ def _report(
     rule = options.rule
     kind = "directory" if output_is_directory(template) else "file"
     dropped = sorted({k for a in adapters for k in a.passthrough_keys}) if options.drop_extras else []
+    warnings = [m for a in adapters for m in a.warnings]
+    if (message := drop_warning(adapters, drop_extras=options.drop_extras)) is not None:
+        warnings.append(message)
     return MergeReport(
         tool=TOOL,
         inputs=inputs,
@@ -293,7 +300,7 @@ def _report(
             file_bytes_after=file_after,
         ),
         dropped_extras=tuple(dropped),
-        warnings=tuple(dict.fromkeys(m for a in adapters for m in a.warnings)),
+        warnings=tuple(dict.fromkeys(warnings)),
     )
 
 

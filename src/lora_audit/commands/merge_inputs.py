@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 FAMILIES = {"peft": "peft", "kohya": "kohya", "lycoris": "kohya"}
 #: PEFT config fields that say which modules are adapted.
 TARGETING = ("target_modules", "layers_to_transform", "layers_pattern", "exclude_modules")
+#: PEFT task types whose model classes add their head to ``modules_to_save`` on load.
+HEAD_TASKS = frozenset({"SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"})
 #: kohya metadata that describes one input's training or bytes, not the merge.
 _STALE_PREFIXES = ("sshs_", "modelspec.hash", "ss_network_args", "ss_network_module")
 
@@ -333,4 +335,23 @@ def _peft_config(
         )
     if drop_extras:
         config["modules_to_save"] = None
+        if config.get("task_type") in HEAD_TASKS:  # PEFT would expect the head's tensors
+            config["task_type"] = None
     return config
+
+
+def drop_warning(adapters: Sequence[Adapter], *, drop_extras: bool) -> str | None:
+    """What ``drop_extras`` left out, when it left something out."""
+    keys = sorted({k for a in adapters for k in a.passthrough_keys})
+    if not drop_extras or not keys:
+        return None
+    task = adapters[0].config.get("task_type")
+    note = (
+        f"; task_type {task} set to null, since PEFT would look for the head's tensors"
+        if task in HEAD_TASKS
+        else ""
+    )
+    return (
+        f"--drop-extras: {len(keys)} tensor(s) that are not LoRA factors left out (e.g. "
+        f"{keys[0]!r}): the merged adapter has no modules_to_save{note}"
+    )
