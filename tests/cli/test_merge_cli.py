@@ -97,8 +97,16 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
         [KOHYA[0], "-o", "X.safetensors", "--rank", "2"],  # one input
         [*KOHYA, "-o", KOHYA[1], "--rank", "2", "--force"],  # over an input
     ],
-    ids=["no-output", "no-rule", "two-rules", "concat-rank", "weights-count", "weights-nan",
-         "one-input", "over-input"],
+    ids=[
+        "no-output",
+        "no-rule",
+        "two-rules",
+        "concat-rank",
+        "weights-count",
+        "weights-nan",
+        "one-input",
+        "over-input",
+    ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
     args = [a.replace("X.safetensors", str(tmp_path / "x.safetensors")) for a in args]

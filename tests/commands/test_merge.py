@@ -101,7 +101,7 @@ def test_rslora_and_pattern_scales_are_applied(tmp_path: Path) -> None:
     rs = PEFT_PAIR[1]
     config = json.loads((rs / "adapter_config.json").read_text())
     assert config["use_rslora"] and config["rank_pattern"]
-    report, adapters = run([rs, rs], tmp_path / "out", None, [1.0, 2.0], drop_extras=True)
+    report, _ = run([rs, rs], tmp_path / "out", None, [1.0, 2.0], drop_extras=True)
     merged = deltas(load_adapter(tmp_path / "out"))
     from safetensors.numpy import load_file
 
@@ -188,12 +188,15 @@ def peft_inputs(draw: st.DrawFn) -> tuple[list[FakeAdapter], list[float], int]:
             "target_modules": names,
         }
         adapters.append(FakeAdapter(layers=layers, config=config))
-    weights = draw(st.lists(st.floats(-3, 3).filter(lambda w: abs(w) > 0.05), min_size=count,
-                            max_size=count))
+    weights = draw(
+        st.lists(st.floats(-3, 3).filter(lambda w: abs(w) > 0.05), min_size=count, max_size=count)
+    )
     return adapters, weights, draw(st.integers(1, 8))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(case=peft_inputs())
 def test_generated_factors_merge_to_the_optimal_truncation(
     tmp_path_factory: pytest.TempPathFactory, case: tuple[list[FakeAdapter], list[float], int]
@@ -229,7 +232,9 @@ def test_different_bases_and_shapes_are_refused(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
 
     def fake(out: int, base: str) -> FakeAdapter:
-        layer = FakeLayer(name="m.q", b=rng.standard_normal((out, 2)), a=rng.standard_normal((2, 5)))
+        layer = FakeLayer(
+            name="m.q", b=rng.standard_normal((out, 2)), a=rng.standard_normal((2, 5))
+        )
         return FakeAdapter(layers=[layer], config={"base_model_name_or_path": base})
 
     a = write_peft(tmp_path / "a", fake(4, "base-1"))

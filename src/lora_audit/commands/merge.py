@@ -128,7 +128,9 @@ def merge_adapters(
         if options.rule is None:
             assert isinstance(merged.source, MergedSource)
             source = merged.source
-            new_layers = {p.layer.name: store(p.layer, *source.stacked(p.layer.name)) for p in plans}
+            new_layers = {
+                p.layer.name: store(p.layer, *source.stacked(p.layer.name)) for p in plans
+            }
         else:
             ranks = {p.layer.name: p.new_rank for p in plans}
             new_layers = truncate_layers(
@@ -269,7 +271,9 @@ def _report(
     )
     rule = options.rule
     kind = "directory" if output_is_directory(template) else "file"
-    dropped = sorted({k for a in adapters for k in a.passthrough_keys}) if options.drop_extras else []
+    dropped = (
+        sorted({k for a in adapters for k in a.passthrough_keys}) if options.drop_extras else []
+    )
     warnings = [m for a in adapters for m in a.warnings]
     if (message := drop_warning(adapters, drop_extras=options.drop_extras)) is not None:
         warnings.append(message)

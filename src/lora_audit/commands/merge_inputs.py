@@ -275,10 +275,9 @@ def merged_adapter(adapters: Sequence[Adapter], parts: Mapping[str, tuple[Part, 
                 scale_source="fixed",
             )
         )
-    first = adapters[0]
     return Adapter(
-        path=first.path,
-        tensor_file=first.tensor_file,
+        path=adapters[0].path,
+        tensor_file=adapters[0].tensor_file,
         format="merged",
         layers=tuple(layers),
         source=MergedSource(parts),

@@ -58,7 +58,9 @@ def render_merge(report: MergeReport, *, width: int = 100, color: bool = False) 
         f"vs the exact weighted sum: ‖ΔW − ΔW_k‖F/‖ΔW‖F = {t.relative_error:.4f}; worst layer "
         f"{t.max_relative_error:.4f}; min energy kept {t.min_energy_kept:.4f}",
     )
-    after = "(dry run: nothing written)" if t.file_bytes_after is None else f"{t.file_bytes_after:,}"
+    after = (
+        "(dry run: nothing written)" if t.file_bytes_after is None else f"{t.file_bytes_after:,}"
+    )
     info.add_row("file", f"{t.file_bytes:,} bytes in → {after} bytes out")
     if report.dropped_extras:
         shown = ", ".join(report.dropped_extras[:3])
