@@ -159,7 +159,9 @@ def main() -> None:
         rows = []
         for method in ("peft-rs-first", "peft-plain-first", "lora-audit"):
             command = [sys.executable, __file__, "--worker", method, "--dir", str(root)]
-            line = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
+            line = subprocess.run(
+                command, check=True, capture_output=True, text=True, timeout=300
+            ).stdout
             figures = json.loads(line.strip().splitlines()[-1])
             rows.append((method, figures, error(root / f"{method}.npz", best)))
     print(f"{len(best)} layers, 0.7·rs(r=16, rsLoRA) + 0.5·plain(r=16) → rank {RANK}")

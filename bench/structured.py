@@ -105,10 +105,15 @@ def dense(layer: LoraLayer, t: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def structured(layer: LoraLayer, t: dict[str, torch.Tensor]) -> torch.Tensor:
-    """What lora-audit's engine does for the layer (``engine.spectra``)."""
+    """What lora-audit's engine does for the layer (``engine.spectra``).
+
+    The structure's thin factors (numpy float64, :func:`thin_factors`), then the factored
+    singular values; a full Kronecker product from the SVDs of its two factors.
+    """
+    f = {role: v.numpy() for role, v in t.items()}
     if layer.structure is Structure.KRON:  # σ(kron) = all products σᵢ(W1)·σⱼ(W2)
-        return kron_singular_values(t["w1"], t["w2"], rank=layer.rank)
-    b, a = thin_factors(layer, t)
+        return torch.from_numpy(kron_singular_values(f["w1"], f["w2"], rank=layer.rank))
+    b, a = (torch.from_numpy(x) for x in thin_factors(layer, f))
     return singular_values(b.unsqueeze(0), a.unsqueeze(0), method="auto")[0]
 
 

@@ -107,3 +107,11 @@ def mixed_adapter(tmp_path: Path) -> Path:
     layers.append(FakeLayer("model.layers.1.down_proj", torch.zeros(16, 8), torch.randn(8, 40)))
     config = {"r": 8, "lora_alpha": 16, "use_rslora": True}
     return write_peft(tmp_path / "mixed", FakeAdapter(layers, config))
+
+
+@pytest.fixture(autouse=True)
+def _outside_github_actions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run as if outside GitHub Actions, even on its runners: ``check`` appends to
+    ``$GITHUB_STEP_SUMMARY`` when it is set, and must never write the real job summary."""
+    for name in ("GITHUB_STEP_SUMMARY", "GITHUB_ACTIONS"):
+        monkeypatch.delenv(name, raising=False)

@@ -97,15 +97,8 @@ def test_the_tree_is_the_pipeline() -> None:
     )
 
 
-#: being removed by the de-duplication commits that follow the moves.
-KNOWN = [
-    Violation("engine/host_buffers.py", "lora_audit.formats.safetensors_io"),
-    Violation("decisions/check_rules.py", "lora_audit.report"),
-]
-
-
 def test_every_stage_imports_only_the_stages_before_it() -> None:
-    assert violations(SRC) == KNOWN
+    assert violations(SRC) == []
 
 
 @pytest.mark.parametrize(

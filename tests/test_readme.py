@@ -1,4 +1,4 @@
-"""The README's newcomer commands stay true: CI runs the same test command."""
+"""The README and docs/ stay true: the newcomer commands CI runs, pins, links that resolve."""
 
 from __future__ import annotations
 
@@ -6,6 +6,13 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+#: Absolute links to this repository's files, as the README (also the PyPI page) must write them.
+REPO_FILE = re.compile(
+    r"https://(?:github\.com/lora-rank-audit/lora-rank-audit/blob/main"
+    r"|raw\.githubusercontent\.com/lora-rank-audit/lora-rank-audit/main)/([^)#\s]+)(#[^)\s]*)?"
+)
+LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def newcomer_commands() -> list[str]:
@@ -40,15 +47,19 @@ def test_nothing_installs_the_other_projects_package() -> None:
 
 
 def test_pinned_revisions_are_this_version() -> None:
-    """The pre-commit and GitHub Actions examples pin the tag of the current release."""
+    """The install, pre-commit and GitHub Actions examples pin the tag of the current release."""
     from lora_audit import __version__
 
     tag = f"v{__version__}"
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    revs = re.findall(r"^\s+rev: (\S+)$", readme, flags=re.MULTILINE)
-    assert revs and set(revs) == {tag}, revs
-    pins = re.findall(r"lora-rank-audit@(v[\d.]+)", readme)
-    assert pins and set(pins) == {tag}, pins
+    ci = (REPO / "docs" / "ci.md").read_text(encoding="utf-8")
+    for text in (readme, *(p.read_text(encoding="utf-8") for p in DOCS.rglob("*.md"))):
+        revs = re.findall(r"^\s+rev: (\S+)$", text, flags=re.MULTILINE)
+        pins = re.findall(r"lora-rank-audit@(v[\d.]+)", text)
+        assert set(revs) <= {tag} and set(pins) <= {tag}, (revs, pins)
+    assert re.search(r"^\s+rev: \S+$", ci, flags=re.MULTILINE)  # the pre-commit example
+    assert re.findall(r"lora-rank-audit@v", readme)  # the install commands
+    assert re.findall(r"lora-rank-audit@v", ci)  # the GitHub Actions job
     hooks = (REPO / ".pre-commit-hooks.yaml").read_text(encoding="utf-8")
     assert f"rev: {tag}" in hooks
     changelog = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
@@ -72,3 +83,69 @@ def test_links_to_files_are_absolute() -> None:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     relative = re.findall(r"\]\((?!https?://|#|mailto:)([^)]+)\)", text)
     assert not relative, relative
+
+
+def test_readme_fits_on_two_screens() -> None:
+    lines = (REPO / "README.md").read_text(encoding="utf-8").count("\n")
+    assert lines <= 260, f"README.md has {lines} lines: move detail into docs/"
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors of a Markdown file (headings inside code fences skipped)."""
+    anchors: set[str] = set()
+    fence = False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        elif not fence and (m := re.match(r"#{1,6} (.+)", line)):
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            anchors.add(slug)
+    return anchors
+
+
+def _check_target(source: Path, target: Path, anchor: str) -> str | None:
+    if not target.exists():
+        return f"{source.name}: {target} does not exist"
+    if anchor and target.suffix == ".md" and anchor not in _anchors(target):
+        return f"{source.name}: {target.name} has no heading #{anchor}"
+    return None
+
+
+def test_readme_links_to_files_that_exist() -> None:
+    """Every absolute link into this repository names a file (and heading) of the tree."""
+    readme = REPO / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    found = REPO_FILE.findall(text)
+    assert len(found) >= 14, found  # the docs pages, LICENSE, CHANGELOG
+    problems = [_check_target(readme, REPO / path, anchor[1:]) for path, anchor in found]
+    for local in re.findall(r"\]\(#([^)]+)\)", text):
+        problems.append(_check_target(readme, readme, local))
+    assert not [p for p in problems if p], problems
+
+
+def test_docs_links_resolve() -> None:
+    """Relative links between docs pages (GitHub renders them) point to existing files."""
+    pages = sorted(DOCS.rglob("*.md"))
+    assert len(pages) >= 14, pages
+    problems, checked = [], 0
+    for page in pages:
+        for link in LINK.findall(page.read_text(encoding="utf-8")):
+            if absolute := REPO_FILE.fullmatch(link):
+                path, anchor = absolute.group(1), (absolute.group(2) or "#")[1:]
+                problems.append(_check_target(page, REPO / path, anchor))
+                continue
+            if re.match(r"[a-z]+:", link):
+                continue  # other sites, mailto:
+            path, _, anchor = link.partition("#")
+            target = (page.parent / path).resolve() if path else page
+            problems.append(_check_target(page, target, anchor))
+            checked += 1
+    assert checked > 50, checked
+    assert not [p for p in problems if p], problems
+
+
+def test_docs_index_lists_every_page() -> None:
+    index = (DOCS / "README.md").read_text(encoding="utf-8")
+    linked = set(LINK.findall(index))
+    missing = [p.name for p in sorted(DOCS.glob("*.md")) if p.name != "README.md"]
+    assert not [name for name in missing if name not in linked], linked

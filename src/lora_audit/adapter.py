@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -86,6 +86,27 @@ class TensorSource(Protocol):
         F16/F32/F64 and integer tensors keep their dtype; BF16 is widened exactly to float32;
         quantised formats are dequantised to float32.
         """
+        ...
+
+
+class FactorReader(Protocol):
+    """A reader that fills caller-owned float64 buffers (one per thread; not thread-safe)."""
+
+    def read_into(self, key: str, out: npt.NDArray[np.float64]) -> None:
+        """Decode tensor ``key`` into ``out`` (float64, its element count), reusing scratch."""
+        ...
+
+    def close(self) -> None:
+        """Release the file handle (the reader reopens it when used again)."""
+        ...
+
+
+@runtime_checkable
+class ReadsIntoBuffers(Protocol):
+    """A :class:`TensorSource` that can also stream tensors into reused buffers."""
+
+    def open_reader(self) -> FactorReader:
+        """A new :class:`FactorReader` over the same tensors (one per worker thread)."""
         ...
 
 

@@ -80,7 +80,7 @@ def test_unreadable_adapter_exits_3_with_one_line_and_the_rest_checked(
     assert lines[0].startswith("lora-audit: error: adapters/broken/adapter_model.safetensors: ")
     assert "Traceback" not in err
     report = json.loads(out)
-    assert report["status"] == "error" and report["exit_code"] == 3
+    assert report["status"] == "error" and "exit_code" not in report
     assert report["errors"][0]["path"] == "adapters/broken"
     assert [a["adapter"]["path"] for a in report["adapters"]] == ["adapters/wasteful"]
     assert [f["rule"] for f in report["findings"]] == ["max-waste"]
@@ -229,7 +229,7 @@ def test_malformed_policy_file_exits_3_with_one_line(
 def test_missing_config_file_exits_3(adapters: dict[str, str]) -> None:
     code, _, err = check(adapters["lean"], "--config", "nope.toml")
     assert code == 3
-    assert "nope.toml: no such policy file" in err
+    assert "nope.toml: no such settings file" in err
 
 
 def test_help_lists_the_policy_and_exit_codes() -> None:

@@ -59,7 +59,7 @@ def test_different_ranks_and_layer_sets(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @pytest.mark.parametrize(
-    "args", [["--top-k", "0"], ["--format", "github"], ["--plot", "x.jpg"], ["--bogus"]]
+    "args", [["--top-k", "0"], ["--format", "junit"], ["--plot", "x.jpg"], ["--bogus"]]
 )
 def test_usage_errors_exit_2(args: list[str]) -> None:
     result = runner.invoke(

@@ -12,6 +12,7 @@ from factories import FakeAdapter, write_peft
 from typer.testing import CliRunner
 
 from lora_audit.cli import app
+from lora_audit.report.common import SCHEMA_VERSION
 
 runner = CliRunner()
 
@@ -28,7 +29,7 @@ def test_json_validates_and_stdout_is_only_the_report(mixed_adapter: Path) -> No
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     jsonschema.validate(report, schema())
-    assert report["schema_version"] == "1.1"
+    assert report["schema_version"] == SCHEMA_VERSION
     assert report["tool"]["name"] == "lora-audit"
     assert report["adapter"]["format"] == "peft"
     assert all(len(layer["singular_values"]) == layer["rank"] for layer in report["layers"])
@@ -145,13 +146,3 @@ def test_permission_denied_on_output_is_exit_3(
     result = runner.invoke(app, ["inspect", str(mixed_adapter), "-f", "json", "-o", str(out)])
     assert result.exit_code == 3 and "Permission denied" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
-
-
-def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    from lora_audit.errors import InputError
-
-    quiet = runner.invoke(app, ["inspect", str(tmp_path / "nope")])
-    assert quiet.exit_code == 3 and "Traceback" not in quiet.stderr
-    assert not isinstance(quiet.exception, InputError)
-    loud = runner.invoke(app, ["--debug", "inspect", str(tmp_path / "nope")])
-    assert isinstance(loud.exception, InputError)

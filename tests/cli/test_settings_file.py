@@ -109,7 +109,7 @@ def test_broken_pyproject_on_the_search_path_is_reported_not_skipped(repo: Path)
 
 
 def test_missing_explicit_file(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="no such policy file"):
+    with pytest.raises(InputError, match="no such settings file"):
         resolve_policy(flags={}, config=tmp_path / "nope.toml", search_from=None)
 
 

@@ -73,7 +73,7 @@ def test_drift_exit_codes(run: Path) -> None:
         ["--window", "1"],
         ["--min-rise", "-0.5"],
         ["--energy", "2"],
-        ["--format", "markdown"],
+        ["--format", "junit"],
         ["--plot", "trend.gif"],
     ],
 )

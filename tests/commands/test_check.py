@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from check_adapters import write_lean, write_unreadable, write_untrained, write_wasteful
 
+from lora_audit.cli._common import exit_code_for
 from lora_audit.commands.check import run_check
 from lora_audit.decisions.check_rules import Policy
-from lora_audit.engine.spectra import EngineOptions
+from lora_audit.engine.device import EngineOptions
 from lora_audit.errors import ExitCode, InputError
 
 CPU = EngineOptions(device="cpu")
@@ -22,7 +23,7 @@ def test_lean_passes_wasteful_fails(tmp_path: Path) -> None:
     assert [a.adapter.path for a in report.adapters] == [str(lean), str(wasteful)]
     assert [(f.adapter, f.rule) for f in report.findings] == [(str(wasteful), "max-waste")]
     assert report.findings[0].measured == pytest.approx(0.875)
-    assert (report.status, report.exit_code) == ("fail", ExitCode.FINDINGS)
+    assert (report.status, exit_code_for(report)) == ("fail", ExitCode.FINDINGS)
     assert report.adapters[0].settings.energy == 0.99
 
 
@@ -59,7 +60,7 @@ def test_unreadable_is_recorded_and_the_rest_still_checked(tmp_path: Path) -> No
     assert report.errors[0].message == str(seen[0])
     assert [a.adapter.path for a in report.adapters] == [str(lean)], "repeats are checked once"
     assert opened == [(str(lean), 2)]
-    assert (report.status, report.exit_code) == ("error", ExitCode.INPUT)
+    assert (report.status, exit_code_for(report)) == ("error", ExitCode.INPUT)
 
 
 def test_errors_outrank_findings(tmp_path: Path) -> None:
@@ -67,4 +68,4 @@ def test_errors_outrank_findings(tmp_path: Path) -> None:
         [write_wasteful(tmp_path / "w"), tmp_path / "missing"], policy=Policy(), engine=CPU
     )
     assert report.findings and report.errors
-    assert report.exit_code == ExitCode.INPUT
+    assert exit_code_for(report) == ExitCode.INPUT

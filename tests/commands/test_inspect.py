@@ -10,7 +10,7 @@ from conftest import sample_adapter_dirs, sample_sd_files
 
 from lora_audit.adapter import Adapter, LayerKind
 from lora_audit.commands.inspect import AuditOptions, inspect_adapter
-from lora_audit.engine.spectra import EngineOptions
+from lora_audit.engine.device import EngineOptions
 from lora_audit.formats import load_adapter
 from lora_audit.report import InspectReport
 

@@ -24,7 +24,7 @@ from against_base_reference import check, dense_reference
 from lora_audit.adapter import Adapter
 from lora_audit.commands.inspect import AuditOptions, inspect_adapter
 from lora_audit.commands.inspect_base import BaseOptions, audit_base
-from lora_audit.engine.spectra import EngineOptions
+from lora_audit.engine.device import EngineOptions
 from lora_audit.formats import load_adapter
 from lora_audit.report import InspectReport
 

@@ -20,7 +20,7 @@ from lora_audit.commands.compress import CompressOptions, compress_adapter
 from lora_audit.commands.inspect import AuditOptions, inspect_adapter
 from lora_audit.decisions.check_rules import Policy
 from lora_audit.decisions.compress_ranks import RankRule
-from lora_audit.engine.spectra import EngineOptions
+from lora_audit.engine.device import EngineOptions
 from lora_audit.formats import load_adapter
 from lora_audit.render.table import render_inspect
 from lora_audit.report import InspectReport

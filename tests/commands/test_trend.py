@@ -9,6 +9,7 @@ import pytest
 from checkpoints import FOCUS, GROW, write_checkpoint
 from factories import FakeAdapter, FakeLayer, planted_factors, write_peft
 
+from lora_audit.cli._common import exit_code_for
 from lora_audit.commands.trend import (
     TrendOptions,
     expand_run,
@@ -150,7 +151,7 @@ def test_series_match_dense_reference_and_drift_is_flagged(run: Path) -> None:
     assert ("model.layers.0.q_proj", "stable-rank-drift") in rules
     assert ("model.layers.0.q_proj", "energy-rank-drift") in rules
     assert all(f.severity == "warning" for f in report.findings)
-    assert report.status == "drift" and report.exit_code == 0
+    assert report.status == "drift" and exit_code_for(report) == 0
     first = report.findings[0]
     assert "steps 50–5000" in first.message
     total = np.sqrt(sum(layer.frobenius_norm[-1] ** 2 for layer in report.layers))  # type: ignore[operator]
@@ -160,9 +161,9 @@ def test_series_match_dense_reference_and_drift_is_flagged(run: Path) -> None:
 def test_fail_on_drift_and_thresholds(run: Path) -> None:
     adapters = [load_adapter(run / f"checkpoint-{s}") for s in (5, 50, 500, 5000)]
     strict = trend_of(adapters, options=TrendOptions(fail_on_drift=True))
-    assert strict.exit_code == 1 and all(f.severity == "error" for f in strict.findings)
+    assert exit_code_for(strict) == 1 and all(f.severity == "error" for f in strict.findings)
     lax = trend_of(adapters, options=TrendOptions(min_rise=10.0, fail_on_drift=True))
-    assert lax.findings == () and lax.status == "pass" and lax.exit_code == 0
+    assert lax.findings == () and lax.status == "pass" and exit_code_for(lax) == 0
 
 
 def test_too_few_checkpoints_are_not_judged(run: Path) -> None:

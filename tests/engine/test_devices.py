@@ -11,7 +11,7 @@ from factories import HAS_TORCH
 from typer.testing import CliRunner
 
 from lora_audit.cli import app
-from lora_audit.engine import spectra as engine
+from lora_audit.engine import device as engine
 from lora_audit.errors import UsageError
 
 runner = CliRunner()

@@ -11,8 +11,9 @@ import torch
 from factories import FakeAdapter, FakeLayer, write_peft
 
 from lora_audit.adapter import Adapter
+from lora_audit.engine.device import EngineOptions
 from lora_audit.engine.refactorisation import _on_device, _scaled_maps, truncate_layers
-from lora_audit.engine.spectra import EngineOptions, analyse
+from lora_audit.engine.spectra import analyse
 from lora_audit.formats import load_adapter
 
 TOL = 1e-6

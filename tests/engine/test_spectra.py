@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lora_audit.adapter import LoraLayer
-from lora_audit.engine.spectra import EngineOptions, group_layers, map_groups
+from lora_audit.engine.batches import group_layers, map_groups
+from lora_audit.engine.device import EngineOptions
 from lora_audit.formats import load_adapter
 
 

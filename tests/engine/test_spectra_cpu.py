@@ -14,13 +14,10 @@ from factories import FakeAdapter, FakeLayer, write_peft
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lora_audit.engine.batches import map_groups
+from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.engine.host_buffers import HostFactors
-from lora_audit.engine.spectra import (
-    EngineOptions,
-    device_type,
-    map_groups,
-    spectra,
-)
+from lora_audit.engine.spectra import spectra
 from lora_audit.errors import InputError
 from lora_audit.formats import load_adapter
 from lora_audit.linalg.spectral import (
@@ -259,10 +256,11 @@ def test_gpu_orchestration_agrees_with_the_cpu_path(mixed_adapter: Path) -> None
 def test_gpu_out_of_memory_moves_the_rest_to_the_cpu_path(
     mixed_adapter: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import lora_audit.engine.batches as batches
     import lora_audit.engine.spectra as engine
 
     adapter = load_adapter(mixed_adapter)
-    real = engine._load_chunk
+    real = batches._load_chunk
     calls: list[str] = []
 
     def always_oom(adapter_, chunk, *, device):  # type: ignore[no-untyped-def]
@@ -271,7 +269,7 @@ def test_gpu_out_of_memory_moves_the_rest_to_the_cpu_path(
             raise torch.cuda.OutOfMemoryError("simulated")
         return real(adapter_, chunk, device=device)
 
-    monkeypatch.setattr(engine, "_load_chunk", always_oom)
+    monkeypatch.setattr(batches, "_load_chunk", always_oom)
     warnings: list[str] = []
     got = engine._spectra_cuda(
         adapter, options=EngineOptions(device="cpu"), progress=None, warn=warnings.append
@@ -281,14 +279,14 @@ def test_gpu_out_of_memory_moves_the_rest_to_the_cpu_path(
     assert set(got) == set(expected)
     for name, sigma in expected.items():
         assert float(np.abs(got[name] - sigma).max()) <= 1e-10 * max(float(sigma[0]), 1e-300)
-    assert len(engine.group_layers(adapter.layers)[0]) == 1
+    assert len(batches.group_layers(adapter.layers)[0]) == 1
     assert len(calls) == 2  # the retry on the CPU; later groups never went through map_groups
 
 
 def test_out_of_memory_halves_what_was_tried(
     mixed_adapter: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lora_audit.engine.spectra as engine
+    import lora_audit.engine.batches as engine
 
     adapter = load_adapter(mixed_adapter)
     real = engine._load_chunk

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from lora_audit.errors import InputError
 from lora_audit.formats import load_adapter
-from lora_audit.formats.base_model import match_layers, open_base, unmatched_error
+from lora_audit.formats.base_model import match_base_weights, open_base, unmatched_error
 
 OUT, IN, R = 12, 8, 2
 
@@ -54,7 +54,7 @@ def test_peft_prefix_dropped_to_match_a_bare_base(tmp_path: Path) -> None:
         "encoder.layer.0.attention.q.weight": (OUT, IN),
         "encoder.layer.0.attention.q.bias": (OUT,),
     }))  # fmt: skip
-    match = match_layers(adapter, base)
+    match = match_base_weights(adapter, base)
     assert not match.unmatched
     weight = match.weights["bert.encoder.layer.0.attention.q"]
     assert weight.key == "encoder.layer.0.attention.q.weight" and not weight.transpose
@@ -65,7 +65,7 @@ def test_base_with_an_extra_prefix_matches_by_unique_suffix(tmp_path: Path) -> N
     base = open_base(
         base_file(tmp_path / "m.safetensors", {"bert.encoder.layer.0.q.weight": (OUT, IN)})
     )
-    assert match_layers(adapter, base).weights["encoder.layer.0.q"].key == (
+    assert match_base_weights(adapter, base).weights["encoder.layer.0.q"].key == (
         "bert.encoder.layer.0.q.weight"
     )
 
@@ -75,7 +75,7 @@ def test_two_prefixed_copies_are_ambiguous(tmp_path: Path) -> None:
     base = open_base(base_file(tmp_path / "m.safetensors", {
         "a.layer.0.q.weight": (OUT, IN), "b.layer.0.q.weight": (OUT, IN),
     }))  # fmt: skip
-    match = match_layers(adapter, base)
+    match = match_base_weights(adapter, base)
     assert match.unmatched and not match.weights
 
 
@@ -87,7 +87,7 @@ def test_sharded_index_reads_only_the_shards_it_needs(tmp_path: Path) -> None:
     })  # fmt: skip
     base = open_base(directory)
     assert base.index == directory / "model.safetensors.index.json"
-    match = match_layers(adapter, base)
+    match = match_base_weights(adapter, base)
     weight = match.weights["model.layers.1.q_proj"]
     assert weight.file.name == "model-00002-of-00002.safetensors"
     assert list(base._headers) == [weight.file]  # the other shard's header was never read
@@ -108,7 +108,7 @@ def test_gpt2_conv1d_is_transposed_by_shape_and_square_by_fan_in_fan_out(tmp_pat
     })  # fmt: skip
     for fan_in_fan_out in (False, True):
         path = peft_adapter(tmp_path / str(fan_in_fan_out), layers, fan_in_fan_out=fan_in_fan_out)
-        match = match_layers(load_adapter(path), open_base(base_path))
+        match = match_base_weights(load_adapter(path), open_base(base_path))
         assert match.weights["h.0.attn.c_attn"].transpose
         assert match.weights["h.0.attn.c_proj"].transpose is fan_in_fan_out
     stored = open_base(base_path)
@@ -126,7 +126,7 @@ def test_embedding_is_stored_vocab_by_dim(tmp_path: Path) -> None:
         peft_adapter(tmp_path, [lora("embed_tokens", out=dim, inp=vocab, embedding=True)])
     )
     base = open_base(base_file(tmp_path / "m.safetensors", {"embed_tokens.weight": (vocab, dim)}))
-    weight = match_layers(adapter, base).weights["embed_tokens"]
+    weight = match_base_weights(adapter, base).weights["embed_tokens"]
     assert weight.transpose
     assert base.load(weight, out_features=dim, in_features=vocab).shape == (dim, vocab)
 
@@ -147,7 +147,7 @@ def test_kohya_names_match_underscored_base_keys(tmp_path: Path) -> None:
         "down_blocks.0.attentions.0.proj_in.weight": (OUT, IN, 1, 1),  # a 1×1 conv
         "text_model.encoder.layers.0.self_attn.k_proj.weight": (OUT, IN),
     }))  # fmt: skip
-    match = match_layers(adapter, base)
+    match = match_base_weights(adapter, base)
     assert not match.unmatched
     got = {name: w.key for name, w in match.weights.items()}
     assert got == {
@@ -165,7 +165,7 @@ def test_unmatched_layers_give_one_clear_error(tmp_path: Path) -> None:
     base = open_base(base_file(tmp_path / "m.safetensors", {
         "enc.0.q.weight": (OUT, IN), "enc.1.q.weight": (OUT, IN), "enc.0.k.weight": (OUT, IN),
     }))  # fmt: skip
-    match = match_layers(adapter, base)
+    match = match_base_weights(adapter, base)
     reasons = dict(match.unmatched)
     assert set(reasons) == {"enc.0.v", "enc.1.q"}
     assert "no base weight" in reasons["enc.0.v"]
@@ -180,7 +180,7 @@ def test_quantised_base_weights_are_not_matched(tmp_path: Path) -> None:
     adapter = load_adapter(peft_adapter(tmp_path, [lora("q")]))
     path = tmp_path / "m.safetensors"
     save_file({"q.weight": torch.zeros(OUT, IN, dtype=torch.int8)}, str(path))
-    [(name, why)] = match_layers(adapter, open_base(path)).unmatched
+    [(name, why)] = match_base_weights(adapter, open_base(path)).unmatched
     assert name == "q" and "I8" in why
 
 
@@ -233,7 +233,7 @@ def test_index_naming_a_tensor_its_shard_lacks(tmp_path: Path) -> None:
     (directory / "model.safetensors.index.json").write_text(json.dumps(index))
     adapter = load_adapter(peft_adapter(tmp_path, [lora("q")]))
     with pytest.raises(InputError, match=r"not in s\.safetensors"):
-        match_layers(adapter, open_base(directory))
+        match_base_weights(adapter, open_base(directory))
 
 
 def test_pickle_and_missing_paths(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from lora_audit.engine.spectra import EngineOptions, analyse  # noqa: E402
+from lora_audit.engine.device import EngineOptions  # noqa: E402
+from lora_audit.engine.spectra import analyse  # noqa: E402
 from lora_audit.errors import InputError  # noqa: E402
 from lora_audit.formats import load_adapter  # noqa: E402
 

@@ -25,7 +25,8 @@ from mlx_lm.models import llama, mixtral  # noqa: E402
 from mlx_lm.tuner.utils import linear_to_lora_layers, load_adapters  # noqa: E402
 from mlx_lm.utils import save_config  # noqa: E402
 
-from lora_audit.engine.spectra import EngineOptions, analyse  # noqa: E402
+from lora_audit.engine.device import EngineOptions  # noqa: E402
+from lora_audit.engine.spectra import analyse  # noqa: E402
 from lora_audit.errors import InputError  # noqa: E402
 from lora_audit.formats import load_adapter  # noqa: E402
 

@@ -10,7 +10,7 @@ from safetensors.numpy import load_file, save_file
 
 from lora_audit.commands.compress import CompressOptions, compress_adapter
 from lora_audit.decisions.compress_ranks import RankRule
-from lora_audit.engine.spectra import EngineOptions
+from lora_audit.engine.device import EngineOptions
 from lora_audit.errors import InputError
 from lora_audit.formats import load_adapter
 

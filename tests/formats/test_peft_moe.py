@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lora_audit.engine.spectra import EngineOptions, spectra
+from lora_audit.engine.device import EngineOptions
+from lora_audit.engine.spectra import spectra
 from lora_audit.errors import InputError
 from lora_audit.formats import load_adapter
 

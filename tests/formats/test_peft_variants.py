@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_audit.engine.spectra import EngineOptions, spectra
+from lora_audit.engine.device import EngineOptions
+from lora_audit.engine.spectra import spectra
 from lora_audit.errors import InputError
 from lora_audit.formats import load_adapter
 

@@ -453,6 +453,48 @@ def test_every_renderer_escapes_every_payload(payload: str) -> None:
         assert render_plot(inspect, fmt="png").startswith(b"\x89PNG")
 
 
+@pytest.fixture(scope="module")
+def trend_and_compare() -> tuple[Any, Any]:
+    """Real trend and compare reports of the bundled samples (poisoned per test)."""
+    from lora_audit.commands.compare import compare_adapters
+    from lora_audit.commands.trend import TrendOptions, trend_of
+    from lora_audit.formats import load_adapter
+
+    samples = Path(__file__).resolve().parents[2] / "sample_adapters"
+    run = [samples / "minilm-run" / f"checkpoint-{s}" for s in (10, 20, 40, 80)]
+    trend = trend_of([load_adapter(p) for p in run], options=TrendOptions())
+    compare = compare_adapters(
+        load_adapter(samples / "minilm-r16"), load_adapter(samples / "minilm-r4-bf16"), top_k=4
+    )
+    return trend, compare
+
+
+@pytest.mark.parametrize("payload", [*PAYLOADS.values(), SURROGATE], ids=[*PAYLOADS, "surrogate"])
+def test_trend_and_compare_renderers_escape_every_payload(
+    payload: str, trend_and_compare: tuple[Any, Any]
+) -> None:
+    from lora_audit.render import OutputFormat, formats_for, render
+
+    for clean in trend_and_compare:
+        report = poison(clean, payload)
+        assert report.layers and payload in report.layers[0].name
+        for fmt in formats_for(report.kind):
+            text = render(report, fmt)
+            assert forbidden(text) == [], (report.kind, fmt, text)
+            text.encode("utf-8")
+            lines = text.splitlines()
+            if fmt is OutputFormat.GITHUB:
+                assert all(
+                    line.startswith(("::warning ", "::notice ", "::error ")) for line in lines
+                )
+                assert len(lines) == len(render(clean, fmt).splitlines())
+            else:
+                assert not any(line.startswith("::") for line in lines)
+            if fmt is OutputFormat.MARKDOWN:
+                assert "<" not in OWN_TAGS.sub("", text)
+                assert len(lines) == len(render(clean, fmt).splitlines())
+
+
 # --- errors and warnings -----------------------------------------------------------------------
 def test_an_error_naming_a_hostile_path_is_one_clean_line(adapters: dict[str, Path]) -> None:
     code, out, err = invoke("inspect", adapters["broken"], "--device", "cpu")

@@ -11,7 +11,7 @@ import scipy.linalg
 import torch
 from factories import FakeAdapter, FakeLayer, planted_factors, write_peft
 
-from lora_audit.commands.compare import compare_adapters, match_layers, normalise_name
+from lora_audit.commands.compare import compare_adapters, normalise_name, pair_layers
 from lora_audit.formats import load_adapter
 from lora_audit.linalg.subspaces import compare_factors, principal_angles
 
@@ -254,8 +254,20 @@ def test_structured_formats_compare_with_themselves() -> None:
                 assert layer.left_overlap == pytest.approx(1.0, abs=1e-9)
 
 
-def test_match_layers_pairs_in_a_order() -> None:
+def test_pair_layers_pairs_in_a_order() -> None:
     a = load_adapter(SAMPLES / "sd" / "kohya-lora.safetensors")
-    matching = match_layers(a.layers, tuple(reversed(a.layers)))
+    matching = pair_layers(a.layers, tuple(reversed(a.layers)))
     assert [x.name for x, _ in matching.pairs] == [x.name for x in a.layers]
     assert all(x is y for x, y in matching.pairs)
+
+
+@pytest.mark.parametrize("angle", [1e-9, 1e-4, 0.3, 1.2, math.pi / 2])
+def test_principal_angles_are_accurate_at_both_ends(angle: float) -> None:
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.standard_normal((20, 4)))
+    x = q[:, :2]
+    y = np.stack([q[:, 0], math.cos(angle) * q[:, 1] + math.sin(angle) * q[:, 2]], axis=1)
+    got = principal_angles(x, y)
+    want = scipy.linalg.subspace_angles(x, y)[::-1]
+    assert np.allclose(got, want, rtol=1e-9, atol=1e-15)
+    assert got[1] == pytest.approx(angle, rel=1e-9)

@@ -21,6 +21,7 @@ from lora_audit.render.plot import (
     DPI,
     INSPECT_SIZE,
     TREND_SIZE,
+    compare_size,
     inspect_size,
     render_plot,
 )
@@ -96,8 +97,10 @@ def test_trend_and_compare_png(tmp_path: Path) -> None:
     trend_png, compare_png = tmp_path / "trend.png", tmp_path / "compare.png"
     result = runner.invoke(app, ["trend", str(RUN), "--plot", str(trend_png)])
     assert result.exit_code == 0, result.stderr
-    assert png_size(trend_png.read_bytes()) == pixels(TREND_SIZE) == (1200, 450)
-    assert decoded_shape(trend_png)[:2] == (450, 1200)
+    # 450 px, plus one legend row naming the sample run's two drifting layers
+    assert TREND_SIZE == (12.0, 4.5)
+    assert png_size(trend_png.read_bytes()) == (1200, 495)
+    assert decoded_shape(trend_png)[:2] == (495, 1200)
     result = runner.invoke(
         app,
         [
@@ -111,6 +114,23 @@ def test_trend_and_compare_png(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert png_size(compare_png.read_bytes()) == pixels(COMPARE_SIZE) == (1200, 550)
     assert decoded_shape(compare_png)[:2] == (550, 1200)
+
+
+def test_compare_figures_grow_with_their_layers(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from lora_audit.commands.compare import compare_adapters
+    from lora_audit.formats import load_adapter
+
+    report = compare_adapters(
+        load_adapter(SAMPLES / "minilm-r16"),
+        load_adapter(SAMPLES / "minilm-r8-rslora-patterns"),
+        top_k=4,
+    )
+    assert compare_size(report) == (12.0, pytest.approx(1.6 + 0.17 * 31))
+    assert png_size(render_plot(report)) == (1200, round((1.6 + 0.17 * 31) * DPI))
+    deep = replace(report, layers=report.layers * 40)
+    assert compare_size(deep) == (12.0, 16.0)  # capped; bins beyond 300 layers
 
 
 def test_deep_models_get_taller_inspect_figures(inspect_report: Any) -> None:

@@ -9,6 +9,7 @@ import pytest
 from reports import lean_report, wasteful_report
 
 from lora_audit import __version__
+from lora_audit.cli._common import exit_code_for
 from lora_audit.commands.check import assemble
 from lora_audit.decisions.check_rules import Policy
 from lora_audit.errors import ExitCode, UsageError
@@ -17,6 +18,7 @@ from lora_audit.render.escape import for_github_data, for_github_property
 from lora_audit.render.github import command
 from lora_audit.render.markdown import code, prose
 from lora_audit.report import AdapterError, CheckReport
+from lora_audit.report.common import SCHEMA_VERSION
 
 BROKEN = (
     "adapters/broken/adapter_model.safetensors: file is 3 bytes, too short to be safetensors"
@@ -45,12 +47,12 @@ def test_every_format_is_registered_for_check() -> None:
 
 
 def test_status_and_exit_code_are_the_worst(report: CheckReport, passing: CheckReport) -> None:
-    assert (report.status, report.exit_code) == ("error", ExitCode.INPUT)
-    assert (passing.status, passing.exit_code) == ("pass", ExitCode.OK)
+    assert (report.status, exit_code_for(report)) == ("error", ExitCode.INPUT)
+    assert (passing.status, exit_code_for(passing)) == ("pass", ExitCode.OK)
     failing = assemble(
         reports=[lean_report(), wasteful_report()], errors=[], policy=Policy(), policy_file=None
     )
-    assert (failing.status, failing.exit_code) == ("fail", ExitCode.FINDINGS)
+    assert (failing.status, exit_code_for(failing)) == ("fail", ExitCode.FINDINGS)
 
 
 def test_inspect_rejects_check_only_formats_as_a_usage_error() -> None:
@@ -62,7 +64,7 @@ def test_inspect_rejects_check_only_formats_as_a_usage_error() -> None:
 
 def test_json_is_the_inspect_reports_plus_findings(report: CheckReport) -> None:
     data = json.loads(render(report, OutputFormat.JSON))
-    assert data["kind"] == "check" and data["schema_version"] == "1.1"
+    assert data["kind"] == "check" and data["schema_version"] == SCHEMA_VERSION
     assert [a["kind"] for a in data["adapters"]] == ["inspect", "inspect"]
     assert data["adapters"][1]["summary"]["wasted_fraction"] == 0.9375
     assert data["findings"][0] == {
@@ -89,7 +91,7 @@ def test_json_is_the_inspect_reports_plus_findings(report: CheckReport) -> None:
         "pyproject.toml",
         ["max-waste", "min-rank-used"],
     )
-    assert (data["status"], data["exit_code"]) == ("error", 3)
+    assert data["status"] == "error" and "exit_code" not in data
 
 
 MARKDOWN = f"""\
@@ -154,7 +156,7 @@ def test_markdown_cells_escape_pipes_and_code_survives_backticks() -> None:
 
 
 GITHUB = f"""\
-::error title=lora-audit unreadable adapter::{BROKEN}
+::error file=adapters/broken,title=lora-audit unreadable adapter::{BROKEN}
 ::error file=adapters/wasteful/adapter_model.safetensors,title=lora-audit max-waste::\
 adapters/wasteful: 93.8%25 of the adapter's LoRA parameters lie beyond each layer's energy rank \
 at τ=0.99 (limit 50.0%25) (fix: retrain at r=2, lora_alpha=2, or run \
@@ -187,32 +189,39 @@ def test_github_output_is_one_command_per_line(report: CheckReport) -> None:
     assert all(line.startswith(("::error ", "::notice ")) for line in lines)
 
 
+PROPERTIES = """\
+    <properties>
+      <property name="policy.energy" value="0.99" />
+      <property name="policy.coverage" value="0.9" />
+      <property name="policy.max_waste" value="0.5" />
+      <property name="policy.max_layer_waste" value="1" />
+      <property name="policy.min_rank_used" value="1" />
+      <property name="policy.source" value="from pyproject.toml" />
+      <property name="verdict" value="ERROR: 3 adapters checked, 1 passed, 1 failed with 2 \
+finding(s), 1 unreadable" />
+    </properties>
+"""
+
 JUNIT = f"""\
 <?xml version="1.0" encoding="UTF-8"?>
-<testsuites name="lora-audit check" tests="5" failures="2" errors="1" skipped="0">
-  <properties>
-    <property name="policy.energy" value="0.99" />
-    <property name="policy.coverage" value="0.9" />
-    <property name="policy.max_waste" value="0.5" />
-    <property name="policy.max_layer_waste" value="1" />
-    <property name="policy.min_rank_used" value="1" />
-    <property name="policy.source" value="from pyproject.toml" />
-    <property name="verdict" value="ERROR: 3 adapters checked, 1 passed, 1 failed with 2 \
-finding(s), 1 unreadable" />
-  </properties>
+<testsuites name="lora-audit check" tests="5" failures="2" errors="1">
   <testsuite name="adapters/lean" tests="2" failures="0" errors="0" skipped="0">
-    <testcase classname="adapters/lean" name="max-waste" />
-    <testcase classname="adapters/lean" name="min-rank-used" />
+{PROPERTIES}    <testcase classname="adapters/lean" name="max-waste" \
+file="adapters/lean/adapter_model.safetensors" />
+    <testcase classname="adapters/lean" name="min-rank-used" \
+file="adapters/lean/adapter_model.safetensors" />
   </testsuite>
   <testsuite name="adapters/wasteful" tests="2" failures="2" errors="0" skipped="0">
-    <testcase classname="adapters/wasteful" name="max-waste">
+{PROPERTIES}    <testcase classname="adapters/wasteful" name="max-waste" \
+file="adapters/wasteful/adapter_model.safetensors">
       <failure type="max-waste" message="93.8% of the adapter's LoRA parameters lie beyond each \
 layer's energy rank at τ=0.99 (limit 50.0%)">adapters/wasteful: 93.8% of the adapter's LoRA \
 parameters lie beyond each layer's energy rank at τ=0.99 (limit 50.0%)
 fix: retrain at r=2, lora_alpha=2, or run `lora-audit compress adapters/wasteful -o OUT --energy \
 0.99`</failure>
     </testcase>
-    <testcase classname="adapters/wasteful" name="min-rank-used">
+    <testcase classname="adapters/wasteful" name="min-rank-used" \
+file="adapters/wasteful/adapter_model.safetensors">
       <failure type="min-rank-used" message="layer model.layers.2.q_proj is untrained (ΔW = 0): \
 energy rank 0, below the minimum 1">adapters/wasteful: layer model.layers.2.q_proj is untrained \
 (ΔW = 0): energy rank 0, below the minimum 1
@@ -220,7 +229,7 @@ fix: drop it from target_modules, or find out why it receives no gradient</failu
     </testcase>
   </testsuite>
   <testsuite name="adapters/broken" tests="1" failures="0" errors="1" skipped="0">
-    <testcase classname="adapters/broken" name="read">
+{PROPERTIES}    <testcase classname="adapters/broken" name="read">
       <error type="InputError" message="{BROKEN}">{BROKEN}</error>
     </testcase>
   </testsuite>

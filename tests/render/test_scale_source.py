@@ -10,6 +10,7 @@ from lora_audit.commands.check import assemble
 from lora_audit.decisions.check_rules import Policy
 from lora_audit.render import OutputFormat, render
 from lora_audit.report import CheckReport, InspectReport
+from lora_audit.report.common import SCHEMA_VERSION
 
 
 def mixed(path: str = "adapters/mixed") -> InspectReport:
@@ -57,7 +58,7 @@ def test_json_carries_the_sources() -> None:
         "assumed",
     ]
     assert data["adapter"]["scale_sources"] == {"assumed": 1, "module_alpha": 2}
-    assert data["schema_version"] == "1.1"
+    assert data["schema_version"] == SCHEMA_VERSION
 
 
 def test_markdown_flags_assumed() -> None:

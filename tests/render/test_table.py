@@ -10,7 +10,7 @@ from rich.cells import cell_len
 from rich.text import Text
 
 from lora_audit.commands.inspect import AuditOptions, inspect_adapter
-from lora_audit.engine.spectra import EngineOptions
+from lora_audit.engine.device import EngineOptions
 from lora_audit.formats import load_adapter
 from lora_audit.render.table import (
     BlockHeaders,

@@ -133,3 +133,44 @@ def write_peft(
         }
         (directory / "adapter_config.json").write_text(json.dumps(config))
     return directory
+
+
+#: The seven projections of a Llama-style decoder block.
+LLAMA_MODULES = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
+
+
+def write_deep_peft(
+    directory: Path,
+    *,
+    blocks: int = 32,
+    rank: int = 16,
+    width: int = 24,
+    steepness: tuple[float, float] = (0.1, 1.5),
+    seed: int = 0,
+) -> Path:
+    """A PEFT adapter of ``blocks × 7`` Llama-style layers (224 by default), rank ``rank``.
+
+    Each layer's spectrum decays as ``σᵢ ∝ (i + 1)^-p`` with ``p`` across ``steepness``, varying
+    smoothly with depth and module: 0.1 is flat (stable rank 11 at r=16), 1.5 steep (stable
+    rank 1.2), so the default spans most of ``[1, rank]``; ``(0.02, 0.3)`` gives a noisy adapter
+    whose stable ranks all lie high (5.7 to 14.8). ``width`` is both ``in`` and ``out``.
+    """
+    layers = []
+    for block in range(blocks):
+        for m, module in enumerate(LLAMA_MODULES):
+            where = (block / max(blocks - 1, 1) + m / len(LLAMA_MODULES)) % 1.0
+            p = steepness[0] + (steepness[1] - steepness[0]) * where
+            spectrum = np.array([(i + 1.0) ** -p for i in range(rank)])
+            b, a = planted_factors(
+                out=width, inp=width, rank=rank, spectrum=spectrum, seed=seed + 7 * block + m
+            )
+            layers.append(FakeLayer(f"model.layers.{block}.{module}", b, a))
+    return write_peft(directory, FakeAdapter(layers, {"r": rank, "lora_alpha": rank}))

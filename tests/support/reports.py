@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from lora_audit.commands.inspect import TOOL
+from lora_audit.commands.adapter_info import TOOL
 from lora_audit.report import AdapterInfo, InspectReport, LayerReport, Settings, Summary
 
 

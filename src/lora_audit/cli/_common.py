@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
+from lora_audit import HOME
 from lora_audit.cli import _state
 from lora_audit.errors import ExitCode, LoraAuditError, Terminated, UsageError
 
 if TYPE_CHECKING:
     from lora_audit.adapter import Adapter
     from lora_audit.formats.output_guard import OutputGuard
+    from lora_audit.report import CheckReport, TrendReport
 
 T = TypeVar("T")
 
@@ -30,9 +32,33 @@ def err(message: str) -> None:
     sys.stderr.write(for_terminal(message.rstrip("\n")) + "\n")
 
 
+def err_lines(text: str) -> None:
+    """Write several lines to stderr (a traceback), each escaped as :func:`err` does."""
+    for line in text.rstrip("\n").splitlines():
+        err(line)
+
+
 def warn(message: str) -> None:
-    """A warning on stderr (never on stdout, which carries only the report)."""
-    err(f"lora-audit: warning: {message}")
+    """A warning on stderr (never on stdout, which carries only the report); none with -q."""
+    if not _state.QUIET:
+        err(f"lora-audit: warning: {message}")
+
+
+def fail(message: str) -> None:
+    """An error line on stderr (``lora-audit: error: …``); written even with ``--quiet``."""
+    err(f"lora-audit: error: {message}")
+
+
+def exit_code_for(report: CheckReport | TrendReport) -> ExitCode:
+    """The process exit code a finished report calls for (the reports hold no exit codes).
+
+    ``check``: pass → 0, fail (findings) → 1, error (an adapter could not be read) → 3.
+    ``trend``: drift → 1 only under ``--fail-on-drift``, else 0.
+    """
+    if report.kind == "trend":
+        drifting = report.status == "drift" and report.settings.fail_on_drift  # type: ignore[union-attr]
+        return ExitCode.FINDINGS if drifting else ExitCode.OK
+    return {"pass": ExitCode.OK, "fail": ExitCode.FINDINGS, "error": ExitCode.INPUT}[report.status]
 
 
 def run_guarded(
@@ -43,6 +69,8 @@ def run_guarded(
     base: Path | None = None,
 ) -> None:
     """Run a command body; turn known errors into one stderr line and an exit code.
+
+    With ``--debug`` the traceback comes first; the exit code is the same either way.
 
     Parameters
     ----------
@@ -60,31 +88,49 @@ def run_guarded(
         with _sigterm_raises():
             code = body()
     except LoraAuditError as exc:
-        if _state.DEBUG:
-            raise
-        err(f"lora-audit: error: {exc}")
+        _traceback()
+        usage = exc.exit_code == ExitCode.USAGE and exc.hint is None
+        fail(f"{exc} — see '{_command_path()} --help'" if usage else str(exc))
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt:
         atomic.remove_live()
+        _traceback()
         err("lora-audit: interrupted")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     except Terminated:
         atomic.remove_live()
+        _traceback()
         err("lora-audit: terminated")
         raise typer.Exit(int(ExitCode.TERMINATED)) from None
     except typer.Exit:
         raise
     except Exception as exc:  # a bug, or an input problem we failed to anticipate
-        if _state.DEBUG:
-            raise
-        err(
-            f"lora-audit: error: unexpected {exc.__class__.__name__}: {exc} "
-            "(run with --debug for a traceback, and please report it)"
+        _traceback()
+        fail(
+            f"unexpected {exc.__class__.__name__}: {exc} — a bug: please report it at "
+            f"{HOME}/issues (run with --debug for the traceback)"
         )
         raise typer.Exit(int(ExitCode.INPUT)) from None
     finally:
         _state.OUTPUTS = None
     raise typer.Exit(code)
+
+
+def _command_path() -> str:
+    """``lora-audit inspect`` while ``inspect`` runs (``lora-audit`` outside a command)."""
+    from typer._click.globals import get_current_context
+
+    from lora_audit.cli._usage import command_path
+
+    return command_path(get_current_context(silent=True))
+
+
+def _traceback() -> None:
+    """With ``--debug``, the traceback of the exception being handled (the exit code stays)."""
+    if _state.DEBUG:
+        import traceback
+
+        err_lines(traceback.format_exc())
 
 
 def _guard(*, force: bool, inputs: Sequence[Path], base: Path | None) -> OutputGuard:
@@ -144,8 +190,11 @@ def check_fraction(name: str, value: float, *, allow_zero: bool = False) -> floa
 
 
 def emit(text: str, *, output: Path | None, role: str = "--output") -> None:
-    """Write the rendered report to ``output`` (through the guard, atomically) or to stdout."""
+    """Write the rendered report to ``output`` (through the guard, atomically) or to stdout
+    (not with ``--quiet``)."""
     if output is None:
+        if _state.QUIET:
+            return
         sys.stdout.write(text)
         sys.stdout.flush()
         return
@@ -169,7 +218,7 @@ def terminal_width() -> int:
 @contextmanager
 def progress_bar(total: int, *, description: str) -> Iterator[Callable[[int], None] | None]:
     """A rich progress bar on stderr when it is a terminal (and not CI); else ``None``."""
-    if total <= 0 or not sys.stderr.isatty() or os.environ.get("CI"):
+    if total <= 0 or _state.QUIET or not sys.stderr.isatty() or os.environ.get("CI"):
         yield None
         return
     from rich.console import Console
@@ -209,9 +258,15 @@ def load_reported(path: Path, *, alpha: float | None, input_format: str) -> Adap
 
 
 def emit_report(report: Any, fmt: str, *, output: Path | None, role: str = "--output") -> None:
-    """Render a finished report in ``fmt`` (colour only for a table on a terminal) and emit it."""
+    """Render a finished report in ``fmt`` and emit it.
+
+    Colour only for a table: on a terminal (``auto``), or as the settings file's ``color``
+    says (``always``, ``never``).
+    """
     from lora_audit.render import OutputFormat, render
 
     chosen = OutputFormat(fmt)
-    color = output is None and chosen is OutputFormat.TABLE and stdout_is_terminal()
+    choice = "auto" if _state.SETTINGS is None else _state.SETTINGS.output.get("color", "auto")
+    terminal = output is None and stdout_is_terminal()
+    color = chosen is OutputFormat.TABLE and (choice == "always" or (choice == "auto" and terminal))
     emit(render(report, chosen, width=terminal_width(), color=color), output=output, role=role)

@@ -9,20 +9,27 @@ from typing import Annotated
 
 import typer
 
+from lora_audit.cli import _state
+
+# Settings a settings file may give (``cli/settings_file.py``): ``None`` when the flag is not
+# given, so that defaults < file < flags. The defaults are those of ``decisions.check_rules``.
 EnergyOption = Annotated[
-    float,
+    float | None,
     typer.Option(
         "--energy",
         "-e",
-        help="τ: each layer's rank k keeps at least this fraction of ‖ΔW‖_F², in (0, 1].",
+        help="τ: each layer's rank k keeps at least this fraction of ‖ΔW‖_F², in (0, 1]. "
+        "Default 0.99, or energy in the settings file.",
+        show_default=False,
     ),
 ]
 CoverageOption = Annotated[
-    float,
+    float | None,
     typer.Option(
         "--coverage",
-        help="Fraction of layers the advised retraining rank must cover; the rest get a "
-        "rank_pattern entry.",
+        help="Fraction of layers the advised retraining rank must cover, in (0, 1]; the rest "
+        "get a rank_pattern entry. Default 0.9, or coverage in the settings file.",
+        show_default=False,
     ),
 ]
 OutputOption = Annotated[
@@ -86,25 +93,6 @@ MethodOption = Annotated[
     ),
 ]
 
-# Policy options of ``check``: ``None`` when not given, so that a policy file can set them.
-PolicyEnergyOption = Annotated[
-    float | None,
-    typer.Option(
-        "--energy",
-        "-e",
-        help="τ: each layer's rank k keeps at least this fraction of ‖ΔW‖_F², in (0, 1]. "
-        "Default 0.99.",
-        show_default=False,
-    ),
-]
-PolicyCoverageOption = Annotated[
-    float | None,
-    typer.Option(
-        "--coverage",
-        help="Fraction of layers the advised retraining rank must cover, in (0, 1]. Default 0.9.",
-        show_default=False,
-    ),
-]
 MaxWasteOption = Annotated[
     float | None,
     typer.Option(
@@ -137,14 +125,48 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
-        help="Policy file to read (a lora-audit.toml, or a pyproject.toml with a tool.lora-audit "
-        "table) instead of searching upward from the working directory.",
+        help="Settings file to read (a lora-audit.toml, or a pyproject.toml with a "
+        "[tool.lora-audit] table) instead of searching upward from the working directory.",
         show_default=False,
     ),
 ]
 NoConfigOption = Annotated[
     bool,
-    typer.Option("--no-config", help="Read no policy file: defaults and flags only."),
+    typer.Option("--no-config", help="Read no settings file: defaults and flags only."),
+]
+
+
+def _set_quiet(value: bool) -> bool:
+    if value:
+        _state.QUIET = True
+    return value
+
+
+def _set_debug(value: bool) -> bool:
+    if value:
+        _state.DEBUG = True
+    return value
+
+
+QuietOption = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        callback=_set_quiet,
+        is_eager=True,
+        help="Print only errors: no report on stdout (files named with -o, --report or "
+        "--plot are still written), no progress, no warnings. The exit code says the rest.",
+    ),
+]
+DebugOption = Annotated[
+    bool,
+    typer.Option(
+        "--debug",
+        callback=_set_debug,
+        is_eager=True,
+        help="Show a traceback with an error (the exit code stays the same).",
+    ),
 ]
 
 
@@ -180,6 +202,8 @@ class TrendFormat(StrEnum):
 
     TABLE = "table"
     JSON = "json"
+    MARKDOWN = "markdown"
+    GITHUB = "github"
 
 
 class CompareFormat(StrEnum):
@@ -187,6 +211,45 @@ class CompareFormat(StrEnum):
 
     TABLE = "table"
     JSON = "json"
+    MARKDOWN = "markdown"
+    GITHUB = "github"
+
+
+class CompressFormat(StrEnum):
+    """Formats ``compress`` offers (a test keeps this equal to ``formats_for("compress")``)."""
+
+    TABLE = "table"
+    JSON = "json"
+
+
+# ``--format``: ``None`` when not given, so that the settings file's ``format`` can apply.
+_FORMAT_HELP = "Report format. Default table, or format in the settings file."
+InspectFormatOption = Annotated[
+    InspectFormat | None,
+    typer.Option("--format", "-f", help=_FORMAT_HELP, show_default=False),
+]
+_FORMAT_CI_HELP = (
+    "Report format: table, json, markdown (for $GITHUB_STEP_SUMMARY) or github (workflow "
+    "annotations). Default table, or format in the settings file."
+)
+TrendFormatOption = Annotated[
+    TrendFormat | None,
+    typer.Option("--format", "-f", help=_FORMAT_CI_HELP, show_default=False),
+]
+CompareFormatOption = Annotated[
+    CompareFormat | None,
+    typer.Option("--format", "-f", help=_FORMAT_CI_HELP, show_default=False),
+]
+CompressFormatOption = Annotated[
+    CompressFormat | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="Format of the report (not of the adapter). Default table, or format in the "
+        "settings file.",
+        show_default=False,
+    ),
+]
 
 
 PlotOption = Annotated[

@@ -8,11 +8,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from lora_audit.cli._ci_outputs import (
+    JunitXmlOption,
+    NoStepSummaryOption,
+    plan_extra_outputs,
+    step_summary_file,
+    write_extra_outputs,
+)
 from lora_audit.cli._common import (
     emit_report,
-    err,
+    exit_code_for,
+    fail,
     options_dict,
-    outputs,
     preflight,
     progress_bar,
     run_guarded,
@@ -21,8 +28,11 @@ from lora_audit.cli._common import (
 from lora_audit.cli._options import (
     AlphaOption,
     ConfigOption,
+    CoverageOption,
+    DebugOption,
     Device,
     DeviceOption,
+    EnergyOption,
     ForceOption,
     InputFormat,
     InputFormatOption,
@@ -33,14 +43,21 @@ from lora_audit.cli._options import (
     MinRankUsedOption,
     NoConfigOption,
     OutputOption,
-    PolicyCoverageOption,
-    PolicyEnergyOption,
+    QuietOption,
 )
+from lora_audit.cli._usage import examples
 from lora_audit.errors import UsageError
 from lora_audit.render import OutputFormat
 
 if TYPE_CHECKING:
-    from lora_audit.engine.spectra import Progress
+    from lora_audit.engine.batches import Progress
+
+EXAMPLES = examples(
+    "lora-audit check ./my-adapter",
+    "lora-audit check adapters/a adapters/b --max-waste 0.3 -f github",
+    "lora-audit check ./my-adapter -f junit -o lora-audit.xml",
+    "lora-audit check ./my-adapter --config ci/lora-audit.toml -q",
+)
 
 
 def check_command(
@@ -49,50 +66,62 @@ def check_command(
         typer.Argument(
             help="PEFT adapter directories or .safetensors files (several allowed).",
             show_default=False,
+            metavar="ADAPTER",
         ),
     ],
-    energy: PolicyEnergyOption = None,
+    energy: EnergyOption = None,
     max_waste: MaxWasteOption = None,
     max_layer_waste: MaxLayerWasteOption = None,
     min_rank_used: MinRankUsedOption = None,
-    coverage: PolicyCoverageOption = None,
+    coverage: CoverageOption = None,
     config: ConfigOption = None,
     no_config: NoConfigOption = False,
     output_format: Annotated[
-        OutputFormat,
+        OutputFormat | None,
         typer.Option(
             "--format",
             "-f",
             help="Report format: table, json (the inspect reports plus findings), markdown "
-            "(for $GITHUB_STEP_SUMMARY), github (workflow annotations) or junit (XML).",
+            "(for $GITHUB_STEP_SUMMARY), github (workflow annotations) or junit (XML). "
+            "Default table, or format in the settings file.",
+            show_default=False,
         ),
-    ] = OutputFormat.TABLE,
+    ] = None,
     output: OutputOption = None,
+    junit_xml: JunitXmlOption = None,
+    no_step_summary: NoStepSummaryOption = False,
     force: ForceOption = False,
     alpha: AlphaOption = None,
     device: DeviceOption = Device.AUTO,
     method: MethodOption = Method.AUTO,
     input_format: InputFormatOption = InputFormat.AUTO,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Gate adapters on a policy: fail (exit 1) when one pays for rank it does not use.
 
-    Policy: defaults < lora-audit.toml or tool.lora-audit in pyproject.toml < flags.
-    The policy file is found upward from the working directory, or named with --config.
+    Policy: defaults < the settings file (lora-audit.toml, or [tool.lora-audit] in
+    pyproject.toml, found upward from the working directory or named with --config) < flags.
+
+    One run can serve a whole CI job: --format github prints annotations, --junit-xml FILE
+    also writes JUnit XML, and when $GITHUB_STEP_SUMMARY is set the Markdown summary is
+    appended to it (--no-step-summary turns that off).
 
     Exit codes: 0 every adapter passes · 1 policy findings · 2 usage error · 3 an adapter or
-    the policy file cannot be read or is invalid (the worst over all adapters).
+    the settings file cannot be read or is invalid (the worst over all adapters).
     """
 
     def body() -> int:
-        from lora_audit.cli.settings_file import resolve_policy
+        from lora_audit.cli._settings import read_settings, report_format
+        from lora_audit.cli.settings_file import policy_from
         from lora_audit.commands.check import run_check
-        from lora_audit.engine.spectra import EngineOptions
+        from lora_audit.engine.device import EngineOptions
 
-        if config is not None and no_config:
-            raise UsageError("--config and --no-config exclude each other")
-        if config is not None:
-            outputs().add_input(config)
+        source = read_settings(config=config, no_config=no_config)
+        fmt = report_format(output_format, offered=OutputFormat, command="check")
         preflight(output)
+        plan_extra_outputs(junit_xml=junit_xml)
+        summary = step_summary_file(main_format=fmt.value, output=output, disabled=no_step_summary)
         flags = _validated_flags(
             energy=energy,
             coverage=coverage,
@@ -100,24 +129,20 @@ def check_command(
             max_layer_waste=max_layer_waste,
             min_rank_used=min_rank_used,
         )
-        policy, policy_file = resolve_policy(
-            flags=flags, config=config, search_from=None if no_config else Path.cwd()
-        )
-        if policy_file is not None:
-            outputs().add_input(policy_file)
         report = run_check(
             adapters,
-            policy=policy,
-            policy_file=policy_file,
+            policy=policy_from(flags, source),
+            policy_file=None if source is None else source.path,
             engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
             alpha=alpha,
             input_format=input_format.value,
             warn=warn,
-            on_error=lambda exc: err(f"lora-audit: error: {exc}"),
+            on_error=lambda exc: fail(str(exc)),
             progress=_progress,
         )
-        emit_report(report, output_format.value, output=output)
-        return report.exit_code
+        emit_report(report, fmt.value, output=output)
+        write_extra_outputs(report, junit_xml=junit_xml, step_summary=summary)
+        return exit_code_for(report)
 
     run_guarded(body, force=force, inputs=adapters)
 

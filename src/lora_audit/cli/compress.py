@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,13 +21,20 @@ from lora_audit.cli._common import (
 )
 from lora_audit.cli._options import (
     AlphaOption,
+    CompressFormat,
+    CompressFormatOption,
+    ConfigOption,
+    DebugOption,
     Device,
     DeviceOption,
     InputFormat,
     InputFormatOption,
     Method,
     MethodOption,
+    NoConfigOption,
+    QuietOption,
 )
+from lora_audit.cli._usage import examples
 from lora_audit.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
@@ -58,11 +64,12 @@ def parse_budget(text: str) -> int:
     return value
 
 
-class CompressFormat(StrEnum):
-    """Report formats ``compress`` offers (a test keeps this equal to ``formats_for``)."""
-
-    TABLE = "table"
-    JSON = "json"
+EXAMPLES = examples(
+    "lora-audit compress ./my-adapter -o ./my-adapter-small -e 0.99",
+    "lora-audit compress ./my-adapter --rank 8 --dry-run",
+    "lora-audit compress lora.safetensors -o lora-2M.safetensors --budget 2M "
+    "--report plan.json -f json",
+)
 
 
 def compress_command(
@@ -79,8 +86,10 @@ def compress_command(
         typer.Option(
             "--output",
             "-o",
-            help="Where to write the compressed adapter (a directory for PEFT directories, "
-            "else a .safetensors file). Never the input.",
+            help="Where to write the compressed ADAPTER: a directory for a PEFT adapter with "
+            "its adapter_config.json (its README.md model card is carried over) or an mlx-lm "
+            "adapter, else a .safetensors file. Never the input. The report goes to stdout, "
+            "or to --report FILE.",
             show_default=False,
         ),
     ] = None,
@@ -90,7 +99,9 @@ def compress_command(
     energy: Annotated[
         float | None,
         typer.Option(
-            "--energy", help="Per layer, the smallest k keeping this fraction of ‖ΔW‖_F²."
+            "--energy",
+            "-e",
+            help="Per layer, the smallest k keeping this fraction of ‖ΔW‖_F², in (0, 1].",
         ),
     ] = None,
     ratio: Annotated[
@@ -103,6 +114,7 @@ def compress_command(
             "--budget",
             help="Total LoRA parameters (e.g. 2M, 500k), allocated greedily where they remove "
             "the most error per parameter.",
+            metavar="COUNT",
         ),
     ] = None,
     min_rank: Annotated[int, typer.Option("--min-rank", help="No layer below this rank.")] = 1,
@@ -127,12 +139,15 @@ def compress_command(
             help="Compress a DoRA adapter's B·A and keep its magnitude vectors unchanged.",
         ),
     ] = False,
-    output_format: Annotated[
-        CompressFormat, typer.Option("--format", "-f", help="Report format.")
-    ] = CompressFormat.TABLE,
+    output_format: CompressFormatOption = None,
     report_file: Annotated[
         Path | None,
-        typer.Option("--report", help="Write the report to this file instead of stdout."),
+        typer.Option(
+            "--report",
+            help="Write the REPORT (what was kept per layer) to this file instead of stdout; "
+            "-o names the compressed adapter.",
+            show_default=False,
+        ),
     ] = None,
     alpha: AlphaOption = None,
     device: DeviceOption = Device.AUTO,
@@ -148,12 +163,25 @@ def compress_command(
             show_default=False,
         ),
     ] = None,
+    config: ConfigOption = None,
+    no_config: NoConfigOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
-    """Rewrite an adapter at a smaller rank with the optimal (Eckart–Young) error."""
+    """Rewrite an adapter at a smaller rank with the optimal (Eckart–Young) error.
+
+    Give exactly one of --rank, --energy, --ratio, --budget. -o is the compressed adapter;
+    --report is the report file (default: the report goes to stdout). The settings file's
+    energy does not choose --energy here; its format applies to the report.
+    """
 
     def body() -> int:
+        from lora_audit.cli._settings import read_settings, report_format
         from lora_audit.commands.compress import CompressOptions, compress_adapter
-        from lora_audit.engine.spectra import EngineOptions
+        from lora_audit.engine.device import EngineOptions
+
+        read_settings(config=config, no_config=no_config)
+        fmt = report_format(output_format, offered=CompressFormat, command="compress")
 
         options = CompressOptions(
             rule=rank_rule(
@@ -177,7 +205,7 @@ def compress_command(
         _claim_outputs(loaded, output=None if dry_run else output, report=report_file)
         with progress_bar(len(loaded.layers), description="compress") as advance:
             report = compress_adapter(loaded, options=options, progress=advance, warn=warn)
-        emit_report(report, output_format.value, output=report_file, role="--report")
+        emit_report(report, fmt.value, output=report_file, role="--report")
         return int(ExitCode.OK)
 
     run_guarded(body, force=force, inputs=[adapter], base=base)
@@ -185,10 +213,11 @@ def compress_command(
 
 def _claim_outputs(loaded: Adapter, *, output: Path | None, report: Path | None) -> None:
     """Check ``-o`` and ``--report`` before any work: neither an input nor each other."""
-    from lora_audit.formats.writer import output_kind
+    from lora_audit.formats.writer import output_kind, refuse_file_name
 
     if output is not None:
         outputs().plan(output, role="--output", kind=output_kind(loaded), adapter=True)
+        refuse_file_name(loaded, output)
     preflight(report, role="--report")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,13 +18,20 @@ from lora_audit.cli._common import (
     warn,
 )
 from lora_audit.cli._options import (
+    CompressFormat,
+    CompressFormatOption,
+    ConfigOption,
+    DebugOption,
     Device,
     DeviceOption,
     InputFormat,
     InputFormatOption,
     Method,
     MethodOption,
+    NoConfigOption,
+    QuietOption,
 )
+from lora_audit.cli._usage import examples
 from lora_audit.cli.compress import rank_rule
 from lora_audit.errors import ExitCode, UsageError
 
@@ -33,13 +39,15 @@ if TYPE_CHECKING:
     from lora_audit.decisions.compress_ranks import RankRule
 
 _EXAMPLE = "lora-audit merge A B -o OUT --energy 0.99"
-
-
-class MergeFormat(StrEnum):
-    """Report formats ``merge`` offers (a test keeps this equal to ``formats_for``)."""
-
-    TABLE = "table"
-    JSON = "json"
+EXAMPLES = examples(
+    "lora-audit merge style.safetensors character.safetensors -o merged.safetensors "
+    "--weights 0.8,1.0 --energy 0.99",
+    "lora-audit merge adapters/a adapters/b -o merged/ --rank 32",
+    "lora-audit merge A B -o OUT --concat",
+    "lora-audit merge A B --energy 0.99 --dry-run -f json",
+)
+#: Report formats ``merge`` offers: those of ``compress`` (a test keeps them registered).
+MergeFormat = CompressFormat
 
 
 def parse_weights(text: str | None) -> list[float] | None:
@@ -139,23 +147,38 @@ def merge_command(
             "only an adapter; never an input.",
         ),
     ] = False,
-    output_format: Annotated[
-        MergeFormat, typer.Option("--format", "-f", help="Report format.")
-    ] = MergeFormat.TABLE,
+    output_format: CompressFormatOption = None,
     report_file: Annotated[
         Path | None,
-        typer.Option("--report", help="Write the report to this file instead of stdout."),
+        typer.Option(
+            "--report",
+            help="Write the REPORT to this file instead of stdout; -o names the merged adapter.",
+            show_default=False,
+        ),
     ] = None,
     device: DeviceOption = Device.AUTO,
     method: MethodOption = Method.AUTO,
     input_format: InputFormatOption = InputFormat.AUTO,
+    config: ConfigOption = None,
+    no_config: NoConfigOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
-    """Merge adapters exactly: Σ wᵢ·ΔWᵢ at the rank it needs, with the optimal error."""
+    """Merge adapters exactly: Σ wᵢ·ΔWᵢ at the rank it needs, with the optimal error.
+
+    Give exactly one of --rank, --energy, --ratio, --budget, or --concat (lossless). Inputs
+    are PEFT adapters of one base, or kohya/LyCORIS files of one base; -o is written in their
+    format. --weights multiplies each input's ΔW (negative subtracts).
+    """
 
     def body() -> int:
+        from lora_audit.cli._settings import read_settings, report_format
         from lora_audit.commands.merge import MergeOptions, merge_adapters
-        from lora_audit.engine.spectra import EngineOptions
-        from lora_audit.formats.writer import output_kind
+        from lora_audit.engine.device import EngineOptions
+        from lora_audit.formats.writer import output_kind, refuse_file_name
+
+        read_settings(config=config, no_config=no_config)
+        fmt = report_format(output_format, offered=CompressFormat, command="merge")
 
         options = MergeOptions(
             rule=_rule(
@@ -182,11 +205,12 @@ def merge_command(
         if output is not None and not dry_run:
             kind = output_kind(loaded[0])
             outputs().plan(output, role="--output", kind=kind, adapter=True)
+            refuse_file_name(loaded[0], output)
         preflight(report_file, role="--report")
         total = sum(1 for _ in {x.name for a in loaded for x in a.layers})
         with progress_bar(total, description="merge") as advance:
             report = merge_adapters(loaded, options=options, progress=advance, warn=warn)
-        emit_report(report, output_format.value, output=report_file, role="--report")
+        emit_report(report, fmt.value, output=report_file, role="--report")
         return int(ExitCode.OK)
 
     run_guarded(body, force=force, inputs=adapters)

@@ -1,10 +1,19 @@
-"""Policy files for ``lora-audit check``: find them, validate them, merge them with flags.
+"""Settings files: find them, validate them, merge them with flags, for every command.
 
-Where the policy comes from
----------------------------
-Defaults (:class:`~lora_audit.decisions.check_rules.Policy`) < a policy file < command-line flags.
+Where a setting comes from
+--------------------------
+Defaults < a settings file < command-line flags, for every command that has the setting:
 
-The policy file is the one named by ``--config FILE``, or else the first found walking up
+- ``energy`` (``inspect``, ``check``, ``trend``) and ``coverage`` (``inspect``, ``check``), so
+  that ``inspect`` and ``check`` in one repository report the same waste;
+- the policy of ``check``: ``max-waste``, ``max-layer-waste``, ``min-rank-used``
+  (defaults: :class:`~lora_audit.decisions.check_rules.Policy`);
+- output settings: ``format`` (each command takes it when it offers that format, else it
+  warns and writes a table) and ``color`` (``auto``, ``always`` or ``never``).
+
+``compress --energy`` is a rank rule, not this setting: the file does not choose it.
+
+The settings file is the one named by ``--config FILE``, or else the first found walking up
 from the working directory, in each directory trying
 
 1. ``lora-audit.toml``: settings at the top level;
@@ -18,6 +27,7 @@ filesystem root. Keys are the flag names without dashes in front (``max-waste``;
     energy = 0.99
     max-waste = 0.4
     min-rank-used = 1
+    format = "table"
 
 An unreadable file, malformed TOML, an unknown key, a value of the wrong type or out of
 range is an :class:`~lora_audit.errors.InputError` (exit 3) naming the file and the key.
@@ -26,11 +36,11 @@ range is an :class:`~lora_audit.errors.InputError` (exit 3) naming the file and 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_audit.decisions.check_rules import SETTINGS_BY_KEY, Policy, merge
+from lora_audit.decisions.check_rules import SETTINGS, SETTINGS_BY_KEY, Policy, merge
 from lora_audit.errors import InputError
 from lora_audit.formats.config_files import load_toml_file
 
@@ -39,26 +49,41 @@ OWN_FILE = "lora-audit.toml"
 PYPROJECT = "pyproject.toml"
 #: The table of ``pyproject.toml`` that holds the settings.
 TABLE = ("tool", "lora-audit")
+#: Output settings and their valid values (``format``: every report format of some command).
+COLORS = ("auto", "always", "never")
+OUTPUT_KEYS = ("format", "color")
 
 
 @dataclass(frozen=True, kw_only=True)
-class PolicySource:
-    """A policy file and the settings it holds.
+class SettingsSource:
+    """A settings file and the settings it holds.
 
     Attributes
     ----------
     path
         The file.
     values
-        Its validated settings, by :class:`~lora_audit.decisions.check_rules.Policy` field name.
+        Its validated numeric settings, by :class:`~lora_audit.decisions.check_rules.Policy`
+        field name (``energy``, ``max_waste``, …).
+    output
+        Its output settings, by key (``format``, ``color``).
     """
 
     path: Path
     values: Mapping[str, float | int]
+    output: Mapping[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> float | int | str | None:
+        """The file's value of a setting (field name or output key), or ``None``."""
+        return self.values.get(name, self.output.get(name))
+
+
+#: The former name (``check`` read the file alone).
+PolicySource = SettingsSource
 
 
 def find_policy_file(start: Path) -> Path | None:
-    """The policy file that applies in directory ``start``, or ``None``.
+    """The settings file that applies in directory ``start``, or ``None``.
 
     See the module docstring for the search order.
     """
@@ -77,7 +102,7 @@ def find_policy_file(start: Path) -> Path | None:
 def _exists(path: Path, *, file: bool) -> bool:
     """Whether something is at ``path``; unreadable directories hold nothing.
 
-    A policy file that is a FIFO, a device or a directory counts (``file=True``), so that
+    A settings file that is a FIFO, a device or a directory counts (``file=True``), so that
     reading it refuses it clearly instead of the search skipping it in silence.
     """
     try:
@@ -86,8 +111,8 @@ def _exists(path: Path, *, file: bool) -> bool:
         return False
 
 
-def read_policy_file(path: Path) -> PolicySource:
-    """Read and validate a policy file (``lora-audit.toml``-style, or a ``pyproject.toml``).
+def read_policy_file(path: Path) -> SettingsSource:
+    """Read and validate a settings file (``lora-audit.toml``-style, or a ``pyproject.toml``).
 
     Raises
     ------
@@ -107,7 +132,13 @@ def read_policy_file(path: Path) -> PolicySource:
     else:
         table = data
         where = str(path)
-    return PolicySource(path=path, values=validate(table, where=where))
+    output = {k: v for k, v in table.items() if k in OUTPUT_KEYS}
+    numeric = {k: v for k, v in table.items() if k not in OUTPUT_KEYS}
+    return SettingsSource(
+        path=path,
+        values=validate(numeric, where=where),
+        output=validate_output(output, where=where),
+    )
 
 
 def validate(table: Mapping[str, Any], *, where: str) -> dict[str, float | int]:
@@ -124,7 +155,7 @@ def validate(table: Mapping[str, Any], *, where: str) -> dict[str, float | int]:
         key = raw_key.replace("_", "-")
         setting = SETTINGS_BY_KEY.get(key)
         if setting is None:
-            known = ", ".join(SETTINGS_BY_KEY)
+            known = ", ".join([*SETTINGS_BY_KEY, *OUTPUT_KEYS])
             raise InputError(f"{where}: unknown key {raw_key!r}", hint=f"known keys: {known}")
         if setting.field in values:
             raise InputError(f"{where}: {key!r} is given twice (as - and _ spellings)")
@@ -133,6 +164,56 @@ def validate(table: Mapping[str, Any], *, where: str) -> dict[str, float | int]:
             raise InputError(f"{where}: {raw_key} = {_toml_repr(value)} {problem}")
         values[setting.field] = value
     return values
+
+
+def validate_output(table: Mapping[str, Any], *, where: str) -> dict[str, str]:
+    """Check the output settings (``format``, ``color``) of a settings table.
+
+    Raises
+    ------
+    InputError
+        For a value that is not a string naming a report format (``format``) or one of
+        ``auto``, ``always``, ``never`` (``color``).
+    """
+    from lora_audit.render import OutputFormat
+
+    allowed = {"format": tuple(f.value for f in OutputFormat), "color": COLORS}
+    for key, value in table.items():
+        if not (isinstance(value, str) and value in allowed[key]):
+            choices = ", ".join(f'"{v}"' for v in allowed[key])
+            raise InputError(f"{where}: {key} = {_toml_repr(value)} must be one of {choices}")
+    return dict(table)
+
+
+def load_settings(*, config: Path | None, search_from: Path | None) -> SettingsSource | None:
+    """The settings file named by ``config``, else the one found upward from ``search_from``.
+
+    Returns ``None`` when no file applies (or ``search_from`` is ``None``: ``--no-config``).
+
+    Raises
+    ------
+    InputError
+        When ``config`` does not exist, or the file is unreadable or invalid.
+    """
+    path = config
+    if path is None and search_from is not None:
+        path = find_policy_file(search_from)
+    return None if path is None else read_policy_file(path)
+
+
+def policy_from(flags: Mapping[str, float | int], source: SettingsSource | None) -> Policy:
+    """Defaults < the settings file < flags (both by field name, already validated)."""
+    policy = Policy()
+    if source is not None:
+        policy = merge(policy, dict(source.values))
+    return merge(policy, dict(flags))
+
+
+def default(field_name: str) -> float | int:
+    """The default of a numeric setting (``energy`` → 0.99), from :class:`Policy`."""
+    assert any(s.field == field_name for s in SETTINGS), field_name
+    value: float | int = getattr(Policy(), field_name)
+    return value
 
 
 def resolve_policy(
@@ -157,19 +238,16 @@ def resolve_policy(
     policy, path
         The merged policy and the policy file read (``None`` when none was).
     """
-    path = config
-    if path is None and search_from is not None:
-        path = find_policy_file(search_from)
-    policy = Policy()
-    if path is not None:
-        policy = merge(policy, dict(read_policy_file(path).values))
-    return merge(policy, dict(flags)), path
+    source = load_settings(config=config, search_from=search_from)
+    return policy_from(flags, source), None if source is None else source.path
 
 
 def _load(path: Path) -> dict[str, Any]:
     if not path.exists() and not path.is_symlink():
-        raise InputError(f"{path}: no such policy file")
-    return load_toml_file(path, what="policy file")
+        raise InputError(
+            f"{path}: no such settings file", hint="name an existing file, or drop --config"
+        )
+    return load_toml_file(path, what="settings file")
 
 
 def _table(data: Mapping[str, Any], *, path: Path) -> Mapping[str, Any] | None:

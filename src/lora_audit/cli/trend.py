@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from lora_audit.cli._common import (
-    check_fraction,
     emit_report,
+    exit_code_for,
     load_reported,
     outputs,
     preflight,
@@ -19,6 +19,8 @@ from lora_audit.cli._common import (
 )
 from lora_audit.cli._options import (
     AlphaOption,
+    ConfigOption,
+    DebugOption,
     Device,
     DeviceOption,
     EnergyOption,
@@ -27,11 +29,21 @@ from lora_audit.cli._options import (
     InputFormatOption,
     Method,
     MethodOption,
+    NoConfigOption,
     OutputOption,
     PlotOption,
+    QuietOption,
     TrendFormat,
+    TrendFormatOption,
 )
+from lora_audit.cli._usage import examples
 from lora_audit.errors import UsageError
+
+EXAMPLES = examples(
+    "lora-audit trend output_dir/",
+    "lora-audit trend run/checkpoint-*/ --window 4 --fail-on-drift",
+    "lora-audit trend output_dir/ -f json -o trend.json --plot trend.png",
+)
 
 
 def trend_command(
@@ -41,9 +53,10 @@ def trend_command(
             help="The checkpoints of one run (directories or .safetensors files, any order), "
             "or one directory that holds them (e.g. a trainer's output_dir).",
             show_default=False,
+            metavar="CHECKPOINT",
         ),
     ],
-    energy: EnergyOption = 0.99,
+    energy: EnergyOption = None,
     window: Annotated[
         int,
         typer.Option(
@@ -63,9 +76,7 @@ def trend_command(
         bool,
         typer.Option("--fail-on-drift", help="Exit 1 when drift is flagged (default: exit 0)."),
     ] = False,
-    output_format: Annotated[
-        TrendFormat, typer.Option("--format", "-f", help="Report format.")
-    ] = TrendFormat.TABLE,
+    output_format: TrendFormatOption = None,
     output: OutputOption = None,
     force: ForceOption = False,
     plot: PlotOption = None,
@@ -73,14 +84,30 @@ def trend_command(
     device: DeviceOption = Device.AUTO,
     method: MethodOption = Method.AUTO,
     input_format: InputFormatOption = InputFormat.AUTO,
+    config: ConfigOption = None,
+    no_config: NoConfigOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
-    """Stable rank, energy rank and ‖ΔW‖F of every layer across checkpoints, in step order."""
+    """Stable rank, energy rank and ‖ΔW‖F of every layer across checkpoints, in step order.
+
+    energy and format come from the flags, else from the settings file (lora-audit.toml,
+    or [tool.lora-audit] in pyproject.toml), else the defaults.
+    """
 
     def body() -> int:
         from lora_audit.cli._plot import draw, plot_request
+        from lora_audit.cli._settings import (
+            number,
+            read_settings,
+            report_format,
+            settings_file_shown,
+        )
         from lora_audit.commands.inspect import AuditOptions
         from lora_audit.commands.trend import TrendOptions, expand_run, trend_of
-        from lora_audit.engine.spectra import EngineOptions
+        from lora_audit.engine.device import EngineOptions
+
+        read_settings(config=config, no_config=no_config)
 
         if window < 2:
             raise UsageError(f"--window {window} must be at least 2", hint="e.g. --window 3")
@@ -88,13 +115,15 @@ def trend_command(
             raise UsageError(f"--min-rise {min_rise:g} must be ≥ 0", hint="e.g. --min-rise 0.1")
         options = TrendOptions(
             audit=AuditOptions(
-                energy=check_fraction("--energy", energy),
+                energy=number("energy", energy),
                 engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
+                settings_file=settings_file_shown(),
             ),
             window=window,
             min_rise=min_rise,
             fail_on_drift=fail_on_drift,
         )
+        fmt = report_format(output_format, offered=TrendFormat, command="trend")
         preflight(output)
         request = plot_request(plot)
         paths, notes = expand_run(checkpoints)
@@ -112,7 +141,7 @@ def trend_command(
         with progress_bar(total, description="checkpoints") as advance:
             report = trend_of(loaded, options=options, progress=advance, warn=warn, notes=notes)
         draw(report, request)
-        emit_report(report, output_format.value, output=output)
-        return report.exit_code
+        emit_report(report, fmt.value, output=output)
+        return exit_code_for(report)
 
     run_guarded(body, force=force, inputs=checkpoints)

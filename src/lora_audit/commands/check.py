@@ -7,15 +7,19 @@ code is 1 when any rule fires, else 0.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from lora_audit.commands.inspect import TOOL, AuditOptions, inspect_adapter
+from lora_audit.commands.adapter_info import TOOL
+from lora_audit.commands.inspect import AuditOptions, inspect_adapter
 from lora_audit.decisions.check_rules import Policy, active_rules, evaluate
-from lora_audit.engine.spectra import EngineOptions, Progress, Warn, device_type
-from lora_audit.errors import ExitCode, InputError
-from lora_audit.report import AdapterError, CheckReport, InspectReport
+from lora_audit.engine.batches import Progress, Warn
+from lora_audit.engine.device import EngineOptions, device_type
+from lora_audit.errors import InputError
+from lora_audit.report import AdapterError, CheckReport, Finding, InspectReport
+from lora_audit.report.check import CheckStatus
 
 #: Opens a progress callback for one adapter: ``(adapter path, layer count) → context``.
 ProgressFactory = Callable[[str, int], AbstractContextManager[Progress | None]]
@@ -64,7 +68,12 @@ def run_check(
     from lora_audit.formats import load_adapter
 
     device_type(engine.device)  # a usage error stops the run before any adapter is read
-    options = AuditOptions(energy=policy.energy, coverage=policy.coverage, engine=engine)
+    options = AuditOptions(
+        energy=policy.energy,
+        coverage=policy.coverage,
+        engine=engine,
+        settings_file=display_path(policy_file),
+    )
     reports: list[InspectReport] = []
     errors: list[AdapterError] = []
     for path in dict.fromkeys(paths):
@@ -85,7 +94,7 @@ def run_check(
             if on_error is not None:
                 on_error(exc)
     return assemble(
-        reports=reports, errors=errors, policy=policy, policy_file=_display(policy_file)
+        reports=reports, errors=errors, policy=policy, policy_file=display_path(policy_file)
     )
 
 
@@ -97,13 +106,12 @@ def assemble(
     policy_file: str | None,
 ) -> CheckReport:
     """Apply the rules to finished inspect reports and build the check report (no I/O)."""
-    findings = tuple(f for report in reports for f in evaluate(report, policy=policy))
-    if errors:
-        status, code = "error", ExitCode.INPUT
-    elif findings:
-        status, code = "fail", ExitCode.FINDINGS
-    else:
-        status, code = "pass", ExitCode.OK
+    findings = tuple(
+        Finding(**dataclasses.asdict(v))
+        for report in reports
+        for v in evaluate(report, policy=policy)
+    )
+    status: CheckStatus = "error" if errors else "fail" if findings else "pass"
     return CheckReport(
         tool=TOOL,
         policy=policy.as_dict(),
@@ -113,11 +121,10 @@ def assemble(
         errors=tuple(errors),
         findings=findings,
         status=status,
-        exit_code=int(code),
     )
 
 
-def _display(path: Path | None) -> str | None:
+def display_path(path: Path | None) -> str | None:
     """``path`` relative to the working directory when it lies below it, else absolute."""
     if path is None:
         return None

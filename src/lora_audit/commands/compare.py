@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lora_audit.adapter import Adapter, LoraLayer
-from lora_audit.commands.inspect import TOOL, adapter_info
-from lora_audit.engine.spectra import Progress, Warn
+from lora_audit.commands.adapter_info import TOOL, adapter_info
+from lora_audit.engine.batches import Progress, Warn
 from lora_audit.errors import InputError
 from lora_audit.linalg.spectral import Float64Array
 from lora_audit.linalg.subspaces import compare_factors
@@ -60,7 +60,7 @@ class Matching:
     only_in_b: tuple[str, ...]
 
 
-def match_layers(layers_a: Sequence[LoraLayer], layers_b: Sequence[LoraLayer]) -> Matching:
+def pair_layers(layers_a: Sequence[LoraLayer], layers_b: Sequence[LoraLayer]) -> Matching:
     """Pair layers by exact name, then by :func:`normalise_name` where that is one to one.
 
     Pairs come in A's order.
@@ -110,7 +110,7 @@ def compare_adapters(
         At most this many leading singular directions per layer are compared (≥ 1).
     """
     warnings = [*adapter_a.warnings, *adapter_b.warnings]
-    matching = match_layers(adapter_a.layers, adapter_b.layers)
+    matching = pair_layers(adapter_a.layers, adapter_b.layers)
     compared: list[LayerComparison] = []
     mismatched: list[ShapeMismatch] = []
     inner_total = 0.0

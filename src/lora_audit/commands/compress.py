@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING
 
 from lora_audit import __version__
 from lora_audit.adapter import Adapter, LoraLayer
-from lora_audit.commands.inspect import TOOL, adapter_info
+from lora_audit.commands.adapter_info import TOOL, adapter_info
 from lora_audit.decisions.compress_ranks import RankRule, check_budget, select_ranks, truncation
+from lora_audit.engine.batches import Progress, Warn
+from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.engine.refactorisation import truncate_layers
-from lora_audit.engine.spectra import EngineOptions, Grams, Progress, Warn, analyse, device_type
+from lora_audit.engine.spectra import Grams, analyse
 from lora_audit.errors import UsageError
 from lora_audit.formats.writer import (
     NewLayer,
@@ -64,7 +66,7 @@ class CompressOptions:
         full-rank update (they are kept as they are).
     base
         The base model's weights: DoRA layers are then truncated exactly, keeping each output
-        row's DoRA scale (:class:`lora_audit.commands.inspect_base.DoraCompression`).
+        row's DoRA scale (:class:`lora_audit.commands.compress_dora.DoraCompression`).
     """
 
     rule: RankRule
@@ -135,7 +137,7 @@ def compress_adapter(
     sigmas = analysis.sigmas
     dora = None
     if options.base is not None:  # DoRA layers: spectra of the update as DoRA applies it
-        from lora_audit.commands.inspect_base import DoraCompression
+        from lora_audit.commands.compress_dora import DoraCompression
 
         dora = DoraCompression.prepare(adapter, options.base, engine=options.engine, warn=warn)
         sigmas = {**sigmas, **(dora.sigmas if dora is not None else {})}
@@ -160,6 +162,7 @@ def compress_adapter(
             provenance=_provenance(adapter, options.rule, sha256=digest.result()),
             force=options.force,
             base=options.base,
+            card_note=card_note(plans, rule=options.rule),
         )
         file_after = written.stat().st_size
     return _report(adapter, plans, options=options, file_after=file_after, warnings=warnings)
@@ -241,6 +244,36 @@ def _provenance(adapter: Adapter, rule: RankRule, *, sha256: str) -> dict[str, s
         "lora_audit.source_sha256": sha256,
         "lora_audit.source_file": adapter.tensor_file.name,
     }
+
+
+_RULE_FLAGS = {"rank": "--rank", "energy": "--energy", "ratio": "--ratio", "budget": "--budget"}
+
+
+def card_note(plans: Sequence[_Plan], *, rule: RankRule) -> str:
+    """The line appended to a carried-over model card: tool, date, rule, ranks, energy."""
+    import datetime
+
+    truncated = [p for p in plans if p.truncate]
+    before = sorted({p.layer.rank for p in plans})
+    after = sorted({p.new_rank if p.truncate else p.layer.rank for p in plans})
+    params = sum(p.layer.params for p in plans)
+    params_after = sum(
+        p.new_rank * p.layer.params_per_rank if p.truncate else p.layer.params for p in plans
+    )
+    kept = min((p.energy_kept for p in plans), default=1.0)
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
+    return (
+        f"*Compressed by lora-audit {__version__} on {today} with `lora-audit compress "
+        f"{_RULE_FLAGS[rule.mode]} {format_value(rule.value)}`: {len(truncated)} of "
+        f"{len(plans)} layers truncated, rank {_span(before)} → {_span(after)}, "
+        f"{params:,} → {params_after:,} LoRA parameters; every layer keeps at least "
+        f"{kept:.2%} of its energy ‖ΔW‖F². The card above describes the adapter before "
+        "compression.*"
+    )
+
+
+def _span(ranks: Sequence[int]) -> str:
+    return "–" if not ranks else str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}–{ranks[-1]}"
 
 
 def format_value(value: float) -> str:

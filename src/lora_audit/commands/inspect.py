@@ -6,29 +6,25 @@ retraining plan, and the advice text, assembled into frozen report objects.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from lora_audit import __version__
 from lora_audit.adapter import Adapter, LoraLayer
+from lora_audit.commands.adapter_info import TOOL, adapter_info
 from lora_audit.decisions.compress_ranks import truncation
 from lora_audit.decisions.retrain_advice import RankPlan, plan_retrain
-from lora_audit.engine.spectra import EngineOptions, Progress, Warn, device_type, spectra
-from lora_audit.formats.kohya import SHOWN_METADATA
+from lora_audit.engine.batches import Progress, Warn
+from lora_audit.engine.device import EngineOptions, device_type
+from lora_audit.engine.spectra import spectra
 from lora_audit.formats.patterns import pattern_keys
 from lora_audit.formats.peft_variants import compress_refusal
 from lora_audit.linalg.metrics import SpectrumSummary, summarize
 from lora_audit.report import (
-    AdapterInfo,
     InspectReport,
     LayerReport,
     Settings,
     Summary,
-    ToolInfo,
 )
-
-TOOL = ToolInfo(name="lora-audit", version=__version__)
 
 #: How many layers the summary names as the biggest wasters.
 TOP_WASTERS = 5
@@ -46,11 +42,15 @@ class AuditOptions:
         Fraction of layers the adapter-wide retraining rank must cover, in (0, 1].
     engine
         Device and method of the spectral engine.
+    settings_file
+        The settings file ``energy`` or ``coverage`` may have come from, as the report shows
+        it; ``None`` when only defaults and flags applied.
     """
 
     energy: float = 0.99
     coverage: float = 0.9
     engine: EngineOptions = field(default_factory=EngineOptions)
+    settings_file: str | None = None
 
 
 def inspect_adapter(
@@ -91,40 +91,13 @@ def inspect_adapter(
             coverage=options.coverage,
             device=device,
             method=options.engine.method,
+            settings_file=options.settings_file,
         ),
         layers=layers,
         summary=_summary(
             layers, plan, energy=options.energy, compressible=compress_refusal(adapter) is None
         ),
         warnings=(*adapter.warnings, *engine_warnings),
-    )
-
-
-def adapter_info(adapter: Adapter) -> AdapterInfo:
-    """The report's description of what was read."""
-    config = adapter.config
-    alpha = config.get("lora_alpha")
-    rank = config.get("r")
-    try:
-        file_bytes = adapter.tensor_file.stat().st_size
-    except OSError:
-        file_bytes = 0
-    return AdapterInfo(
-        path=str(adapter.path),
-        tensor_file=str(adapter.tensor_file),
-        format=adapter.format,
-        base_model=adapter.base_model,
-        layer_count=len(adapter.layers),
-        dtypes=tuple(sorted({layer.dtype for layer in adapter.layers})),
-        rank=rank if isinstance(rank, int) else None,
-        lora_alpha=float(alpha) if isinstance(alpha, int | float) else None,
-        use_rslora=bool(config.get("use_rslora", False)),
-        use_dora=any(layer.dora for layer in adapter.layers),
-        modules_to_save=tuple(adapter.modules_to_save),
-        passthrough_tensors=len(adapter.passthrough_keys),
-        file_bytes=file_bytes,
-        metadata={k: adapter.metadata[k] for k in SHOWN_METADATA if k in adapter.metadata},
-        scale_sources=dict(sorted(Counter(layer.scale_source for layer in adapter.layers).items())),
     )
 
 

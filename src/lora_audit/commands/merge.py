@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 from lora_audit import __version__
 from lora_audit.adapter import Adapter, LoraLayer
+from lora_audit.commands.adapter_info import TOOL
 from lora_audit.commands.compress import format_value, start_digest
-from lora_audit.commands.inspect import TOOL
 from lora_audit.commands.merge_inputs import (
     MergedSource,
     Part,
@@ -34,8 +34,10 @@ from lora_audit.commands.merge_inputs import (
     output_template,
 )
 from lora_audit.decisions.compress_ranks import RankRule, check_budget, select_ranks
+from lora_audit.engine.batches import Progress, Warn
+from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.engine.refactorisation import truncate_layers
-from lora_audit.engine.spectra import EngineOptions, Progress, Warn, analyse, device_type
+from lora_audit.engine.spectra import analyse
 from lora_audit.errors import UsageError
 from lora_audit.formats.writer import (
     NewLayer,

@@ -31,8 +31,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lora_audit.adapter import Adapter
-from lora_audit.commands.inspect import TOOL, AuditOptions, inspect_adapter
-from lora_audit.engine.spectra import Progress, Warn, device_type
+from lora_audit.commands.adapter_info import TOOL
+from lora_audit.commands.inspect import AuditOptions, inspect_adapter
+from lora_audit.engine.batches import Progress, Warn
+from lora_audit.engine.device import device_type
 from lora_audit.report import (
     CheckpointSummary,
     Finding,
@@ -272,12 +274,12 @@ def trend_of(
             method=engine.method,
             step_source=steps.source,
             step_unit=steps.unit,
+            settings_file=options.audit.settings_file,
         ),
         checkpoints=checkpoints,
         layers=layers,
         findings=findings,
         status="drift" if drift else "pass",
-        exit_code=1 if drift and options.fail_on_drift else 0,
         warnings=tuple(warnings),
     )
 

@@ -1,8 +1,9 @@
-"""The gate's policy and its rules: an :class:`InspectReport` in, :class:`Finding` objects out.
+"""The gate's policy and its rules: an audited adapter in, :class:`Violation` objects out.
 
 ``lora-audit check`` measures each adapter exactly as ``inspect`` does, at the policy's τ, and
-then asks every active rule whether the report breaks it. Rules only read the finished
-report; they never touch tensors or files.
+then asks every active rule whether the result breaks it. Rules read only the numbers named by
+the :class:`AuditedAdapter` protocol (an inspect report satisfies it); they never touch
+tensors, files or the report model, and ``commands.check`` turns violations into findings.
 
 The rules
 ---------
@@ -35,14 +36,100 @@ measured value passes. Adding a rule means adding a :class:`Policy` field, its
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from lora_audit.decisions.retrain_advice import next_power_of_two
-from lora_audit.report import Finding, InspectReport, LayerReport
 
 #: Severity of every finding the current rules produce (all of them fail the gate).
-ERROR = "error"
+ERROR: Literal["error"] = "error"
+
+
+class AuditedLayer(Protocol):
+    """What the rules read of one layer (:class:`lora_audit.report.AuditedLayer` has it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def structure(self) -> str: ...
+    @property
+    def rank(self) -> int: ...
+    @property
+    def energy_rank(self) -> int: ...
+    @property
+    def params(self) -> int: ...
+    @property
+    def params_after(self) -> int: ...
+    @property
+    def wasted_params(self) -> int: ...
+
+
+class AuditedSummary(Protocol):
+    """What the rules read of an adapter's summary (:class:`lora_audit.report.Summary`)."""
+
+    @property
+    def wasted_fraction(self) -> float: ...
+    @property
+    def recommended_rank(self) -> int: ...
+    @property
+    def nominal_rank(self) -> int: ...
+    @property
+    def lora_alpha(self) -> float | None: ...
+    @property
+    def rank_pattern(self) -> Mapping[str, int]: ...
+
+
+class AuditedSource(Protocol):
+    """Where the adapter came from (:class:`lora_audit.report.AdapterInfo`)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+
+
+class AuditedAdapter(Protocol):
+    """An adapter measured at the policy's τ (:class:`lora_audit.report.AuditedAdapter`)."""
+
+    @property
+    def adapter(self) -> AuditedSource: ...
+    @property
+    def summary(self) -> AuditedSummary: ...
+    @property
+    def layers(self) -> Sequence[AuditedLayer]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Violation:
+    """One broken rule; the check report's ``Finding`` has the same fields.
+
+    Attributes
+    ----------
+    adapter
+        The adapter's path as given.
+    layer
+        The layer concerned, or ``None`` for the whole adapter.
+    rule
+        The rule's name (``"max-waste"``).
+    measured, limit
+        The measured value and the limit it breaks.
+    message
+        What is wrong, without the adapter and layer names.
+    fix
+        What to do about it.
+    severity
+        ``"error"`` (fails the gate).
+    """
+
+    adapter: str
+    layer: str | None
+    rule: str
+    measured: float | int
+    limit: float | int
+    message: str
+    fix: str
+    severity: Literal["error"] = ERROR
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,7 +231,7 @@ def merge(policy: Policy, values: dict[str, float | int]) -> Policy:
     return dataclasses.replace(policy, **changes)  # type: ignore[arg-type]
 
 
-RuleCheck = Callable[[InspectReport, Policy], Iterator[Finding]]
+RuleCheck = Callable[[AuditedAdapter, Policy], Iterator[Violation]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,7 +247,7 @@ class Rule:
     active
         Whether the policy turns the rule on.
     check
-        Yields a :class:`Finding` for each violation in a report.
+        Yields a :class:`Violation` for each rule broken by an adapter.
     """
 
     name: str
@@ -173,7 +260,7 @@ def _tau(policy: Policy) -> str:
     return f"{policy.energy:g}"
 
 
-def _compress_fix(report: InspectReport, policy: Policy) -> str:
+def _compress_fix(report: AuditedAdapter, policy: Policy) -> str:
     if report.adapter.format == "gguf":  # compress refuses GGUF: name the route that works
         return (
             f"run `lora-audit compress PEFT_ADAPTER -o OUT --energy {_tau(policy)}` on the "
@@ -182,7 +269,7 @@ def _compress_fix(report: InspectReport, policy: Policy) -> str:
     return f"run `lora-audit compress {report.adapter.path} -o OUT --energy {_tau(policy)}`"
 
 
-def _max_waste(report: InspectReport, policy: Policy) -> Iterator[Finding]:
+def _max_waste(report: AuditedAdapter, policy: Policy) -> Iterator[Violation]:
     s = report.summary
     measured = s.wasted_fraction
     if measured <= policy.max_waste:
@@ -198,7 +285,7 @@ def _max_waste(report: InspectReport, policy: Policy) -> Iterator[Finding]:
         fix = f"{retrain}, or {_compress_fix(report, policy)}"
     else:
         fix = _compress_fix(report, policy)
-    yield Finding(
+    yield Violation(
         adapter=report.adapter.path,
         layer=None,
         rule="max-waste",
@@ -213,13 +300,13 @@ def _max_waste(report: InspectReport, policy: Policy) -> Iterator[Finding]:
     )
 
 
-def _layer_waste(layer: LayerReport) -> float:
+def _layer_waste(layer: AuditedLayer) -> float:
     """The share of the layer's parameters ``compress --energy τ`` removes; ``(r − k_τ)/r`` for
     plain LoRA, and for a LoHa/LoKr/Tucker layer only what rewriting it as LoRA saves."""
     return layer.wasted_params / layer.params if layer.params else 0.0
 
 
-def _max_layer_waste(report: InspectReport, policy: Policy) -> Iterator[Finding]:
+def _max_layer_waste(report: AuditedAdapter, policy: Policy) -> Iterator[Violation]:
     for layer in report.layers:
         measured = _layer_waste(layer)
         if layer.energy_rank == 0 or measured <= policy.max_layer_waste:
@@ -242,7 +329,7 @@ def _max_layer_waste(report: InspectReport, policy: Policy) -> Iterator[Finding]
                 f"{layer.params:,} parameters, {measured:.1%} wasted {limit}"
             )
             fix = _compress_fix(report, policy)
-        yield Finding(
+        yield Violation(
             adapter=report.adapter.path,
             layer=layer.name,
             rule="max-layer-waste",
@@ -254,7 +341,7 @@ def _max_layer_waste(report: InspectReport, policy: Policy) -> Iterator[Finding]
         )
 
 
-def _min_rank_used(report: InspectReport, policy: Policy) -> Iterator[Finding]:
+def _min_rank_used(report: AuditedAdapter, policy: Policy) -> Iterator[Violation]:
     for layer in report.layers:
         if layer.energy_rank >= policy.min_rank_used:
             continue
@@ -269,7 +356,7 @@ def _min_rank_used(report: InspectReport, policy: Policy) -> Iterator[Finding]:
                 f"{policy.min_rank_used}"
             )
             fix = "drop it from target_modules if it is not needed, or check its learning rate"
-        yield Finding(
+        yield Violation(
             adapter=report.adapter.path,
             layer=layer.name,
             rule="min-rank-used",
@@ -309,7 +396,7 @@ def active_rules(policy: Policy) -> tuple[Rule, ...]:
     return tuple(rule for rule in RULES if rule.active(policy))
 
 
-def evaluate(report: InspectReport, *, policy: Policy) -> tuple[Finding, ...]:
+def evaluate(report: AuditedAdapter, *, policy: Policy) -> tuple[Violation, ...]:
     """Every finding of every active rule on one adapter's report.
 
     Parameters

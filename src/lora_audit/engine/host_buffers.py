@@ -13,14 +13,12 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from lora_audit.adapter import Adapter, LoraLayer, Structure
-from lora_audit.errors import InputError
-from lora_audit.formats.safetensors_io import SafetensorsSource
+from lora_audit.adapter import Adapter, LoraLayer, ReadsIntoBuffers, Structure
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -93,98 +91,53 @@ class Readers:
         return self._reader().load(layer)
 
 
-_NUMPY_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
-
-
 class HostFactors:
     """Each layer's ``(B, A)`` as float64 numpy arrays, in buffers reused from layer to layer.
 
-    Plain LoRA layers of a safetensors file are read straight from it (one ``readinto`` per
-    tensor; no memory map, so nothing of the file stays resident) and converted without
-    torch: bf16 is the upper half of a float32. Other layers and other sources go through
-    :meth:`Adapter.load_factors`. The arrays returned are overwritten by the next ``load``.
+    Plain LoRA layers of a source that can stream into buffers (a safetensors file:
+    :class:`~lora_audit.adapter.ReadsIntoBuffers`) are decoded straight into them; other
+    layers and other sources go through :meth:`Adapter.load_factors`. The arrays returned are
+    overwritten by the next ``load``.
     """
 
     def __init__(self, adapter: Adapter, *, lock: threading.Lock | None = None) -> None:
         self._adapter = adapter
         source = adapter.source
-        self._raw = source if isinstance(source, SafetensorsSource) else None
-        self._file: Any = None
-        self._data_start = 0
-        self._buffers: dict[tuple[str, tuple[int, ...]], npt.NDArray[Any]] = {}
+        self._raw = source.open_reader() if isinstance(source, ReadsIntoBuffers) else None
+        self._buffers: dict[tuple[str, tuple[int, ...]], Float64Array] = {}
         self._group: tuple[int, int, int] | None = None
         self._lock = lock or threading.Lock()
 
     def close(self) -> None:
         """Close the file (the reader can be used again; it reopens it)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._raw is not None:
+            self._raw.close()
 
     def load(self, layer: LoraLayer) -> tuple[Float64Array, Float64Array]:
         """``B`` of shape (out, r) and ``A`` of shape (r, in), float64, C-contiguous."""
         if layer.group_key != self._group:  # buffers of the previous shape are not needed
             self._buffers.clear()
             self._group = layer.group_key
-        shape_b = (layer.out_features, layer.rank)
-        shape_a = (layer.rank, layer.in_features)
+        b = self._buffer("b", (layer.out_features, layer.rank))
+        a = self._buffer("a", (layer.rank, layer.in_features))
         if self._raw is None or layer.structure is not Structure.LORA:
             with self._lock:
                 b_t, a_t = self._adapter.load_factors(layer)
-            b, a = self._buffer("b", shape_b, "<f8"), self._buffer("a", shape_a, "<f8")
             np.copyto(b, b_t)
             np.copyto(a, a_t)
         else:
-            b, a = self._read(layer.b_key, "b", shape_b), self._read(layer.a_key, "a", shape_a)
+            self._raw.read_into(layer.b_key, b)
+            self._raw.read_into(layer.a_key, a)
         if "F64" in layer.dtype:  # only float64 can hold values whose squares overflow
             balance(b, a)
         return b, a
 
-    def _buffer(self, slot: str, shape: tuple[int, ...], dtype: str) -> npt.NDArray[Any]:
-        key = (f"{slot}:{dtype}", shape)
+    def _buffer(self, slot: str, shape: tuple[int, int]) -> Float64Array:
+        key = (slot, shape)
         buf = self._buffers.get(key)
         if buf is None:
-            buf = self._buffers[key] = np.empty(shape, dtype=dtype)
+            buf = self._buffers[key] = np.empty(shape, dtype=np.float64)
         return buf
-
-    def _read(self, key: str, slot: str, shape: tuple[int, int]) -> Float64Array:
-        assert self._raw is not None
-        info = self._raw.header.tensors[key]
-        count = shape[0] * shape[1]
-        if math.prod(info.shape) != count:  # the reader validated this; be explicit
-            raise InputError(f"{self._raw.path}: tensor {key!r} has shape {list(info.shape)}")
-        raw = self._buffer("raw", (info.end - info.start,), "u1")
-        self._readinto(raw, info.start, key)
-        out: Float64Array = self._buffer(slot, shape, "<f8")
-        flat = out.reshape(-1)
-        if info.dtype == "BF16":
-            wide = self._buffer("u32", (count,), "<u4")
-            np.left_shift(raw.view("<u2"), 16, out=wide, dtype=np.uint32)
-            np.copyto(flat, wide.view("<f4"))
-        else:
-            np.copyto(flat, raw.view(_NUMPY_DTYPES[info.dtype]))
-        return out
-
-    def _readinto(self, raw: npt.NDArray[Any], start: int, key: str) -> None:
-        assert self._raw is not None
-        path = self._raw.path
-        try:
-            if self._file is None:
-                self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed in __exit__)
-                self._data_start = 8 + int.from_bytes(self._file.read(8), "little")
-            self._file.seek(self._data_start + start)
-            view = raw.data.cast("B")
-            done = 0
-            while done < len(view):
-                n = self._file.readinto(view[done:])
-                if not n:
-                    raise InputError(
-                        f"{path}: tensor {key!r} runs past the end of the file",
-                        hint="the file was truncated while being read",
-                    )
-                done += n
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read tensor {key!r}: {exc.strerror or exc}") from exc
 
 
 #: Factors whose largest magnitude lies outside [2⁻³⁰⁰, 2³⁰⁰] are balanced before Grams.

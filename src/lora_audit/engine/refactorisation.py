@@ -15,7 +15,7 @@ On the CPU the layers are read one at a time into reused float64 buffers
 ``finish`` as soon as it exists, in the worker thread, so memory holds one layer upcast per
 thread plus what ``finish`` keeps (the caller rounds to the stored dtype there). The CPU path
 is numpy only: mixing torch's thread pool with OpenBLAS's in one loop makes both crawl. On
-CUDA, :func:`lora_audit.engine.spectra.map_groups` brings chunks of layers to the device and the
+CUDA, :func:`lora_audit.engine.batches.map_groups` brings chunks of layers to the device and the
 same
 maps are applied there. Signs follow :func:`lora_audit.linalg.spectral.svd`.
 """
@@ -27,8 +27,10 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
 from lora_audit.adapter import Adapter, LoraLayer
+from lora_audit.engine.batches import Progress, Warn, map_groups
+from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.engine.host_buffers import Readers, cpu_pool
-from lora_audit.engine.spectra import EngineOptions, Grams, Progress, Warn, device_type, map_groups
+from lora_audit.engine.spectra import Grams
 from lora_audit.linalg.spectral import Float64Array, fix_signs, gram_truncation, qr_truncation
 from lora_audit.linalg.stacking import split_scale
 

@@ -50,6 +50,45 @@ def _present(config: Path) -> bool:
     return config.exists() or config.is_symlink()
 
 
+#: Files of a full model's directory (transformers, diffusers), never of an adapter's.
+_MODEL_FILES = re.compile(
+    r"^(?:model\.safetensors|pytorch_model\.bin|tf_model\.h5|flax_model\.msgpack"
+    r"|(?:model|pytorch_model)\.(?:safetensors|bin)\.index\.json"
+    r"|(?:model|pytorch_model)-\d{5}-of-\d{5}\.(?:safetensors|bin)|model_index\.json)$"
+)
+
+
+def _full_model(directory: Path) -> InputError | None:
+    """The refusal for a directory that holds a full model rather than an adapter, if it does.
+
+    A full model is told by its weight files (``model.safetensors``, shards such as
+    ``model-00001-of-00002.safetensors``, an index, ``pytorch_model.bin``) beside a
+    ``config.json``, or by shards or a diffusers ``model_index.json`` alone; a directory
+    with an ``adapter_config.json`` is never one.
+    """
+    names = set(_names(directory))
+    if CONFIG_NAME in names:
+        return None
+    weights = sorted(n for n in names if _MODEL_FILES.match(n))
+    sharded = any("-of-" in n or n.endswith(".index.json") for n in weights)
+    if not weights or not ("config.json" in names or sharded or "model_index.json" in names):
+        return None
+    shown = ", ".join((["config.json"] if "config.json" in names else []) + weights[:2])
+    return InputError(
+        f"{directory}: this looks like a full model ({shown}), not a LoRA adapter",
+        hint="pass the adapter instead (a directory with adapter_config.json, or the "
+        "adapter's .safetensors file); to measure an adapter against this model, add "
+        f"--base {directory}",
+    )
+
+
+def _names(directory: Path) -> list[str]:
+    try:
+        return [entry.name for entry in directory.iterdir()]
+    except OSError:
+        return []
+
+
 def resolve_files(path: Path) -> tuple[Path, Path | None]:
     """Find the tensor file and the config file that ``path`` refers to.
 
@@ -70,6 +109,8 @@ def resolve_files(path: Path) -> tuple[Path, Path | None]:
     for name in (WEIGHTS_NAME, mlx.WEIGHTS_NAME):  # mlx-lm: not its numbered checkpoints
         if (path / name).is_file():
             return _with_config(path / name)
+    if (refusal := _full_model(path)) is not None:
+        raise refusal
     pickles = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         raise _refuse_pickle(pickles[0])

@@ -288,7 +288,7 @@ def _shard_path(index: Path, directory: Path, name: str) -> Path:
     return file
 
 
-def match_layers(adapter: Adapter, base: BaseModel) -> BaseMatch:
+def match_base_weights(adapter: Adapter, base: BaseModel) -> BaseMatch:
     """Find the pretrained weight of every adapted layer (see the module docstring).
 
     Layers that match no key, match ambiguously, or whose weight has the wrong shape or a

@@ -23,6 +23,7 @@ and renamed (:mod:`lora_audit.formats.atomic`).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -41,7 +42,8 @@ Data = bytes | Callable[[IO[bytes]], None]
 
 #: The only entries of a directory ``--force`` may replace (what ``compress`` writes).
 ADAPTER_DIR_FILES = frozenset(
-    {"adapter_model.safetensors", "adapter_config.json", "adapters.safetensors"}  # PEFT, mlx-lm
+    # PEFT, mlx-lm, and the model card compress carries over
+    {"adapter_model.safetensors", "adapter_config.json", "adapters.safetensors", "README.md"}
 )
 _DESCRIPTOR = re.compile(r"/dev/(stdout|stderr|fd/\d+)|/proc/(self|\d+)/fd/\d+")
 
@@ -160,6 +162,8 @@ class OutputGuard:
         real = absolute if special else os.path.realpath(absolute)
         if os.path.basename(real) in {"", ".", ".."}:
             raise UsageError(f"{role} {path}: cannot write at {real}", hint="name a new path")
+        if not (special or adapter):
+            _require_directory(path, role=role, real=real)
         self._refuse_inputs(path, role=role, real=real, nested=adapter or kind == "directory")
         self._refuse_claimed(path, role=role, real=real, kind=kind)
         replace = False if special else self._existing(path, role=role, real=real, kind=kind)
@@ -377,8 +381,41 @@ def _lost_race(target: OutputTarget) -> UsageError:
     )
 
 
-def _write_error(target: OutputTarget, exc: OSError) -> OutputError:
-    return OutputError(
-        f"{target.given}: cannot write: {exc.strerror or exc}",
-        hint="check free disk space and write permission on the output directory",
+def _require_directory(given: Path, *, role: str, real: str) -> None:
+    """A report or picture goes into an existing directory (only ``compress -o`` makes one).
+
+    Raises
+    ------
+    OutputError
+        When the directory ``given`` would be written in does not exist or is not one.
+    """
+    parent = os.path.dirname(real)
+    if os.path.isdir(parent):
+        return
+    shown = os.path.dirname(given) or "."
+    if os.path.lexists(parent):
+        raise OutputError(
+            f"{role} {given}: {shown} is not a directory", hint="choose a path in a directory"
+        )
+    raise OutputError(
+        f"{role} {given}: the directory {shown} does not exist",
+        hint=f"create it first (mkdir -p {shown}) or write into an existing directory",
     )
+
+
+_WRITE_HINTS = {
+    errno.ENOENT: "the directory it goes in does not exist (any more); create it first",
+    errno.ENOTDIR: "a component of the path is a file, not a directory",
+    errno.EACCES: "you may not write there: choose a directory you can write to",
+    errno.EPERM: "you may not write there: choose a directory you can write to",
+    errno.EROFS: "the file system is read-only: choose another directory",
+    errno.ENOSPC: "the disk is full: free some space or write elsewhere",
+    errno.EDQUOT: "the disk quota is exhausted: free some space or write elsewhere",
+}
+
+
+def _write_error(target: OutputTarget, exc: OSError) -> OutputError:
+    hint = _WRITE_HINTS.get(
+        exc.errno or 0, "check free disk space and write permission on the output directory"
+    )
+    return OutputError(f"{target.given}: cannot write: {exc.strerror or exc}", hint=hint)

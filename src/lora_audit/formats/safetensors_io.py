@@ -213,6 +213,81 @@ class SafetensorsSource:
             )
         return StoredTensor(dtype=info.dtype, shape=info.shape, data=data)
 
+    def open_reader(self) -> BufferedReader:
+        """A reader that streams tensors into caller buffers (see :class:`BufferedReader`)."""
+        return BufferedReader(self)
+
+
+_NUMPY_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+
+
+class BufferedReader:
+    """Tensors of one safetensors file decoded into caller-owned float64 buffers.
+
+    One ``readinto`` per tensor into a scratch buffer reused from call to call (no memory map,
+    so nothing of the file stays resident), then one conversion without torch: BF16 is the
+    upper half of a float32. One reader per thread; :meth:`close` releases the file.
+    """
+
+    def __init__(self, source: SafetensorsSource) -> None:
+        self._source = source
+        self._file: Any = None
+        self._scratch: dict[str, npt.NDArray[Any]] = {}
+
+    def close(self) -> None:
+        """Close the file (the reader can be used again; it reopens it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def read_into(self, key: str, out: npt.NDArray[np.float64]) -> None:
+        """Decode F16/BF16/F32/F64 tensor ``key`` into ``out`` (float64, the same size)."""
+        import numpy as np
+
+        info = self._source.header.tensors[key]
+        count = math.prod(info.shape)
+        if out.size != count or info.dtype not in (*_NUMPY_DTYPES, "BF16"):
+            raise InputError(
+                f"{self._source.path}: tensor {key!r} ({info.dtype} {list(info.shape)}) "
+                f"does not fit a float64 buffer of {out.size} elements"
+            )
+        raw = self._scratch_of("u1", info.end - info.start)
+        self._readinto(raw, info.start, key)
+        flat = out.reshape(-1)
+        if info.dtype == "BF16":
+            wide = self._scratch_of("<u4", count)
+            np.left_shift(raw.view("<u2"), 16, out=wide, dtype=np.uint32)
+            np.copyto(flat, wide.view("<f4"))
+        else:
+            np.copyto(flat, raw.view(_NUMPY_DTYPES[info.dtype]))
+
+    def _scratch_of(self, dtype: str, count: int) -> npt.NDArray[Any]:
+        import numpy as np
+
+        buf = self._scratch.get(dtype)
+        if buf is None or buf.size < count:
+            buf = self._scratch[dtype] = np.empty(count, dtype=dtype)
+        return buf[:count]
+
+    def _readinto(self, raw: npt.NDArray[Any], start: int, key: str) -> None:
+        path = self._source.path
+        try:
+            if self._file is None:
+                self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
+            self._file.seek(self._source.header.data_start + start)
+            view = raw.data.cast("B")
+            done = 0
+            while done < len(view):
+                n = self._file.readinto(view[done:])
+                if not n:
+                    raise InputError(
+                        f"{path}: tensor {key!r} runs past the end of the file",
+                        hint="the file was truncated while being read",
+                    )
+                done += n
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read tensor {key!r}: {exc.strerror or exc}") from exc
+
 
 @dataclass(frozen=True)
 class StoredTensor:

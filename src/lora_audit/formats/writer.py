@@ -3,7 +3,10 @@
 PEFT
     A directory with ``adapter_model.safetensors`` and ``adapter_config.json`` (or a bare
     ``.safetensors`` file when the input was one, with the config in the header's
-    ``lora_adapter_metadata``). The config makes PEFT rebuild every layer exactly: the scale of
+    ``lora_adapter_metadata``). A directory's model card (``README.md``) is copied with a line
+    saying what changed (:mod:`lora_audit.formats.model_card`); ``-o NAME.safetensors`` for a
+    directory output is refused (PEFT loads a directory, not a lone file). The config makes
+    PEFT rebuild every layer exactly: the scale of
     a rewritten layer is baked into its factors, so ``use_rslora`` is turned off and each layer
     gets ``rank_pattern[key] = k`` and ``alpha_pattern[key] = k`` (scale 1) — or, for a layer
     left as it was, its rank and ``alpha = scale·r`` — unless it matches the top-level
@@ -43,6 +46,7 @@ from typing import IO, TYPE_CHECKING, Any
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure
 from lora_audit.errors import OutputError, UsageError
 from lora_audit.formats.diffusers_metadata import PIPELINE_FORMAT, pipeline_metadata
+from lora_audit.formats.model_card import MODEL_CARD, carried_card
 from lora_audit.formats.output_guard import Kind, OutputGuard
 from lora_audit.formats.patterns import pattern_keys
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME
@@ -120,6 +124,29 @@ def output_kind(adapter: Adapter) -> Kind:
     return "directory" if output_is_directory(adapter) else "file"
 
 
+def refuse_file_name(adapter: Adapter, output: Path) -> None:
+    """Refuse ``-o NAME.safetensors`` where the output is a directory (a PEFT adapter with its
+    config, an mlx-lm adapter): PEFT's ``from_pretrained`` and mlx-lm load a directory, and a
+    directory named like a file would mislead.
+
+    Raises
+    ------
+    UsageError
+        Naming the directory to pass instead.
+    """
+    if output_kind(adapter) == "directory" and output.suffix.lower() == ".safetensors":
+        what, loader = (
+            ("an mlx-lm", "mlx_lm.load")
+            if adapter.format == "mlx"
+            else ("a PEFT", "PeftModel.from_pretrained")
+        )
+        raise UsageError(
+            f"-o {output}: {what} adapter with adapter_config.json is written as a directory, "
+            f"which is what {loader} loads, not as one .safetensors file",
+            hint=f"pass a directory, e.g. -o {output.with_suffix('')}",
+        )
+
+
 def output_guard(
     adapter: Adapter, *, force: bool, base: Path | None = None, inputs: Sequence[Adapter] = ()
 ) -> OutputGuard:
@@ -160,6 +187,7 @@ def check_output(
     refuse_unwritable(adapter)
     guard = output_guard(adapter, force=force, base=base, inputs=inputs)
     guard.plan(output, role="--output", kind=output_kind(adapter), adapter=True)
+    refuse_file_name(adapter, output)
     return guard
 
 
@@ -172,10 +200,13 @@ def write_compressed(
     force: bool,
     base: Path | None = None,
     inputs: Sequence[Adapter] = (),
+    card_note: str = "",
 ) -> Path:
     """Write ``adapter`` with ``new_layers`` replacing the layers of the same name.
 
     ``inputs``: further adapters the output must not replace (:func:`check_output`).
+    ``card_note`` is appended to the model card when a directory is written and the input has
+    one (``README.md``).
 
     Returns
     -------
@@ -194,6 +225,7 @@ def write_compressed(
                 metadata={**adapter.metadata, **provenance},
                 write_plain=_write_plain,
             )
+            _carry_card(adapter, tmp, note=card_note)
         return Path(os.path.realpath(output)) / "adapters.safetensors"
     if adapter.format == "xlabs":
         check_one_rank(adapter, {name: new.rank for name, new in new_layers.items()})
@@ -209,6 +241,7 @@ def write_compressed(
                 )
                 text = json.dumps(config, indent=2) + "\n"  # pattern order matters to PEFT
                 _write_plain(tmp / CONFIG_NAME, text.encode("utf-8"))
+                _carry_card(adapter, tmp, note=card_note)
             return final / WEIGHTS_NAME
         metadata["lora_adapter_metadata"] = json.dumps(config)
     elif adapter.format == PIPELINE_FORMAT:
@@ -372,6 +405,12 @@ def _kohya_metadata(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> dic
         k = str(ranks.pop())
         return {"ss_network_dim": k, "ss_network_alpha": k}
     return {"ss_network_dim": "Dynamic", "ss_network_alpha": "Dynamic"}
+
+
+def _carry_card(adapter: Adapter, directory: Path, *, note: str) -> None:
+    """Copy the input's model card into the new directory, ``note`` appended."""
+    if (card := carried_card(adapter, note)) is not None:
+        _write_plain(directory / MODEL_CARD, card)
 
 
 def _write_plain(path: Path, data: bytes | Callable[[IO[bytes]], None]) -> None:

@@ -67,14 +67,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+import numpy.typing as npt
+
+from lora_audit.linalg.dora import dora_scale
+from lora_audit.linalg.krylov import KrylovOptions, Triplets, top_triplets
+from lora_audit.linalg.operators import Operator, frobenius_squared, row_terms
+from lora_audit.linalg.subspaces import principal_angles
+
 if TYPE_CHECKING:
     import torch
 
-#: Default relative residual tolerance of the iterative triplets.
-TOLERANCE = 1e-8
-#: Rayleigh–Ritz (an ``m×m`` eigenproblem) runs each time the basis has grown by this factor,
-#: so that its cost stays a fixed multiple of the last one's instead of growing with the steps.
-CHECK_GROWTH = 1.25
 
 #: Fields of :class:`BaseMetrics` that are always exact (up to rounding).
 EXACT_FIELDS = (
@@ -100,292 +103,9 @@ ITERATIVE_FIELDS = (
 UPDATE_FIELDS = ("update_spectral_norm", "amplification", "update_energy_at_rank")
 
 
-@dataclass(frozen=True, kw_only=True)
-class KrylovOptions:
-    """Settings of :func:`top_triplets`.
-
-    Attributes
-    ----------
-    tolerance
-        Stop when every wanted triplet's residual is at most ``tolerance·σ̃₁``.
-    oversample
-        Extra vectors in the start block beyond the ``k`` wanted (more: fewer steps).
-    max_steps
-        Most Krylov blocks added before giving up (the result is then flagged).
-    seed
-        Seed of the Gaussian start block.
-    """
-
-    tolerance: float = TOLERANCE
-    oversample: int = 10
-    max_steps: int = 60
-    seed: int = 0
-
-
-@dataclass(frozen=True, kw_only=True)
-class Operator:
-    """``M = diag(p)·W + diag(q)·B·A`` for a batch of layers (see the module docstring).
-
-    Attributes
-    ----------
-    w : torch.Tensor of shape (n, out, in) or None
-        ``None`` means ``M = diag(q)·B·A`` (no ``W`` term).
-    b : torch.Tensor of shape (n, out, r) or None
-        With the layer scale applied; ``None`` means ``M = diag(p)·W``.
-    a : torch.Tensor of shape (n, r, in) or None
-    p, q : torch.Tensor of shape (n, out) or None
-        Row scales; ``None`` means all ones.
-    """
-
-    w: torch.Tensor | None
-    b: torch.Tensor | None = None
-    a: torch.Tensor | None = None
-    p: torch.Tensor | None = None
-    q: torch.Tensor | None = None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(n, out, in)``."""
-        if self.w is not None:
-            n, out, inp = self.w.shape
-        else:
-            assert self.b is not None and self.a is not None
-            n, out, inp = self.b.shape[0], self.b.shape[1], self.a.shape[2]
-        return int(n), int(out), int(inp)
-
-    @property
-    def reference(self) -> torch.Tensor:
-        """A tensor of the operator's dtype and device."""
-        t = self.w if self.w is not None else self.b
-        assert t is not None
-        return t
-
-    def layer(self, i: int) -> Operator:
-        """The operator of layer ``i`` alone (a batch of one)."""
-
-        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[i : i + 1]
-
-        return Operator(
-            w=pick(self.w), b=pick(self.b), a=pick(self.a), p=pick(self.p), q=pick(self.q)
-        )
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """``M X`` for ``X`` of shape (n, in, c); returns shape (n, out, c)."""
-        y = None
-        if self.w is not None:
-            y = self.w @ x
-            if self.p is not None:
-                y = self.p.unsqueeze(-1) * y
-        if self.b is not None and self.a is not None:
-            t = self.b @ (self.a @ x)
-            t = t if self.q is None else self.q.unsqueeze(-1) * t
-            y = t if y is None else y + t
-        assert y is not None
-        return y
-
-    def apply_t(self, y: torch.Tensor) -> torch.Tensor:
-        """``Mᵀ Y`` for ``Y`` of shape (n, out, c); returns shape (n, in, c)."""
-        x = None
-        if self.w is not None:
-            yp = y if self.p is None else self.p.unsqueeze(-1) * y
-            x = (yp.mT @ self.w).mT  # W in its stored layout: a transposed W is slow to multiply
-        if self.b is not None and self.a is not None:
-            yq = y if self.q is None else self.q.unsqueeze(-1) * y
-            t = self.a.mT @ (self.b.mT @ yq)
-            x = t if x is None else x + t
-        assert x is not None
-        return x
-
-
-@dataclass(frozen=True, kw_only=True)
-class Triplets:
-    """The top singular triplets of a batch of operators, from :func:`top_triplets`.
-
-    Attributes
-    ----------
-    u : torch.Tensor of shape (n, out, k)
-    sigma : torch.Tensor of shape (n, k)
-        Descending Ritz values (lower bounds of the exact ones).
-    v : torch.Tensor of shape (n, in, k)
-    residual : torch.Tensor of shape (n, k)
-        ``ρᵢ = ‖M vᵢ − σ̃ᵢ uᵢ‖``.
-    subspace_error : torch.Tensor of shape (n,)
-        ``maxᵢ ρᵢ / (σ̃ₖ − σ̃ₖ₊₁)``, the estimated sine of the largest angle between the
-        computed and the exact top-k subspaces (0 when exact, ``inf`` without a gap).
-    converged : torch.Tensor of shape (n,), bool
-    steps : int
-        Krylov blocks used.
-    """
-
-    u: torch.Tensor
-    sigma: torch.Tensor
-    v: torch.Tensor
-    residual: torch.Tensor
-    subspace_error: torch.Tensor
-    converged: torch.Tensor
-    steps: int
-
-
-def _orth(x: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    q: torch.Tensor = torch.linalg.qr(x).Q
-    return q
-
-
-def top_triplets(op: Operator, *, k: int, options: KrylovOptions | None = None) -> Triplets:
-    """The ``k`` largest singular triplets of each ``M`` by randomized block Krylov.
-
-    Parameters
-    ----------
-    op
-        A batch of ``n`` operators of shape ``(out, in)``, float64.
-    k
-        Triplets wanted, ``1 ≤ k``; cut to ``min(out, in)``.
-    options
-        Tolerance, oversampling, step limit and seed (:class:`KrylovOptions`).
-
-    Returns
-    -------
-    Triplets
-        See :class:`Triplets`. Accuracy: ``|σ̃₁ − σ₁| ≤ ρ₁ ≤ tol·σ̃₁`` when converged; the
-        subspaces to within about ``subspace_error`` (module docstring). Cost per step: two
-        applications of ``M`` to ``k + oversample`` vectors, plus an SVD of an
-        ``in × m`` matrix, ``m`` the size of the Krylov basis so far.
-    """
-    import torch
-
-    options = options or KrylovOptions()
-    n, out, inp = op.shape
-    full = min(out, inp)
-    k = max(1, min(k, full))
-    block = min(k + options.oversample, full)
-    device, dtype = op.reference.device, op.reference.dtype
-    gen = torch.Generator().manual_seed(options.seed)
-    omega = torch.randn(n, inp, block, generator=gen, dtype=torch.float64).to(device, dtype)
-    q_all = _orth(op.apply(omega))
-    z_all = op.apply_t(q_all)  # Mᵀ Q: Q Qᵀ M = Q z_allᵀ is the Rayleigh–Ritz projection
-    gram = z_all.mT @ z_all  # z_allᵀ z_all = Qᵀ M Mᵀ Q, grown block by block
-    steps, last, checked = 1, block, 0
-    while True:
-        m = q_all.shape[-1]
-        exhausted = m >= full
-        final = exhausted or steps >= options.max_steps
-        if final or m >= CHECK_GROWTH * checked:
-            lam, vec = torch.linalg.eigh(gram)  # ascending
-            sv = lam.flip(-1).clamp_min(0).sqrt()
-            kk = min(k, m)
-            top_vec = vec.flip(-1)[..., :kk]
-            sigma = sv[..., :kk]
-            u = q_all @ top_vec
-            v = (z_all @ top_vec) / sigma.clamp_min(1e-300).unsqueeze(-2)
-            residual = torch.linalg.vector_norm(op.apply(v) - u * sigma.unsqueeze(-2), dim=-2)
-            top = sigma[..., :1]
-            relative = torch.where(top > 0, residual / top.clamp_min(1e-300), residual)
-            converged = (relative <= options.tolerance).all(dim=-1) | exhausted
-            checked = m
-            if final or bool(converged.all()):
-                break
-        # next block: M Mᵀ q_last, orthogonalised against the basis twice ("twice is enough")
-        nxt = op.apply(z_all[..., m - last :])  # z_all holds Mᵀ of every basis vector
-        for _ in range(2):
-            nxt = nxt - q_all @ (q_all.mT @ nxt)
-        width = min(block, full - m)
-        fresh = _orth(nxt[..., :width])
-        fresh = _orth(fresh - q_all @ (q_all.mT @ fresh))
-        z_new = op.apply_t(fresh)
-        cross = z_all.mT @ z_new
-        gram = torch.cat(
-            [torch.cat([gram, cross], dim=-1), torch.cat([cross.mT, z_new.mT @ z_new], dim=-1)],
-            dim=-2,
-        )
-        q_all = torch.cat([q_all, fresh], dim=-1)
-        z_all = torch.cat([z_all, z_new], dim=-1)
-        last = width
-        steps += 1
-    if sv.shape[-1] > kk and not exhausted:
-        gap = (sigma[..., -1] - sv[..., kk]).clamp_min(0)
-        worst = residual.max(dim=-1).values
-        subspace = torch.where(gap > 0, worst / gap.clamp_min(1e-300), torch.inf)
-        subspace = torch.where(worst == 0, torch.zeros_like(subspace), subspace)
-    else:  # the basis spans the whole range: Rayleigh–Ritz is exact
-        subspace = torch.zeros(n, dtype=dtype, device=device)
-    return Triplets(
-        u=u,
-        sigma=sigma,
-        v=v,
-        residual=residual,
-        subspace_error=subspace,
-        converged=converged,
-        steps=steps,
-    )
-
-
-def row_terms(
-    w: torch.Tensor, b: torch.Tensor, a: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per output row: ``‖Wᵢ‖²``, ``⟨Wᵢ, (BA)ᵢ⟩`` and ``‖(BA)ᵢ‖²``, without forming ``B·A``.
-
-    Parameters
-    ----------
-    w : torch.Tensor of shape (n, out, in)
-    b : torch.Tensor of shape (n, out, r)
-    a : torch.Tensor of shape (n, r, in)
-
-    Returns
-    -------
-    w2, cross, z2 : torch.Tensor of shape (n, out)
-        Exact up to rounding; ``O(out·in·r)`` work.
-    """
-    w2 = (w * w).sum(dim=-1)
-    cross = (b * (w @ a.mT)).sum(dim=-1)
-    z2 = ((b @ (a @ a.mT)) * b).sum(dim=-1).clamp_min(0)
-    return w2, cross, z2
-
-
-def frobenius_squared(
-    terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    p: torch.Tensor | float,
-    q: torch.Tensor | float,
-) -> torch.Tensor:
-    """``‖diag(p)·W + diag(q)·B·A‖_F²`` of each layer from :func:`row_terms`; shape (n,)."""
-    w2, cross, z2 = terms
-    return (p * p * w2 + 2 * p * q * cross + q * q * z2).sum(dim=-1).clamp_min(0)
-
-
-def dora_scale(
-    terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor], magnitude: torch.Tensor
-) -> torch.Tensor:
-    """DoRA's row factors ``cᵢ = mᵢ / ‖Wᵢ + (BA)ᵢ‖``, shape (n, out); 0 for a zero row."""
-    import torch
-
-    w2, cross, z2 = terms
-    norm = (w2 + 2 * cross + z2).clamp_min(0).sqrt()
-    return torch.where(norm > 0, magnitude / norm.clamp_min(1e-300), torch.zeros_like(norm))
-
-
-def principal_angles(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Principal angles (radians, ascending) between the column spaces of ``x`` and ``y``.
-
-    Parameters
-    ----------
-    x, y : torch.Tensor of shape (d, k)
-        Orthonormal columns.
-
-    Returns
-    -------
-    torch.Tensor of shape (k,)
-        As :func:`scipy.linalg.subspace_angles` (reversed): ``arccos`` of the singular values
-        of ``xᵀy`` for large angles, ``arcsin`` of those of ``y − x(xᵀy)`` for small ones, so
-        that both ends are accurate to about ``ε``.
-    """
-    import torch
-
-    inner = x.mT @ y
-    cos = torch.linalg.svdvals(inner).clamp(0, 1)  # descending
-    sin = torch.linalg.svdvals(y - x @ inner).clamp(0, 1).flip(-1)  # ascending
-    return torch.where(cos * cos >= 0.5, torch.arcsin(sin), torch.arccos(cos))
+def _host(x: torch.Tensor) -> npt.NDArray[np.float64]:
+    """A float64 numpy copy of a (small) device tensor, for the host-side subspace math."""
+    return np.ascontiguousarray(x.detach().cpu().double().numpy())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -517,9 +237,9 @@ def base_metrics(
             ud_k, vd_k = u_d[i, :, :k], v_d[i, :, :k]
             core = ud_k.mT @ (w[i] @ vd_k)
             amp = _ratio(math.sqrt(uf2), math.sqrt(float((core * core).sum())))
-            theta_l = principal_angles(u_k, ud_k)
-            theta_r = principal_angles(v_k, vd_k)
-            cos2 = float((theta_l.cos() ** 2).sum() + (theta_r.cos() ** 2).sum())
+            theta_l = principal_angles(_host(u_k), _host(ud_k))
+            theta_r = principal_angles(_host(v_k), _host(vd_k))
+            cos2 = float((np.cos(theta_l) ** 2).sum() + (np.cos(theta_r) ** 2).sum())
             overlap = cos2 / (2 * k)
             left = tuple(math.degrees(float(t)) for t in theta_l)
             right = tuple(math.degrees(float(t)) for t in theta_r)
@@ -573,83 +293,3 @@ def _rel(t: Triplets, i: int, k: int) -> float:
     top = float(t.sigma[i, 0])
     worst = float(t.residual[i, :k].max())
     return worst / top if top > 0 else worst
-
-
-def dora_row_scale(
-    w: torch.Tensor,
-    b: torch.Tensor,
-    a: torch.Tensor,
-    *,
-    scales: Sequence[float],
-    magnitude: torch.Tensor,
-) -> torch.Tensor:
-    """DoRA's row factors ``cᵢ = mᵢ / ‖Wᵢ + s(BA)ᵢ‖`` of a batch, from the factors.
-
-    Parameters
-    ----------
-    w : torch.Tensor of shape (n, out, in)
-    b : torch.Tensor of shape (n, out, r)
-        Unscaled.
-    a : torch.Tensor of shape (n, r, in)
-    scales
-        The ``n`` layer scales.
-    magnitude : torch.Tensor of shape (n, out)
-
-    Returns
-    -------
-    torch.Tensor of shape (n, out)
-        Exact up to rounding; 0 for a row whose direction ``Wᵢ + s(BA)ᵢ`` is zero.
-    """
-    import torch
-
-    s = torch.tensor(list(scales), dtype=w.dtype, device=w.device).reshape(-1, 1, 1)
-    return dora_scale(row_terms(w, b * s, a), magnitude)
-
-
-def dora_truncated(
-    w: torch.Tensor,
-    b: torch.Tensor,
-    a: torch.Tensor,
-    *,
-    scales: Sequence[float],
-    magnitude: torch.Tensor,
-    ranks: Sequence[int],
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The best rank-k DoRA layers that keep every output row's DoRA scale.
-
-    DoRA's effective weight is ``W′ = diag(c)·(W + s·B·A) = diag(c)·W + X`` with
-    ``X = diag(c)·s·B·A`` (:func:`dora_row_scale`). Among rank-k DoRA layers whose rows keep
-    the scales ``c``, the closest to ``W′`` in Frobenius norm has ``B′A′ = diag(c)⁻¹·X_k``,
-    ``X_k`` the best rank-k approximation of ``X`` (Eckart–Young, from the factors), and the
-    magnitudes ``m′ᵢ = cᵢ·‖Wᵢ + (B′A′)ᵢ‖`` that make DoRA's own normalisation give back
-    ``cᵢ``. Then ``W′_k = diag(c)·W + X_k`` exactly and ``‖W′_k − W′‖_F = ‖X − X_k‖_F``.
-
-    Parameters
-    ----------
-    w, b, a, scales, magnitude
-        As in :func:`dora_row_scale`.
-    ranks
-        ``k`` per layer (cut to what ``X`` has).
-
-    Returns
-    -------
-    list of (b_k, a_k, m_k)
-        ``b_k`` (out, k) and ``a_k`` (k, in) with the scale baked in (``s = 1``), and the new
-        magnitudes ``m_k`` (out,), float64 on ``w``'s device. A row with ``cᵢ = 0`` (zero
-        magnitude) gets a zero row in ``b_k`` and ``m′ᵢ = 0``.
-    """
-    import torch
-
-    from lora_audit.linalg.truncation import truncated_factors
-
-    s = torch.tensor(list(scales), dtype=w.dtype, device=w.device).reshape(-1, 1, 1)
-    c = dora_scale(row_terms(w, b * s, a), magnitude)
-    factors = truncated_factors(c.unsqueeze(-1) * (b * s), a, ranks=ranks)
-    out = []
-    for i, (x_b, a_k) in enumerate(factors):
-        ci = c[i].unsqueeze(-1)
-        b_k = torch.where(ci > 0, x_b / ci.clamp_min(1e-300), torch.zeros_like(x_b))
-        w2, cross, z2 = row_terms(w[i : i + 1], b_k.unsqueeze(0), a_k.unsqueeze(0))
-        norm = (w2 + 2 * cross + z2).clamp_min(0).sqrt()[0]
-        out.append((b_k, a_k, c[i] * norm))
-    return out

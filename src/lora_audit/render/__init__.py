@@ -12,7 +12,16 @@ from enum import StrEnum
 from typing import Any
 
 from lora_audit.errors import UsageError
-from lora_audit.render import github, json_, junit, markdown, merge_table, table
+from lora_audit.render import (
+    github,
+    github_trend_compare,
+    json_,
+    junit,
+    markdown,
+    markdown_trend_compare,
+    merge_table,
+    table,
+)
 
 
 class OutputFormat(StrEnum):
@@ -41,8 +50,12 @@ RENDERERS: dict[tuple[str, OutputFormat], Renderer] = {
     ("compress", OutputFormat.JSON): json_.render,
     ("trend", OutputFormat.TABLE): table.render_trend,
     ("trend", OutputFormat.JSON): json_.render,
+    ("trend", OutputFormat.MARKDOWN): markdown_trend_compare.render_trend,
+    ("trend", OutputFormat.GITHUB): github_trend_compare.render_trend,
     ("compare", OutputFormat.TABLE): table.render_compare,
     ("compare", OutputFormat.JSON): json_.render,
+    ("compare", OutputFormat.MARKDOWN): markdown_trend_compare.render_compare,
+    ("compare", OutputFormat.GITHUB): github_trend_compare.render_compare,
     ("merge", OutputFormat.TABLE): merge_table.render_merge,
     ("merge", OutputFormat.JSON): json_.render,
 }

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from lora_audit.report import CheckReport, Finding, InspectReport, LayerReport, Summary
+from lora_audit.report import (
+    CheckReport,
+    CompareReport,
+    Finding,
+    InspectReport,
+    LayerReport,
+    Summary,
+    TrendReport,
+)
 
 #: How a policy field is named in reports (the flag and policy-file key).
 SETTING_NAMES = {
@@ -107,3 +115,68 @@ def adapter_rank_text(s: Summary) -> str:
     """``r=16`` and, for LoHa/LoKr adapters, ``, network_dim=4``."""
     dims = "/".join(str(d) for d in s.network_dims)
     return f"r={s.nominal_rank}" + (f", network_dim={dims}" if dims else "")
+
+
+def trend_verdict(report: TrendReport) -> str:
+    """``PASS: no series keeps rising …`` or ``DRIFT: N layer(s) keep rising …``."""
+    flagged = [layer for layer in report.layers if layer.drift]
+    if not report.findings:
+        return f"PASS: no series keeps rising over the last {report.settings.window} checkpoints"
+    adapter = [f for f in report.findings if f.layer is None]
+    parts = [f"{len(flagged)} layer(s) keep rising"]
+    if adapter:
+        parts.append(
+            "and so does the adapter's mean "
+            + " and ".join(
+                "stable rank" if f.rule == "stable-rank-drift" else "energy rank" for f in adapter
+            )
+        )
+    return "DRIFT: " + " ".join(parts)
+
+
+def drift_rule_text(report: TrendReport) -> str:
+    """What drift means under the report's settings."""
+    s = report.settings
+    return (
+        f"drift = never falling over the last {s.window} checkpoints and rising by more than "
+        f"{s.min_rise:.0%}"
+    )
+
+
+def compare_difference_text(report: CompareReport) -> str:
+    """The adapter-wide relative difference and cosine, in words."""
+    s = report.summary
+    return (
+        f"‖ΔW_A − ΔW_B‖F / ‖ΔW_A‖F = {optional(s.relative_difference, '.4f')} over the "
+        f"compared layers; cosine {optional(s.cosine, '.4f')}"
+    )
+
+
+def compare_overlap_text(report: CompareReport) -> str:
+    """The mean subspace overlaps, in words."""
+    s = report.summary
+    return (
+        f"mean {optional(s.mean_left_overlap, '.3f')} (output side), "
+        f"{optional(s.mean_right_overlap, '.3f')} (input side): mean cos² of the principal "
+        "angles between the top-k singular subspaces (1 = same, 0 = orthogonal)"
+    )
+
+
+def optional(value: float | None, fmt: str) -> str:
+    """``value`` formatted, or ``–`` for ``None``."""
+    return "–" if value is None else format(value, fmt)
+
+
+def series_ends(values: Sequence[float | int | None], fmt: str) -> str:
+    """``first → last`` of the known values of a series (``–`` when none is known)."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "–"
+    if len(known) == 1:
+        return format(known[0], fmt)
+    return f"{format(known[0], fmt)} → {format(known[-1], fmt)}"
+
+
+def step_word(unit: str) -> str:
+    """The column name for a trend's steps: ``step``, ``epoch``, ``#`` (order) or ``n``."""
+    return {"step": "step", "epoch": "epoch", "order": "#"}.get(unit, "n")

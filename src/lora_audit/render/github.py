@@ -36,7 +36,7 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
     del width, color
     files = {a.adapter.path: a.adapter.tensor_file for a in report.adapters}
     lines = [
-        command("error", error.message, title="lora-audit unreadable adapter")
+        command("error", error.message, file=error.path, title="lora-audit unreadable adapter")
         for error in report.errors
     ]
     lines += [

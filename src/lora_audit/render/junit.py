@@ -1,17 +1,20 @@
 """JUnit XML for CI test reporters: one test suite per adapter, one test case per rule.
 
 Layout (the common "Jenkins" dialect that GitLab, Jenkins, Azure and the GitHub test-report
-actions read)::
+actions read; it validates against Jenkins' ``junit-10.xsd``, where ``<testsuites>`` holds
+only ``<testsuite>`` elements and has no ``skipped`` attribute, so the policy goes into each
+suite's ``<properties>``)::
 
     <testsuites name="lora-audit check" tests=… failures=… errors=…>
-      <properties><property name="policy.max_waste" value="0.5"/>…</properties>
-      <testsuite name="ADAPTER" tests=… failures=… errors=…>
-        <testcase classname="ADAPTER" name="max-waste"/>                      passed
+      <testsuite name="ADAPTER" tests=… failures=… errors=… skipped="0">
+        <properties><property name="policy.max_waste" value="0.5"/>…</properties>
+        <testcase classname="ADAPTER" name="max-waste" file="…"/>            passed
         <testcase classname="ADAPTER" name="min-rank-used">
           <failure type="min-rank-used" message="2 finding(s)">one line each</failure>
         </testcase>
       </testsuite>
       <testsuite name="BROKEN" tests="1" errors="1">
+        <properties>…</properties>
         <testcase classname="BROKEN" name="read"><error type="InputError" message="…"/>
       </testsuite>
     </testsuites>
@@ -33,7 +36,8 @@ def _counts(element: ET.Element, *, tests: int, failures: int, errors: int) -> N
     element.set("tests", str(tests))
     element.set("failures", str(failures))
     element.set("errors", str(errors))
-    element.set("skipped", "0")
+    if element.tag == "testsuite":  # junit-10.xsd allows ``skipped`` on a suite only
+        element.set("skipped", "0")
 
 
 def _sub(parent: ET.Element, tag: str, attrs: dict[str, str]) -> ET.Element:
@@ -45,19 +49,15 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
     """The check report as JUnit XML; ``width`` and ``color`` are ignored."""
     del width, color
     root = ET.Element("testsuites", {"name": "lora-audit check"})
-    properties = ET.SubElement(root, "properties")
-    for key, value in report.policy.items():
-        _sub(properties, "property", {"name": f"policy.{key}", "value": number(value)})
-    _sub(properties, "property", {"name": "policy.source", "value": policy_source(report)})
-    _sub(properties, "property", {"name": "verdict", "value": verdict(report)})
     total = failures = errors = 0
     for adapter in report.adapters:
         path = adapter.adapter.path
-        suite = _sub(root, "testsuite", {"name": path})
+        suite = _suite(root, report, path)
         found = report.findings_for(path)
         failed = 0
         for rule in report.rules:
-            case = _sub(suite, "testcase", {"classname": path, "name": rule})
+            attrs = {"classname": path, "name": rule, "file": adapter.adapter.tensor_file}
+            case = _sub(suite, "testcase", attrs)
             broken = [f for f in found if f.rule == rule]
             if broken:
                 failed += 1
@@ -69,7 +69,7 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
         total += len(report.rules)
         failures += failed
     for error in report.errors:
-        suite = _sub(root, "testsuite", {"name": error.path})
+        suite = _suite(root, report, error.path)
         case = _sub(suite, "testcase", {"classname": error.path, "name": "read"})
         element = _sub(case, "error", {"type": "InputError", "message": error.message})
         element.text = for_xml(error.message)
@@ -80,6 +80,17 @@ def render_check(report: CheckReport, *, width: int = 100, color: bool = False) 
     ET.indent(root, space="  ")
     body = ET.tostring(root, encoding="unicode")
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"
+
+
+def _suite(root: ET.Element, report: CheckReport, path: str) -> ET.Element:
+    """A ``<testsuite>`` for one adapter, opening with the policy as ``<properties>``."""
+    suite = _sub(root, "testsuite", {"name": path})
+    properties = ET.SubElement(suite, "properties")
+    for key, value in report.policy.items():
+        _sub(properties, "property", {"name": f"policy.{key}", "value": number(value)})
+    _sub(properties, "property", {"name": "policy.source", "value": policy_source(report)})
+    _sub(properties, "property", {"name": "verdict", "value": verdict(report)})
+    return suite
 
 
 def _summary(findings: list[Finding]) -> str:

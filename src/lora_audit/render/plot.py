@@ -6,12 +6,16 @@ raises a usage error that says so. Figures are drawn on matplotlib's ``Figure`` 
 with a fixed layout, so the pixel size is known in advance:
 
 * ``inspect``: :data:`INSPECT_SIZE` (1200×500 px) — the singular spectra on a log scale (the
-  energy rank at τ marked on each) beside a layer × module heatmap of the stable rank; taller
-  (0.22 in per heatmap row beyond 17 rows) for deep models.
-* ``trend``: :data:`TREND_SIZE` (1200×450 px) — stable rank, energy rank and ``‖ΔW‖_F`` of
-  every layer over the steps; the layers flagged for drift in red, the adapter in black.
-* ``compare``: :data:`COMPARE_SIZE` (1200×550 px) — per layer, the relative difference and
-  the two subspace overlaps.
+  energy rank at τ marked on each; the layers the summary names as wasting most in colour and
+  in the legend, the rest thin and grey) beside a layer × module heatmap of the stable rank
+  (viridis over the adapter's own range, log-scaled when it spans ×2); taller (0.22 in per
+  heatmap row beyond 17 rows) for deep models.
+* ``trend``: :data:`TREND_SIZE` (1200×450 px, taller by the legend when layers drift) —
+  stable rank, energy rank and ``‖ΔW‖_F`` of every layer over the steps; each layer flagged
+  for drift in its own colour and named in the legend, the rest grey, the adapter in black.
+* ``compare``: :data:`COMPARE_SIZE` (1200×550 px, or 0.17 in per layer up to 16 in) — layers
+  down the y axis (at most 60 labels), their relative difference and the two subspace
+  overlaps.
 
 Like every renderer, this module only draws what the report holds; it computes nothing.
 """
@@ -19,43 +23,41 @@ Like every renderer, this module only draws what the report holds; it computes n
 from __future__ import annotations
 
 import io
-import math
 import re
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lora_audit.errors import UsageError
-from lora_audit.render._plot_data import binned, heat_grid, sample
-from lora_audit.render.escape import for_plot
-from lora_audit.render.table import block_prefix
-from lora_audit.report import CompareReport, InspectReport, TrendReport
+from lora_audit.render._plot_inspect import INSPECT_SIZE, inspect_figure, inspect_size
+from lora_audit.render._plot_runs import (
+    COMPARE_SIZE,
+    TREND_SIZE,
+    compare_figure,
+    compare_size,
+    trend_figure,
+)
+from lora_audit.render._plot_style import DPI, RC
 
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+__all__ = [
+    "COMPARE_SIZE",
+    "DPI",
+    "INSPECT_SIZE",
+    "PLOT_FORMATS",
+    "TREND_SIZE",
+    "compare_size",
+    "inspect_size",
+    "layer_filter",
+    "plot_format",
+    "render_plot",
+    "require_matplotlib",
+]
 
-#: Dots per inch of every figure (SVG sizes are in points: 72 per inch).
-DPI = 100
-#: Figure sizes in inches (width, height).
-INSPECT_SIZE = (12.0, 5.0)
-TREND_SIZE = (12.0, 4.5)
-COMPARE_SIZE = (12.0, 5.5)
 #: Formats a plot file may have, by suffix.
 PLOT_FORMATS = ("png", "svg")
 
 _INSTALL_HINT = "pip install 'lora-rank-audit[plot]' (or pip install matplotlib)"
-_RC = {
-    "svg.hashsalt": "lora-audit",  # stable element ids: the same report gives the same SVG
-    "svg.fonttype": "path",
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "text.parse_math": False,  # names are labels, never mathtext ("$\\frac{" must not crash)
-    "text.usetex": False,
-}
+_RC = RC  # the rc settings every figure is drawn under
 
 
 def require_matplotlib() -> None:
@@ -146,11 +148,11 @@ def render_plot(report: Any, *, fmt: str = "png", layers: str | None = None) -> 
         # a name in a script the fonts lack draws as boxes; no multi-line warning on stderr
         warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
         if report.kind == "inspect":
-            fig = _inspect_figure(report, layers=layer_filter(layers))
+            fig = inspect_figure(report, layers=layer_filter(layers))
         elif report.kind == "trend":
-            fig = _trend_figure(report)
+            fig = trend_figure(report)
         elif report.kind == "compare":
-            fig = _compare_figure(report)
+            fig = compare_figure(report)
         else:
             raise UsageError(f"--plot is not available for {report.kind}")
         buffer = io.BytesIO()
@@ -159,195 +161,5 @@ def render_plot(report: Any, *, fmt: str = "png", layers: str | None = None) -> 
     return buffer.getvalue()
 
 
-def inspect_size(report: InspectReport) -> tuple[float, float]:
-    """The inspect figure's size in inches: taller when the heatmap has many rows."""
-    rows = len(heat_grid(report.layers)[0])
-    width, height = INSPECT_SIZE
-    return width, max(height, 1.26 + 0.22 * rows)
-
-
-def _figure(size: tuple[float, float]) -> Figure:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=size, dpi=DPI, layout="constrained")
-
-
-def _short_names(names: Sequence[str]) -> list[str]:
-    prefix = block_prefix(names)
-    return [for_plot(name.removeprefix(prefix)) for name in names]
-
-
-# --- inspect ------------------------------------------------------------------------------------
-def _inspect_figure(report: InspectReport, *, layers: re.Pattern[str] | None) -> Figure:
-    fig = _figure(inspect_size(report))
-    spectra_ax, heat_ax = fig.subplots(1, 2, width_ratios=(1.15, 1))
-    chosen = list(report.layers)
-    if layers is not None:
-        from lora_audit.regex_guard import search_names
-
-        hits = search_names(layers, [layer.name for layer in chosen], what="--plot-layers")
-        chosen = [layer for layer, hit in zip(chosen, hits, strict=True) if hit]
-    if not chosen:
-        raise UsageError(
-            f"--plot-layers {layers.pattern if layers else ''!r} matches no layer",
-            hint="the layer names are those of the report (lora-audit inspect ADAPTER)",
-        )
-    drawn = sample(chosen)
-    _spectra(spectra_ax, report, drawn)
-    _heatmap(fig, heat_ax, report)
-    shown = f" · spectra of {len(drawn)} of them, evenly spaced" if len(drawn) < len(chosen) else ""
-    title = f"{for_plot(report.adapter.path)} · {len(report.layers)} layers{shown}"
-    fig.suptitle(title, fontsize=11)
-    return fig
-
-
-def _spectra(ax: Axes, report: InspectReport, chosen: Sequence[Any]) -> None:
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    names = _short_names([layer.name for layer in chosen])
-    legend = len(chosen) <= 10
-    n = len(chosen)
-    for i, (layer, label) in enumerate(zip(chosen, names, strict=True)):
-        top = layer.spectral_norm
-        points = [
-            (j + 1, s) for j, s in enumerate(layer.singular_values) if s > top * 1e-15 and s > 0
-        ]
-        if not points:
-            continue
-        color = cmap(0.9 * i / max(n - 1, 1))
-        xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, color=color, linewidth=1.1, alpha=0.85, label=label if legend else None)
-        k = layer.energy_rank
-        if 0 < k <= len(layer.singular_values) and layer.singular_values[k - 1] > 0:
-            ax.plot(
-                [k], [layer.singular_values[k - 1]], "o", color=color,
-                markeredgecolor="black", markeredgewidth=0.6, markersize=4.5,
-            )  # fmt: skip
-    ax.set_yscale("log")
-    ax.set_xlabel("index i")
-    ax.set_ylabel("σᵢ of ΔW")
-    tau = f"{report.settings.energy:g}"
-    ax.set_title(f"singular values (log scale); ● = energy rank k at τ={tau}")
-    if legend:
-        ax.legend(fontsize=7, frameon=False)
-    else:
-        ax.text(
-            0.99, 0.98, f"{n} layers, colour by order: first (dark) → last (light)",
-            transform=ax.transAxes, ha="right", va="top", fontsize=7,
-        )  # fmt: skip
-    ax.grid(True, which="major", alpha=0.3)
-
-
-def _heatmap(fig: Figure, ax: Axes, report: InspectReport) -> None:
-    rows, cols, values, averaged = heat_grid(report.layers)
-    from matplotlib import colormaps
-
-    cmap = colormaps["magma_r"].with_extremes(bad="#eeeeee")
-    image = ax.imshow(values, cmap=cmap, aspect="auto", interpolation="nearest", vmin=1.0)
-    ax.set_xticks(
-        range(len(cols)), labels=[for_plot(c) for c in cols], rotation=35, ha="right", fontsize=7
-    )
-    ax.set_yticks(range(len(rows)), labels=[for_plot(r) for r in rows], fontsize=7)
-    ax.spines[:].set_visible(False)
-    if len(rows) * len(cols) <= 200:
-        top = max((v for row in values for v in row if not math.isnan(v)), default=1.0)
-        for i, row in enumerate(values):
-            for j, v in enumerate(row):
-                if not math.isnan(v):
-                    ax.text(
-                        j, i, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
-                        color="white" if v > 1 + 0.6 * (top - 1) else "black",
-                    )  # fmt: skip
-    fig.colorbar(image, ax=ax, label="stable rank ‖ΔW‖F² / ‖ΔW‖₂²", shrink=0.9)
-    ax.set_title(
-        "stable rank by block and module" + (" (consecutive bins averaged)" if averaged else "")
-    )
-
-
-# --- trend --------------------------------------------------------------------------------------
-def _trend_figure(report: TrendReport) -> Figure:
-    fig = _figure(TREND_SIZE)
-    axes = fig.subplots(1, 3)
-    steps = [c.step for c in report.checkpoints]
-    unit = {"step": "step", "epoch": "epoch", "order": "checkpoint (given order)"}.get(
-        report.settings.step_unit, "checkpoint number"
-    )
-    tau = f"{report.settings.energy:g}"
-    panels = (
-        ("stable_rank", "stable rank", "mean_stable_rank", "adapter mean"),
-        ("energy_rank", f"energy rank k at τ={tau}", "mean_energy_rank", "adapter mean"),
-        ("frobenius_norm", "‖ΔW‖F", "frobenius_norm", "adapter √Σ‖ΔW‖F²"),
-    )
-    window = report.settings.window
-    drawn = sample(report.layers, keep=lambda layer: bool(layer.drift))
-    for ax, (metric, title, total, total_label) in zip(axes, panels, strict=True):
-        flagged_label = False
-        for layer in drawn:
-            series = getattr(layer, metric)
-            points = [(s, v) for s, v in zip(steps, series, strict=True) if v is not None]
-            if not points:
-                continue
-            xs, ys = zip(*points, strict=True)
-            if metric in layer.drift:
-                ax.plot(
-                    xs, ys, color="tab:red", linewidth=1.4, marker="o", markersize=3,
-                    label=None if flagged_label else "drift",
-                )  # fmt: skip
-                flagged_label = True
-            else:
-                ax.plot(xs, ys, color="tab:blue", linewidth=0.8, alpha=0.3)
-        ax.plot(
-            steps, [getattr(c, total) for c in report.checkpoints], color="black",
-            linewidth=2.2, marker="o", markersize=4, label=total_label,
-        )  # fmt: skip
-        if len(steps) >= window and metric != "frobenius_norm":
-            ax.axvspan(steps[-window], steps[-1], color="tab:red", alpha=0.06, linewidth=0)
-        if metric == "frobenius_norm":
-            ax.set_yscale("log")
-        if steps and min(steps) > 0 and max(steps) >= 8 * min(steps):
-            ax.set_xscale("log")  # checkpoints are often saved at doubling steps
-            ax.set_xticks(steps, labels=[str(step) for step in steps])
-            ax.minorticks_off()
-        ax.set_title(title)
-        ax.set_xlabel(unit)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
-    shown = f" ({len(drawn)} drawn: drift first, the rest evenly spaced)"
-    fig.suptitle(
-        f"lora-audit trend · {len(report.layers)} layers"
-        f"{shown if len(drawn) < len(report.layers) else ''} over {len(steps)} checkpoints "
-        f"(shaded: the last {window}, where drift is judged)",
-        fontsize=11,
-    )
-    return fig
-
-
-# --- compare ------------------------------------------------------------------------------------
-def _compare_figure(report: CompareReport) -> Figure:
-    fig = _figure(COMPARE_SIZE)
-    diff_ax, overlap_ax = fig.subplots(2, 1, sharex=True)
-    layers = report.layers
-    diffs, size = binned([x.relative_difference for x in layers])
-    xs = list(range(len(diffs)))
-    diff_ax.bar(xs, diffs, color="tab:purple", width=0.8)
-    diff_ax.set_ylabel("‖ΔW_A − ΔW_B‖F / ‖ΔW_A‖F")
-    a, b = for_plot(report.adapter_a.path), for_plot(report.adapter_b.path)
-    diff_ax.set_title(f"{a} (A) vs {b} (B)")
-    diff_ax.grid(True, axis="y", alpha=0.3)
-    left, _ = binned([x.left_overlap for x in layers])
-    right, _ = binned([x.right_overlap for x in layers])
-    overlap_ax.plot(xs, left, "o-", markersize=3, linewidth=0.9, label="output side (left)")
-    overlap_ax.plot(xs, right, "s--", markersize=3, linewidth=0.9, label="input side (right)")
-    overlap_ax.set_ylim(-0.03, 1.03)
-    overlap_ax.set_ylabel(f"overlap of top-{report.top_k}\n(mean cos² of angles)")
-    overlap_ax.grid(True, alpha=0.3)
-    overlap_ax.legend(fontsize=7, frameon=False, loc="lower left")
-    names = _short_names([x.name for x in layers])
-    if len(layers) <= 60:
-        overlap_ax.set_xticks(xs, labels=names, rotation=90, fontsize=6)
-    elif size > 1:
-        overlap_ax.set_xlabel(f"layer bins of {size} (means, report order)")
-    else:
-        overlap_ax.set_xlabel("layer (report order)")
-    return fig
+#: The figure builders, under the names the tests reach for.
+_inspect_figure, _trend_figure, _compare_figure = inspect_figure, trend_figure, compare_figure

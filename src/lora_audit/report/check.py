@@ -1,0 +1,91 @@
+"""The ``check`` report: per-adapter findings of the policy rules and the overall status."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lora_audit.report.common import SCHEMA_VERSION, ToolInfo
+from lora_audit.report.inspect import InspectReport
+
+CheckStatus = Literal["pass", "fail", "error"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Finding:
+    """One broken policy rule (``lora-audit check``).
+
+    Attributes
+    ----------
+    adapter
+        The adapter's path as given (``AdapterInfo.path``).
+    layer
+        The layer concerned, or ``None`` for a finding about the whole adapter.
+    rule
+        The rule's name (``"max-waste"``).
+    measured, limit
+        The measured value and the policy's limit it breaks.
+    message
+        What is wrong, without the adapter and layer names (renderers add them).
+    fix
+        What to do about it.
+    severity
+        ``"error"`` (fails the gate).
+    """
+
+    adapter: str
+    layer: str | None
+    rule: str
+    measured: float | int
+    limit: float | int
+    message: str
+    fix: str
+    severity: str = "error"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterError:
+    """An adapter ``check`` could not read or found invalid (exit 3)."""
+
+    path: str
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckReport:
+    """Everything ``lora-audit check`` reports: the inspect reports plus the findings.
+
+    Attributes
+    ----------
+    policy
+        The policy applied, by field name (``{"energy": 0.99, "max_waste": 0.5, …}``).
+    policy_file
+        The policy file read, or ``None`` when only defaults and flags applied.
+    rules
+        Names of the rules that were evaluated (those the policy turns on).
+    adapters
+        The inspect report of every adapter that could be read, in the order given.
+    errors
+        The adapters that could not be read, in the order given.
+    findings
+        Every finding, by adapter (in the order given), then rule, then layer.
+    status
+        ``"pass"``, ``"fail"`` (findings) or ``"error"`` (an adapter could not be read). The
+        CLI maps it to the process exit code (0, 1, 3); the report holds no exit code.
+    """
+
+    tool: ToolInfo
+    policy: Mapping[str, float | int]
+    policy_file: str | None
+    rules: tuple[str, ...]
+    adapters: tuple[InspectReport, ...]
+    errors: tuple[AdapterError, ...]
+    findings: tuple[Finding, ...]
+    status: CheckStatus
+    schema_version: str = field(default=SCHEMA_VERSION)
+    kind: str = "check"
+
+    def findings_for(self, adapter: str) -> tuple[Finding, ...]:
+        """The findings about one adapter (by its path), in report order."""
+        return tuple(f for f in self.findings if f.adapter == adapter)

@@ -1,0 +1,58 @@
+"""What every report shares: the schema version, the tool and adapter blocks, and the JSON form."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Bumped on any incompatible change to the JSON form (major) or on additions (minor).
+SCHEMA_VERSION = "2.0"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolInfo:
+    """The program that made the report."""
+
+    name: str
+    version: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterInfo:
+    """What was read: where from, in which format, and its configuration."""
+
+    path: str
+    tensor_file: str
+    format: str
+    base_model: str | None
+    layer_count: int
+    dtypes: tuple[str, ...]
+    rank: int | None
+    lora_alpha: float | None
+    use_rslora: bool
+    use_dora: bool
+    modules_to_save: tuple[str, ...]
+    passthrough_tensors: int
+    file_bytes: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    #: How many layers took their scale from each source (``{"config": 37}``); see
+    #: :attr:`LayerReport.scale_source`. ``assumed`` means nothing in the file gave it.
+    scale_sources: Mapping[str, int] = field(default_factory=dict)
+
+
+def to_dict(report: Any) -> dict[str, Any]:
+    """The JSON-ready form of any report dataclass (tuples → lists, non-finite → None)."""
+    return _plain(dataclasses.asdict(report))  # type: ignore[no-any-return]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,83 @@
+"""The ``compress`` report: per-layer kept rank and error, totals, and where the output went."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lora_audit.report.common import SCHEMA_VERSION, AdapterInfo, ToolInfo
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressSettings:
+    """How ``compress`` chose the ranks."""
+
+    mode: str
+    value: float
+    min_rank: int
+    max_rank: int | None
+    device: str
+    method: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerCompression:
+    """One layer before and after ``compress``.
+
+    Attributes
+    ----------
+    action
+        ``"truncated"`` (rewritten at ``new_rank``) or ``"kept"`` (tensors unchanged: the rule
+        keeps its full rank, or a structured layer would not get smaller as plain LoRA).
+    energy_kept
+        ``C(new_rank)``: the fraction of ‖ΔW‖_F² the new layer keeps.
+    relative_error
+        ``‖ΔW − ΔW_k‖_F / ‖ΔW‖_F = √(1 − C(k))``.
+    """
+
+    name: str
+    kind: str
+    structure: str
+    shape: tuple[int, int]
+    rank: int
+    new_rank: int
+    action: str
+    energy_kept: float
+    relative_error: float
+    frobenius_norm: float
+    params: int
+    params_after: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressSummary:
+    """Totals over all layers.
+
+    ``relative_error`` is the adapter-wide ``√(Σ‖ΔW_ℓ − ΔW_ℓ,k‖_F² / Σ‖ΔW_ℓ‖_F²)``.
+    """
+
+    layer_count: int
+    truncated: int
+    params: int
+    params_after: int
+    min_energy_kept: float
+    max_relative_error: float
+    relative_error: float
+    file_bytes: int
+    file_bytes_after: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressReport:
+    """Everything ``lora-audit compress`` reports (also for ``--dry-run``)."""
+
+    tool: ToolInfo
+    adapter: AdapterInfo
+    settings: CompressSettings
+    output: str | None
+    output_format: str
+    dry_run: bool
+    layers: tuple[LayerCompression, ...]
+    summary: CompressSummary
+    warnings: tuple[str, ...] = ()
+    schema_version: str = field(default=SCHEMA_VERSION)
+    kind: str = "compress"

@@ -1,0 +1,107 @@
+"""The ``inspect`` report: per-layer spectra and ranks, the adapter summary, retrain advice."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from lora_audit.report.common import SCHEMA_VERSION, AdapterInfo, ToolInfo
+from lora_audit.report.inspect_base import BaseLayerReport, BaseSummary
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """The options the numbers depend on.
+
+    ``settings_file`` is the settings file read (``lora-audit.toml``, or ``pyproject.toml``
+    with ``[tool.lora-audit]``), which ``energy`` and ``coverage`` may come from; ``None``
+    when only defaults and flags applied.
+    """
+
+    energy: float
+    coverage: float
+    device: str
+    method: str
+    settings_file: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerReport:
+    """Spectrum, metrics and advice for one adapted module (``ΔW = scale·B·A``)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, int]
+    weight_shape: tuple[int, ...]
+    rank: int
+    alpha: float | None
+    scale: float
+    dtype: str
+    dora: bool
+    singular_values: tuple[float, ...]
+    frobenius_norm: float
+    spectral_norm: float
+    stable_rank: float
+    effective_rank: float
+    energy: tuple[float, ...]
+    energy_rank: int
+    recommended_rank: int
+    wasted_rank: int
+    params: int
+    params_after: int
+    untrained: bool
+    structure: str = "lora"
+    network_dim: int | None = None
+    #: Where ``scale`` came from: ``config``, ``metadata``, ``module_alpha``, ``option``,
+    #: ``assumed`` (nothing in the file says; a warning names the scale) or ``fixed``.
+    scale_source: str = "assumed"
+    #: Base-aware metrics (``inspect --base``); ``None`` without a base or for an unmatched layer.
+    base: BaseLayerReport | None = None
+
+    @property
+    def wasted_params(self) -> int:
+        """``params − params_after``: what ``compress --energy τ`` removes (all when untrained)."""
+        return self.params - self.params_after
+
+
+@dataclass(frozen=True, kw_only=True)
+class Summary:
+    """Adapter-wide totals and the advice derived from them."""
+
+    layer_count: int
+    untrained_layers: tuple[str, ...]
+    nominal_rank: int
+    recommended_rank: int
+    lora_alpha: float | None
+    rank_pattern: Mapping[str, int]
+    alpha_pattern: Mapping[str, float]
+    layers_covered: int
+    params: int
+    params_after: int
+    params_retrain: int
+    wasted_fraction: float
+    mean_stable_rank: float
+    max_stable_rank: float
+    top_wasters: tuple[str, ...]
+    advice: tuple[str, ...]
+    #: The adapter has LoHa/LoKr/Tucker layers that plain LoRA at their needed ranks would not
+    #: make smaller: the advice is to keep what was trained (``params_retrain = params``).
+    keep_structure: bool = False
+    #: The ``network_dim`` values the LoHa/LoKr layers were trained at (sorted, distinct).
+    network_dims: tuple[int, ...] = ()
+    #: Adapter-wide base-aware summary (``inspect --base``); ``None`` without a base.
+    base: BaseSummary | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class InspectReport:
+    """Everything ``lora-audit inspect`` reports about one adapter."""
+
+    tool: ToolInfo
+    adapter: AdapterInfo
+    settings: Settings
+    layers: tuple[LayerReport, ...]
+    summary: Summary
+    warnings: tuple[str, ...] = ()
+    schema_version: str = field(default=SCHEMA_VERSION)
+    kind: str = "inspect"
