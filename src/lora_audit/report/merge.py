@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from lora_audit.report import SCHEMA_VERSION, ToolInfo
+from lora_audit.report.common import SCHEMA_VERSION, ToolInfo
 
 
 @dataclass(frozen=True, kw_only=True)
