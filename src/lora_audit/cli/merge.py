@@ -107,7 +107,9 @@ def merge_command(
     energy: Annotated[
         float | None,
         typer.Option(
-            "--energy", help="Per layer, the smallest k keeping this fraction of ‖ΔW‖_F²."
+            "--energy",
+            "-e",
+            help="Per layer, the smallest k keeping this fraction of ‖ΔW‖_F², in (0, 1].",
         ),
     ] = None,
     ratio: Annotated[
@@ -117,7 +119,10 @@ def merge_command(
     budget: Annotated[
         str | None,
         typer.Option(
-            "--budget", help="Total LoRA parameters (e.g. 2M), allocated where they remove most."
+            "--budget",
+            help="Total LoRA parameters (e.g. 2M, 500k), allocated greedily where they remove "
+            "the most error per parameter.",
+            metavar="COUNT",
         ),
     ] = None,
     min_rank: Annotated[int, typer.Option("--min-rank", help="No layer below this rank.")] = 1,
