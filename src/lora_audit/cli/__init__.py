@@ -19,6 +19,8 @@ from lora_audit.cli.compress import EXAMPLES as COMPRESS_EXAMPLES
 from lora_audit.cli.compress import compress_command
 from lora_audit.cli.inspect import EXAMPLES as INSPECT_EXAMPLES
 from lora_audit.cli.inspect import inspect_command
+from lora_audit.cli.merge import EXAMPLES as MERGE_EXAMPLES
+from lora_audit.cli.merge import merge_command
 from lora_audit.cli.trend import EXAMPLES as TREND_EXAMPLES
 from lora_audit.cli.trend import trend_command
 
@@ -89,6 +91,12 @@ app.command(
     epilog=COMPRESS_EXAMPLES,
     short_help="Rewrite an adapter at a smaller rank, optimally.",
 )(compress_command)
+app.command(
+    "merge",
+    cls=Command,
+    epilog=MERGE_EXAMPLES,
+    short_help="Merge adapters exactly: Σ wᵢ·ΔWᵢ at the rank it needs.",
+)(merge_command)
 app.command(
     "trend",
     cls=Command,

@@ -162,7 +162,7 @@ def compress_command(
         fmt = report_format(output_format, offered=CompressFormat, command="compress")
 
         options = CompressOptions(
-            rule=_rule(
+            rule=rank_rule(
                 rank=rank,
                 energy=energy,
                 ratio=ratio,
@@ -199,7 +199,7 @@ def _claim_outputs(loaded: Adapter, *, output: Path | None, report: Path | None)
     preflight(report, role="--report")
 
 
-def _rule(
+def rank_rule(
     *,
     rank: int | None,
     energy: float | None,
@@ -207,10 +207,17 @@ def _rule(
     budget: str | None,
     min_rank: int,
     max_rank: int | None,
+    example: str = "lora-audit compress ADAPTER -o OUT --energy 0.99",
 ) -> RankRule:
     """The one rank rule the flags ask for (:func:`lora_audit.commands.options.rank_rule`)."""
     from lora_audit.commands.options import rank_rule
 
     return rank_rule(
-        rank=rank, energy=energy, ratio=ratio, budget=budget, min_rank=min_rank, max_rank=max_rank
+        rank=rank,
+        energy=energy,
+        ratio=ratio,
+        budget=budget,
+        min_rank=min_rank,
+        max_rank=max_rank,
+        example=example,
     )

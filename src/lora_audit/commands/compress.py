@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from lora_audit import __version__
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.commands.adapter_info import TOOL, adapter_info
-from lora_audit.decisions.compress_ranks import RankRule, select_ranks, truncation
+from lora_audit.decisions.compress_ranks import RankRule, check_budget, select_ranks, truncation
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.engine.refactorisation import truncate_layers
@@ -130,7 +130,7 @@ def compress_adapter(
             raise UsageError("--output is required unless --dry-run is given")
         check_output(adapter, options.output, force=options.force, base=options.base)
     writing = not options.dry_run and options.output is not None
-    digest = _start_digest(adapter) if writing else None
+    digest = start_digest(adapter) if writing else None
     analysis = analyse(
         adapter, options=options.engine, progress=progress, warn=warn, keep_grams=writing
     )
@@ -175,13 +175,7 @@ def _plan(
     spectra_ = [sigmas[layer.name] for layer in layers]
     costs = [layer.params_per_rank for layer in layers]
     ranks = select_ranks(spectra_, costs=costs, rule=rule)
-    spent = sum(k * c for k, c in zip(ranks, costs, strict=True))
-    if rule.mode == "budget" and spent > rule.value:  # greedy never overspends: the floor does
-        raise UsageError(
-            f"--budget {rule.value:,.0f} is below the {spent:,} parameters that every layer "
-            f"needs at --min-rank {rule.min_rank}",
-            hint=f"give a budget of at least {spent:,}, or use --rank/--energy",
-        )
+    check_budget(rule, ranks=ranks, costs=costs)
     plans = []
     for layer, sigma, k in zip(layers, spectra_, ranks, strict=True):
         cut = truncation(
@@ -223,7 +217,7 @@ def _refactor(
     )
 
 
-def _start_digest(adapter: Adapter) -> Future[str]:
+def start_digest(adapter: Adapter) -> Future[str]:
     """The SHA-256 of the tensor file, hashed in a thread (hashlib releases the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 

@@ -56,8 +56,12 @@ def rank_rule(
     budget: str | None,
     min_rank: int,
     max_rank: int | None,
+    example: str = "lora-audit compress ADAPTER -o OUT --energy 0.99",
 ) -> RankRule:
-    """The one rank rule the flags ask for; exactly one of the four must be given."""
+    """The one rank rule the flags ask for; exactly one of the four must be given.
+
+    ``example`` is the command the error's hint shows (``compress`` or ``merge``).
+    """
     from lora_audit.decisions.compress_ranks import Mode, RankRule
 
     flags = {"--rank": rank, "--energy": energy, "--ratio": ratio, "--budget": budget}
@@ -66,7 +70,7 @@ def rank_rule(
         raise UsageError(
             "give exactly one of --rank, --energy, --ratio, --budget"
             + (f" (got {', '.join(given)})" if given else ""),
-            hint="e.g. lora-audit compress ADAPTER -o OUT --energy 0.99",
+            hint=f"e.g. {example}",
         )
     if min_rank < 1 or (max_rank is not None and max_rank < min_rank):
         raise UsageError(f"--min-rank {min_rank} / --max-rank {max_rank}: need 1 ≤ min ≤ max")

@@ -46,6 +46,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from lora_audit.errors import UsageError
 from lora_audit.linalg.metrics import energy_rank
 
 Mode = Literal["rank", "energy", "ratio", "budget"]
@@ -103,6 +104,25 @@ def select_ranks(
     if rule.mode == "budget":
         return _budget(spectra, costs=costs, budget=rule.value, low=low, high=rule.max_rank)
     return [_clamp(_one(s, rule), r=len(s), low=low, high=rule.max_rank) for s in spectra]
+
+
+def check_budget(rule: RankRule, *, ranks: Sequence[int], costs: Sequence[int]) -> None:
+    """Refuse a ``budget`` below what the ``min_rank`` floor already spends.
+
+    The greedy fill never overspends; only the floor can.
+
+    Raises
+    ------
+    UsageError
+        Saying the smallest budget that works.
+    """
+    spent = sum(k * c for k, c in zip(ranks, costs, strict=True))
+    if rule.mode == "budget" and spent > rule.value:
+        raise UsageError(
+            f"--budget {rule.value:,.0f} is below the {spent:,} parameters that every layer "
+            f"needs at --min-rank {rule.min_rank}",
+            hint=f"give a budget of at least {spent:,}, or use --rank/--energy",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

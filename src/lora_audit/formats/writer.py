@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -147,18 +147,29 @@ def refuse_file_name(adapter: Adapter, output: Path) -> None:
         )
 
 
-def output_guard(adapter: Adapter, *, force: bool, base: Path | None = None) -> OutputGuard:
-    """The guard of a ``compress`` run: the adapter's files (and the base model's) protected."""
+def output_guard(
+    adapter: Adapter, *, force: bool, base: Path | None = None, inputs: Sequence[Adapter] = ()
+) -> OutputGuard:
+    """The guard of a ``compress`` run: the adapter's files (and the base model's) protected.
+
+    ``inputs``: more adapters whose files are protected too (the inputs of ``merge``).
+    """
     guard = OutputGuard(force=force)
-    guard.add_adapter(adapter.path)
-    guard.add_adapter(adapter.tensor_file)
+    for each in (adapter, *inputs):
+        guard.add_adapter(each.path)
+        guard.add_adapter(each.tensor_file)
     if base is not None:
         guard.add_base(base)
     return guard
 
 
 def check_output(
-    adapter: Adapter, output: Path, *, force: bool, base: Path | None = None
+    adapter: Adapter,
+    output: Path,
+    *,
+    force: bool,
+    base: Path | None = None,
+    inputs: Sequence[Adapter] = (),
 ) -> OutputGuard:
     """Refuse outputs that would overwrite or delete an input, or an existing path.
 
@@ -174,7 +185,7 @@ def check_output(
         ``force`` is off (or, with ``force``, is a directory holding other files).
     """
     refuse_unwritable(adapter)
-    guard = output_guard(adapter, force=force, base=base)
+    guard = output_guard(adapter, force=force, base=base, inputs=inputs)
     guard.plan(output, role="--output", kind=output_kind(adapter), adapter=True)
     refuse_file_name(adapter, output)
     return guard
@@ -188,10 +199,12 @@ def write_compressed(
     provenance: Mapping[str, str],
     force: bool,
     base: Path | None = None,
+    inputs: Sequence[Adapter] = (),
     card_note: str = "",
 ) -> Path:
     """Write ``adapter`` with ``new_layers`` replacing the layers of the same name.
 
+    ``inputs``: further adapters the output must not replace (:func:`check_output`).
     ``card_note`` is appended to the model card when a directory is written and the input has
     one (``README.md``).
 
@@ -200,7 +213,7 @@ def write_compressed(
     Path
         The tensor file written.
     """
-    guard = check_output(adapter, output, force=force, base=base)
+    guard = check_output(adapter, output, force=force, base=base, inputs=inputs)
     if adapter.format == "mlx":
         from lora_audit.formats.mlx_write import write_mlx
 
@@ -339,11 +352,13 @@ def stored_dtypes(adapter: Adapter, layer: LoraLayer) -> tuple[str, str]:
         return first, first
     if layer.structure is Structure.LORA:
         return header.tensors[layer.b_key].dtype, header.tensors[layer.a_key].dtype
-    widest = max(
-        (header.tensors[key].dtype for key in layer.keys.values()),
-        key=lambda d: DTYPE_SIZES[d] + (d == "F16"),  # F16 and BF16: F16 has more precision
-    )
+    widest = widest_dtype(header.tensors[key].dtype for key in layer.keys.values())
     return widest, widest
+
+
+def widest_dtype(dtypes: Iterable[str]) -> str:
+    """The dtype among ``dtypes`` (safetensors names) that holds the others' values."""
+    return max(dtypes, key=lambda d: DTYPE_SIZES[d] + (d == "F16"))  # F16 beats BF16: precision
 
 
 def peft_config(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> dict[str, Any]:

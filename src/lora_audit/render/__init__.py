@@ -64,6 +64,8 @@ RENDERERS: dict[tuple[str, OutputFormat], Renderer] = {
     ("compare", OutputFormat.JSON): json_.render,
     ("compare", OutputFormat.MARKDOWN): markdown_trend_compare.render_compare,
     ("compare", OutputFormat.GITHUB): github_trend_compare.render_compare,
+    ("merge", OutputFormat.TABLE): table.render_merge,
+    ("merge", OutputFormat.JSON): json_.render,
 }
 
 

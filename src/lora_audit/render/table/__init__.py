@@ -19,6 +19,7 @@ from lora_audit.render.table.check import render_check
 from lora_audit.render.table.compare import render_compare
 from lora_audit.render.table.compress import render_compress
 from lora_audit.render.table.inspect import render_inspect
+from lora_audit.render.table.merge import render_merge
 from lora_audit.render.table.trend import render_trend
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "render_compare",
     "render_compress",
     "render_inspect",
+    "render_merge",
     "render_trend",
     "sparkline",
     "split_block",
