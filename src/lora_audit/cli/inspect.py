@@ -69,6 +69,7 @@ def inspect_command(
             "diffusers), a Hugging Face cache directory (hub/models--org--name), or several, "
             "or directories to search for adapters.",
             show_default=False,
+            metavar="ADAPTER",
         ),
     ],
     energy: EnergyOption = None,
