@@ -257,6 +257,7 @@ def test_lokr_bomb_in_bounded_memory_and_the_policy_search_finds_a_fifo(tmp_path
     adapter = peft_dir(tmp_path / "a", config={"r": 4, "lora_alpha": 8})
     run = run_cli(["check", str(adapter)], cwd=tmp_path)
     assert_refused(run, words=["lora-audit.toml", "FIFO"])
+    (tmp_path / "lora-audit.toml").unlink()  # every command reads it: out of the next run's way
     (adapter / "adapter_config.json").unlink()
     _config_as("dev-stdin", adapter / "adapter_config.json")  # stdin is a pipe here
     run = run_cli(["inspect", str(adapter)], cwd=tmp_path, stdin=subprocess.PIPE)

@@ -162,10 +162,10 @@ class OutputGuard:
         real = absolute if special else os.path.realpath(absolute)
         if os.path.basename(real) in {"", ".", ".."}:
             raise UsageError(f"{role} {path}: cannot write at {real}", hint="name a new path")
-        if not (special or adapter):
-            _require_directory(path, role=role, real=real)
         self._refuse_inputs(path, role=role, real=real, nested=adapter or kind == "directory")
         self._refuse_claimed(path, role=role, real=real, kind=kind)
+        if not (special or adapter):  # after the clashes: they say more than a missing parent
+            _require_directory(path, role=role, real=real)
         replace = False if special else self._existing(path, role=role, real=real, kind=kind)
         target = OutputTarget(
             role=role, given=path, path=Path(real), kind=kind, special=special, replace=replace
