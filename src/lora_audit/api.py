@@ -84,8 +84,11 @@ def inspect(
     method: Method = "auto",
     alpha: float | None = None,
     input_format: InputFormat = "auto",
+    base: PathLike | None = None,
+    base_k: int | None = None,
+    base_partial: bool = False,
 ) -> InspectReport:
-    """Audit one adapter, as ``lora-audit inspect PATH`` does.
+    """Audit one adapter, as ``lora-audit inspect PATH [--base DIR]`` does.
 
     Parameters
     ----------
@@ -105,6 +108,10 @@ def inspect(
         ``lora_alpha`` to use when neither the config nor the file gives a scale.
     input_format
         ``"auto"`` detects the format; ``"peft"``, ``"kohya"`` or ``"mlx"`` force a reader.
+    base, base_k, base_partial
+        The pretrained model to audit the update against (needs torch), the number of top
+        singular directions compared (default: each layer's energy rank), and whether layers
+        the base lacks are allowed (as ``--base``, ``--base-k``, ``--base-partial``).
 
     Returns
     -------
@@ -121,11 +128,16 @@ def inspect(
     UsageError
         For an ``energy`` or ``coverage`` out of range, or ``device="cuda"`` without a GPU.
     """
-    from lora_audit.commands.inspect import inspect_adapter
+    from pathlib import Path
+
+    from lora_audit.commands.inspect_base import BaseOptions, inspect_with_base
 
     options = _audit_options(energy=energy, coverage=coverage, device=device, method=method)
+    base_options = (
+        None if base is None else BaseOptions(path=Path(base), k=base_k, partial=base_partial)
+    )
     adapter = _one_adapter(path, alpha=alpha, input_format=input_format)
-    return inspect_adapter(adapter, options=options, warn=_warn)
+    return inspect_with_base(adapter, options=options, base=base_options, warn=_warn)
 
 
 def inspect_many(

@@ -224,3 +224,18 @@ def test_markdown_carries_the_base_results(pair: tuple[Path, Path]) -> None:
         assert float(cells[7]) == pytest.approx(layer["base"]["top_k_alignment"], abs=5e-4)
     _, plain, _ = inspect(str(adapter), "-f", "markdown")
     assert "Against the base" not in plain
+
+
+def test_the_python_api_gives_the_cli_report(pair: tuple[Path, Path]) -> None:
+    import lora_audit
+
+    adapter, base = pair
+    code, out, _ = inspect(str(adapter), "--base", str(base), "--format", "json", "--device", "cpu")
+    assert code == 0
+    report = lora_audit.inspect(adapter, base=base, device="cpu").to_dict()
+    cli = json.loads(out)
+    for data in (report, cli):
+        data.pop("warnings", None)
+        data["settings"].pop("settings_file", None)
+    assert report["layers"][0]["base"] is not None
+    assert report == cli

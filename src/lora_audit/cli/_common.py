@@ -19,7 +19,7 @@ from lora_audit.errors import ExitCode, LoraAuditError, Terminated
 if TYPE_CHECKING:
     from lora_audit.adapter import Adapter
     from lora_audit.formats.output_guard import OutputGuard
-    from lora_audit.report import CheckReport, TrendReport
+    from lora_audit.report import CheckReport, InspectManyReport, TrendReport
 
 T = TypeVar("T")
 
@@ -56,16 +56,23 @@ def fail(message: str) -> None:
     err(f"lora-audit: error: {message}")
 
 
-def exit_code_for(report: CheckReport | TrendReport) -> ExitCode:
+def exit_code_for(report: CheckReport | TrendReport | InspectManyReport) -> ExitCode:
     """The process exit code a finished report calls for (the reports hold no exit codes).
 
     ``check``: pass → 0, fail (findings) → 1, error (an adapter could not be read) → 3.
-    ``trend``: drift → 1 only under ``--fail-on-drift``, else 0.
+    ``trend``: drift → 1 only under ``--fail-on-drift``, else 0. ``inspect`` of several
+    adapters: 3 when one could not be read, else 0 (inspect reports; it does not gate).
     """
     if report.kind == "trend":
         drifting = report.status == "drift" and report.settings.fail_on_drift  # type: ignore[union-attr]
         return ExitCode.FINDINGS if drifting else ExitCode.OK
-    return {"pass": ExitCode.OK, "fail": ExitCode.FINDINGS, "error": ExitCode.INPUT}[report.status]
+    codes = {
+        "pass": ExitCode.OK,
+        "ok": ExitCode.OK,
+        "fail": ExitCode.FINDINGS,
+        "error": ExitCode.INPUT,
+    }
+    return codes[report.status]
 
 
 def run_guarded(

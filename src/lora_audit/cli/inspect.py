@@ -9,6 +9,7 @@ import typer
 
 from lora_audit.cli._common import (
     emit_report,
+    exit_code_for,
     fail,
     load_reported,
     note,
@@ -110,7 +111,8 @@ def inspect_command(
             report_format,
             settings_file_shown,
         )
-        from lora_audit.commands.inspect import AuditOptions, inspect_adapter
+        from lora_audit.commands.inspect import AuditOptions
+        from lora_audit.commands.inspect_base import BaseOptions, inspect_with_base
         from lora_audit.commands.many import discovery_note, find_adapters
         from lora_audit.engine.device import EngineOptions
 
@@ -142,27 +144,21 @@ def inspect_command(
                 )
             many = _inspect_many(discovery, options, alpha=alpha, input_format=input_format)
             emit_report(many, fmt.value, output=output)
-            return int(ExitCode.INPUT if many.status == "error" else ExitCode.OK)
+            return int(exit_code_for(many))
         if discovery.found[0].error is not None:
             raise discovery.found[0].error
         adapter = discovery.found[0].path
         loaded = load_reported(adapter, alpha=alpha, input_format=input_format.value)
         request = plot_request(plot, layers=plot_layers, names=[x.name for x in loaded.layers])
-        with progress_bar(len(loaded.layers), description="spectra") as advance:
-            report = inspect_adapter(loaded, options=options, progress=advance, warn=warn)
-        if base is not None:
-            from lora_audit.commands.inspect_base import BaseOptions, audit_base
-
-            base_options = BaseOptions(path=base, k=base_k, partial=base_partial)
-            with progress_bar(len(loaded.layers), description="base") as advance:
-                report = audit_base(
-                    report,
-                    loaded,
-                    options=base_options,
-                    engine=options.engine,
-                    progress=advance,
-                    warn=warn,
-                )
+        base_options = (
+            None if base is None else BaseOptions(path=base, k=base_k, partial=base_partial)
+        )
+        passes = 1 if base is None else 2  # the spectra, then the base
+        label = "spectra" if base is None else "spectra + base"
+        with progress_bar(passes * len(loaded.layers), description=label) as advance:
+            report = inspect_with_base(
+                loaded, options=options, base=base_options, progress=advance, warn=warn
+            )
         draw(report, request)
         emit_report(report, fmt.value, output=output, color=color.value)
         return int(ExitCode.OK)

@@ -55,6 +55,8 @@ from lora_audit.report import BaseLayerReport, BaseStat, BaseSummary, InspectRep
 if TYPE_CHECKING:
     import torch
 
+    from lora_audit.commands.inspect import AuditOptions
+
 
 #: Per-layer metrics summarised adapter-wide (mean, median, min, max and their layers).
 SUMMARISED = (
@@ -93,6 +95,31 @@ class BaseOptions:
     k: int | None = None
     partial: bool = False
     krylov: KrylovOptions = field(default_factory=KrylovOptions)
+
+
+def inspect_with_base(
+    adapter: Adapter,
+    *,
+    options: AuditOptions,
+    base: BaseOptions | None,
+    progress: Progress | None = None,
+    warn: Warn | None = None,
+) -> InspectReport:
+    """``inspect`` of one adapter, with the base-aware audit when ``base`` is given.
+
+    The one pipeline behind ``lora-audit inspect [--base DIR]`` and :func:`lora_audit.inspect`.
+    ``progress`` counts layers: each once for the spectra, and once more for the base.
+    """
+    from lora_audit.commands.inspect import inspect_adapter
+
+    if base is not None:
+        check_base_options(base.path, k=base.k, partial=base.partial)  # before any work
+    report = inspect_adapter(adapter, options=options, progress=progress, warn=warn)
+    if base is None:
+        return report
+    return audit_base(
+        report, adapter, options=base, engine=options.engine, progress=progress, warn=warn
+    )
 
 
 def audit_base(

@@ -32,7 +32,9 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 #: Prefix of every temporary name lora-audit creates.
 TMP_PREFIX = ".lora-audit-tmp-"
@@ -43,6 +45,26 @@ _AT_FDCWD = -100
 
 #: Temporary paths of this process not yet renamed or removed.
 _LIVE: set[str] = set()
+
+
+#: What a writer puts in a file: its bytes, or a function that writes them to the open file.
+Data = bytes | Callable[[IO[bytes]], None]
+
+
+def fill(fh: IO[bytes], data: Data, *, sync: bool) -> None:
+    """Write ``data`` to ``fh`` and flush; with ``sync``, also fsync it to the disk.
+
+    The one writer of file contents: the output guard's atomic files and the adapter writer's
+    files inside a new directory both go through it (``sync=False`` only for a terminal,
+    pipe or device, which cannot be fsync'ed).
+    """
+    if callable(data):
+        data(fh)
+    else:
+        fh.write(data)
+    fh.flush()
+    if sync:
+        os.fsync(fh.fileno())
 
 
 def temp_prefix() -> str:

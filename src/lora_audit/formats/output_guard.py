@@ -28,17 +28,17 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 from lora_audit.errors import OutputError, UsageError
 from lora_audit.formats import atomic
 
 Kind = Literal["file", "directory"]
-Data = bytes | Callable[[IO[bytes]], None]
+Data = atomic.Data
 
 #: The only entries of a directory ``--force`` may replace (what ``compress`` writes).
 ADAPTER_DIR_FILES = frozenset(
@@ -243,7 +243,7 @@ class OutputGuard:
         if target.special:
             try:
                 with open(target.path, "wb") as fh:
-                    _fill(fh, data)
+                    atomic.fill(fh, data, sync=False)
             except OSError as exc:
                 raise _write_error(target, exc) from exc
             return target.path
@@ -258,8 +258,7 @@ class OutputGuard:
             atomic.track(tmp)
             os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private; an ordinary file
             with os.fdopen(fd, "wb") as fh:
-                _fill(fh, data)
-                os.fsync(fh.fileno())
+                atomic.fill(fh, data, sync=True)
             atomic.commit(tmp, str(target.path), replace=target.replace)
         except FileExistsError as exc:
             raise _lost_race(target) from exc
@@ -358,14 +357,6 @@ def _listing(directory: Path) -> list[str]:
 
 def _subdirs(directory: Path) -> list[Path]:
     return [directory / n for n in _listing(directory) if (directory / n).is_dir()]
-
-
-def _fill(fh: IO[bytes], data: Data) -> None:
-    if callable(data):
-        data(fh)
-    else:
-        fh.write(data)
-    fh.flush()
 
 
 def _umask() -> int:

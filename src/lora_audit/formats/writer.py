@@ -45,6 +45,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure
 from lora_audit.errors import OutputError, UsageError
+from lora_audit.formats import atomic
 from lora_audit.formats.diffusers_metadata import PIPELINE_FORMAT, pipeline_metadata
 from lora_audit.formats.model_card import MODEL_CARD, carried_card
 from lora_audit.formats.output_guard import Kind, OutputGuard
@@ -416,9 +417,4 @@ def _carry_card(adapter: Adapter, directory: Path, *, note: str) -> None:
 def _write_plain(path: Path, data: bytes | Callable[[IO[bytes]], None]) -> None:
     """Write and fsync ``data`` (bytes, or a function that writes them) inside a new directory."""
     with path.open("wb") as fh:
-        if callable(data):
-            data(fh)
-        else:
-            fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        atomic.fill(fh, data, sync=True)
