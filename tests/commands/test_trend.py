@@ -14,10 +14,10 @@ from lora_audit.commands.trend import (
     TrendOptions,
     expand_run,
     order_checkpoints,
-    rise,
     step_from_name,
     trend_of,
 )
+from lora_audit.decisions.drift import rise
 from lora_audit.formats import load_adapter
 
 #: Spectra of two layers over four checkpoints: "grow" spreads out, "focus" collapses.

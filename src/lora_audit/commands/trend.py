@@ -23,7 +23,6 @@ Drift
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from pathlib import Path
 from lora_audit.adapter import Adapter
 from lora_audit.commands.adapter_info import TOOL
 from lora_audit.commands.inspect import AuditOptions, inspect_adapter
+from lora_audit.decisions.drift import DRIFT_RULES, rise
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import device_type
 from lora_audit.report import (
@@ -46,8 +46,6 @@ from lora_audit.report import (
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 
-#: The drift rules, by the metric they watch.
-DRIFT_RULES = {"stable_rank": "stable-rank-drift", "energy_rank": "energy-rank-drift"}
 _METRIC_WORDS = {"stable_rank": "stable rank", "energy_rank": "energy rank"}
 
 _SEP = r"(?:^|(?<=[-_. ]))"
@@ -187,32 +185,6 @@ def expand_run(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
     files = sorted(p for p in run.iterdir() if p.suffix == ".safetensors" and p.is_file())
     found = subdirs + files
     return (found, []) if len(found) >= 2 else ([run], [])
-
-
-def rise(
-    series: Sequence[float | int | None], *, window: int, relative_slack: float = 0.0
-) -> float | None:
-    """The relative rise of a series that never falls over its last ``window`` values.
-
-    Returns
-    -------
-    float or None
-        ``(x[-1] − x[-window]) / x[-window]`` when the last ``window`` values are all known,
-        ``x[-window] > 0`` and ``x[i+1] ≥ x[i] − relative_slack·max|x|`` throughout;
-        otherwise ``None`` (not judged, or not rising).
-    """
-    if window < 2 or len(series) < window:
-        return None
-    tail = series[-window:]
-    if any(v is None for v in tail):
-        return None
-    values = [float(v) for v in tail if v is not None]
-    if values[0] <= 0:
-        return None
-    slack = relative_slack * max(abs(v) for v in values)
-    if any(b < a - slack for a, b in itertools.pairwise(values)):
-        return None
-    return (values[-1] - values[0]) / values[0]
 
 
 def trend_of(
