@@ -323,3 +323,28 @@ IncludeCheckpointsOption = Annotated[
         "skipped by default; a checkpoint named directly is always audited).",
     ),
 ]
+
+RankOption = Annotated[int | None, typer.Option("--rank", help="Every layer to at most this rank.")]
+RuleEnergyOption = Annotated[
+    float | None,
+    typer.Option(
+        "--energy",
+        "-e",
+        help="Per layer, the smallest k keeping this fraction of ‖ΔW‖_F², in (0, 1].",
+    ),
+]
+RatioOption = Annotated[
+    float | None,
+    typer.Option("--ratio", help="Keep the singular values σᵢ ≥ σ₁/RATIO (RATIO ≥ 1)."),
+]
+BudgetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--budget",
+        help="Total LoRA parameters (e.g. 2M, 500k), allocated greedily where they remove "
+        "the most error per parameter.",
+        metavar="COUNT",
+    ),
+]
+MinRankOption = Annotated[int, typer.Option("--min-rank", help="No layer below this rank.")]
+MaxRankOption = Annotated[int | None, typer.Option("--max-rank", help="No layer above this rank.")]

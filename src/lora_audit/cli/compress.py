@@ -18,6 +18,7 @@ from lora_audit.cli._common import (
 )
 from lora_audit.cli._options import (
     AlphaOption,
+    BudgetOption,
     ColorChoice,
     ColorOption,
     CompressFormat,
@@ -28,10 +29,15 @@ from lora_audit.cli._options import (
     DeviceOption,
     InputFormat,
     InputFormatOption,
+    MaxRankOption,
     Method,
     MethodOption,
+    MinRankOption,
     NoConfigOption,
     QuietOption,
+    RankOption,
+    RatioOption,
+    RuleEnergyOption,
 )
 from lora_audit.cli._usage import examples
 from lora_audit.commands.options import parse_budget as parse_budget  # this module's API
@@ -39,7 +45,6 @@ from lora_audit.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
     from lora_audit.adapter import Adapter
-    from lora_audit.decisions.compress_ranks import RankRule
 
 EXAMPLES = examples(
     "lora-audit compress ./my-adapter -o ./my-adapter-small -e 0.99",
@@ -70,34 +75,12 @@ def compress_command(
             show_default=False,
         ),
     ] = None,
-    rank: Annotated[
-        int | None, typer.Option("--rank", help="Every layer to at most this rank.")
-    ] = None,
-    energy: Annotated[
-        float | None,
-        typer.Option(
-            "--energy",
-            "-e",
-            help="Per layer, the smallest k keeping this fraction of ‖ΔW‖_F², in (0, 1].",
-        ),
-    ] = None,
-    ratio: Annotated[
-        float | None,
-        typer.Option("--ratio", help="Keep the singular values σᵢ ≥ σ₁/RATIO (RATIO ≥ 1)."),
-    ] = None,
-    budget: Annotated[
-        str | None,
-        typer.Option(
-            "--budget",
-            help="Total LoRA parameters (e.g. 2M, 500k), allocated greedily where they remove "
-            "the most error per parameter.",
-            metavar="COUNT",
-        ),
-    ] = None,
-    min_rank: Annotated[int, typer.Option("--min-rank", help="No layer below this rank.")] = 1,
-    max_rank: Annotated[
-        int | None, typer.Option("--max-rank", help="No layer above this rank.")
-    ] = None,
+    rank: RankOption = None,
+    energy: RuleEnergyOption = None,
+    ratio: RatioOption = None,
+    budget: BudgetOption = None,
+    min_rank: MinRankOption = 1,
+    max_rank: MaxRankOption = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the plan; write nothing.")
     ] = False,
@@ -161,6 +144,8 @@ def compress_command(
         read_settings(config=config, no_config=no_config)
         fmt = report_format(output_format, offered=CompressFormat, command="compress")
 
+        from lora_audit.commands.options import rank_rule
+
         options = CompressOptions(
             rule=rank_rule(
                 rank=rank,
@@ -197,27 +182,3 @@ def _claim_outputs(loaded: Adapter, *, output: Path | None, report: Path | None)
         outputs().plan(output, role="--output", kind=output_kind(loaded), adapter=True)
         refuse_file_name(loaded, output)
     preflight(report, role="--report")
-
-
-def rank_rule(
-    *,
-    rank: int | None,
-    energy: float | None,
-    ratio: float | None,
-    budget: str | None,
-    min_rank: int,
-    max_rank: int | None,
-    example: str = "lora-audit compress ADAPTER -o OUT --energy 0.99",
-) -> RankRule:
-    """The one rank rule the flags ask for (:func:`lora_audit.commands.options.rank_rule`)."""
-    from lora_audit.commands.options import rank_rule
-
-    return rank_rule(
-        rank=rank,
-        energy=energy,
-        ratio=ratio,
-        budget=budget,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        example=example,
-    )

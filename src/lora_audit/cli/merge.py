@@ -18,6 +18,7 @@ from lora_audit.cli._common import (
     warn,
 )
 from lora_audit.cli._options import (
+    BudgetOption,
     CompressFormat,
     CompressFormatOption,
     ConfigOption,
@@ -26,13 +27,17 @@ from lora_audit.cli._options import (
     DeviceOption,
     InputFormat,
     InputFormatOption,
+    MaxRankOption,
     Method,
     MethodOption,
+    MinRankOption,
     NoConfigOption,
     QuietOption,
+    RankOption,
+    RatioOption,
+    RuleEnergyOption,
 )
 from lora_audit.cli._usage import examples
-from lora_audit.cli.compress import rank_rule
 from lora_audit.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
@@ -101,34 +106,12 @@ def merge_command(
             show_default=False,
         ),
     ] = None,
-    rank: Annotated[
-        int | None, typer.Option("--rank", help="Every layer to at most this rank.")
-    ] = None,
-    energy: Annotated[
-        float | None,
-        typer.Option(
-            "--energy",
-            "-e",
-            help="Per layer, the smallest k keeping this fraction of ‖ΔW‖_F², in (0, 1].",
-        ),
-    ] = None,
-    ratio: Annotated[
-        float | None,
-        typer.Option("--ratio", help="Keep the singular values σᵢ ≥ σ₁/RATIO (RATIO ≥ 1)."),
-    ] = None,
-    budget: Annotated[
-        str | None,
-        typer.Option(
-            "--budget",
-            help="Total LoRA parameters (e.g. 2M, 500k), allocated greedily where they remove "
-            "the most error per parameter.",
-            metavar="COUNT",
-        ),
-    ] = None,
-    min_rank: Annotated[int, typer.Option("--min-rank", help="No layer below this rank.")] = 1,
-    max_rank: Annotated[
-        int | None, typer.Option("--max-rank", help="No layer above this rank.")
-    ] = None,
+    rank: RankOption = None,
+    energy: RuleEnergyOption = None,
+    ratio: RatioOption = None,
+    budget: BudgetOption = None,
+    min_rank: MinRankOption = 1,
+    max_rank: MaxRankOption = None,
     concat: Annotated[
         bool,
         typer.Option("--concat", help="Lossless: stack the factors (rank Σ rᵢ), no truncation."),
@@ -232,6 +215,8 @@ def _rule(
     max_rank: int | None,
 ) -> RankRule | None:
     """``None`` for ``--concat``; else compress's rule (exactly one of the four flags)."""
+    from lora_audit.commands.options import rank_rule
+
     if not concat:
         return rank_rule(
             rank=rank,
