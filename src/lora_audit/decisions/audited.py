@@ -1,0 +1,100 @@
+"""What check's rules read of an audited adapter, and what they return when one is broken.
+
+The rules depend on these protocols, not on the report model: an
+:class:`~lora_audit.report.InspectReport` satisfies :class:`AuditedAdapter`, and
+``commands.check`` turns each :class:`Violation` into the report's ``Finding``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+#: Severity of every finding the current rules produce (all of them fail the gate).
+ERROR: Literal["error"] = "error"
+
+
+class AuditedLayer(Protocol):
+    """What the rules read of one layer (:class:`lora_audit.report.LayerReport` has it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def structure(self) -> str: ...
+    @property
+    def rank(self) -> int: ...
+    @property
+    def energy_rank(self) -> int: ...
+    @property
+    def params(self) -> int: ...
+    @property
+    def params_after(self) -> int: ...
+    @property
+    def wasted_params(self) -> int: ...
+
+
+class AuditedSummary(Protocol):
+    """What the rules read of an adapter's summary (:class:`lora_audit.report.Summary`)."""
+
+    @property
+    def wasted_fraction(self) -> float: ...
+    @property
+    def recommended_rank(self) -> int: ...
+    @property
+    def nominal_rank(self) -> int: ...
+    @property
+    def lora_alpha(self) -> float | None: ...
+    @property
+    def rank_pattern(self) -> Mapping[str, int]: ...
+
+
+class AuditedSource(Protocol):
+    """Where the adapter came from (:class:`lora_audit.report.AdapterInfo`)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+
+
+class AuditedAdapter(Protocol):
+    """An adapter measured at the policy's τ (:class:`lora_audit.report.InspectReport`)."""
+
+    @property
+    def adapter(self) -> AuditedSource: ...
+    @property
+    def summary(self) -> AuditedSummary: ...
+    @property
+    def layers(self) -> Sequence[AuditedLayer]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Violation:
+    """One broken rule; the check report's ``Finding`` has the same fields.
+
+    Attributes
+    ----------
+    adapter
+        The adapter's path as given.
+    layer
+        The layer concerned, or ``None`` for the whole adapter.
+    rule
+        The rule's name (``"max-waste"``).
+    measured, limit
+        The measured value and the limit it breaks.
+    message
+        What is wrong, without the adapter and layer names.
+    fix
+        What to do about it.
+    severity
+        ``"error"`` (fails the gate).
+    """
+
+    adapter: str
+    layer: str | None
+    rule: str
+    measured: float | int
+    limit: float | int
+    message: str
+    fix: str
+    severity: Literal["error"] = ERROR
