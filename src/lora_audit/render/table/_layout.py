@@ -248,3 +248,23 @@ def strip_line(line: str) -> str:
         if stripped == line:
             return line.rstrip(" ")
         line = stripped
+
+
+def rank_rule_text(*, mode: str, value: float, min_rank: int, max_rank: int | None) -> str:
+    """``energy 0.9``, ``budget 2,000,000, ranks in [2, 8]``: compress's and merge's rule."""
+    shown = f"{value:,.0f}" if mode == "budget" else f"{value:g}"  # not 2e+06
+    if max_rank is not None:
+        return f"{mode} {shown}, ranks in [{min_rank}, {max_rank}]"
+    return f"{mode} {shown}" + (f", ranks ≥ {min_rank}" if min_rank > 1 else "")
+
+
+def add_output_rows(info: Table, *, assumed: str | None, output: str | None, kind: str) -> None:
+    """The rows a rewriting command ends with: the loud ASSUMED warning (``assumed`` is what
+    was assumed, and why), then where the output was written (``None`` for a dry run)."""
+    if assumed is not None:
+        info.add_row(
+            Text("ASSUMED", style="bold red"),
+            Text(f"{assumed}: the output bakes that guess into its factors", style="bold red"),
+        )
+    if output:
+        info.add_row("written", f"{output} ({kind})")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from rich.console import Group
 from rich.table import Table
-from rich.text import Text
 
 from lora_audit.render.escape import escaped_report, for_terminal
 from lora_audit.render.table._blocks import BlockHeaders, block_prefix, block_rows
@@ -13,8 +12,10 @@ from lora_audit.render.table._layout import (
     Column,
     Grid,
     Row,
+    add_output_rows,
     grid_table,
     info_grid,
+    rank_rule_text,
     title,
     to_text,
 )
@@ -24,12 +25,7 @@ from lora_audit.report import CompressReport
 def compress_title(report: CompressReport, *, prefix: str) -> str:
     """``PATH → OUTPUT · rule · names start with PREFIX``."""
     s = report.settings
-    value = f"{s.value:,.0f}" if s.mode == "budget" else f"{s.value:g}"  # not 2e+06
-    rule = f"{s.mode} {value}" + (
-        f", ranks in [{s.min_rank}, {s.max_rank}]"
-        if s.max_rank is not None
-        else (f", ranks ≥ {s.min_rank}" if s.min_rank > 1 else "")
-    )
+    rule = rank_rule_text(mode=s.mode, value=s.value, min_rank=s.min_rank, max_rank=s.max_rank)
     text = f"{report.adapter.path} → {report.output or '(dry run)'} · {rule}"
     return text + (f" · names start with {prefix}" if prefix else "")
 
@@ -80,17 +76,16 @@ def totals_table(report: CompressReport) -> Table:
         else (f"{t.file_bytes_after:,} bytes")
     )
     info.add_row("file", f"{t.file_bytes:,} bytes → {after}")
-    if t.assumed_scale_layers:
-        info.add_row(
-            Text("ASSUMED", style="bold red"),
-            Text(
-                f"scale assumed for {t.assumed_scale_layers} of {t.layer_count} layers (nothing in "
-                "the input gives it): the output bakes that guess into its factors",
-                style="bold red",
-            ),
-        )
-    if report.output and not report.dry_run:
-        info.add_row("written", f"{report.output} ({report.output_format})")
+    assumed = (
+        f"scale assumed for {t.assumed_scale_layers} of {t.layer_count} layers (nothing in "
+        "the input gives it)"
+    )
+    add_output_rows(
+        info,
+        assumed=assumed if t.assumed_scale_layers else None,
+        output=None if report.dry_run else report.output,
+        kind=report.output_format,
+    )
     return info
 
 
