@@ -44,14 +44,16 @@ def _engine(device: Device, method: Method) -> EngineOptions:
 
 
 def _audit_options(
-    *, energy: float, coverage: float, device: Device, method: Method
+    *, energy: float, coverage: float | None, device: Device, method: Method
 ) -> AuditOptions:
     from lora_audit.commands.inspect import AuditOptions
     from lora_audit.commands.options import check_fraction
+    from lora_audit.decisions.advice_rule import DEFAULT_ADVICE_RULE
 
+    quantile = DEFAULT_ADVICE_RULE.quantile if coverage is None else coverage
     return AuditOptions(
         energy=check_fraction("--energy", energy),
-        coverage=check_fraction("--coverage", coverage),
+        coverage=check_fraction("--coverage", quantile),
         engine=_engine(device, method),
     )
 
@@ -79,7 +81,7 @@ def inspect(
     path: PathLike,
     *,
     energy: float = 0.99,
-    coverage: float = 0.9,
+    coverage: float | None = None,
     device: Device = "auto",
     method: Method = "auto",
     alpha: float | None = None,
@@ -99,7 +101,9 @@ def inspect(
     energy
         τ in (0, 1]: each layer's energy rank keeps at least this fraction of ‖ΔW‖_F².
     coverage
-        Fraction of layers, in (0, 1], the advised retraining rank must cover.
+        Fraction of layers, in (0, 1], the advised retraining rank must cover; ``None``
+        keeps the advice rule's quantile (``DEFAULT_ADVICE_RULE`` in
+        ``lora_audit.decisions.advice_rule``; ``summary.advice_basis`` names the rule).
     device
         ``"auto"`` (CUDA when torch sees one), ``"cpu"`` (numpy, float64) or ``"cuda"``.
     method
@@ -144,7 +148,7 @@ def inspect_many(
     paths: Iterable[PathLike],
     *,
     energy: float = 0.99,
-    coverage: float = 0.9,
+    coverage: float | None = None,
     include_checkpoints: bool = False,
     device: Device = "auto",
     method: Method = "auto",
@@ -200,7 +204,8 @@ def check(
     paths
         One path or several: adapters, or directories to search for them.
     energy, coverage, max_waste, max_layer_waste, min_rank_used
-        The policy; ``None`` keeps the default (0.99, 0.9, 0.5, 1.0, 1).
+        The policy; ``None`` keeps the default (0.99, the advice rule's quantile 0.9, 0.5,
+        1.0, 1).
     include_checkpoints
         Also search ``checkpoint-*`` directories.
     device, method, alpha, input_format

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from lora_audit.cli import _state
+from lora_audit.decisions.advice_rule import DEFAULT_ADVICE_RULE
 
 # Settings a settings file may give (``cli/settings_file.py``): ``None`` when the flag is not
 # given, so that defaults < file < flags. The defaults are those of ``decisions.check_rules``.
@@ -28,7 +29,9 @@ CoverageOption = Annotated[
     typer.Option(
         "--coverage",
         help="Fraction of layers the advised retraining rank must cover, in (0, 1]; the rest "
-        "get a rank_pattern entry. Default 0.9, or coverage in the settings file.",
+        f"get a rank_pattern entry. Default: the advice rule's quantile "
+        f"({DEFAULT_ADVICE_RULE.quantile:g}), or coverage in "
+        "the settings file; another value marks the rule custom.",
         show_default=False,
     ),
 ]

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.commands.adapter_info import TOOL, adapter_info
 from lora_audit.decisions.compress_ranks import truncation
-from lora_audit.decisions.retrain_advice import RankPlan, plan_retrain, retrain_verdict
+from lora_audit.commands.advice_text import (
+    NETWORK_ALPHA_FORMATS,
+    AdviceContext,
+    advice_basis,
+    advice_lines,
+    advice_reason,
+)
+from lora_audit.decisions.advice_rule import DEFAULT_ADVICE_RULE, AdviceRule
+from lora_audit.decisions.retrain_advice import RankPlan, plan_retrain
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.engine.spectra import spectra
@@ -40,7 +48,11 @@ class AuditOptions:
     energy
         τ in (0, 1]: each layer's energy rank keeps at least this fraction of ‖ΔW‖_F².
     coverage
-        Fraction of layers the adapter-wide retraining rank must cover, in (0, 1].
+        Fraction of layers the adapter-wide retraining rank must cover, in (0, 1]: the advice
+        rule's quantile unless set (another value makes the rule ``custom``).
+    advice
+        The retraining-advice rule (its τ is its own, not ``energy``: see
+        :mod:`lora_audit.decisions.advice_rule`).
     engine
         Device and method of the spectral engine.
     settings_file
@@ -49,9 +61,15 @@ class AuditOptions:
     """
 
     energy: float = 0.99
-    coverage: float = 0.9
+    coverage: float = DEFAULT_ADVICE_RULE.quantile
+    advice: AdviceRule = DEFAULT_ADVICE_RULE
     engine: EngineOptions = field(default_factory=EngineOptions)
     settings_file: str | None = None
+
+    @property
+    def rule(self) -> AdviceRule:
+        """The advice rule at ``coverage`` (``custom`` when that is not its quantile)."""
+        return self.advice.with_quantile(self.coverage)
 
 
 def inspect_adapter(
@@ -78,8 +96,8 @@ def inspect_adapter(
     rslora = bool(adapter.config.get("use_rslora", False))
     plan = plan_retrain(
         adapter.layers,
-        [s.energy_rank for s in summaries],
-        coverage=options.coverage,
+        [sigmas[layer.name] for layer in adapter.layers],
+        rule=options.rule,
         pattern_key=pattern_keys([layer.name for layer in adapter.layers]).__getitem__,
         rslora=rslora,
     )
@@ -101,6 +119,7 @@ def inspect_adapter(
             energy=options.energy,
             compressible=compress_refusal(adapter) is None,
             path=str(adapter.path),
+            network_alpha=adapter.format in NETWORK_ALPHA_FORMATS,
         ),
         warnings=(*adapter.warnings, *engine_warnings),
     )
@@ -155,6 +174,7 @@ def _summary(
     energy: float,
     compressible: bool = True,
     path: str = "ADAPTER",
+    network_alpha: bool = False,
 ) -> Summary:
     params = sum(layer.params for layer in layers)
     params_after = sum(layer.params_after for layer in layers)
@@ -172,8 +192,16 @@ def _summary(
     )
     top = tuple(layer.name for layer in wasters[:TOP_WASTERS])
     command = compress_command(path, energy=energy) if params_after < params else None
-    command = command if compressible else None  # never name a command that refuses
+    # never name a command that refuses (compress refuses an untrained adapter, too)
+    command = command if compressible and not plan.untrained else None
     assumed = [layer for layer in layers if layer.scale_source == "assumed"]
+    ctx = AdviceContext(
+        params=params, params_after=params_after, layer_count=len(layers),
+        layer_ranks=tuple(sorted({layer.rank for layer in layers})), untrained=untrained,
+        structured=any(layer.structure != "lora" for layer in layers),
+        network_alpha=network_alpha, mean_stable_rank=sum(stable) / len(stable) if stable else 0.0,
+        max_stable_rank=max(stable, default=0.0),
+    )  # fmt: skip
     return Summary(
         layer_count=len(layers),
         untrained_layers=untrained,
@@ -187,21 +215,22 @@ def _summary(
         params_after=params_after,
         params_retrain=plan.params,
         wasted_fraction=wasted_fraction,
-        mean_stable_rank=sum(stable) / len(stable) if stable else 0.0,
-        max_stable_rank=max(stable, default=0.0),
+        mean_stable_rank=ctx.mean_stable_rank,
+        max_stable_rank=ctx.max_stable_rank,
         top_wasters=top,
-        advice=_advice(
-            plan, energy=energy, nominal=nominal, untrained=untrained,
-            params=params, params_after=params_after, layer_count=len(layers),
-            structured=any(layer.structure != "lora" for layer in layers),
-            command=command, top_wasters=top,
-        ),
+        advice=advice_lines(plan, ctx, energy=energy, command=command, top_wasters=top),
         wasted_params=params - params_after,
         compress_command=command,
         assumed_scale_layers=len(assumed),
         assumed_scales=tuple(sorted({layer.scale for layer in assumed})),
         keep_structure=plan.keep_structure,
         network_dims=tuple(sorted({lr.network_dim for lr in layers if lr.network_dim})),
+        layer_ranks=ctx.layer_ranks,
+        advice_verdict=plan.verdict,
+        advice_reason=advice_reason(plan, ctx),
+        advice_basis=advice_basis(plan.rule),
+        retrain_energy_kept=None if plan.untrained else plan.energy_kept,
+        network_alpha=plan.lora_alpha if network_alpha else None,
     )  # fmt: skip
 
 
@@ -216,65 +245,3 @@ def compress_command(path: str, *, energy: float) -> str:
     out = f"{source}-compressed" if plain else f"{stem}-compressed.{suffix}"
     pct = f"{energy:.4g}"
     return f"lora-audit compress {shlex.quote(path)} -o {shlex.quote(out)} --energy {pct}"
-
-
-def _advice(
-    plan: RankPlan,
-    *,
-    energy: float,
-    nominal: int,
-    untrained: Sequence[str],
-    params: int,
-    params_after: int,
-    layer_count: int,
-    structured: bool,
-    command: str | None = None,
-    top_wasters: Sequence[str] = (),
-) -> tuple[str, ...]:
-    """What to do, gain first: truncate now (the exact command), then how to retrain."""
-    lines: list[str] = []
-    pct = f"{energy:.4g}".rstrip("0")
-    if command is not None:
-        saved = 1 - params_after / params
-        most = f"; most in {', '.join(top_wasters[:3])}" if top_wasters else ""
-        lines.append(
-            f"Truncate now to drop {params - params_after:,} of {params:,} parameters "
-            f"({saved:.1%}) and keep ≥{pct} of every layer's energy{most}: `{command}`"
-        )
-    verdict = retrain_verdict(
-        keep_structure=plan.keep_structure,
-        rank=plan.rank,
-        nominal=nominal,
-        patterned=bool(plan.rank_pattern),
-    )
-    if verdict == "keep-structure":
-        lines.append(
-            f"Keep the LyCORIS structure as trained: plain LoRA at the ranks these layers need "
-            f"at τ={pct} would take {plan.lora_params:,} parameters, not fewer than the "
-            f"{params:,} they store."
-        )
-    elif verdict == "retrain":
-        alpha = f", lora_alpha={plan.lora_alpha:g}" if plan.lora_alpha is not None else ""
-        extra = (
-            f", with a rank_pattern for {len(plan.rank_pattern)} layer(s)"
-            if plan.rank_pattern
-            else ""
-        )
-        plain = " as plain LoRA" if structured else ""
-        lines.append(
-            f"Retrain{plain} at r={plan.rank}{alpha}{extra}: it covers {plan.layers_covered} of "
-            f"{layer_count} layers at τ={pct} and needs {plan.params:,} parameters "
-            f"instead of {params:,}."
-        )
-    else:
-        lines.append(
-            f"Retrain at the same r={nominal}: at τ={pct}, {plan.coverage:.0%} of the trained "
-            f"layers need up to {plan.quantile} of its ranks, and a smaller power of two would "
-            "cut into them (a low stable rank says the energy is concentrated, not that the "
-            f"last {1 - energy:.2g} of it fits in fewer ranks)."
-        )
-    if untrained:
-        lines.append(
-            f"{len(untrained)} layer(s) are untrained (ΔW = 0); drop them from target_modules."
-        )
-    return tuple(lines)

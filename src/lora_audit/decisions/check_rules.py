@@ -39,6 +39,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from lora_audit.decisions.advice_rule import DEFAULT_ADVICE_RULE
 from lora_audit.decisions.audited import ERROR, AuditedAdapter, AuditedLayer, Violation
 from lora_audit.decisions.retrain_advice import next_power_of_two
 
@@ -52,7 +53,8 @@ class Policy:
     energy
         τ in (0, 1]: energy ranks keep at least this fraction of each layer's ‖ΔW‖_F².
     coverage
-        Fraction of layers the advised retraining rank covers (used in the fix text), (0, 1].
+        Fraction of layers the advised retraining rank covers (used in the fix text), (0, 1]:
+        the advice rule's quantile unless overridden (``decisions.advice_rule``).
     max_waste
         Largest wasted fraction of the adapter's LoRA parameters, in [0, 1]; 1 is off.
     max_layer_waste
@@ -62,7 +64,7 @@ class Policy:
     """
 
     energy: float = 0.99
-    coverage: float = 0.9
+    coverage: float = DEFAULT_ADVICE_RULE.quantile
     max_waste: float = 0.5
     max_layer_waste: float = 1.0
     min_rank_used: int = 1

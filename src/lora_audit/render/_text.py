@@ -101,20 +101,50 @@ def rank_cell(layer: LayerReport) -> str:
 
 
 def retrain_text(s: Summary) -> str:
-    """``r=4, lora_alpha=8 (N parameters)``, or keep-as-trained for LyCORIS structures."""
+    """``r=4, lora_alpha=8 (N parameters)``, keep-as-trained for LyCORIS structures, the same
+    ranks when the advice equals them, or nothing for an untrained adapter."""
+    if s.advice_verdict == "untrained":
+        return "nothing to advise: no layer is trained"
     if s.keep_structure:
         plan = "keep as trained (plain LoRA would not be smaller)"
     else:
         plan = f"r={s.recommended_rank}"
-        if s.lora_alpha is not None:
+        if s.network_alpha is not None:
+            plan += f", network_alpha={s.network_alpha:g}"
+        elif s.lora_alpha is not None:
             plan += f", lora_alpha={s.lora_alpha:g}"
+        if s.advice_verdict == "keep":
+            plan = f"as trained: {plan}" + (" with its rank_pattern" if s.rank_pattern else "")
     return f"{plan} ({s.params_retrain:,} parameters)"
 
 
-def adapter_rank_text(s: Summary) -> str:
-    """``r=16`` and, for LoHa/LoKr adapters, ``, network_dim=4``."""
+def adapter_rank_text(s: Summary, *, config_rank: int | None = None) -> str:
+    """``r=16``; ``r=8, rank_pattern 4–32`` when the layers' ranks differ (``r=4–32`` without a
+    configured rank); and, for LoHa/LoKr adapters, ``, network_dim=4``."""
     dims = "/".join(str(d) for d in s.network_dims)
-    return f"r={s.nominal_rank}" + (f", network_dim={dims}" if dims else "")
+    ranks = s.layer_ranks or (s.nominal_rank,)
+    if len(ranks) == 1:
+        text = f"r={ranks[0]}"
+    elif config_rank is not None:
+        text = f"r={config_rank}, rank_pattern {ranks[0]}–{ranks[-1]}"
+    else:
+        text = f"r={ranks[0]}–{ranks[-1]}"
+    return text + (f", network_dim={dims}" if dims else "")
+
+
+def rule_text(s: Summary) -> str | None:
+    """``p90-k99-pow2 v1 (τ=0.99, quantile 0.9, rounding pow2): not yet calibrated … — URL``;
+    ``None`` for a report without a basis."""
+    b = s.advice_basis
+    if b is None:
+        return None
+    custom = ", custom quantile (--coverage)" if b.custom else ""
+    if not b.tasks:
+        evidence = "not yet calibrated by retraining"
+    else:
+        evidence = f"validated on {', '.join(b.tasks)} ({b.seeds} seeds; {b.tolerance})"
+    values = f"τ={b.tau:g}, quantile {b.quantile:g}, rounding {b.rounding}{custom}"
+    return f"{b.rule} v{b.version} ({values}): {evidence} — {b.docs}"
 
 
 def trend_verdict(report: TrendReport) -> str:

@@ -16,6 +16,7 @@ from lora_audit.render._text import (
     policy_source,
     rank_cell,
     retrain_text,
+    rule_text,
     scale_sources_text,
     verdict,
 )
@@ -130,13 +131,20 @@ def render_inspect(report: InspectReport, *, width: int = 100, color: bool = Fal
     lines = [
         f"## lora-audit inspect: {code(a.path)}",
         "",
-        f"- adapter: {for_markdown(a.format)}, {adapter_rank_text(s)}{alpha}, "
+        f"- adapter: {for_markdown(a.format)}, {adapter_rank_text(s, config_rank=a.rank)}{alpha}, "
         f"{for_markdown(', '.join(a.dtypes))}, "
         f"{s.layer_count} layers",
-        f"- parameters: {s.params:,} now → {s.params_after:,} truncated at τ={tau} "
-        f"({s.wasted_fraction:.1%} wasted)",
+        (
+            f"- parameters: {s.params:,}, none of them trained (ΔW = 0 in every layer)"
+            if s.advice_verdict == "untrained"
+            else f"- parameters: {s.params:,} now → {s.params_after:,} truncated at τ={tau} "
+            f"({s.wasted_fraction:.1%} wasted)"
+        ),
         f"- retrain: {retrain_text(s)}",
     ]
+    rule = rule_text(s)
+    if rule is not None and s.advice_verdict != "untrained":
+        lines.append(f"- advice rule: {prose(rule)}")
     if any(rank_cell(layer) != str(layer.rank) for layer in report.layers):
         lines.append(f"- r/dD: {RANK_NOTE}")
     if a.scale_sources:
@@ -144,7 +152,7 @@ def render_inspect(report: InspectReport, *, width: int = 100, color: bool = Fal
     loud = assumed_scale_text(report)
     if loud is not None:
         lines.append(f"- ⚠️ **{prose(loud)}** (⚠️ in the table)")
-    if s.untrained_layers:
+    if s.untrained_layers and s.advice_verdict != "untrained":
         lines.append("- untrained: " + ", ".join(code(n) for n in s.untrained_layers))
     lines.append("")
     lines += [f"- {prose(line)}" for line in s.advice]

@@ -21,13 +21,22 @@ from lora_audit.report.compress import (
     CompressSummary,
     LayerCompression,
 )
-from lora_audit.report.inspect import InspectReport, LayerReport, Settings, Summary
+from lora_audit.report.inspect import (
+    AdviceBasis,
+    AdviceVerdict,
+    InspectReport,
+    LayerReport,
+    Settings,
+    Summary,
+)
 from lora_audit.report.inspect_base import BaseLayerReport, BaseStat, BaseSummary
 from lora_audit.report.many import InspectManyReport
 from lora_audit.report.rows import AdapterRow, RowVerdict
 from lora_audit.report.trend import CheckpointSummary, LayerTrend, TrendReport, TrendSettings
 
 __all__ = [
+    "AdviceBasis",
+    "AdviceVerdict",
     "SCHEMA_VERSION",
     "AdapterError",
     "AdapterInfo",

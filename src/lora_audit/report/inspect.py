@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from lora_audit.report.common import SCHEMA_VERSION, AdapterInfo, ToolInfo, to_dict
 from lora_audit.report.inspect_base import BaseLayerReport, BaseSummary
@@ -67,6 +67,36 @@ class LayerReport:
         return self.params - self.params_after
 
 
+#: What the retraining advice comes to (``summary.advice_verdict``).
+AdviceVerdict = Literal["keep", "retrain", "keep-structure", "untrained"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdviceBasis:
+    """The rule the retraining advice follows and the evidence it rests on.
+
+    ``rule`` and ``version`` name the rule (a new version whenever any of its values change);
+    ``tau``, ``quantile``, ``rounding`` and ``rank_pattern`` are its values; ``custom`` is true
+    when ``--coverage`` replaced its quantile (then the evidence below is not about it).
+    ``tasks``, ``seeds`` and ``tolerance`` describe the retraining study behind the rule
+    (``tasks`` is empty while it has not been calibrated), ``docs`` links to that study and
+    ``not_validated_on`` lists what it was not validated on.
+    """
+
+    rule: str
+    version: int
+    tau: float
+    quantile: float
+    rounding: Literal["pow2", "none"]
+    rank_pattern: bool
+    custom: bool
+    tasks: tuple[str, ...]
+    seeds: int
+    tolerance: str
+    docs: str
+    not_validated_on: tuple[str, ...]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Summary:
     """Adapter-wide totals and the advice derived from them."""
@@ -102,6 +132,19 @@ class Summary:
     #: How many layers have a scale nothing in the file gave, and those scales (distinct).
     assumed_scale_layers: int = 0
     assumed_scales: tuple[float, ...] = ()
+    #: The distinct ranks the layers have now (several with a ``rank_pattern``), ascending.
+    layer_ranks: tuple[int, ...] = ()
+    #: ``untrained`` (no layer is: nothing to advise), ``keep-structure``, ``keep`` (the advice
+    #: equals the ranks trained) or ``retrain``; ``None`` in reports not built by ``inspect``.
+    advice_verdict: AdviceVerdict | None = None
+    #: Why, for this adapter, in one sentence (the quantile k, stable rank, energy kept, rule).
+    advice_reason: str = ""
+    #: The rule behind ``recommended_rank`` and what it rests on.
+    advice_basis: AdviceBasis | None = None
+    #: The smallest fraction of ‖ΔW_ℓ‖_F² a trained layer keeps at its advised rank.
+    retrain_energy_kept: float | None = None
+    #: ``lora_alpha`` under kohya/LyCORIS's name (``--network_alpha``); ``None`` for others.
+    network_alpha: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,7 +8,7 @@ from typing import Literal
 #: ``inspect``: ``keep`` the rank, ``retrain`` at a smaller one (or with a rank_pattern),
 #: ``keep-structure`` (LyCORIS: plain LoRA would not be smaller); ``check``: ``pass`` or
 #: ``fail``; both: ``error`` (the adapter could not be read).
-RowVerdict = Literal["keep", "retrain", "keep-structure", "pass", "fail", "error"]
+RowVerdict = Literal["keep", "retrain", "keep-structure", "untrained", "pass", "fail", "error"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,6 +14,7 @@ from lora_audit.render._text import (
     assumed_scale_text,
     rank_cell,
     retrain_text,
+    rule_text,
     scale_sources_text,
 )
 from lora_audit.render.escape import escaped_report, for_terminal
@@ -106,7 +107,9 @@ def summary_table(report: InspectReport) -> Table:
         )
         info.add_row(Text("compress", style="bold green"), s.compress_command)
     info.add_row(
-        "adapter", f"{a.format}, {adapter_rank_text(s)}{alpha}{flags}, {', '.join(a.dtypes)}"
+        "adapter",
+        f"{a.format}, {adapter_rank_text(s, config_rank=a.rank)}{alpha}{flags}, "
+        f"{', '.join(a.dtypes)}",
     )
     if a.base_model:
         info.add_row("base model", a.base_model)
@@ -118,20 +121,29 @@ def summary_table(report: InspectReport) -> Table:
     if loud is not None:
         marked = " (* in the table)" if len(a.scale_sources) > 1 else ""
         info.add_row(Text("ASSUMED", style="bold red"), Text(loud + marked, style="bold red"))
-    info.add_row("stable rank", f"mean {s.mean_stable_rank:.2f}, max {s.max_stable_rank:.2f}")
-    info.add_row(
-        "parameters",
-        f"{s.params:,} now → {s.params_after:,} truncated at τ={report.settings.energy:g} "
-        f"({s.wasted_fraction:.1%} wasted)",
-    )
+    untrained = s.advice_verdict == "untrained"
+    if untrained:
+        info.add_row(Text("untrained", style="bold yellow"), f"all {s.layer_count} layers (ΔW = 0)")
+        info.add_row("parameters", f"{s.params:,}, none of them trained")
+    else:
+        stable = f"mean {s.mean_stable_rank:.2f}, max {s.max_stable_rank:.2f}"
+        info.add_row("stable rank", stable)
+        info.add_row(
+            "parameters",
+            f"{s.params:,} now → {s.params_after:,} truncated at τ={report.settings.energy:g} "
+            f"({s.wasted_fraction:.1%} wasted)",
+        )
     info.add_row("retrain", retrain_text(s))
+    rule = rule_text(s)
+    if rule is not None and not untrained:
+        info.add_row("advice rule", rule)
     if s.rank_pattern:
         info.add_row("rank_pattern", json.dumps(s.rank_pattern))
     if s.alpha_pattern:
         info.add_row("alpha_pattern", json.dumps(s.alpha_pattern))
     if any(rank_cell(layer) != str(layer.rank) for layer in report.layers):
         info.add_row("r/dD", RANK_NOTE)
-    if s.untrained_layers:
+    if s.untrained_layers and not untrained:
         info.add_row("untrained", ", ".join(s.untrained_layers))
     if a.modules_to_save:
         info.add_row("not audited", "modules_to_save: " + ", ".join(a.modules_to_save))
