@@ -25,7 +25,7 @@ from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.engine.refactorisation import truncate_layers
 from lora_audit.engine.spectra import Grams, analyse
-from lora_audit.errors import UsageError
+from lora_audit.errors import InputError, UsageError
 from lora_audit.formats.writer import (
     NewLayer,
     check_output,
@@ -102,7 +102,8 @@ def compress_adapter(
         For a DoRA adapter without ``allow_dora``, an output that exists or is the input, or
         a budget below what every layer needs at ``min_rank``.
     InputError
-        For PEFT LoHa / LoKr / AdaLoRA / MoE-expert adapters, which PEFT could not load back.
+        For PEFT LoHa / LoKr / AdaLoRA / MoE-expert adapters, which PEFT could not load back,
+        and for an untrained adapter (ΔW = 0 in every layer: nothing to keep).
     """
     from lora_audit.formats.peft_variants import compress_refusal
 
@@ -141,6 +142,13 @@ def compress_adapter(
 
         dora = DoraCompression.prepare(adapter, options.base, engine=options.engine, warn=warn)
         sigmas = {**sigmas, **(dora.sigmas if dora is not None else {})}
+    if adapter.layers and all(float(s.max(initial=0.0)) == 0.0 for s in sigmas.values()):
+        raise InputError(
+            f"{adapter.path}: untrained adapter: all {len(adapter.layers)} layers have ΔW = 0 "
+            "(every B is zero, as an adapter saved before training is), so there is nothing to "
+            "keep and no compressed adapter is written",
+            hint="train it first; `lora-audit inspect` shows each layer's spectrum",
+        )
     plans = _plan(adapter, sigmas, rule=options.rule)
     file_after: int | None = None
     if digest is not None and options.output is not None:

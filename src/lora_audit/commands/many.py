@@ -177,11 +177,14 @@ def inspect_row(report: InspectReport, *, findings: int | None = None) -> Adapte
         max_stable_rank=s.max_stable_rank,
         findings=findings,
         verdict=(
-            retrain_verdict(
-                keep_structure=s.keep_structure,
-                rank=s.recommended_rank,
-                nominal=s.nominal_rank,
-                patterned=bool(s.rank_pattern),
+            (
+                s.advice_verdict
+                or retrain_verdict(
+                    keep_structure=s.keep_structure,
+                    rank=s.recommended_rank,
+                    nominal=s.nominal_rank,
+                    patterned=bool(s.rank_pattern),
+                )
             )
             if findings is None
             else "fail"

@@ -98,3 +98,32 @@ class Violation:
     message: str
     fix: str
     severity: Literal["error"] = ERROR
+
+
+def untrained_adapter(report: AuditedAdapter) -> bool:
+    """No layer is trained (``k_τ = 0`` everywhere: every ΔW = 0, as saved before training)."""
+    return bool(report.layers) and all(layer.energy_rank == 0 for layer in report.layers)
+
+
+#: What to do about an untrained adapter (one finding for the whole adapter).
+UNTRAINED_FIX = (
+    "train it (or find out why no layer receives a gradient); there is nothing to compress"
+)
+
+
+def untrained_violation(report: AuditedAdapter, *, rule: str, limit: float | int) -> Violation:
+    """The one finding of an untrained adapter, under ``rule`` (its ``limit``)."""
+    measured: float | int = 0 if rule == "min-rank-used" else 1.0
+    return Violation(
+        adapter=report.adapter.path,
+        layer=None,
+        rule=rule,
+        measured=measured,
+        limit=limit,
+        message=(
+            f"is untrained: all {len(report.layers)} layers have ΔW = 0 (every B is zero, as "
+            "an adapter saved before training is)"
+        ),
+        fix=UNTRAINED_FIX,
+        severity=ERROR,
+    )

@@ -28,6 +28,10 @@ keeps a fraction τ of ‖ΔW‖_F²) and ``in + out`` for the parameters one un
     i.e. ``ΔW = 0``: untrained, frozen or dead modules that still cost their full rank.
     Higher values also flag layers that learned almost nothing. 0 turns the rule off.
 
+An adapter none of whose layers is trained (saved before training) gets one finding for the
+whole adapter, not one per layer and not a waste figure: ``min-rank-used``'s, or
+``max-waste``'s when ``min-rank-used`` is off.
+
 A rule fires when the measured value is strictly beyond the limit, so a limit equal to the
 measured value passes. Adding a rule means adding a :class:`Policy` field, its
 :class:`Setting` in :data:`SETTINGS`, and a :class:`Rule` in :data:`RULES`.
@@ -40,7 +44,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from lora_audit.decisions.advice_rule import DEFAULT_ADVICE_RULE
-from lora_audit.decisions.audited import ERROR, AuditedAdapter, AuditedLayer, Violation
+from lora_audit.decisions.audited import (
+    ERROR,
+    AuditedAdapter,
+    AuditedLayer,
+    Violation,
+    untrained_adapter,
+    untrained_violation,
+)
 from lora_audit.decisions.retrain_advice import next_power_of_two
 
 
@@ -187,6 +198,10 @@ def _max_waste(report: AuditedAdapter, policy: Policy) -> Iterator[Violation]:
     measured = s.wasted_fraction
     if measured <= policy.max_waste:
         return
+    if untrained_adapter(report):  # one finding: min-rank-used's, or this one when it is off
+        if policy.min_rank_used <= 0:
+            yield untrained_violation(report, rule="max-waste", limit=policy.max_waste)
+        return
     if s.recommended_rank < s.nominal_rank or s.rank_pattern:
         alpha = f", lora_alpha={s.lora_alpha:g}" if s.lora_alpha is not None else ""
         pattern = (
@@ -255,6 +270,9 @@ def _max_layer_waste(report: AuditedAdapter, policy: Policy) -> Iterator[Violati
 
 
 def _min_rank_used(report: AuditedAdapter, policy: Policy) -> Iterator[Violation]:
+    if untrained_adapter(report):  # one finding for the adapter, not one per layer
+        yield untrained_violation(report, rule="min-rank-used", limit=policy.min_rank_used)
+        return
     for layer in report.layers:
         if layer.energy_rank >= policy.min_rank_used:
             continue

@@ -26,11 +26,18 @@ VERDICT_TEXT: dict[RowVerdict, str] = {
     "keep": "keep r",
     "retrain": "retrain",
     "keep-structure": "keep structure",
+    "untrained": "untrained",
     "pass": "pass",
     "fail": "fail",
     "error": "unreadable",
 }
-_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold yellow", "retrain": "yellow"}
+_STYLE = {
+    "pass": "bold green",
+    "fail": "bold red",
+    "error": "bold yellow",
+    "retrain": "yellow",
+    "untrained": "bold yellow",
+}
 _ICONS = {"pass": "✅", "fail": "❌", "error": "⚠️"}
 
 
@@ -47,7 +54,7 @@ def _int(value: int | None) -> str:
 
 
 def _retrain(row: AdapterRow) -> str:
-    if row.verdict == "error" or row.recommended_rank is None:
+    if row.verdict in ("error", "untrained") or row.recommended_rank is None:
         return ""
     return "keep" if row.verdict == "keep-structure" else f"r={row.recommended_rank}"
 
