@@ -185,7 +185,6 @@ def advice_lines(
     lines.append(advice_reason(plan, ctx))
     if ctx.untrained:
         lines.append(
-            f"{len(ctx.untrained)} layer(s) are untrained (ΔW = 0); drop them from "
-            "target_modules."
+            f"{len(ctx.untrained)} layer(s) are untrained (ΔW = 0); drop them from target_modules."
         )
     return tuple(lines)

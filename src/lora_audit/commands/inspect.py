@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.commands.adapter_info import TOOL, adapter_info
-from lora_audit.decisions.compress_ranks import truncation
 from lora_audit.commands.advice_text import (
     NETWORK_ALPHA_FORMATS,
     AdviceContext,
@@ -21,6 +20,7 @@ from lora_audit.commands.advice_text import (
     advice_reason,
 )
 from lora_audit.decisions.advice_rule import DEFAULT_ADVICE_RULE, AdviceRule
+from lora_audit.decisions.compress_ranks import truncation
 from lora_audit.decisions.retrain_advice import RankPlan, plan_retrain
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type

@@ -31,9 +31,9 @@ adapter-wide advice is one rank ``k`` for most layers plus a PEFT ``rank_pattern
    no plan (``untrained``): there is nothing to size a rank from.
 """
 
-
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -162,39 +162,35 @@ def plan_retrain(
     trained = [k for k in ks if k > 0]
     nominal = max((layer.rank for layer in layers), default=0)
     quantile = quantile_rank(trained, rule.quantile)
-    common = dict(quantile=quantile, coverage=rule.quantile, rule=rule)
+    base = RankPlan(
+        rank=0, lora_alpha=None, rank_pattern={}, alpha_pattern={}, layers_covered=0, params=0,
+        quantile=quantile, coverage=rule.quantile, rule=rule,
+    )  # fmt: skip
     if not trained:
-        return RankPlan(
-            rank=0, lora_alpha=None, rank_pattern={}, alpha_pattern={}, layers_covered=0,
-            params=0, untrained=True, **common,
-        )  # fmt: skip
+        return dataclasses.replace(base, untrained=True)
     rank = min(rounded(quantile, rule), max(nominal, 1))
-    ranks = [_layer_rank(layer, k, rank=rank, rule=rule) for layer, k in zip(layers, ks, strict=True)]
+    ranks = [
+        _layer_rank(layer, k, rank=rank, rule=rule) for layer, k in zip(layers, ks, strict=True)
+    ]
+    pairs = list(zip(layers, ranks, strict=True))
     lora_alpha, alphas = _alphas(layers, ranks, rank=rank, rslora=rslora)
-    rank_pattern = {
-        pattern_key(layer.name): r for layer, r in zip(layers, ranks, strict=True) if r != rank
-    }
-    alpha_pattern = {pattern_key(name): alpha for name, alpha in alphas.items()}
-    params = sum(r * layer.params_per_rank for layer, r in zip(layers, ranks, strict=True))
-    kept = min(
-        (_kept(sigma, r) for sigma, r, k in zip(spectra, ranks, ks, strict=True) if k > 0),
-        default=1.0,
-    )
+    params = sum(r * layer.params_per_rank for layer, r in pairs)
     stored = sum(layer.params for layer in layers)
     structured = any(layer.structure is not Structure.LORA for layer in layers)
     if structured and params >= stored:  # as plain LoRA it would not be smaller: keep it
         keep = [layer.rank for layer in layers]
-        return RankPlan(
-            rank=max(nominal, 1),
+        return dataclasses.replace(
+            base, rank=max(nominal, 1),
             lora_alpha=_alphas(layers, keep, rank=max(nominal, 1), rslora=rslora)[0],
-            rank_pattern={}, alpha_pattern={}, layers_covered=len(layers), params=stored,
-            keep_structure=True, lora_params=params, energy_kept=1.0, **common,
+            layers_covered=len(layers), params=stored, keep_structure=True, lora_params=params,
         )  # fmt: skip
-    return RankPlan(
-        rank=rank, lora_alpha=lora_alpha, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
+    kept = (_kept(sigma, r) for sigma, r, k in zip(spectra, ranks, ks, strict=True) if k > 0)
+    return dataclasses.replace(
+        base, rank=rank, lora_alpha=lora_alpha,
+        rank_pattern={pattern_key(layer.name): r for layer, r in pairs if r != rank},
+        alpha_pattern={pattern_key(name): alpha for name, alpha in alphas.items()},
         layers_covered=sum(k <= rank for k in ks), params=params, lora_params=params,
-        energy_kept=kept, unchanged=all(r == layer.rank for layer, r in zip(layers, ranks, strict=True)),
-        **common,
+        energy_kept=min(kept, default=1.0), unchanged=all(r == layer.rank for layer, r in pairs),
     )  # fmt: skip
 
 

@@ -35,13 +35,13 @@ from lora_audit.report.rows import AdapterRow, RowVerdict
 from lora_audit.report.trend import CheckpointSummary, LayerTrend, TrendReport, TrendSettings
 
 __all__ = [
-    "AdviceBasis",
-    "AdviceVerdict",
     "SCHEMA_VERSION",
     "AdapterError",
     "AdapterInfo",
     "AdapterRow",
     "AdapterVerdict",
+    "AdviceBasis",
+    "AdviceVerdict",
     "BaseLayerReport",
     "BaseStat",
     "BaseSummary",
