@@ -17,6 +17,7 @@ from lora_audit.decisions.check_rules import (
     evaluate,
     merge,
 )
+from lora_audit.report import InspectReport
 
 
 def test_defaults_are_documented_values() -> None:
@@ -35,6 +36,28 @@ def test_every_setting_is_a_policy_field_and_every_rule_has_a_setting() -> None:
     assert [s.field for s in SETTINGS] == fields
     keys = {s.key for s in SETTINGS}
     assert all(rule.name in keys for rule in RULES)
+
+
+def test_coverage_default_is_the_advice_rules_quantile() -> None:
+    from lora_audit.decisions.advice_rule import DEFAULT_ADVICE_RULE
+
+    assert Policy().coverage == DEFAULT_ADVICE_RULE.quantile
+
+
+def untrained_report() -> InspectReport:
+    layers = [layer_report(f"model.layers.{i}.q_proj", rank=8, k=0) for i in range(6)]
+    return inspect_report("adapters/untrained", layers, recommended_rank=0)
+
+
+def test_an_untrained_adapter_gets_one_finding_not_one_per_layer() -> None:
+    findings = evaluate(untrained_report(), policy=Policy())
+    assert [(f.rule, f.layer) for f in findings] == [("min-rank-used", None)]
+    assert "untrained" in findings[0].message and "all 6 layers" in findings[0].message
+    assert "compress" not in findings[0].fix.replace("nothing to compress", "")
+    # with min-rank-used off, max-waste reports it, still once and without a compress command
+    off = evaluate(untrained_report(), policy=Policy(min_rank_used=0))
+    assert [(f.rule, f.layer) for f in off] == [("max-waste", None)]
+    assert "untrained" in off[0].message and "lora-audit compress" not in off[0].fix
 
 
 def test_lean_adapter_passes() -> None:
