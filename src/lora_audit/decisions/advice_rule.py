@@ -92,7 +92,7 @@ class AdviceRule:
 
     @property
     def label(self) -> str:
-        """``p90-k99-pow2 v1`` (``, custom p75`` when the quantile was overridden)."""
+        """``k@0.99-p90-pow2 v1`` (``, custom p75`` when the quantile was overridden)."""
         custom = f", custom {quantile_name(self.quantile)}" if self.custom else ""
         return f"{self.id} v{self.version}{custom}"
 
@@ -107,7 +107,7 @@ def quantile_name(q: float) -> str:
 #: THE default advice rule: the only place its values live. The issue-#22 study
 #: (bench/advice, docs/advice.md) chooses the values; edit them here and bump ``version``.
 DEFAULT_ADVICE_RULE = AdviceRule(
-    id="p90-k99-pow2",
+    id="k@0.99-p90-pow2",
     version=1,
     tau=0.99,
     quantile=0.9,

@@ -133,7 +133,7 @@ def adapter_rank_text(s: Summary, *, config_rank: int | None = None) -> str:
 
 
 def rule_text(s: Summary) -> str | None:
-    """``p90-k99-pow2 v1 (τ=0.99, quantile 0.9, rounding pow2): not yet calibrated … — URL``;
+    """``k@0.99-p90-pow2 v1 (τ=0.99, quantile 0.9, rounding pow2): not yet calibrated … — URL``;
     ``None`` for a report without a basis."""
     b = s.advice_basis
     if b is None:
