@@ -145,3 +145,10 @@ def test_kohya_advice_names_network_alpha() -> None:
     s = report.summary
     assert s.network_alpha is not None and s.network_alpha == s.lora_alpha
     assert any(f"network_alpha={s.network_alpha:g}" in line for line in s.advice)
+
+
+def test_check_does_not_advise_retraining_at_the_ranks_trained(patterned: Path) -> None:
+    report = run_check([patterned], policy=Policy(max_waste=0.01), engine=EngineOptions())
+    waste = [f for f in report.findings if f.rule == "max-waste"]
+    assert len(waste) == 1 and "retrain at" not in waste[0].fix
+    assert "lora-audit compress" in waste[0].fix

@@ -202,15 +202,19 @@ def _max_waste(report: AuditedAdapter, policy: Policy) -> Iterator[Violation]:
         if policy.min_rank_used <= 0:
             yield untrained_violation(report, rule="max-waste", limit=policy.max_waste)
         return
-    if s.recommended_rank < s.nominal_rank or s.rank_pattern:
+    if s.advice_verdict is not None:  # inspect's verdict: "keep" even with a rank_pattern
+        retrain = s.advice_verdict == "retrain"
+    else:
+        retrain = s.recommended_rank < s.nominal_rank or bool(s.rank_pattern)
+    if retrain:
         alpha = f", lora_alpha={s.lora_alpha:g}" if s.lora_alpha is not None else ""
         pattern = (
             " with the rank_pattern from `lora-audit inspect --format json`"
             if s.rank_pattern
             else ""
         )
-        retrain = f"retrain at r={s.recommended_rank}{alpha}{pattern}"
-        fix = f"{retrain}, or {_compress_fix(report, policy)}"
+        fix = f"retrain at r={s.recommended_rank}{alpha}{pattern}, or "
+        fix += _compress_fix(report, policy)
     else:
         fix = _compress_fix(report, policy)
     yield Violation(
