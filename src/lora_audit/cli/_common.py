@@ -118,13 +118,15 @@ def run_guarded(
         raise typer.Exit(int(ExitCode.TERMINATED)) from None
     except typer.Exit:
         raise
-    except Exception as exc:  # a bug, or an input problem we failed to anticipate
+    except Exception as exc:  # a bug (70), never reported as bad input (3)
+        atomic.remove_live()
         _traceback()
         fail(
-            f"unexpected {exc.__class__.__name__}: {exc} — a bug: please report it at "
-            f"{HOME}/issues (run with --debug for the traceback)"
+            f"internal error (unexpected {exc.__class__.__name__}: {exc}) — a bug in "
+            f"lora-audit, not in your input: please report it at {HOME}/issues with the "
+            "output of the same command run with --debug"
         )
-        raise typer.Exit(int(ExitCode.INPUT)) from None
+        raise typer.Exit(int(ExitCode.INTERNAL)) from None
     finally:
         _state.OUTPUTS = None
     raise typer.Exit(code)
