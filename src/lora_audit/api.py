@@ -65,8 +65,9 @@ def _one_adapter(path: PathLike, *, alpha: float | None, input_format: InputForm
     fmt = input_format_name(input_format)
     found = find_adapters([Path(path)]).found
     if len(found) != 1:
+        shown = ", ".join(str(f.path) for f in found[:4]) + (", …" if len(found) > 4 else "")
         raise InputError(
-            f"{path}: {len(found)} adapters below it",
+            f"{path}: {len(found)} adapters below it ({shown})",
             hint="name one of them, or use lora_audit.inspect_many",
         )
     if found[0].error is not None:

@@ -255,12 +255,20 @@ def options_dict(**kwargs: Any) -> dict[str, Any]:
 
 
 def load_reported(path: Path, *, alpha: float | None, input_format: str) -> Adapter:
-    """Read an adapter and print the reader's warnings on stderr."""
+    """Read an adapter and print the reader's warnings on stderr, and a warning naming each
+    adapter saved inside its directory that is not read with it (PEFT's ``d/<name>/``)."""
     from lora_audit.formats import load_adapter
+    from lora_audit.formats.discovery import named_adapters
 
     adapter = load_adapter(path, alpha=alpha, input_format=input_format)
     for message in adapter.warnings:
         warn(message)
+    for other in named_adapters(path) if path.is_dir() else ():
+        warn(
+            f"{other}: another adapter saved inside {path} (PEFT writes each named adapter "
+            f"in its own subdirectory) is not part of this one and was not read; name "
+            f"{other} to read it"
+        )
     return adapter
 
 
