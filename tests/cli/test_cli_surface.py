@@ -340,3 +340,13 @@ def test_completion_completes_commands_options_and_choices(
 ) -> None:
     code, out, _ = run(_LORA_AUDIT_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=cword)
     assert code == 0 and out.split() == expected
+
+
+def test_every_exit_code_is_documented() -> None:
+    """The exit-code table of docs/usage.md lists exactly the codes of ``ExitCode`` (70 too)."""
+    import re
+
+    usage = Path(__file__).resolve().parents[2] / "docs" / "usage.md"
+    table = usage.read_text(encoding="utf-8").split("### Exit codes", 1)[1].split("###", 1)[0]
+    documented = {int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.MULTILINE)}
+    assert documented == {int(code) for code in ExitCode}
