@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from lora_audit.commands.compress import CompressOptions, compress_adapter
 from lora_audit.commands.inspect import AuditOptions, inspect_adapter
 from lora_audit.decisions.compress_ranks import RankRule
+from lora_audit.errors import InputError
 from lora_audit.formats import load_adapter
 
 conversion = pytest.importorskip("diffusers.loaders.lora_conversion_utils")
@@ -85,13 +86,14 @@ def test_wan_per_module_alpha_matches_diffusers(tmp_path: Path, down: str, up: s
     assert adapter.format == ("comfyui" if down == "lora_A" else "kohya")
 
 
-def test_wan_file_was_read_at_scale_one_before(tmp_path: Path) -> None:
-    """The PEFT reader (the old path for lora_A keys) ignores the alphas: scale 1 everywhere."""
+def test_wan_file_read_as_peft_is_refused_naming_the_alphas(tmp_path: Path) -> None:
+    """The PEFT reader (the old path for lora_A keys) would ignore the alphas (scale 1
+    everywhere): forcing it is refused, naming them, by the accounting of every load."""
     path = tmp_path / "wan.safetensors"
     wan_file(path)
-    old = load_adapter(path, input_format="peft")
+    with pytest.raises(InputError, match=r"5 tensor\(s\) named like LoRA factors.*self_attn"):
+        load_adapter(path, input_format="peft")
     new = {layer.name: layer for layer in load_adapter(path).layers}
-    assert {layer.scale for layer in old.layers} == {1.0}
     assert all(new[f"diffusion_model.{m}"].scale != 1.0 for m in list(WAN)[1:])
     assert new["diffusion_model.blocks.0.cross_attn.v"].scale == pytest.approx(7 / 4)
 

@@ -22,7 +22,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lora_audit.adapter import Adapter, LoraLayer, ScaleSource, natural_key
 from lora_audit.errors import InputError
@@ -53,7 +53,15 @@ _TO_PEFT = (
 #: ``Adapter.format`` of a file read here.
 PIPELINE_FORMAT = "diffusers-pipeline"
 
-__all__ = ["PIPELINE_FORMAT", "component_configs", "pipeline_metadata", "read_pipeline"]
+__all__ = [
+    "PIPELINE_FORMAT",
+    "component_configs",
+    "one_naming",
+    "pipeline_metadata",
+    "read_pipeline",
+]
+
+_T = TypeVar("_T")
 
 
 def component_configs(header: Header, *, where: str) -> dict[str, dict[str, Any]] | None:
@@ -181,6 +189,26 @@ def _peft_name(key: str) -> str:
         if old in key:
             return key.replace(old, new)
     return key
+
+
+def one_naming(tensors: Mapping[str, _T]) -> dict[str, _T]:
+    """``tensors`` under PEFT's factor names when their names mix diffusers' and PEFT's.
+
+    diffusers' loader converts diffusers names (``.lora.down``, ``.to_q_lora.up``,
+    ``.lora_linear_layer.down``) to PEFT's only when the *first* key it gets has no
+    ``lora_A`` (``loaders/peft.py``, ``load_lora_adapter``: ``if "lora_A" not in
+    first_key``), so a file that mixes both spellings loads in full or in part depending on
+    which tensor comes first. Under PEFT's names throughout — the names that loader converts
+    to — every layer loads whatever the order. Names that do not mix are kept.
+    """
+    renamed = {_peft_name(key): key for key in tensors}
+    if all(new == old for new, old in renamed.items()) or not any(
+        ".lora_A." in key or ".lora_B." in key for key in tensors
+    ):
+        return dict(tensors)
+    if len(renamed) != len(tensors):
+        raise ValueError("two factors would have the same PEFT name")
+    return {new: tensors[old] for new, old in renamed.items()}
 
 
 def _prefixed(

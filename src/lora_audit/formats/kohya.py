@@ -74,6 +74,18 @@ def looks_like_kohya(header: Header) -> bool:
     return any(_ROLE.match(k) or _DIFFUSERS.match(k) for k in header.tensors)
 
 
+def has_diffusers_names(header: Header) -> bool:
+    """True when a factor has a diffusers attention-processor name (``.lora.down.weight``,
+    ``.lora_linear_layer.up.weight``, ``.to_q_lora.down.weight``).
+
+    diffusers' own training path (``convert_state_dict_to_diffusers`` of PEFT's state dict,
+    then ``save_lora_weights``) gives such names to attention modules and keeps
+    ``lora_A``/``lora_B`` for the others (``conv1``, ``ff.net.*``): the file is read here,
+    both spellings as one adapter, as diffusers' loader converts every name to PEFT's.
+    """
+    return any(_DIFFUSERS.match(k) for k in header.tensors)
+
+
 def has_module_alphas(header: Header) -> bool:
     """True when a ``lora_A``/``lora_B`` module has a ``.alpha`` tensor beside it.
 
