@@ -33,7 +33,7 @@ __all__ = ["MARKER", "check_accounted", "claimed_keys", "marker_keys", "read_key
 #: the name that is a factor's role. Module names are not roles: kohya's ``lora_unet_…`` and
 #: ``lora_te_…`` prefixes do not mark a tensor.
 MARKER = re.compile(
-    r"(?:^|\.)(?:lora|\w+_lora|lora_(?:[ab]|up|down|mid|magnitude_vector|embedding_[ab]"
+    r"(?:^|\.)(?:lora|\w+_lora\d*|lora_(?:[ab]|up|down|mid|magnitude_vector|embedding_[ab]"
     r"|linear_layer)|hada_\w+|lokr_\w+|dora_scale|alpha)(?:\.|\Z)",
     re.IGNORECASE,
 )
@@ -64,10 +64,16 @@ def stored_keys(adapter: Adapter) -> tuple[str, ...] | None:
 
 
 def claimed_keys(adapter: Adapter) -> set[str]:
-    """The stored keys the adapter's layers say they are made of (slices: the whole tensor)."""
+    """The stored keys the adapter's layers say they are made of (slices: the whole tensor).
+
+    A DoRA magnitude counts only for a layer read as DoRA: beside a plain LoRA layer it would
+    be dropped by PEFT's loader and by the audit alike.
+    """
     keys: set[str] = set()
     for layer in adapter.layers:
-        keys.update((layer.a_key, layer.b_key, *layer.keys.values(), *layer.extra_keys))
+        keys.update((layer.a_key, layer.b_key, *layer.keys.values()))
+        # a DoRA magnitude is part of a layer only where the layer is read as DoRA
+        keys.update(k for k in layer.extra_keys if layer.dora or not _MAGNITUDE.search(k))
     return {_SLICE.sub("", key) for key in keys}
 
 

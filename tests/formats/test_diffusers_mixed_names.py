@@ -1,0 +1,123 @@
+"""diffusers' own SD training path: ``.lora.down``/``.up`` names beside ``lora_A``/``lora_B``.
+
+``convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))`` renames the attention
+factors (``to_q/k/v/out.0``) to ``.lora.down``/``.up`` and keeps PEFT's names for the others
+(``conv1``/``conv2``); ``save_lora_weights`` writes both in one file. The reference is what
+diffusers loads: the file goes through ``lora_state_dict`` / ``load_lora_into_unet`` into a
+UNet built from the same config, and each PEFT layer's ``scaling · B · A`` is taken in float64.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from lora_audit.commands.compress import CompressOptions, compress_adapter
+from lora_audit.commands.inspect import AuditOptions, inspect_adapter
+from lora_audit.decisions.compress_ranks import RankRule
+from lora_audit.engine.device import EngineOptions
+from lora_audit.formats import load_adapter
+from lora_audit.formats.accounted import unread
+from lora_audit.formats.safetensors_io import read_header
+
+diffusers = pytest.importorskip("diffusers")
+peft = pytest.importorskip("peft")
+
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
+
+
+def tiny_unet() -> Any:
+    torch.manual_seed(0)
+    return diffusers.UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    )
+
+
+def save_mixed(directory: Path, *, metadata: bool) -> Path:
+    """What the diffusers SD training scripts do, with LoRA on attention and resnet convs."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    unet = tiny_unet()
+    torch.manual_seed(3)
+    unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, **_targets()))
+    extra = {"unet_lora_adapter_metadata": unet.peft_config["default"].to_dict()}
+    diffusers.StableDiffusionPipeline.save_lora_weights(
+        save_directory=str(directory),
+        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+        **(extra if metadata else {}),
+    )
+    (file,) = directory.glob("*.safetensors")
+    return file
+
+
+def _targets() -> dict[str, Any]:
+    return {"target_modules": TARGETS}
+
+
+def loaded_deltas(file: Path) -> dict[str, np.ndarray]:
+    """ΔW of every layer diffusers loads from ``file``, by our layer name, float64."""
+    pipe = diffusers.StableDiffusionPipeline
+    state, alphas, metadata = pipe.lora_state_dict(str(file), return_lora_metadata=True)
+    unet = tiny_unet()
+    pipe.load_lora_into_unet(state, alphas, unet, adapter_name="x", metadata=metadata)
+    out = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, peft.tuners.lora.LoraLayer) and "x" in module.lora_A:
+            b = module.lora_B["x"].weight.detach().double().numpy()
+            a = module.lora_A["x"].weight.detach().double().numpy()
+            delta = module.scaling["x"] * (b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1))
+            out[f"unet.{name}"] = delta
+    return out
+
+
+def truncated(m: np.ndarray, k: int) -> np.ndarray:
+    u, s, vt = np.linalg.svd(m, full_matrices=False)
+    return (u[:, :k] * s[:k]) @ vt[:k]
+
+
+@pytest.mark.parametrize("metadata", [False, True], ids=["no-metadata", "metadata"])
+def test_every_layer_is_read_and_compressed_output_loads_in_full(
+    tmp_path: Path, metadata: bool
+) -> None:
+    file = save_mixed(tmp_path / "in", metadata=metadata)
+    keys = list(read_header(file).tensors)
+    assert any(".lora.down." in k for k in keys) and any(".lora_A." in k for k in keys)
+    reference = loaded_deltas(file)
+    assert len(reference) == 48  # 32 attention projections, 16 resnet convs
+
+    adapter = load_adapter(file)
+    assert {layer.name for layer in adapter.layers} == set(reference)  # was 16 of 48
+    assert adapter.passthrough_keys == ()
+    engine = EngineOptions(device="cpu")
+    report = inspect_adapter(adapter, options=AuditOptions(engine=engine))
+    assert unread(adapter) == []
+    for layer in report.layers:
+        sigma = np.array(layer.singular_values)
+        expected = np.linalg.svd(reference[layer.name], compute_uv=False)[: len(sigma)]
+        np.testing.assert_allclose(sigma, expected, rtol=1e-5, atol=1e-7)
+
+    out = tmp_path / "out.safetensors"
+    compress_adapter(
+        adapter,
+        options=CompressOptions(rule=RankRule(mode="rank", value=2), output=out, engine=engine),
+    )
+    written = list(read_header(out).tensors)
+    assert not any(".lora.down." in k or ".lora.up." in k for k in written)  # one naming
+    loaded = loaded_deltas(out)
+    assert set(loaded) == set(reference)  # all 48 layers, not the 16 of the old output
+    for name, delta in loaded.items():
+        np.testing.assert_allclose(delta, truncated(reference[name], 2), rtol=0, atol=1e-6)
