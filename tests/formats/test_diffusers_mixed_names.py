@@ -46,14 +46,17 @@ def tiny_unet() -> Any:
     )
 
 
-def save_mixed(directory: Path, *, metadata: bool) -> Path:
+def save_mixed(directory: Path, *, metadata: bool, targets: list[str] | None = None) -> Path:
     """What the diffusers SD training scripts do, with LoRA on attention and resnet convs."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     unet = tiny_unet()
     torch.manual_seed(3)
-    unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, **_targets()))
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, init_lora_weights=False, target_modules=targets or TARGETS
+    )
+    unet.add_adapter(config)
     extra = {"unet_lora_adapter_metadata": unet.peft_config["default"].to_dict()}
     diffusers.StableDiffusionPipeline.save_lora_weights(
         save_directory=str(directory),
@@ -62,10 +65,6 @@ def save_mixed(directory: Path, *, metadata: bool) -> Path:
     )
     (file,) = directory.glob("*.safetensors")
     return file
-
-
-def _targets() -> dict[str, Any]:
-    return {"target_modules": TARGETS}
 
 
 def loaded_deltas(file: Path) -> dict[str, np.ndarray]:
@@ -121,3 +120,23 @@ def test_every_layer_is_read_and_compressed_output_loads_in_full(
     assert set(loaded) == set(reference)  # all 48 layers, not the 16 of the old output
     for name, delta in loaded.items():
         np.testing.assert_allclose(delta, truncated(reference[name], 2), rtol=0, atol=1e-6)
+
+
+def test_a_file_diffusers_loads_in_part_is_read_in_full_with_a_warning(tmp_path: Path) -> None:
+    """LoRA on ``conv_in`` too: diffusers' own file starts with ``unet.conv_in.lora_A``, so its
+    loader converts no name and drops every attention layer; the audit says so, reads all,
+    and the compressed file loads in full."""
+    file = save_mixed(tmp_path / "in", metadata=False, targets=["to_q", "conv_in"])
+    loaded = loaded_deltas(file)
+    adapter = load_adapter(file)
+    assert len(loaded) == 1 < len(adapter.layers) == 9  # conv_in, and 8 to_q
+    (warning,) = [w for w in adapter.warnings if "reads only part" in w]
+    assert "'unet.conv_in.lora_A.weight'" in warning and "16 tensors" in warning
+    out = tmp_path / "out.safetensors"
+    engine = EngineOptions(device="cpu")
+    compress_adapter(
+        adapter,
+        options=CompressOptions(rule=RankRule(mode="rank", value=4), output=out, engine=engine),
+    )
+    assert len(loaded_deltas(out)) == 9
+    assert not [w for w in load_adapter(out).warnings if "reads only part" in w]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure, natural_key
 from lora_audit.errors import InputError
+from lora_audit.formats.diffusers_metadata import partial_load_warning
 from lora_audit.formats.lycoris import Common, alpha_scale, loha, lokr, need
 from lora_audit.formats.safetensors_io import (
     FLOAT_DTYPES,
@@ -178,6 +179,8 @@ def read_kohya(*, path: Path, tensor_file: Path, header: Header | None = None) -
         warnings.append(_assumed_warning(tensor_file, assumed, total=len(layers)))
     if diffusers:
         fmt = "diffusers"
+        if comfy and (partial := partial_load_warning(header, where=str(tensor_file))):
+            warnings.append(partial)
     elif comfy:
         fmt = "comfyui"
     elif structures - {Structure.LORA} or any(layer.kind is LayerKind.CONV for layer in layers):
