@@ -11,11 +11,12 @@ file holds rather than on what a reader says it did:
   layer (its factors, its ``alpha``, its DoRA magnitude or ``lora_B`` bias) or the load
   fails with an :class:`~lora_audit.errors.InputError` naming it; tensors of non-low-rank
   LyCORIS modules (full ``diff``, OFT) are named in a warning.
-* :func:`unread`, after an audit: the marker keys of the file minus the keys whose bytes
+* :func:`unread`, after an audit (:func:`require_read` raises on it; ``inspect`` and every
+  command built on it call that): the marker keys of the file minus the keys whose bytes
   the tensor source actually read (:attr:`SafetensorsSource.materialised
   <lora_audit.formats.safetensors_io.SafetensorsSource.materialised>`, recorded where the
-  bytes are read) minus the extras the adapter's warnings name. The tests hold it at zero
-  for every writer's file.
+  bytes are read) minus the extras the report states. The tests hold it at zero for every
+  writer's file and every sample.
 """
 
 from __future__ import annotations
@@ -27,13 +28,21 @@ from collections.abc import Iterable, Set
 from lora_audit.adapter import Adapter
 from lora_audit.errors import InputError
 
-__all__ = ["MARKER", "check_accounted", "claimed_keys", "marker_keys", "read_keys", "unread"]
+__all__ = [
+    "MARKER",
+    "check_accounted",
+    "claimed_keys",
+    "marker_keys",
+    "read_keys",
+    "require_read",
+    "unread",
+]
 
 #: Names of tensors that hold (part of) a low-rank ΔW or its scale: a dot-separated part of
 #: the name that is a factor's role. Module names are not roles: kohya's ``lora_unet_…`` and
 #: ``lora_te_…`` prefixes do not mark a tensor.
 MARKER = re.compile(
-    r"(?:^|\.)(?:lora|\w+_lora\d*|lora_(?:[ab]|up|down|mid|magnitude_vector|embedding_[ab]"
+    r"(?:^|\.)(?:lora|\w+_lora\d*|lora_(?:[abe]|up|down|mid|magnitude_vector|embedding_[ab]"
     r"|linear_layer)|hada_\w+|lokr_\w+|dora_scale|alpha)(?:\.|\Z)",
     re.IGNORECASE,
 )
@@ -157,7 +166,30 @@ def unread(adapter: Adapter, *, warned: Iterable[str] = ()) -> list[str]:
         for key in layer.extra_keys
         if (layer.dora and _MAGNITUDE.search(key)) or key.endswith(".lora_B.bias")
     }
-    return [key for key in marker_keys(keys) if key not in read | stated and key not in text]
+    seen = read | stated
+    return [key for key in marker_keys(keys) if key not in seen and key not in text]
+
+
+def require_read(adapter: Adapter, *, warned: Iterable[str] = ()) -> None:
+    """The post-condition of an audit: every marker key of the file was read or is stated.
+
+    Nothing is checked for a source that does not record what it reads (tensors in memory).
+
+    Raises
+    ------
+    InputError
+        Naming the keys left unread: the numbers would not be the adapter's.
+    """
+    if stored_keys(adapter) is None or read_keys(adapter) is None:
+        return
+    left = unread(adapter, warned=warned)
+    if left:
+        raise InputError(
+            f"{adapter.tensor_file}: {len(left)} tensor(s) named like LoRA factors were not "
+            f"read by the audit: {_names(left)}",
+            hint="the numbers would leave them out; this is a bug in lora-audit's "
+            f"{adapter.format} reader: please report it with these key names",
+        )
 
 
 def _names(keys: list[str]) -> str:
