@@ -84,8 +84,19 @@ def test_a_layer_a_reader_drops_is_refused_and_counted() -> None:
     with pytest.raises(InputError, match=r"2 tensor\(s\) named like LoRA factors") as info:
         check_accounted(short)
     assert dropped.a_key in str(info.value)
-    inspect_adapter(short, options=OPTIONS)
+    inspect_adapter(short, options=OPTIONS)  # a narrowed adapter is still audited
     assert sorted(unread(short)) == sorted([dropped.a_key, dropped.b_key])
+
+
+def test_a_key_a_layer_claims_but_the_audit_never_reads_is_refused() -> None:
+    """What a reader says a layer is made of is checked against what the audit read."""
+    adapter = load_adapter(PEFT_SAMPLE)
+    first, second = adapter.layers[:2]
+    claims = dataclasses.replace(first, keys={"mid": second.a_key})  # a plain layer: unread
+    faked = dataclasses.replace(adapter, layers=(claims,))
+    with pytest.raises(InputError, match="not read by the audit") as info:
+        inspect_adapter(faked, options=OPTIONS)
+    assert repr(second.a_key) in str(info.value)
 
 
 def _planted_peft(tmp_path: Path, key: str) -> Path:

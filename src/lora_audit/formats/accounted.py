@@ -11,12 +11,12 @@ file holds rather than on what a reader says it did:
   layer (its factors, its ``alpha``, its DoRA magnitude or ``lora_B`` bias) or the load
   fails with an :class:`~lora_audit.errors.InputError` naming it; tensors of non-low-rank
   LyCORIS modules (full ``diff``, OFT) are named in a warning.
-* :func:`unread`, after an audit (:func:`require_read` raises on it; ``inspect`` and every
-  command built on it call that): the marker keys of the file minus the keys whose bytes
-  the tensor source actually read (:attr:`SafetensorsSource.materialised
+* :func:`unread`, after an audit: the marker keys of the file minus the keys whose bytes the
+  tensor source actually read (:attr:`SafetensorsSource.materialised
   <lora_audit.formats.safetensors_io.SafetensorsSource.materialised>`, recorded where the
   bytes are read) minus the extras the report states. The tests hold it at zero for every
-  writer's file and every sample.
+  writer's file and every sample; :func:`require_read`, called by ``inspect`` and every
+  command built on it, raises when a key of an audited layer is among them.
 """
 
 from __future__ import annotations
@@ -171,9 +171,13 @@ def unread(adapter: Adapter, *, warned: Iterable[str] = ()) -> list[str]:
 
 
 def require_read(adapter: Adapter, *, warned: Iterable[str] = ()) -> None:
-    """The post-condition of an audit: every marker key of the file was read or is stated.
+    """The post-condition of an audit: every marker key of the adapter's layers was read (or
+    is stated, as for :func:`unread`).
 
-    Nothing is checked for a source that does not record what it reads (tensors in memory).
+    With :func:`check_accounted` on load (every marker key of the file is some layer's), this
+    holds every marker key of the file to have been read — while an adapter narrowed to some
+    of its layers (``dataclasses.replace``) is still audited. Nothing is checked for a source
+    that does not record what it reads (tensors in memory).
 
     Raises
     ------
@@ -182,7 +186,8 @@ def require_read(adapter: Adapter, *, warned: Iterable[str] = ()) -> None:
     """
     if stored_keys(adapter) is None or read_keys(adapter) is None:
         return
-    left = unread(adapter, warned=warned)
+    claimed = claimed_keys(adapter)
+    left = [key for key in unread(adapter, warned=warned) if key in claimed]
     if left:
         raise InputError(
             f"{adapter.tensor_file}: {len(left)} tensor(s) named like LoRA factors were not "
