@@ -17,6 +17,7 @@ from lora_audit.decisions.retrain_advice import RankPlan, plan_retrain, retrain_
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.engine.spectra import spectra
+from lora_audit.formats.accounted import require_read
 from lora_audit.formats.patterns import pattern_keys
 from lora_audit.formats.peft_variants import compress_refusal
 from lora_audit.linalg.metrics import SpectrumSummary, summarize
@@ -70,6 +71,7 @@ def inspect_adapter(
             warn(message)
 
     sigmas = spectra(adapter, options=options.engine, progress=progress, warn=collect)
+    require_read(adapter, warned=engine_warnings)  # every LoRA tensor of the file was read
     summaries = [summarize(sigmas[layer.name], energy=options.energy) for layer in adapter.layers]
     layers = tuple(
         _layer_report(layer, summary)

@@ -15,9 +15,15 @@ from lora_audit.adapter import Adapter
 from lora_audit.choices import InputFormatName, input_format_name
 from lora_audit.errors import InputError
 from lora_audit.formats import mlx, sniff
-from lora_audit.formats.diffusers_metadata import component_configs, read_pipeline
+from lora_audit.formats.accounted import check_accounted
+from lora_audit.formats.diffusers_metadata import METADATA_KEY, component_configs, read_pipeline
 from lora_audit.formats.forced import check_forced
-from lora_audit.formats.kohya import has_module_alphas, looks_like_kohya, read_kohya
+from lora_audit.formats.kohya import (
+    has_diffusers_names,
+    has_module_alphas,
+    looks_like_kohya,
+    read_kohya,
+)
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME, looks_like_peft, read_peft
 from lora_audit.formats.safetensors_io import Header, read_header
 from lora_audit.formats.work_bounds import check_work_bounded
@@ -153,7 +159,9 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
     Raises
     ------
     InputError
-        When the path holds no readable, valid adapter.
+        When the path holds no readable, valid adapter, or a tensor named like a LoRA
+        factor that is part of no layer read (:func:`~lora_audit.formats.accounted.
+        check_accounted`).
     UsageError
         When ``input_format`` is not one of :data:`INPUT_FORMATS`.
     """
@@ -163,7 +171,8 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
     if kind == "gguf":
         from lora_audit.formats.gguf import read_gguf
 
-        return read_gguf(path=path, tensor_file=tensor_file, alpha=alpha)
+        gguf_adapter = read_gguf(path=path, tensor_file=tensor_file, alpha=alpha)
+        return check_accounted(gguf_adapter)
     refusal = sniff.refuse_container(tensor_file, kind)
     if refusal is not None:
         raise refusal
@@ -177,7 +186,7 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
         fmt=fmt,
     )
     check_work_bounded(adapter, header=header, file_size=tensor_file.stat().st_size)
-    return adapter
+    return check_accounted(adapter)  # no tensor named like a LoRA factor outside every layer
 
 
 def _read(
@@ -254,9 +263,12 @@ def _single_file_sd(header: Header) -> bool:
     """A file without ``adapter_config.json`` that the kohya reader reads, not the PEFT one.
 
     ``lora_A`` keys alone do not make a file PEFT: ComfyUI-style files keep a per-module
-    ``.alpha`` beside them, which PEFT never writes. XLabs (x-flux) files are read by their
-    own reader (``--input-format kohya`` covers them too).
+    ``.alpha`` beside them, which PEFT never writes; diffusers' own files name attention
+    factors ``.lora.down``/``.up`` beside ``lora_A``/``lora_B`` for the other modules. XLabs
+    (x-flux) files are read by their own reader (``--input-format kohya`` covers them too).
     """
     if has_module_alphas(header) or looks_like_xlabs(header):
         return True
+    if has_diffusers_names(header) and METADATA_KEY not in header.metadata:
+        return True  # diffusers' mixed names (a model-level config: the PEFT reader's)
     return not looks_like_peft(header) and looks_like_kohya(header)

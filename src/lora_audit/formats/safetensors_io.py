@@ -186,6 +186,9 @@ class SafetensorsSource:
     def __init__(self, path: Path, header: Header) -> None:
         self.path = path
         self.header = header
+        #: Keys whose bytes were read from the file (by :meth:`raw`, :meth:`get` or a
+        #: :class:`BufferedReader`): what :mod:`~lora_audit.formats.accounted` counts as read.
+        self.materialised: set[str] = set()
 
     def get(self, key: str) -> npt.NDArray[Any]:
         """Tensor ``key`` as a numpy array: F16/F32/F64 and integers as stored, BF16 as float32.
@@ -198,6 +201,7 @@ class SafetensorsSource:
     def raw(self, key: str) -> StoredTensor:
         """Tensor ``key`` as stored: its bytes, read from the file, and its dtype and shape."""
         info = self.header.tensors[key]
+        self.materialised.add(key)
         try:
             with self.path.open("rb", buffering=0) as fh:
                 fh.seek(self.header.data_start + info.start)
@@ -253,6 +257,7 @@ class BufferedReader:
             )
         raw = self._scratch_of("u1", info.end - info.start)
         self._readinto(raw, info.start, key)
+        self._source.materialised.add(key)
         flat = out.reshape(-1)
         if info.dtype == "BF16":
             wide = self._scratch_of("<u4", count)

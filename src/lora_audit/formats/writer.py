@@ -20,6 +20,10 @@ kohya / LyCORIS / ComfyUI-style / diffusers / XLabs
     rank, which x-flux's loader needs). LoHa, LoKr and Tucker layers that are rewritten come
     out as plain ``lora_down``/``lora_up`` layers under the same module name.
     ``ss_network_dim``/``ss_network_alpha`` are updated (``"Dynamic"`` when ranks differ).
+    A diffusers file that mixes diffusers names (``.lora.down``) with PEFT's (``lora_A``), as
+    diffusers' own training scripts write it, is written under PEFT's names throughout, the
+    names diffusers' loader converts it to (:func:`~lora_audit.formats.diffusers_metadata.
+    one_naming`): with mixed names that loader keeps only some layers.
 mlx-lm
     A directory with ``adapters.safetensors`` and ``adapter_config.json``, every layer at one
     rank (:mod:`lora_audit.formats.mlx_write`).
@@ -46,7 +50,7 @@ from typing import IO, TYPE_CHECKING, Any
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure
 from lora_audit.errors import OutputError, UsageError
 from lora_audit.formats import atomic
-from lora_audit.formats.diffusers_metadata import PIPELINE_FORMAT, pipeline_metadata
+from lora_audit.formats.diffusers_metadata import PIPELINE_FORMAT, one_naming, pipeline_metadata
 from lora_audit.formats.model_card import MODEL_CARD, carried_card
 from lora_audit.formats.output_guard import Kind, OutputGuard
 from lora_audit.formats.patterns import pattern_keys
@@ -232,6 +236,8 @@ def write_compressed(
         check_one_rank(adapter, {name: new.rank for name, new in new_layers.items()})
     final = Path(os.path.realpath(output))  # now: `-o .` leaves the working directory behind
     tensors, metadata = _tensors(adapter, new_layers)
+    if adapter.format in {"diffusers", PIPELINE_FORMAT}:  # loads in full in diffusers
+        tensors = one_naming(tensors)
     metadata.update(provenance)
     if adapter.format == "peft":
         config = peft_config(adapter, new_layers)
