@@ -27,6 +27,7 @@ from lora_audit.commands.serving import (
     scaled_store,
     serving,
     settle_kept,
+    with_padding,
 )
 from lora_audit.decisions.compress_ranks import RankRule, check_budget, select_ranks, truncation
 from lora_audit.engine.batches import Progress, Warn
@@ -184,6 +185,7 @@ def compress_adapter(
         )
         file_after = written.stat().st_size
     report = _report(adapter, plans, options=options, file_after=file_after, warnings=warnings)
+    report = with_padding(report, uniform_rank=options.uniform_rank)
     return replace(report, serving=_serving(adapter, plans, options=options, scale=scale))
 
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.errors import UsageError
@@ -32,6 +33,8 @@ from lora_audit.report.serving import ServerCheck, Serving
 
 if TYPE_CHECKING:
     from lora_audit.linalg.spectral import Float64Array
+
+_Report = TypeVar("_Report", bound=Any)
 
 #: The option that makes every server agree.
 UNIFORM_FLAG = "--uniform-rank"
@@ -243,3 +246,23 @@ def _llama(
         rule=LLAMA_RULE,
         detail=f"every layer at rank {top}: lora_alpha {scale * top:.6g} / {top} = {scale:.6g}",
     )
+
+
+def with_padding(report: _Report, *, uniform_rank: bool) -> _Report:
+    """A compress or merge report whose ``params_after`` count the zero-padded parameters
+    that ``uniform_rank`` writes (each layer's own ``new_rank`` stays what it keeps)."""
+    if not uniform_rank or not report.layers:
+        return report
+    top = max(x.new_rank for x in report.layers)
+    layers = tuple(
+        replace(x, params_after=x.params_after // x.new_rank * top) if x.new_rank else x
+        for x in report.layers
+    )
+    before = sum(x.params for x in layers)
+    after = sum(x.params_after for x in layers)
+    summary = replace(
+        report.summary,
+        params_after=after,
+        saved_fraction=1 - after / before if before else 0.0,
+    )
+    return replace(report, layers=layers, summary=summary)
