@@ -156,7 +156,7 @@ def test_verdicts_for_extras_and_dora(tmp_path: Path) -> None:
         ),
     )
     adapter = load_adapter(source)
-    result = serving(adapter, {layer.name: 2}, scale=1.0, uniform_rank=False, rescaled_layers=0)
+    result = serving(adapter, {layer.name: 2}, rewritten=[], scale=1.0, uniform_rank=False)
     assert result is not None
     verdicts = {c.server: c.verdict for c in result.checks}
     assert verdicts == {"peft": "exact", "vllm": "refused", "llama.cpp": "refused"}

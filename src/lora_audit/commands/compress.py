@@ -23,7 +23,6 @@ from lora_audit.commands.adapter_info import TOOL, adapter_info
 from lora_audit.commands.serving import (
     check_uniform,
     global_scale,
-    rescaled,
     scaled_store,
     serving,
     settle_kept,
@@ -43,7 +42,6 @@ from lora_audit.report import (
     CompressSettings,
     CompressSummary,
     LayerCompression,
-    Serving,
 )
 
 if TYPE_CHECKING:
@@ -186,23 +184,12 @@ def compress_adapter(
         file_after = written.stat().st_size
     report = _report(adapter, plans, options=options, file_after=file_after, warnings=warnings)
     report = with_padding(report, uniform_rank=options.uniform_rank)
-    return replace(report, serving=_serving(adapter, plans, options=options, scale=scale))
-
-
-def _serving(
-    adapter: Adapter, plans: Sequence[_Plan], *, options: CompressOptions, scale: float
-) -> Serving | None:
-    """How the output reads in PEFT, vLLM and llama.cpp (also for a dry run)."""
-    ranks = {p.layer.name: p.new_rank if p.truncate else p.layer.rank for p in plans}
-    if options.uniform_rank and ranks:
-        ranks = dict.fromkeys(ranks, max(ranks.values()))
-    truncated = {p.layer.name for p in plans if p.truncate}
-    return serving(
-        adapter,
-        ranks,
-        scale=scale,
-        uniform_rank=options.uniform_rank,
-        rescaled_layers=rescaled(adapter, truncated, scale=scale),
+    after = {p.layer.name: p.new_rank if p.truncate else p.layer.rank for p in plans}
+    return replace(
+        report,
+        serving=serving(
+            adapter, after, rewritten=ranks, scale=scale, uniform_rank=options.uniform_rank
+        ),
     )
 
 

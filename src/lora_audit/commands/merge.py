@@ -160,16 +160,14 @@ def merge_adapters(
         file_after = written.stat().st_size
     report = _report(adapters, weights, template, plans, options=options, file_after=file_after)
     ranks = {p.layer.name: p.new_rank for p in plans}
-    if options.uniform_rank and ranks:
-        ranks = dict.fromkeys(ranks, max(ranks.values()))
     report = replace(
         with_padding(report, uniform_rank=options.uniform_rank),
         serving=serving(
             template,
             ranks,
+            rewritten=ranks,  # every layer, its scale baked in: the one scale is 1
             scale=1.0,
             uniform_rank=options.uniform_rank,
-            rescaled_layers=0,
             extras_fix="--drop-extras" if template.passthrough_keys else None,
         ),
     )

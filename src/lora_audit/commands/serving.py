@@ -123,20 +123,13 @@ def settle_kept(
     return out
 
 
-def rescaled(adapter: Adapter, rewritten: Collection[str], *, scale: float) -> int:
-    """How many kept layers :func:`settle_kept` rescales."""
-    if adapter.format != "peft":
-        return 0
-    return sum(x.name not in rewritten and x.scale != scale for x in adapter.layers)
-
-
 def serving(
     adapter: Adapter,
     ranks: Mapping[str, int],
     *,
+    rewritten: Collection[str],
     scale: float,
     uniform_rank: bool,
-    rescaled_layers: int,
     extras_fix: str | None = None,
 ) -> Serving | None:
     """How PEFT, vLLM and llama.cpp read the output (``None`` when it is not PEFT).
@@ -146,12 +139,18 @@ def serving(
     adapter
         What is written: its config, layers and extra tensors are the output's.
     ranks
-        Every layer's rank in the output (after ``--uniform-rank`` padding).
+        Every layer's rank in the output, before ``uniform_rank`` pads them to the largest.
+    rewritten
+        The layers written anew; any other layer at another scale than ``scale`` is rescaled
+        (:func:`settle_kept`).
     extras_fix
         The option that leaves out ``modules_to_save`` tensors, where the command has one.
     """
     if adapter.format != "peft" or not ranks:
         return None
+    rescaled_layers = sum(x.name not in rewritten and x.scale != scale for x in adapter.layers)
+    if uniform_rank:
+        ranks = dict.fromkeys(ranks, max(ranks.values()))
     distinct = tuple(sorted(set(ranks.values())))
     top = Counter(ranks.values()).most_common(1)[0][0]
     off = sum(k != top for k in ranks.values())
