@@ -169,3 +169,39 @@ def test_uniform_rank_is_for_peft_outputs(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--uniform-rank"):
         check_uniform(kohya, uniform_rank=True)
     check_uniform(kohya, uniform_rank=False)
+
+
+def test_cli_uniform_rank_for_compress_and_merge(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lora_audit.cli import app
+    from lora_audit.report import SCHEMA_VERSION
+
+    source = _adapter(tmp_path, r=8, lora_alpha=16, rank_pattern={"k_proj": 4})
+    runner = CliRunner()
+    for args in (
+        ["compress", str(source), "--rank", "6", "--uniform-rank", "-o", str(tmp_path / "c")],
+        [
+            "merge",
+            str(source),
+            str(source),
+            "--concat",
+            "--uniform-rank",
+            "-o",
+            str(tmp_path / "m"),
+        ],
+    ):
+        result = runner.invoke(app, [*args, "-f", "json"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["schema_version"] == SCHEMA_VERSION
+        assert report["serving"]["uniform_rank"] is True and len(report["serving"]["ranks"]) == 1
+        verdicts = {c["server"]: c["verdict"] for c in report["serving"]["checks"]}
+        assert verdicts == {"peft": "exact", "vllm": "exact", "llama.cpp": "exact"}
+        out = Path(args[-1])
+        assert json.loads((out / "adapter_config.json").read_text())["rank_pattern"] == {}
+    # the table names the servers
+    result = runner.invoke(app, ["compress", str(source), "--rank", "6", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("llama.cpp")]
+    assert "differs" in row and "--uniform-rank" in result.stdout
