@@ -263,6 +263,7 @@ def compress(
     method: Method = "auto",
     alpha: float | None = None,
     input_format: InputFormat = "auto",
+    uniform_rank: bool = False,
 ) -> CompressReport:
     """Truncate an adapter exactly (Eckart–Young), as ``lora-audit compress`` does.
 
@@ -286,6 +287,9 @@ def compress(
         Compress a DoRA adapter's B·A and keep its magnitude vectors unchanged.
     device, method, alpha, input_format
         As for :func:`inspect`.
+    uniform_rank
+        Zero-pad every layer of a PEFT output to one rank (exact), so that llama.cpp's
+        per-layer ``lora_alpha / rank`` reads it as PEFT and vLLM do (``report.serving``).
 
     Returns
     -------
@@ -319,6 +323,7 @@ def compress(
         force=force,
         allow_dora=allow_dora,
         engine=_engine(device, method),
+        uniform_rank=uniform_rank,
     )
     adapter = _one_adapter(path, alpha=alpha, input_format=input_format)
     return compress_adapter(adapter, options=options, warn=_warn)

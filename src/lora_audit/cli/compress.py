@@ -55,6 +55,17 @@ EXAMPLES = examples(
 )
 
 
+#: Shared by compress and merge.
+UniformRankOption = Annotated[
+    bool,
+    typer.Option(
+        "--uniform-rank",
+        help="PEFT output: zero-pad every layer to one rank (exact), so that llama.cpp, which "
+        "scales each layer by lora_alpha / its own rank, reads it as PEFT and vLLM do.",
+    ),
+]
+
+
 def compress_command(
     adapter: Annotated[
         Path,
@@ -100,6 +111,7 @@ def compress_command(
             help="Compress a DoRA adapter's B·A and keep its magnitude vectors unchanged.",
         ),
     ] = False,
+    uniform_rank: UniformRankOption = False,
     output_format: CompressFormatOption = None,
     report_file: Annotated[
         Path | None,
@@ -162,6 +174,7 @@ def compress_command(
             allow_dora=allow_dora,
             engine=EngineOptions(device=device_name(device), method=method_name(method)),
             base=base,
+            uniform_rank=uniform_rank,
         )
         if output is None and not dry_run:
             raise UsageError("--output is required", hint="or pass --dry-run to see the plan")

@@ -39,6 +39,7 @@ from lora_audit.cli._options import (
     RuleEnergyOption,
 )
 from lora_audit.cli._usage import examples
+from lora_audit.cli.compress import UniformRankOption
 from lora_audit.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ def merge_command(
             "without it they must be identical in every input.",
         ),
     ] = False,
+    uniform_rank: UniformRankOption = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the plan; write nothing.")
     ] = False,
@@ -184,6 +186,7 @@ def merge_command(
             dry_run=dry_run,
             force=force,
             drop_extras=drop_extras,
+            uniform_rank=uniform_rank,
             engine=EngineOptions(device=device_name(device), method=method_name(method)),
         )
         if output is None and not dry_run:
