@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.commands.adapter_info import TOOL, adapter_info
+from lora_audit.decisions.audited import DORA_FLAGS, DORA_NOTE
 from lora_audit.decisions.compress_ranks import truncation
 from lora_audit.decisions.retrain_advice import RankPlan, plan_retrain, retrain_verdict
 from lora_audit.engine.batches import Progress, Warn
@@ -171,7 +172,8 @@ def _summary(
         key=lambda layer: (-layer.wasted_params, layer.name),
     )
     top = tuple(layer.name for layer in wasters[:TOP_WASTERS])
-    command = compress_command(path, energy=energy) if params_after < params else None
+    dora = any(layer.dora for layer in layers)
+    command = compress_command(path, energy=energy, dora=dora) if params_after < params else None
     command = command if compressible else None  # never name a command that refuses
     assumed = [layer for layer in layers if layer.scale_source == "assumed"]
     return Summary(
@@ -205,17 +207,20 @@ def _summary(
     )  # fmt: skip
 
 
-def compress_command(path: str, *, energy: float) -> str:
+def compress_command(path: str, *, energy: float, dora: bool = False) -> str:
     """The ``lora-audit compress`` line for this adapter, its path shell-quoted as given.
 
     The output sits next to the input: ``DIR-compressed`` or ``NAME-compressed.safetensors``.
+    A DoRA adapter gets ``--base BASE`` (:data:`~lora_audit.decisions.audited.DORA_FLAGS`):
+    without the base weights compress refuses it, since its magnitudes depend on them.
     """
     source = path.rstrip("/") or path
     stem, dot, suffix = source.rpartition(".")
     plain = not dot or "/" in suffix or suffix != "safetensors"
     out = f"{source}-compressed" if plain else f"{stem}-compressed.{suffix}"
     pct = f"{energy:.4g}"
-    return f"lora-audit compress {shlex.quote(path)} -o {shlex.quote(out)} --energy {pct}"
+    flags = f" {DORA_FLAGS}" if dora else ""
+    return f"lora-audit compress {shlex.quote(path)} -o {shlex.quote(out)} --energy {pct}{flags}"
 
 
 def _advice(
@@ -240,6 +245,7 @@ def _advice(
         lines.append(
             f"Truncate now to drop {params - params_after:,} of {params:,} parameters "
             f"({saved:.1%}) and keep ≥{pct} of every layer's energy{most}: `{command}`"
+            + (f" ({DORA_NOTE})" if DORA_FLAGS in command else "")
         )
     verdict = retrain_verdict(
         keep_structure=plan.keep_structure,

@@ -26,15 +26,14 @@ from lora_audit.commands.compress import format_value, start_digest
 from lora_audit.commands.merge_inputs import (
     MergedSource,
     Part,
-    cancelled_layers,
     check_inputs,
     check_weights,
     drop_warning,
     layer_parts,
     merged_adapter,
     output_template,
-    refuse_cancelled,
 )
+from lora_audit.commands.merge_sense import cancelled_layers, refuse_cancelled
 from lora_audit.decisions.compress_ranks import RankRule, check_budget, select_ranks
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import math
-import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lora_audit.adapter import Adapter, LoraLayer, Structure, natural_key
+from lora_audit.commands.merge_sense import check_common
 from lora_audit.errors import InputError, UsageError
 from lora_audit.linalg.stacking import stack_factors
 
@@ -83,7 +83,7 @@ def check_inputs(adapters: Sequence[Adapter], *, drop_extras: bool) -> None:
                 hint="merge PEFT adapters with PEFT adapters and kohya/LyCORIS files together",
             )
     _check_base(adapters)
-    _check_common(adapters)
+    check_common(adapters)
     _check_shapes(adapters)
     if not drop_extras:
         _check_extras(adapters)
@@ -144,41 +144,6 @@ def _check_base(adapters: Sequence[Adapter]) -> None:
                 hint="merge adapters of one base model (the sum of their updates means nothing "
                 "otherwise)",
             )
-
-
-def _stem(name: str) -> str:
-    """The module path before the first block index: ``model.layers.`` for
-    ``model.layers.3.self_attn.q_proj``, ``lora_unet_down_blocks_`` for a kohya UNet layer."""
-    return re.match(r"\D*", name)[0]  # type: ignore[index]  # \D* always matches
-
-
-def _check_common(adapters: Sequence[Adapter]) -> None:
-    """Each input shares a layer, or at least the model's module tree, with the others.
-
-    Adapters of one model that target different modules (``q_proj`` in one, ``v_proj`` in
-    the other) merge exactly into their union; a Llama adapter and a BERT adapter share no
-    module name and no module tree, and their "merge" would be a hybrid no model loads.
-
-    Raises
-    ------
-    InputError
-        Naming the input that shares nothing with the others.
-    """
-    for i, adapter in enumerate(adapters):
-        others = [a for j, a in enumerate(adapters) if j != i]
-        names = {layer.name for other in others for layer in other.layers}
-        if any(layer.name in names for layer in adapter.layers):
-            continue
-        stems = {_stem(name) for name in names}
-        if any(_stem(layer.name) in stems for layer in adapter.layers):
-            continue
-        shown = next(iter(sorted(names, key=natural_key)), "")
-        mine = adapter.layers[0].name if adapter.layers else ""
-        raise InputError(
-            f"{adapter.path}: no layer in common with the other adapters — different base "
-            f"models? (it adapts e.g. {mine!r}, they adapt e.g. {shown!r})",
-            hint="merge adapters of one base model",
-        )
 
 
 def _check_shapes(adapters: Sequence[Adapter]) -> None:
@@ -281,53 +246,6 @@ class MergedSource:
         with self._lock:
             self.bounds[name] = bound
         return stack_factors(pairs, coefficients=[p.coefficient for p in parts])
-
-
-#: A merged layer whose σ₁ is below this fraction of its inputs' size (``bounds``) is zero:
-#: the weighted inputs cancel (the audit's accuracy is 1e-6·σ₁, so nothing smaller is real).
-CANCEL_RTOL = 1e-6
-
-
-def cancelled_layers(source: MergedSource, sigmas: Mapping[str, Float64Array]) -> list[str]:
-    """The merged layers whose weighted inputs cancel (``Σ wᵢ·ΔWᵢ = 0`` to the audit's
-    accuracy), in the order of ``sigmas``."""
-    out = []
-    for name, sigma in sigmas.items():
-        bound = source.bounds.get(name, 0.0)
-        top = float(sigma[0]) if sigma.shape[0] else 0.0
-        if bound > 0 and top <= CANCEL_RTOL * bound:
-            out.append(name)
-    return out
-
-
-def refuse_cancelled(
-    cancelled: Sequence[str], *, layer_count: int, weights: Sequence[float]
-) -> str | None:
-    """Refuse a merge whose inputs cancel in every layer; a warning when some layers cancel.
-
-    A sum that is exactly zero is a no-op adapter: writing it (and reporting "energy kept"
-    for the rounding noise left in it) would hide a mistake in ``--weights``.
-
-    Raises
-    ------
-    InputError
-        When every layer cancels; nothing is written.
-    """
-    if not cancelled:
-        return None
-    shown = ",".join(f"{w:g}" for w in weights)
-    if len(cancelled) == layer_count:
-        raise InputError(
-            f"the inputs cancel: with --weights {shown}, Σ wᵢ·ΔWᵢ = 0 in all {layer_count} "
-            f"layers (σ₁ below {CANCEL_RTOL:g} of the inputs' size), so there is nothing to "
-            "merge; nothing was written",
-            hint="check --weights (an adapter minus itself is zero)",
-        )
-    return (
-        f"{len(cancelled)} of {layer_count} layer(s) cancel (Σ wᵢ·ΔWᵢ = 0 with --weights "
-        f"{shown}), e.g. {cancelled[0]!r}: they hold nothing and their energy figures are "
-        "rounding noise"
-    )
 
 
 def layer_parts(

@@ -12,6 +12,13 @@ from typing import Literal, Protocol
 
 #: Severity of every finding the current rules produce (all of them fail the gate).
 ERROR: Literal["error"] = "error"
+#: What a suggested ``compress`` of a DoRA adapter needs (it refuses one without them).
+DORA_FLAGS = "--base BASE"
+#: What :data:`DORA_FLAGS` means, beside the suggested command.
+DORA_NOTE = (
+    "BASE: the base model's weights, which DoRA's magnitudes depend on, read with torch; "
+    "or --allow-dora instead keeps the magnitudes as trained, an approximation"
+)
 
 
 class AuditedLayer(Protocol):
@@ -31,6 +38,8 @@ class AuditedLayer(Protocol):
     def params_after(self) -> int: ...
     @property
     def wasted_params(self) -> int: ...
+    @property
+    def dora(self) -> bool: ...
 
 
 class AuditedSummary(Protocol):
