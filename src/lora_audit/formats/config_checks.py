@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lora_audit.adapter import LoraLayer
-
 from lora_audit.errors import InputError
 from lora_audit.formats.patterns import check_pattern_keys
 
