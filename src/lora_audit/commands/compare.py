@@ -113,7 +113,7 @@ def compare_adapters(
     matching = pair_layers(adapter_a.layers, adapter_b.layers)
     if not matching.pairs and adapter_a.layers and adapter_b.layers:
         raise InputError(
-            f"{adapter_b.path}: no layer in common with {adapter_a.path} — different base "
+            f"{adapter_a.path} and {adapter_b.path}: no layer in common — different base "
             f"models? ({len(adapter_a.layers)} and {len(adapter_b.layers)} layers, none of "
             f"the same name, e.g. {adapter_a.layers[0].name!r} and "
             f"{adapter_b.layers[0].name!r})",

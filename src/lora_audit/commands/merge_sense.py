@@ -50,8 +50,8 @@ def check_common(adapters: Sequence[Adapter]) -> None:
         shown = next(iter(sorted(names, key=natural_key)), "")
         mine = adapter.layers[0].name if adapter.layers else ""
         raise InputError(
-            f"{adapter.path}: no layer in common with the other adapters — different base "
-            f"models? (it adapts e.g. {mine!r}, they adapt e.g. {shown!r})",
+            f"{adapter.path}: no layer in common — different base models? (it adapts e.g. "
+            f"{mine!r}, the other input{'s' if len(others) > 1 else ''} e.g. {shown!r})",
             hint="merge adapters of one base model",
         )
 
