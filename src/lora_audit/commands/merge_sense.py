@@ -1,6 +1,6 @@
 """Merges that would mean nothing: inputs with no layer in common, weights that cancel.
 
-* :func:`check_common` refuses inputs that share no layer and no module tree (a Llama
+* :func:`check_common` refuses inputs that share no layer and no top module (a Llama
   adapter and a BERT adapter): their "merge" is a hybrid no model loads.
 * :func:`cancelled_layers` and :func:`refuse_cancelled` find the layers where
   ``Σ wᵢ·ΔWᵢ = 0`` (``merge A A --weights 1,-1``) and refuse a merge that is zero everywhere,
@@ -21,18 +21,20 @@ if TYPE_CHECKING:
     from lora_audit.linalg.spectral import Float64Array
 
 
-def _stem(name: str) -> str:
-    """The module path before the first block index: ``model.layers.`` for
-    ``model.layers.3.self_attn.q_proj``, ``lora_unet_down_blocks_`` for a kohya UNet layer."""
-    return re.match(r"\D*", name)[0]  # type: ignore[index]  # \D* always matches
+def _root(name: str) -> str:
+    """The model's top module a layer sits in: ``model`` for ``model.layers.3.q_proj``,
+    ``bert`` for ``bert.encoder.layer.0.attention.self.query``, ``lora`` for every kohya
+    name (``lora_unet_…``, ``lora_te_…``: one SD checkpoint)."""
+    return re.split(r"[._]", name, maxsplit=1)[0]
 
 
 def check_common(adapters: Sequence[Adapter]) -> None:
-    """Each input shares a layer, or at least the model's module tree, with the others.
+    """Each input shares a layer, or at least the model's top module, with the others.
 
     Adapters of one model that target different modules (``q_proj`` in one, ``v_proj`` in
-    the other) merge exactly into their union; a Llama adapter and a BERT adapter share no
-    module name and no module tree, and their "merge" would be a hybrid no model loads.
+    the other; a kohya text-encoder LoRA and a UNet one) merge exactly into their union; a
+    Llama adapter (``model.…``) and a BERT adapter (``bert.…``) share no layer and no top
+    module, and their "merge" would be a hybrid no model loads.
 
     Raises
     ------
@@ -44,8 +46,8 @@ def check_common(adapters: Sequence[Adapter]) -> None:
         names = {layer.name for other in others for layer in other.layers}
         if any(layer.name in names for layer in adapter.layers):
             continue
-        stems = {_stem(name) for name in names}
-        if any(_stem(layer.name) in stems for layer in adapter.layers):
+        roots = {_root(name) for name in names}
+        if any(_root(layer.name) in roots for layer in adapter.layers):
             continue
         shown = next(iter(sorted(names, key=natural_key)), "")
         mine = adapter.layers[0].name if adapter.layers else ""
