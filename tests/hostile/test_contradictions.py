@@ -179,6 +179,26 @@ def test_the_compress_command_suggested_for_a_dora_adapter_runs(tmp_path: Path) 
     assert fixes and "--energy 0.99 --base BASE`" in fixes[0] and "--allow-dora" in fixes[0]
 
 
+def test_the_compress_command_suggested_for_a_kohya_dora_file_runs(tmp_path: Path) -> None:
+    """kohya/LyCORIS DoRA (``dora_scale``): --base cannot recompute it, --allow-dora runs."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(SAMPLES / "sd" / "kohya-lora.safetensors"))
+    for key in [k for k in tensors if k.endswith(".lora_up.weight")]:
+        out = tensors[key].shape[0]
+        tensors[key.replace(".lora_up.weight", ".dora_scale")] = np.ones((out, 1), np.float16)
+    path = tmp_path / "dora.safetensors"
+    save_file(tensors, str(path))
+    result = runner.invoke(app, ["inspect", str(path), "-f", "json"])
+    assert result.exit_code == 0, result.stderr
+    command = json.loads(result.stdout)["summary"]["compress_command"]
+    assert command is not None and command.endswith("--allow-dora"), command
+    args = shlex.split(command)
+    result = runner.invoke(app, args[1:])
+    assert result.exit_code == 0, result.stderr
+    assert Path(args[args.index("-o") + 1]).is_file()
+
+
 def test_compress_base_without_torch_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

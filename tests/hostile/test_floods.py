@@ -47,6 +47,16 @@ def start(args: list[str], *, cwd: Path) -> subprocess.Popen[str]:
     )
 
 
+def finish(proc: subprocess.Popen[str], *, timeout: float = 120) -> tuple[str, str]:
+    """Its stdout and stderr; killed (and the test failed) when it runs past ``timeout``."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"still running after {timeout} s")
+
+
 @pytest.fixture(scope="module")
 def long_comment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample kohya file with a 60 MiB ``ss_training_comment``."""
@@ -65,12 +75,12 @@ def test_a_table_shows_a_few_hundred_characters_of_a_metadata_value(
     long_comment: Path, tmp_path: Path
 ) -> None:
     proc = start(["inspect", str(long_comment)], cwd=tmp_path)
-    out, err = proc.communicate(timeout=120)
+    out, err = finish(proc)
     assert proc.returncode == 0, err
     assert f"… ({COMMENT_CHARS:,} characters)" in out
     assert len(out) < 20_000 and max(len(line) for line in out.splitlines()) <= 100
     proc = start(["inspect", str(long_comment), "-f", "json"], cwd=tmp_path)
-    out, err = proc.communicate(timeout=120)
+    out, err = finish(proc)
     assert proc.returncode == 0, err
     assert f'"ss_training_comment": "[b]{"x" * 50}' in out and len(out) > COMMENT_CHARS
 
@@ -167,7 +177,7 @@ def test_a_header_of_too_many_tensors_is_refused_before_it_is_parsed(tmp_path: P
     path = _many_keys(tmp_path / "many.safetensors", MAX_TENSORS + 1)
     started = time.monotonic()
     proc = start(["inspect", str(path), "-f", "json"], cwd=tmp_path)
-    out, err = proc.communicate(timeout=120)
+    out, err = finish(proc)
     assert proc.returncode == 3 and out == "", err
     lines = err.strip().splitlines()
     stored = len(load_adapter(KOHYA).layers) * 3  # down, up, alpha
@@ -178,6 +188,6 @@ def test_a_header_of_too_many_tensors_is_refused_before_it_is_parsed(tmp_path: P
 def test_a_header_of_a_few_unknown_keys_is_still_read(tmp_path: Path) -> None:
     path = _many_keys(tmp_path / "some.safetensors", 10)
     proc = start(["inspect", str(path), "-f", "json"], cwd=tmp_path)
-    _, err = proc.communicate(timeout=120)
+    _, err = finish(proc)
     assert proc.returncode == 0, err
     assert "10 key(s) match no known pattern" in err

@@ -40,12 +40,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from lora_audit.decisions.audited import (
-    DORA_FLAGS,
-    DORA_NOTE,
     ERROR,
     AuditedAdapter,
     AuditedLayer,
     Violation,
+    dora_flags,
 )
 from lora_audit.decisions.retrain_advice import next_power_of_two
 
@@ -185,9 +184,10 @@ def _compress_fix(report: AuditedAdapter, policy: Policy) -> str:
             "adapter this GGUF was converted from, then convert OUT with convert_lora_to_gguf.py"
         )
     if any(layer.dora for layer in report.layers):  # compress refuses DoRA without them
+        flags, note = dora_flags(report.adapter.format)
         return (
             f"run `lora-audit compress {report.adapter.path} -o OUT --energy {_tau(policy)} "
-            f"{DORA_FLAGS}` ({DORA_NOTE})"
+            f"{flags}` ({note})"
         )
     return f"run `lora-audit compress {report.adapter.path} -o OUT --energy {_tau(policy)}`"
 
