@@ -178,6 +178,22 @@ def test_signals_are_caught_only_while_a_temporary_path_exists(tmp_path: Path) -
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_ignored_signal_stays_ignored(tmp_path: Path) -> None:
+    """``lora-audit … &`` in a script runs with SIGINT ignored: ^C must not stop it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with atomic.signals_end_at_once():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            fd, path = atomic.new_temp_file(tmp_path)
+            os.close(fd)
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+            atomic.remove_path(path)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _many_keys(path: Path, count: int) -> Path:
     """A kohya file with one real layer and ``count`` empty tensors of unknown names."""
     real = KOHYA.read_bytes()

@@ -139,6 +139,9 @@ def new_temp_dir(directory: Path) -> str:
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: Whether :func:`signals_end_at_once` is active, and whether a signal is being handled.
 _STATE = {"armed": False, "terminating": False, "catching": False}
+#: The signals it manages: those not ignored when it began (``cmd &`` in a script runs with
+#: SIGINT ignored, so that ^C stops only the foreground job; that stays so).
+_MANAGED: list[int] = []
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -156,6 +159,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+#: What each managed signal does while a temporary path exists.
+_HANDLERS: dict[int, Callable[[int, FrameType | None], None]] = {
+    signal.SIGTERM: _terminate,
+    signal.SIGINT: _interrupt,
+}
+
+
 def _follow_signals() -> None:
     """Catch the signals while :data:`_LIVE` holds a path, else leave them to the kernel."""
     if not _STATE["armed"] or _STATE["terminating"]:
@@ -166,8 +176,8 @@ def _follow_signals() -> None:
     if catch == _STATE["catching"]:
         return
     _STATE["catching"] = catch
-    signal.signal(signal.SIGTERM, _terminate if catch else signal.SIG_DFL)
-    signal.signal(signal.SIGINT, _interrupt if catch else signal.SIG_DFL)
+    for sig in _MANAGED:
+        signal.signal(sig, _HANDLERS[sig] if catch else signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -178,6 +188,7 @@ def signals_end_at_once() -> Iterator[None]:
         yield
         return
     previous: dict[int, Any] = {sig: signal.getsignal(sig) for sig in _SIGNALS}
+    _MANAGED[:] = [sig for sig, handler in previous.items() if handler != signal.SIG_IGN]
     _STATE.update(armed=True, terminating=False, catching=not _LIVE)
     _follow_signals()  # catching is the opposite of what it should be: this sets it
     try:
