@@ -99,7 +99,7 @@ def run_guarded(
 
     try:
         _state.OUTPUTS = _guard(force=force, inputs=inputs, base=base)
-        with _sigterm_raises():
+        with atomic.signals_end_at_once():  # caught only while a temporary file exists
             code = body()
     except LoraAuditError as exc:
         _traceback()
@@ -158,27 +158,6 @@ def _guard(*, force: bool, inputs: Sequence[Path], base: Path | None) -> OutputG
     if base is not None:
         guard.add_base(base)
     return guard
-
-
-@contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While the body runs, SIGTERM raises :class:`Terminated` (so temporary files go)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not stop the cleanup
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def outputs() -> OutputGuard:

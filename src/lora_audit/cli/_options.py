@@ -37,7 +37,12 @@ CoverageOption = Annotated[
 ]
 OutputOption = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Write the report to this file instead of stdout."),
+    typer.Option(
+        "--output",
+        "-o",
+        help="Write the report to this file instead of stdout.",
+        readable=False,  # an output is written, not read (click checks R_OK by default)
+    ),
 ]
 
 
@@ -252,6 +257,7 @@ PlotOption = Annotated[
     Path | None,
     typer.Option(
         "--plot",
+        readable=False,
         help="Also draw the report into this .png or .svg file (needs matplotlib: "
         "pip install 'lora-rank-audit[plot]').",
         show_default=False,

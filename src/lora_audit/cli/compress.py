@@ -80,6 +80,7 @@ def compress_command(
         typer.Option(
             "--output",
             "-o",
+            readable=False,
             help="Where to write the compressed ADAPTER: a directory for a PEFT adapter with "
             "its adapter_config.json (its README.md model card is carried over) or an mlx-lm "
             "adapter, else a .safetensors file. Never the input. The report goes to stdout, "
@@ -117,6 +118,7 @@ def compress_command(
         Path | None,
         typer.Option(
             "--report",
+            readable=False,
             help="Write the REPORT (what was kept per layer) to this file instead of stdout; "
             "-o names the compressed adapter.",
             show_default=False,

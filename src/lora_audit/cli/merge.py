@@ -95,6 +95,7 @@ def merge_command(
         typer.Option(
             "--output",
             "-o",
+            readable=False,
             help="Where to write the merged adapter (a directory when the first input is a PEFT "
             "directory, else a .safetensors file). Never an input.",
             show_default=False,
@@ -143,6 +144,7 @@ def merge_command(
         Path | None,
         typer.Option(
             "--report",
+            readable=False,
             help="Write the REPORT to this file instead of stdout; -o names the merged adapter.",
             show_default=False,
         ),

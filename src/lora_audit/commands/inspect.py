@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.commands.adapter_info import TOOL, adapter_info
+from lora_audit.decisions.audited import dora_flags
 from lora_audit.decisions.compress_ranks import truncation
 from lora_audit.decisions.retrain_advice import RankPlan, plan_retrain, retrain_verdict
 from lora_audit.engine.batches import Progress, Warn
@@ -103,6 +104,7 @@ def inspect_adapter(
             energy=options.energy,
             compressible=compress_refusal(adapter) is None,
             path=str(adapter.path),
+            adapter_format=adapter.format,
         ),
         warnings=(*adapter.warnings, *engine_warnings),
     )
@@ -157,6 +159,7 @@ def _summary(
     energy: float,
     compressible: bool = True,
     path: str = "ADAPTER",
+    adapter_format: str = "peft",
 ) -> Summary:
     params = sum(layer.params for layer in layers)
     params_after = sum(layer.params_after for layer in layers)
@@ -173,7 +176,8 @@ def _summary(
         key=lambda layer: (-layer.wasted_params, layer.name),
     )
     top = tuple(layer.name for layer in wasters[:TOP_WASTERS])
-    command = compress_command(path, energy=energy) if params_after < params else None
+    dora = dora_flags(adapter_format) if any(layer.dora for layer in layers) else None
+    command = compress_command(path, energy=energy, dora=dora) if params_after < params else None
     command = command if compressible else None  # never name a command that refuses
     assumed = [layer for layer in layers if layer.scale_source == "assumed"]
     return Summary(
@@ -196,7 +200,7 @@ def _summary(
             plan, energy=energy, nominal=nominal, untrained=untrained,
             params=params, params_after=params_after, layer_count=len(layers),
             structured=any(layer.structure != "lora" for layer in layers),
-            command=command, top_wasters=top,
+            command=command, top_wasters=top, command_note=dora[1] if dora else None,
         ),
         wasted_params=params - params_after,
         compress_command=command,
@@ -207,17 +211,21 @@ def _summary(
     )  # fmt: skip
 
 
-def compress_command(path: str, *, energy: float) -> str:
+def compress_command(path: str, *, energy: float, dora: tuple[str, str] | None = None) -> str:
     """The ``lora-audit compress`` line for this adapter, its path shell-quoted as given.
 
     The output sits next to the input: ``DIR-compressed`` or ``NAME-compressed.safetensors``.
+    A DoRA adapter gets the flags compress needs to run on it and what they mean
+    (:func:`~lora_audit.decisions.audited.dora_flags`: ``--base BASE`` or ``--allow-dora``),
+    since its magnitudes depend on the base weights.
     """
     source = path.rstrip("/") or path
     stem, dot, suffix = source.rpartition(".")
     plain = not dot or "/" in suffix or suffix != "safetensors"
     out = f"{source}-compressed" if plain else f"{stem}-compressed.{suffix}"
     pct = f"{energy:.4g}"
-    return f"lora-audit compress {shlex.quote(path)} -o {shlex.quote(out)} --energy {pct}"
+    flags = f" {dora[0]}" if dora else ""
+    return f"lora-audit compress {shlex.quote(path)} -o {shlex.quote(out)} --energy {pct}{flags}"
 
 
 def _advice(
@@ -232,6 +240,7 @@ def _advice(
     structured: bool,
     command: str | None = None,
     top_wasters: Sequence[str] = (),
+    command_note: str | None = None,
 ) -> tuple[str, ...]:
     """What to do, gain first: truncate now (the exact command), then how to retrain."""
     lines: list[str] = []
@@ -242,6 +251,7 @@ def _advice(
         lines.append(
             f"Truncate now to drop {params - params_after:,} of {params:,} parameters "
             f"({saved:.1%}) and keep ≥{pct} of every layer's energy{most}: `{command}`"
+            + (f" ({command_note})" if command_note else "")
         )
     verdict = retrain_verdict(
         keep_structure=plan.keep_structure,

@@ -33,6 +33,7 @@ from lora_audit.commands.merge_inputs import (
     merged_adapter,
     output_template,
 )
+from lora_audit.commands.merge_sense import cancelled_layers, refuse_cancelled
 from lora_audit.commands.serving import check_uniform, serving, settle_kept, with_padding
 from lora_audit.decisions.compress_ranks import RankRule, check_budget, select_ranks
 from lora_audit.engine.batches import Progress, Warn
@@ -129,6 +130,14 @@ def merge_adapters(
     analysis = analyse(
         merged, options=options.engine, progress=progress, warn=warn, keep_grams=keep_grams
     )
+    assert isinstance(merged.source, MergedSource)
+    cancel_note = refuse_cancelled(
+        cancelled_layers(merged.source, analysis.sigmas),
+        layer_count=len(merged.layers),
+        weights=weights,
+    )
+    if warn is not None and cancel_note is not None:
+        warn(cancel_note)
     plans = _plan(merged, parts, analysis.sigmas, rule=options.rule)
     file_after: int | None = None
     if writing and options.output is not None:

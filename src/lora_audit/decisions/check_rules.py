@@ -39,7 +39,13 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from lora_audit.decisions.audited import ERROR, AuditedAdapter, AuditedLayer, Violation
+from lora_audit.decisions.audited import (
+    ERROR,
+    AuditedAdapter,
+    AuditedLayer,
+    Violation,
+    dora_flags,
+)
 from lora_audit.decisions.retrain_advice import next_power_of_two
 
 
@@ -176,6 +182,12 @@ def _compress_fix(report: AuditedAdapter, policy: Policy) -> str:
         return (
             f"run `lora-audit compress PEFT_ADAPTER -o OUT --energy {_tau(policy)}` on the "
             "adapter this GGUF was converted from, then convert OUT with convert_lora_to_gguf.py"
+        )
+    if any(layer.dora for layer in report.layers):  # compress refuses DoRA without them
+        flags, note = dora_flags(report.adapter.format)
+        return (
+            f"run `lora-audit compress {report.adapter.path} -o OUT --energy {_tau(policy)} "
+            f"{flags}` ({note})"
         )
     return f"run `lora-audit compress {report.adapter.path} -o OUT --energy {_tau(policy)}`"
 

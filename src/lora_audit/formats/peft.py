@@ -17,7 +17,11 @@ from typing import Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, ScaleSource, lora_scale, natural_key
 from lora_audit.errors import InputError
-from lora_audit.formats.config_checks import check_lora_numbers, check_one_adapter_name
+from lora_audit.formats.config_checks import (
+    check_lora_numbers,
+    check_one_adapter_name,
+    zero_scale_warning,
+)
 from lora_audit.formats.config_files import load_json_file, parse_json
 from lora_audit.formats.derived_source import Derive, DerivedSource
 from lora_audit.formats.patterns import match_pattern
@@ -257,6 +261,7 @@ def read_peft(
     derived = {**derived, **grouped_factors(layers)}
     warnings += grouped_warnings(layers, where=str(tensor_file))
     layers.sort(key=lambda layer: natural_key(layer.name))
+    warnings += zero_scale_warning(layers, where=where)
     if any(layer.scale_source == "assumed" for layer in layers):
         warnings.append(assumed_warning(tensor_file, peft_type=peft_type, alpha=config.lora_alpha))
     base = SafetensorsSource(tensor_file, header)
