@@ -54,7 +54,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     ),
 }
 #: top-level modules every stage may use; they import no stage themselves.
-SHARED = ("errors.py", "adapter.py", "regex_guard.py")
+SHARED = ("errors.py", "adapter.py", "regex_guard.py", "choices.py")
 
 
 @dataclass(frozen=True)

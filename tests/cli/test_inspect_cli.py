@@ -136,12 +136,12 @@ def test_offered_formats_are_the_registered_ones() -> None:
 def test_permission_denied_on_output_is_exit_3(
     mixed_adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tempfile
+    from lora_audit.formats import atomic
 
     def denied(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(tempfile, "mkstemp", denied)  # root ignores chmod; simulate it
+    monkeypatch.setattr(atomic, "new_temp_file", denied)  # root ignores chmod; simulate it
     out = tmp_path / "report.json"
     result = runner.invoke(app, ["inspect", str(mixed_adapter), "-f", "json", "-o", str(out)])
     assert result.exit_code == 3 and "Permission denied" in result.stderr

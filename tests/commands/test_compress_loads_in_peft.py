@@ -163,9 +163,12 @@ def check_config(config: dict[str, Any], source: Path, report: CompressReport) -
         alpha = config["alpha_pattern"].get(a_key, config["lora_alpha"])
         keys_seen |= {r_key, a_key}
         assert r == layer.new_rank, layer.name
-        if layer.action == "truncated":
-            assert alpha == r, layer.name  # scale 1: baked into the factors
-        else:  # kept bit for bit: alpha/r must give back the original scale
+        # one scale for every layer (what vLLM's lora_alpha / r reads): the patterns restate it
+        assert report.serving is not None
+        assert alpha / r == pytest.approx(report.serving.scale, rel=1e-12), layer.name
+        assert config["lora_alpha"] / config["r"] == pytest.approx(report.serving.scale)
+        if layer.action == "kept" and not report.serving.rescaled_layers:
+            # kept bit for bit: the one scale is the original one
             assert alpha / r == pytest.approx(
                 old_scale(old, layer.name, rank=layer.rank), rel=1e-12
             ), layer.name
@@ -207,17 +210,27 @@ def test_untouched_layers_keep_their_bits(
     from safetensors import safe_open
 
     source, original = saved
-    run(source, tmp_path / "out", RankRule(mode="rank", value=64))  # nothing shrinks
+    report = run(source, tmp_path / "out", RankRule(mode="rank", value=64))  # nothing shrinks
     rebuilt = load_back(tmp_path / "out")
     for name, delta in original.items():
         assert np.allclose(rebuilt[name], delta, rtol=0, atol=1e-6 * np.abs(delta).max())
+    # one scale for every layer (vLLM reads only lora_alpha / r): the most common one, so the
+    # layers at it keep their bits and the others are rescaled to it (rounded to float32)
+    assert report.serving is not None
+    old = json.loads((source / "adapter_config.json").read_text())
+    scales = {x.name: old_scale(old, x.name, rank=x.rank) for x in report.layers}
+    assert report.serving.scale == max(set(scales.values()), key=list(scales.values()).count)
+    rescaled = {n for n, s in scales.items() if s != pytest.approx(report.serving.scale)}
+    assert report.serving.rescaled_layers == len(rescaled)
     with (
         safe_open(str(source / "adapter_model.safetensors"), "pt") as a,
         safe_open(str(tmp_path / "out" / "adapter_model.safetensors"), "pt") as b,
     ):
         assert set(a.keys()) == set(b.keys())
         for key in a.keys():  # noqa: SIM118 (safe_open has no __iter__)
-            assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
+            module = key.removeprefix("base_model.model.").rsplit(".lora_", 1)[0]
+            if module not in rescaled:
+                assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
         meta = b.metadata()
     assert meta["lora_audit.method"] == "rank" and len(meta["lora_audit.source_sha256"]) == 64
 

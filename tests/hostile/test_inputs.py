@@ -386,7 +386,13 @@ BAD_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e309", "0", "true"]
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        *((field, value) for field in FIELDS for value in BAD_NUMBERS),
+        *(
+            (field, value)
+            for field in FIELDS
+            for value in BAD_NUMBERS
+            # an alpha of 0 is read (PEFT loads it: ΔW = 0), with a warning: test_contradictions
+            if not (value == "0" and "alpha" in field)
+        ),
         ("r", "-2"),
         ("rank_pattern", "-2"),
         ("r", "2.5"),

@@ -29,6 +29,7 @@ JunitXmlOption = Annotated[
     Path | None,
     typer.Option(
         "--junit-xml",
+        readable=False,
         help="Also write the report as JUnit XML to this file (for CI test reporters), "
         "whatever --format prints.",
         show_default=False,

@@ -9,6 +9,9 @@ from typing import Annotated
 
 import typer
 
+from lora_audit.choices import Device as Device
+from lora_audit.choices import InputFormat as InputFormat
+from lora_audit.choices import Method as Method
 from lora_audit.cli import _state
 from lora_audit.decisions.advice_rule import DEFAULT_ADVICE_RULE
 
@@ -37,7 +40,12 @@ CoverageOption = Annotated[
 ]
 OutputOption = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Write the report to this file instead of stdout."),
+    typer.Option(
+        "--output",
+        "-o",
+        help="Write the report to this file instead of stdout.",
+        readable=False,  # an output is written, not read (click checks R_OK by default)
+    ),
 ]
 
 
@@ -81,22 +89,6 @@ AlphaOption = Annotated[
         help="lora_alpha to use when neither adapter_config.json nor the file header gives one.",
     ),
 ]
-
-
-class Device(StrEnum):
-    """Where the spectra are computed."""
-
-    AUTO = "auto"
-    CPU = "cpu"
-    CUDA = "cuda"
-
-
-class Method(StrEnum):
-    """Core factorisation of the spectral engine."""
-
-    AUTO = "auto"
-    QR = "qr"
-    GRAM = "gram"
 
 
 DeviceOption = Annotated[
@@ -191,15 +183,6 @@ DebugOption = Annotated[
 ]
 
 
-class InputFormat(StrEnum):
-    """``--input-format``: force a reader instead of detecting one from the keys."""
-
-    AUTO = "auto"
-    PEFT = "peft"
-    KOHYA = "kohya"
-    MLX = "mlx"
-
-
 InputFormatOption = Annotated[
     InputFormat,
     typer.Option(
@@ -277,6 +260,7 @@ PlotOption = Annotated[
     Path | None,
     typer.Option(
         "--plot",
+        readable=False,
         help="Also draw the report into this .png or .svg file (needs matplotlib: "
         "pip install 'lora-rank-audit[plot]').",
         show_default=False,

@@ -64,8 +64,8 @@ def draw(report: Any, request: PlotRequest | None) -> None:
     """Draw ``report`` into the requested file (written atomically)."""
     if request is None:
         return
-    from lora_audit.cli._common import outputs
+    from lora_audit.cli._common import outputs, warn
     from lora_audit.render.plot import render_plot
 
-    data = render_plot(report, fmt=request.fmt, layers=request.layers)
+    data = render_plot(report, fmt=request.fmt, layers=request.layers, warn=warn)
     outputs().write(request.path, data, role="--plot")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from lora_audit.choices import device_name, method_name
 from lora_audit.cli._common import (
     emit_report,
     load_reported,
@@ -54,6 +55,17 @@ EXAMPLES = examples(
 )
 
 
+#: Shared by compress and merge.
+UniformRankOption = Annotated[
+    bool,
+    typer.Option(
+        "--uniform-rank",
+        help="PEFT output: zero-pad every layer to one rank (exact), so that llama.cpp, which "
+        "scales each layer by lora_alpha / its own rank, reads it as PEFT and vLLM do.",
+    ),
+]
+
+
 def compress_command(
     adapter: Annotated[
         Path,
@@ -68,6 +80,7 @@ def compress_command(
         typer.Option(
             "--output",
             "-o",
+            readable=False,
             help="Where to write the compressed ADAPTER: a directory for a PEFT adapter with "
             "its adapter_config.json (its README.md model card is carried over) or an mlx-lm "
             "adapter, else a .safetensors file. Never the input. The report goes to stdout, "
@@ -99,11 +112,13 @@ def compress_command(
             help="Compress a DoRA adapter's B·A and keep its magnitude vectors unchanged.",
         ),
     ] = False,
+    uniform_rank: UniformRankOption = False,
     output_format: CompressFormatOption = None,
     report_file: Annotated[
         Path | None,
         typer.Option(
             "--report",
+            readable=False,
             help="Write the REPORT (what was kept per layer) to this file instead of stdout; "
             "-o names the compressed adapter.",
             show_default=False,
@@ -159,8 +174,9 @@ def compress_command(
             dry_run=dry_run,
             force=force,
             allow_dora=allow_dora,
-            engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
+            engine=EngineOptions(device=device_name(device), method=method_name(method)),
             base=base,
+            uniform_rank=uniform_rank,
         )
         if output is None and not dry_run:
             raise UsageError("--output is required", hint="or pass --dry-run to see the plan")

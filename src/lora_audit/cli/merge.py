@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from lora_audit.choices import device_name, method_name
 from lora_audit.cli._common import (
     emit_report,
     load_reported,
@@ -38,6 +39,7 @@ from lora_audit.cli._options import (
     RuleEnergyOption,
 )
 from lora_audit.cli._usage import examples
+from lora_audit.cli.compress import UniformRankOption
 from lora_audit.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
@@ -93,6 +95,7 @@ def merge_command(
         typer.Option(
             "--output",
             "-o",
+            readable=False,
             help="Where to write the merged adapter (a directory when the first input is a PEFT "
             "directory, else a .safetensors file). Never an input.",
             show_default=False,
@@ -124,6 +127,7 @@ def merge_command(
             "without it they must be identical in every input.",
         ),
     ] = False,
+    uniform_rank: UniformRankOption = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the plan; write nothing.")
     ] = False,
@@ -140,6 +144,7 @@ def merge_command(
         Path | None,
         typer.Option(
             "--report",
+            readable=False,
             help="Write the REPORT to this file instead of stdout; -o names the merged adapter.",
             show_default=False,
         ),
@@ -183,7 +188,8 @@ def merge_command(
             dry_run=dry_run,
             force=force,
             drop_extras=drop_extras,
-            engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
+            uniform_rank=uniform_rank,
+            engine=EngineOptions(device=device_name(device), method=method_name(method)),
         )
         if output is None and not dry_run:
             raise UsageError("--output is required", hint="or pass --dry-run to see the plan")

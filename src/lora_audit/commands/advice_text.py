@@ -164,6 +164,7 @@ def advice_lines(
     energy: float,
     command: str | None,
     top_wasters: Sequence[str] = (),
+    command_note: str | None = None,
 ) -> tuple[str, ...]:
     """What to do, gain first: truncate now (the exact command), then how to retrain, why."""
     if plan.untrained:
@@ -179,7 +180,7 @@ def advice_lines(
         lines.append(
             f"Truncate now to drop {ctx.params - ctx.params_after:,} of {ctx.params:,} "
             f"parameters ({saved:.1%}) and keep ≥{_tau(energy)} of every layer's energy"
-            f"{most}: `{command}`"
+            f"{most}: `{command}`" + (f" ({command_note})" if command_note else "")
         )
     lines.append(retrain_line(plan, ctx))
     lines.append(advice_reason(plan, ctx))

@@ -111,6 +111,14 @@ def compare_adapters(
     """
     warnings = [*adapter_a.warnings, *adapter_b.warnings]
     matching = pair_layers(adapter_a.layers, adapter_b.layers)
+    if not matching.pairs and adapter_a.layers and adapter_b.layers:
+        raise InputError(
+            f"{adapter_a.path} and {adapter_b.path}: no layer in common — different base "
+            f"models? ({len(adapter_a.layers)} and {len(adapter_b.layers)} layers, none of "
+            f"the same name, e.g. {adapter_a.layers[0].name!r} and "
+            f"{adapter_b.layers[0].name!r})",
+            hint="compare two adapters of one base model",
+        )
     compared: list[LayerComparison] = []
     mismatched: list[ShapeMismatch] = []
     inner_total = 0.0

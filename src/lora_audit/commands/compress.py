@@ -13,38 +13,48 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lora_audit import __version__
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.commands.adapter_info import TOOL, adapter_info
-from lora_audit.decisions.compress_ranks import RankRule, check_budget, select_ranks, truncation
+from lora_audit.commands.serving import (
+    check_uniform,
+    global_scale,
+    scaled_store,
+    serving,
+    settle_kept,
+    with_padding,
+)
+from lora_audit.decisions.compress_ranks import (
+    RankRule,
+    check_budget,
+    refuse_untrained,
+    select_ranks,
+    truncation,
+)
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.engine.refactorisation import truncate_layers
-from lora_audit.engine.spectra import Grams, analyse
-from lora_audit.errors import InputError, UsageError
-from lora_audit.formats.writer import (
-    NewLayer,
-    check_output,
-    new_layer,
-    output_is_directory,
-    stored_dtypes,
-    write_compressed,
-)
+from lora_audit.engine.spectra import analyse
+from lora_audit.errors import UsageError
+from lora_audit.formats.writer import check_output, output_is_directory, write_compressed
 from lora_audit.linalg.metrics import cumulative_energy
 from lora_audit.linalg.truncation import relative_error
-from lora_audit.report import CompressReport, CompressSettings, CompressSummary, LayerCompression
+from lora_audit.report import (
+    CompressReport,
+    CompressSettings,
+    CompressSummary,
+    LayerCompression,
+)
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
     import numpy as np
     import numpy.typing as npt
-
-    from lora_audit.linalg.spectral import Float64Array
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +77,10 @@ class CompressOptions:
     base
         The base model's weights: DoRA layers are then truncated exactly, keeping each output
         row's DoRA scale (:class:`lora_audit.commands.compress_dora.DoraCompression`).
+    uniform_rank
+        Zero-pad every layer of a PEFT output to one rank, so that llama.cpp's per-tensor
+        ``alpha / rank`` rule gives every layer the same scale as PEFT and vLLM
+        (:mod:`lora_audit.commands.serving`).
     """
 
     rule: RankRule
@@ -76,6 +90,7 @@ class CompressOptions:
     allow_dora: bool = False
     engine: EngineOptions = field(default_factory=EngineOptions)
     base: Path | None = None
+    uniform_rank: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +141,7 @@ def compress_adapter(
         warnings.append(message)
         if warn is not None:
             warn(message)
+    check_uniform(adapter, uniform_rank=options.uniform_rank)
     if not options.dry_run:
         if options.output is None:
             raise UsageError("--output is required unless --dry-run is given")
@@ -142,27 +158,27 @@ def compress_adapter(
 
         dora = DoraCompression.prepare(adapter, options.base, engine=options.engine, warn=warn)
         sigmas = {**sigmas, **(dora.sigmas if dora is not None else {})}
-    if adapter.layers and all(float(s.max(initial=0.0)) == 0.0 for s in sigmas.values()):
-        raise InputError(
-            f"{adapter.path}: untrained adapter: all {len(adapter.layers)} layers have ΔW = 0 "
-            "(every B is zero, as an adapter saved before training is), so there is nothing to "
-            "keep and no compressed adapter is written",
-            hint="train it first; `lora-audit inspect` shows each layer's spectrum",
-        )
+    refuse_untrained(str(adapter.path), list(sigmas.values()))
     plans = _plan(adapter, sigmas, rule=options.rule)
+    ranks = {p.layer.name: p.new_rank for p in plans if p.truncate}
+    # DoRA's exact refactorisation bakes in scale 1: the one scale is then 1
+    scale = 1.0 if dora is not None else global_scale(adapter, ranks)
     file_after: int | None = None
     if digest is not None and options.output is not None:
-        ranks = {p.layer.name: p.new_rank for p in plans if p.truncate}
         exact_dora = set(dora.sigmas) if dora is not None else set()
-        new_layers = _refactor(
+        new_layers = truncate_layers(
             adapter,
-            {name: k for name, k in ranks.items() if name not in exact_dora},
+            ranks={name: k for name, k in ranks.items() if name not in exact_dora},
             grams=analysis.grams,
+            finish=scaled_store(adapter, scale),
             options=options.engine,
             warn=warn,
         )
         if dora is not None:
             new_layers.update(dora.refactor({n: ranks[n] for n in dora.sigmas if n in ranks}))
+        new_layers = settle_kept(
+            adapter, new_layers, scale=scale, uniform_rank=options.uniform_rank
+        )
         written = write_compressed(
             adapter,
             new_layers=new_layers,
@@ -171,9 +187,18 @@ def compress_adapter(
             force=options.force,
             base=options.base,
             card_note=card_note(plans, rule=options.rule),
+            scale=scale,
         )
         file_after = written.stat().st_size
-    return _report(adapter, plans, options=options, file_after=file_after, warnings=warnings)
+    report = _report(adapter, plans, options=options, file_after=file_after, warnings=warnings)
+    report = with_padding(report, uniform_rank=options.uniform_rank)
+    after = {p.layer.name: p.new_rank if p.truncate else p.layer.rank for p in plans}
+    return replace(
+        report,
+        serving=serving(
+            adapter, after, rewritten=ranks, scale=scale, uniform_rank=options.uniform_rank
+        ),
+    )
 
 
 def _plan(
@@ -205,24 +230,6 @@ def _plan(
             )
         )
     return plans
-
-
-def _refactor(
-    adapter: Adapter,
-    ranks: dict[str, int],
-    *,
-    grams: dict[str, Grams],
-    options: EngineOptions,
-    warn: Warn | None,
-) -> dict[str, NewLayer]:
-    """The new layers, cast to their stored dtype as they come (memory: the output's size)."""
-
-    def store(layer: LoraLayer, b: Float64Array, a: Float64Array) -> NewLayer:
-        return new_layer(layer, b=b, a=a, dtypes=stored_dtypes(adapter, layer))
-
-    return truncate_layers(
-        adapter, ranks=ranks, grams=grams, finish=store, options=options, warn=warn
-    )
 
 
 def start_digest(adapter: Adapter) -> Future[str]:

@@ -83,9 +83,9 @@ class DoraCompression:
                 f"{len(kohya)} layer(s) store kohya/LyCORIS dora_scale, e.g. {kohya[0]!r}",
                 hint="drop --base and pass --allow-dora to compress B·A with the scales kept",
             )
+        check_base_options(base_path, k=None, partial=False)  # torch missing: what to install
         import torch
 
-        check_base_options(base_path, k=None, partial=False)
         subset = replace(adapter, layers=tuple(dora))
         base = open_base(base_path)
         match = match_base_weights(subset, base)

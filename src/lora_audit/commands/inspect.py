@@ -20,11 +20,13 @@ from lora_audit.commands.advice_text import (
     advice_reason,
 )
 from lora_audit.decisions.advice_rule import DEFAULT_ADVICE_RULE, AdviceRule
+from lora_audit.decisions.audited import dora_flags
 from lora_audit.decisions.compress_ranks import truncation
 from lora_audit.decisions.retrain_advice import RankPlan, plan_retrain
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.engine.spectra import spectra
+from lora_audit.formats.accounted import require_read
 from lora_audit.formats.patterns import pattern_keys
 from lora_audit.formats.peft_variants import compress_refusal
 from lora_audit.linalg.metrics import SpectrumSummary, summarize
@@ -88,6 +90,7 @@ def inspect_adapter(
             warn(message)
 
     sigmas = spectra(adapter, options=options.engine, progress=progress, warn=collect)
+    require_read(adapter, warned=engine_warnings)  # every LoRA tensor of the file was read
     summaries = [summarize(sigmas[layer.name], energy=options.energy) for layer in adapter.layers]
     layers = tuple(
         _layer_report(layer, summary)
@@ -119,7 +122,7 @@ def inspect_adapter(
             energy=options.energy,
             compressible=compress_refusal(adapter) is None,
             path=str(adapter.path),
-            network_alpha=adapter.format in NETWORK_ALPHA_FORMATS,
+            adapter_format=adapter.format,
         ),
         warnings=(*adapter.warnings, *engine_warnings),
     )
@@ -174,7 +177,7 @@ def _summary(
     energy: float,
     compressible: bool = True,
     path: str = "ADAPTER",
-    network_alpha: bool = False,
+    adapter_format: str = "peft",
 ) -> Summary:
     params = sum(layer.params for layer in layers)
     params_after = sum(layer.params_after for layer in layers)
@@ -191,10 +194,12 @@ def _summary(
         key=lambda layer: (-layer.wasted_params, layer.name),
     )
     top = tuple(layer.name for layer in wasters[:TOP_WASTERS])
-    command = compress_command(path, energy=energy) if params_after < params else None
+    dora = dora_flags(adapter_format) if any(layer.dora for layer in layers) else None
+    command = compress_command(path, energy=energy, dora=dora) if params_after < params else None
     # never name a command that refuses (compress refuses an untrained adapter, too)
     command = command if compressible and not plan.untrained else None
     assumed = [layer for layer in layers if layer.scale_source == "assumed"]
+    network_alpha = adapter_format in NETWORK_ALPHA_FORMATS
     ctx = AdviceContext(
         params=params, params_after=params_after, layer_count=len(layers),
         layer_ranks=tuple(sorted({layer.rank for layer in layers})), untrained=untrained,
@@ -218,7 +223,10 @@ def _summary(
         mean_stable_rank=ctx.mean_stable_rank,
         max_stable_rank=ctx.max_stable_rank,
         top_wasters=top,
-        advice=advice_lines(plan, ctx, energy=energy, command=command, top_wasters=top),
+        advice=advice_lines(
+            plan, ctx, energy=energy, command=command, top_wasters=top,
+            command_note=dora[1] if dora else None,
+        ),
         wasted_params=params - params_after,
         compress_command=command,
         assumed_scale_layers=len(assumed),
@@ -234,14 +242,18 @@ def _summary(
     )  # fmt: skip
 
 
-def compress_command(path: str, *, energy: float) -> str:
+def compress_command(path: str, *, energy: float, dora: tuple[str, str] | None = None) -> str:
     """The ``lora-audit compress`` line for this adapter, its path shell-quoted as given.
 
     The output sits next to the input: ``DIR-compressed`` or ``NAME-compressed.safetensors``.
+    A DoRA adapter gets the flags compress needs to run on it and what they mean
+    (:func:`~lora_audit.decisions.audited.dora_flags`: ``--base BASE`` or ``--allow-dora``),
+    since its magnitudes depend on the base weights.
     """
     source = path.rstrip("/") or path
     stem, dot, suffix = source.rpartition(".")
     plain = not dot or "/" in suffix or suffix != "safetensors"
     out = f"{source}-compressed" if plain else f"{stem}-compressed.{suffix}"
     pct = f"{energy:.4g}"
-    return f"lora-audit compress {shlex.quote(path)} -o {shlex.quote(out)} --energy {pct}"
+    flags = f" {dora[0]}" if dora else ""
+    return f"lora-audit compress {shlex.quote(path)} -o {shlex.quote(out)} --energy {pct}{flags}"

@@ -47,10 +47,12 @@ def find_adapters(paths: Sequence[Path], *, include_checkpoints: bool = False) -
 
 def discovery_note(discovery: Discovery) -> str | None:
     """One line for stderr about what a directory search found and skipped; ``None`` when
-    every path named one adapter."""
+    every path named one adapter, or when nothing readable was found (then each path's
+    error says why, and what was skipped)."""
     n = len(discovery.found)
     skipped = discovery.skipped_checkpoints or discovery.skipped_files
-    if not discovery.searched or (n == 1 and not skipped):
+    readable = any(item.error is None for item in discovery.found)
+    if not discovery.searched or not readable or (n == 1 and not skipped):
         return None
     parts = [f"found {n} adapter{'s' if n != 1 else ''}"]
     if discovery.skipped_checkpoints:

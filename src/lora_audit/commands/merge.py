@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,8 @@ from lora_audit.commands.merge_inputs import (
     merged_adapter,
     output_template,
 )
+from lora_audit.commands.merge_sense import cancelled_layers, refuse_cancelled
+from lora_audit.commands.serving import check_uniform, serving, settle_kept, with_padding
 from lora_audit.decisions.compress_ranks import RankRule, check_budget, select_ranks
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type
@@ -71,6 +73,9 @@ class MergeOptions:
     drop_extras
         Leave out tensors that are not LoRA factors (``modules_to_save`` heads), which the
         inputs must otherwise hold identically.
+    uniform_rank
+        Zero-pad every layer of a PEFT output to one rank, so that llama.cpp's per-tensor
+        ``alpha / rank`` rule agrees with PEFT and vLLM (:mod:`lora_audit.commands.serving`).
     """
 
     rule: RankRule | None
@@ -80,6 +85,7 @@ class MergeOptions:
     force: bool = False
     drop_extras: bool = False
     engine: EngineOptions = field(default_factory=EngineOptions)
+    uniform_rank: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +119,7 @@ def merge_adapters(
     parts = layer_parts(adapters, weights)
     merged = merged_adapter(adapters, parts)
     template = output_template(adapters, parts, drop_extras=options.drop_extras)
+    check_uniform(template, uniform_rank=options.uniform_rank)
     writing = not options.dry_run
     if writing:
         if options.output is None:
@@ -123,6 +130,14 @@ def merge_adapters(
     analysis = analyse(
         merged, options=options.engine, progress=progress, warn=warn, keep_grams=keep_grams
     )
+    assert isinstance(merged.source, MergedSource)
+    cancel_note = refuse_cancelled(
+        cancelled_layers(merged.source, analysis.sigmas),
+        layer_count=len(merged.layers),
+        weights=weights,
+    )
+    if warn is not None and cancel_note is not None:
+        warn(cancel_note)
     plans = _plan(merged, parts, analysis.sigmas, rule=options.rule)
     file_after: int | None = None
     if writing and options.output is not None:
@@ -138,6 +153,8 @@ def merge_adapters(
             new_layers = truncate_layers(
                 merged, ranks=ranks, grams=analysis.grams, finish=store, options=options.engine
             )
+        # every layer is new, its scale baked in: the one scale is 1
+        new_layers = settle_kept(template, new_layers, scale=1.0, uniform_rank=options.uniform_rank)
         provenance = _provenance(
             adapters, weights, options.rule, digests=[d.result() for d in digests]
         )
@@ -151,6 +168,18 @@ def merge_adapters(
         )
         file_after = written.stat().st_size
     report = _report(adapters, weights, template, plans, options=options, file_after=file_after)
+    ranks = {p.layer.name: p.new_rank for p in plans}
+    report = replace(
+        with_padding(report, uniform_rank=options.uniform_rank),
+        serving=serving(
+            template,
+            ranks,
+            rewritten=ranks,  # every layer, its scale baked in: the one scale is 1
+            scale=1.0,
+            uniform_rank=options.uniform_rank,
+            extras_fix="--drop-extras" if template.passthrough_keys else None,
+        ),
+    )
     if warn is not None and (message := drop_warning(adapters, drop_extras=options.drop_extras)):
         warn(message)
     return report

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lora_audit.adapter import Adapter, LoraLayer, Structure, natural_key
+from lora_audit.commands.merge_sense import check_common
 from lora_audit.errors import InputError, UsageError
 from lora_audit.linalg.stacking import stack_factors
 
@@ -82,6 +83,7 @@ def check_inputs(adapters: Sequence[Adapter], *, drop_extras: bool) -> None:
                 hint="merge PEFT adapters with PEFT adapters and kohya/LyCORIS files together",
             )
     _check_base(adapters)
+    check_common(adapters)
     _check_shapes(adapters)
     if not drop_extras:
         _check_extras(adapters)
@@ -100,6 +102,12 @@ def _check_one(adapter: Adapter) -> None:
             "all experts of a parameter share one r",
         )
     for layer in adapter.layers:
+        if layer.write_refusal is not None:
+            raise InputError(
+                f"{adapter.path}: merge does not write layer {layer.name!r} back: it is "
+                f"{layer.write_refusal}",
+                hint="inspect and check read it; merge adapters without such layers",
+            )
         if layer.dora:
             raise InputError(
                 f"{adapter.path}: layer {layer.name!r} is DoRA: its magnitude vector rescales "
@@ -208,6 +216,8 @@ class MergedSource:
 
     def __init__(self, parts: Mapping[str, tuple[Part, ...]]) -> None:
         self.parts = parts
+        #: Per layer, ``Σᵢ |wᵢsᵢ|·‖Bᵢ‖_F·‖Aᵢ‖_F``: how large the sum could be (set when read).
+        self.bounds: dict[str, float] = {}
         self._pending: dict[str, Float64Array] = {}
         self._lock = threading.Lock()
 
@@ -235,6 +245,12 @@ class MergedSource:
                         hint="the training run diverged or the file is corrupt",
                     )
             pairs.append((b, a))
+        bound = sum(
+            abs(p.coefficient) * float(np.linalg.norm(b)) * float(np.linalg.norm(a))
+            for p, (b, a) in zip(parts, pairs, strict=True)
+        )
+        with self._lock:
+            self.bounds[name] = bound
         return stack_factors(pairs, coefficients=[p.coefficient for p in parts])
 
 

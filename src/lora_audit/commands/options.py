@@ -78,6 +78,7 @@ def rank_rule(
     if rank is not None:
         if rank < 1:
             raise UsageError(f"--rank {rank} must be at least 1")
+        _refuse_contradictory_rank(rank, min_rank=min_rank, max_rank=max_rank)
         mode, value = "rank", float(rank)
     elif energy is not None:
         mode, value = "energy", check_fraction("--energy", energy)
@@ -89,6 +90,29 @@ def rank_rule(
         assert budget is not None
         mode, value = "budget", float(parse_budget(budget))
     return RankRule(mode=mode, value=value, min_rank=min_rank, max_rank=max_rank)
+
+
+def _refuse_contradictory_rank(rank: int, *, min_rank: int, max_rank: int | None) -> None:
+    """``--rank K`` with a clamp that overrules it (``--min-rank`` above K, ``--max-rank``
+    below K) is a contradiction, not a rule: refuse it rather than pick one.
+
+    Raises
+    ------
+    UsageError
+        When ``min_rank > rank`` or ``max_rank < rank``.
+    """
+    if min_rank > rank:
+        raise UsageError(
+            f"--rank {rank} contradicts --min-rank {min_rank} (every layer would end at "
+            f"rank {min_rank}, not {rank})",
+            hint=f"give --rank {min_rank}, or drop --min-rank",
+        )
+    if max_rank is not None and max_rank < rank:
+        raise UsageError(
+            f"--rank {rank} contradicts --max-rank {max_rank} (every layer would end at "
+            f"rank {max_rank} or below, not {rank})",
+            hint=f"give --rank {max_rank}, or drop --max-rank",
+        )
 
 
 def policy_settings(**given: float | int | None) -> dict[str, float | int]:

@@ -12,6 +12,27 @@ from typing import Literal, Protocol
 
 #: Severity of every finding the current rules produce (all of them fail the gate).
 ERROR: Literal["error"] = "error"
+#: What a suggested ``compress`` of a PEFT DoRA adapter needs (it refuses one without).
+DORA_FLAGS = "--base BASE"
+#: What :data:`DORA_FLAGS` means, beside the suggested command.
+DORA_NOTE = (
+    "BASE: the base model's weights, which DoRA's magnitudes depend on, read with torch; "
+    "or --allow-dora instead keeps the magnitudes as trained, an approximation"
+)
+#: … and for kohya/LyCORIS DoRA (``dora_scale``), which ``--base`` does not recompute.
+DORA_SCALE_FLAGS = "--allow-dora"
+DORA_SCALE_NOTE = (
+    "--allow-dora keeps the dora_scale vectors as trained, an approximation: the base "
+    "weights can recompute only PEFT's lora_magnitude_vector"
+)
+
+
+def dora_flags(adapter_format: str) -> tuple[str, str]:
+    """The flags a suggested ``compress`` of a DoRA adapter needs to run, and what they
+    mean: ``--base BASE`` for PEFT's magnitudes, ``--allow-dora`` for kohya/LyCORIS."""
+    if adapter_format == "peft":
+        return DORA_FLAGS, DORA_NOTE
+    return DORA_SCALE_FLAGS, DORA_SCALE_NOTE
 
 
 class AuditedLayer(Protocol):
@@ -31,6 +52,8 @@ class AuditedLayer(Protocol):
     def params_after(self) -> int: ...
     @property
     def wasted_params(self) -> int: ...
+    @property
+    def dora(self) -> bool: ...
 
 
 class AuditedSummary(Protocol):

@@ -27,10 +27,8 @@ keeps a fraction τ of ‖ΔW‖_F²) and ``in + out`` for the parameters one un
     The smallest energy rank a layer may have. The default flags layers with ``k_τ = 0``,
     i.e. ``ΔW = 0``: untrained, frozen or dead modules that still cost their full rank.
     Higher values also flag layers that learned almost nothing. 0 turns the rule off.
-
-An adapter none of whose layers is trained (saved before training) gets one finding for the
-whole adapter, not one per layer and not a waste figure: ``min-rank-used``'s, or
-``max-waste``'s when ``min-rank-used`` is off.
+    An adapter with no trained layer gets one finding for the whole adapter (``max-waste``'s
+    when this rule is off), not one per layer.
 
 A rule fires when the measured value is strictly beyond the limit, so a limit equal to the
 measured value passes. Adding a rule means adding a :class:`Policy` field, its
@@ -49,6 +47,7 @@ from lora_audit.decisions.audited import (
     AuditedAdapter,
     AuditedLayer,
     Violation,
+    dora_flags,
     untrained_adapter,
     untrained_violation,
 )
@@ -189,6 +188,12 @@ def _compress_fix(report: AuditedAdapter, policy: Policy) -> str:
         return (
             f"run `lora-audit compress PEFT_ADAPTER -o OUT --energy {_tau(policy)}` on the "
             "adapter this GGUF was converted from, then convert OUT with convert_lora_to_gguf.py"
+        )
+    if any(layer.dora for layer in report.layers):  # compress refuses DoRA without them
+        flags, note = dora_flags(report.adapter.format)
+        return (
+            f"run `lora-audit compress {report.adapter.path} -o OUT --energy {_tau(policy)} "
+            f"{flags}` ({note})"
         )
     return f"run `lora-audit compress {report.adapter.path} -o OUT --energy {_tau(policy)}`"
 

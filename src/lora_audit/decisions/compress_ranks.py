@@ -46,7 +46,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from lora_audit.errors import UsageError
+from lora_audit.errors import InputError, UsageError
 from lora_audit.linalg.metrics import energy_rank
 
 Mode = Literal["rank", "energy", "ratio", "budget"]
@@ -253,3 +253,23 @@ def _best_uniform(
             break  # the cost only grows with k
         best = ranks
     return best
+
+
+def refuse_untrained(path: str, spectra: Sequence[npt.NDArray[np.float64]]) -> None:
+    """Refuse an adapter none of whose layers is trained (every σ = 0, i.e. every B = 0).
+
+    Truncating it would write an adapter of zeros that looks like a result; there is nothing
+    to keep, so nothing is written.
+
+    Raises
+    ------
+    InputError
+        When there is at least one layer and every spectrum is zero.
+    """
+    if spectra and all(float(np.max(s, initial=0.0)) == 0.0 for s in spectra):
+        raise InputError(
+            f"{path}: untrained adapter: all {len(spectra)} layers have ΔW = 0 (every B is "
+            "zero, as an adapter saved before training is), so there is nothing to keep and "
+            "no compressed adapter is written",
+            hint="train it first; `lora-audit inspect` shows each layer's spectrum",
+        )

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import get_args
 
 from lora_audit.adapter import Adapter
+from lora_audit.choices import InputFormatName, input_format_name
 from lora_audit.errors import InputError
 from lora_audit.formats import mlx, sniff
-from lora_audit.formats.diffusers_metadata import component_configs, read_pipeline
-from lora_audit.formats.kohya import has_module_alphas, looks_like_kohya, read_kohya
+from lora_audit.formats.accounted import check_accounted
+from lora_audit.formats.diffusers_metadata import METADATA_KEY, component_configs, read_pipeline
+from lora_audit.formats.forced import check_forced
+from lora_audit.formats.kohya import (
+    has_diffusers_names,
+    has_module_alphas,
+    looks_like_kohya,
+    read_kohya,
+)
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME, looks_like_peft, read_peft
 from lora_audit.formats.safetensors_io import Header, read_header
 from lora_audit.formats.work_bounds import check_work_bounded
@@ -28,8 +37,8 @@ PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 
 #: Values of ``--input-format``: ``peft``, ``kohya`` for every single-file SD format
 #: (kohya / sd-scripts, LyCORIS, diffusers attention processors), or ``mlx`` (mlx-lm). GGUF is
-#: told by its magic bytes.
-INPUT_FORMATS = ("auto", "peft", "kohya", "mlx")
+#: told by its magic bytes. Defined in :mod:`lora_audit.choices`.
+INPUT_FORMATS: tuple[str, ...] = get_args(InputFormatName)
 
 __all__ = ["INPUT_FORMATS", "PICKLE_SUFFIXES", "holds_adapter", "load_adapter", "resolve_files"]
 
@@ -150,14 +159,20 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
     Raises
     ------
     InputError
-        When the path holds no readable, valid adapter.
+        When the path holds no readable, valid adapter, or a tensor named like a LoRA
+        factor that is part of no layer read (:func:`~lora_audit.formats.accounted.
+        check_accounted`).
+    UsageError
+        When ``input_format`` is not one of :data:`INPUT_FORMATS`.
     """
+    fmt = input_format_name(input_format)
     tensor_file, config_file = resolve_files(path)
     kind = sniff.sniff(tensor_file)
     if kind == "gguf":
         from lora_audit.formats.gguf import read_gguf
 
-        return read_gguf(path=path, tensor_file=tensor_file, alpha=alpha)
+        gguf_adapter = read_gguf(path=path, tensor_file=tensor_file, alpha=alpha)
+        return check_accounted(gguf_adapter)
     refusal = sniff.refuse_container(tensor_file, kind)
     if refusal is not None:
         raise refusal
@@ -168,10 +183,10 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
         config_file=config_file,
         header=header,
         alpha=alpha,
-        fmt=input_format,
+        fmt=fmt,
     )
     check_work_bounded(adapter, header=header, file_size=tensor_file.stat().st_size)
-    return adapter
+    return check_accounted(adapter)  # no tensor named like a LoRA factor outside every layer
 
 
 def _read(
@@ -190,6 +205,9 @@ def _read(
         return read_pipeline(
             path=path, tensor_file=tensor_file, header=header, configs=configs, alpha=alpha
         )
+    check_forced(
+        fmt, header=header, config_file=config_file, mlx_config=mlx_config, tensor_file=tensor_file
+    )
     if fmt == "auto":
         detected = _detect(header, config_file=config_file, mlx_config=mlx_config)
         if detected is None:
@@ -245,9 +263,12 @@ def _single_file_sd(header: Header) -> bool:
     """A file without ``adapter_config.json`` that the kohya reader reads, not the PEFT one.
 
     ``lora_A`` keys alone do not make a file PEFT: ComfyUI-style files keep a per-module
-    ``.alpha`` beside them, which PEFT never writes. XLabs (x-flux) files are read by their
-    own reader (``--input-format kohya`` covers them too).
+    ``.alpha`` beside them, which PEFT never writes; diffusers' own files name attention
+    factors ``.lora.down``/``.up`` beside ``lora_A``/``lora_B`` for the other modules. XLabs
+    (x-flux) files are read by their own reader (``--input-format kohya`` covers them too).
     """
     if has_module_alphas(header) or looks_like_xlabs(header):
         return True
+    if has_diffusers_names(header) and METADATA_KEY not in header.metadata:
+        return True  # diffusers' mixed names (a model-level config: the PEFT reader's)
     return not looks_like_peft(header) and looks_like_kohya(header)

@@ -17,6 +17,17 @@ The renames (:func:`commit`):
     (``RENAME_EXCHANGE``), so that the path always holds a complete directory; the old one is
     then in the temporary name, to be removed by the caller.
 
+Signals (:func:`signals_end_at_once`, armed by the CLI while a command runs): SIGTERM and
+SIGINT end the process at once, by the kernel's default action, whatever it is doing — a
+long LAPACK call, a regular expression, rich's layout; Python runs a signal handler only
+between bytecodes, so no handler could. The shell then reports 143 (SIGTERM) or 130 (^C).
+Only while a temporary path of this process exists (:func:`track` … :func:`untrack`, which
+covers nothing but writing and renaming the finished bytes) are the signals caught instead:
+SIGTERM raises :class:`~lora_audit.errors.Terminated` and SIGINT ``KeyboardInterrupt``, the
+CLI removes the temporary paths (:func:`remove_live`) and exits 143 or 130. A temporary
+name is tracked before the file or directory is created (:func:`new_temp_file`,
+:func:`new_temp_dir`), so no kill can leave one behind untracked.
+
 ``LORA_AUDIT_TEST_HOLD`` (tests only): when set to a path ``P``, a writer about to commit
 creates ``P.<pid>`` and waits (up to 60 s) until ``P`` exists, so that tests can race two
 writers or send a signal at a known point. Nothing else reads it.
@@ -29,12 +40,18 @@ import ctypes
 import errno
 import hashlib
 import os
+import secrets
 import shutil
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from types import FrameType
+from typing import IO, Any
+
+from lora_audit.errors import Terminated
 
 #: Prefix of every temporary name lora-audit creates.
 TMP_PREFIX = ".lora-audit-tmp-"
@@ -73,13 +90,113 @@ def temp_prefix() -> str:
 
 
 def track(path: str) -> None:
-    """Remember a temporary path so that :func:`remove_live` can remove it."""
+    """Remember a temporary path so that :func:`remove_live` can remove it (and, under
+    :func:`signals_end_at_once`, catch SIGTERM and SIGINT until it is gone)."""
     _LIVE.add(path)
+    _follow_signals()
 
 
 def untrack(path: str) -> None:
     """Forget a temporary path (renamed into place, or removed)."""
     _LIVE.discard(path)
+    _follow_signals()
+
+
+def new_temp_file(directory: Path) -> tuple[int, str]:
+    """Create a temporary file in ``directory`` (mode 0o666 less the umask), tracked before
+    it exists; its descriptor, open for writing, and its path."""
+    for _ in range(100):
+        path = os.path.join(directory, f"{temp_prefix()}{secrets.token_hex(6)}.tmp")
+        track(path)
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), path
+        except FileExistsError:  # someone else's: leave it
+            untrack(path)
+        except BaseException:  # a signal may land after the creation: remove what is there
+            remove_path(path)
+            raise
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(directory))
+
+
+def new_temp_dir(directory: Path) -> str:
+    """Create a temporary directory in ``directory`` (mode 0o777 less the umask), tracked
+    before it exists; its path."""
+    for _ in range(100):
+        path = os.path.join(directory, f"{temp_prefix()}{secrets.token_hex(6)}.tmp")
+        track(path)
+        try:
+            os.mkdir(path, 0o777)
+            return path
+        except FileExistsError:  # someone else's: leave it
+            untrack(path)
+        except BaseException:  # a signal may land after the creation: remove what is there
+            remove_path(path)
+            raise
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(directory))
+
+
+#: Signals that end a command: caught only while a temporary path exists.
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: Whether :func:`signals_end_at_once` is active, and whether a signal is being handled.
+_STATE = {"armed": False, "terminating": False, "catching": False}
+#: The signals it manages: those not ignored when it began (``cmd &`` in a script runs with
+#: SIGINT ignored, so that ^C stops only the foreground job; that stays so).
+_MANAGED: list[int] = []
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM while a temporary path exists: raise, so that the CLI removes it first."""
+    _STATE["terminating"] = True
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not stop the cleanup
+    raise Terminated
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGINT (^C) while a temporary path exists: ``KeyboardInterrupt``, after the cleanup
+    has been made safe from a second ^C."""
+    _STATE["terminating"] = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+#: What each managed signal does while a temporary path exists.
+_HANDLERS: dict[int, Callable[[int, FrameType | None], None]] = {
+    signal.SIGTERM: _terminate,
+    signal.SIGINT: _interrupt,
+}
+
+
+def _follow_signals() -> None:
+    """Catch the signals while :data:`_LIVE` holds a path, else leave them to the kernel."""
+    if not _STATE["armed"] or _STATE["terminating"]:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    catch = bool(_LIVE)
+    if catch == _STATE["catching"]:
+        return
+    _STATE["catching"] = catch
+    for sig in _MANAGED:
+        signal.signal(sig, _HANDLERS[sig] if catch else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def signals_end_at_once() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT end the process at once, except while a
+    temporary path exists (see the module docstring). A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {sig: signal.getsignal(sig) for sig in _SIGNALS}
+    _MANAGED[:] = [sig for sig, handler in previous.items() if handler != signal.SIG_IGN]
+    _STATE.update(armed=True, terminating=False, catching=not _LIVE)
+    _follow_signals()  # catching is the opposite of what it should be: this sets it
+    try:
+        yield
+    finally:
+        _STATE.update(armed=False, terminating=False, catching=False)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def remove_path(path: str) -> None:

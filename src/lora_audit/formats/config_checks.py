@@ -2,8 +2,8 @@
 
 * :func:`check_lora_numbers`: ``r``, ``lora_alpha``, ``rank_pattern`` and ``alpha_pattern``
   of a PEFT-style config (``adapter_config.json`` or diffusers' ``lora_adapter_metadata``)
-  hold positive integers (ranks) and finite non-zero numbers (alphas) — no ``NaN``,
-  ``Infinity``, ``1e309``, booleans or zero — and pattern keys that cannot make matching
+  hold positive integers (ranks) and finite numbers (alphas) — no ``NaN``,
+  ``Infinity``, ``1e309`` or booleans — and pattern keys that cannot make matching
   backtrack for hours.
 * :func:`check_one_adapter_name`: a PEFT weights file holds one adapter's factors, not the
   keys of two adapter names (``….lora_A.default.weight`` next to ``….lora_A.other.weight``).
@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from lora_audit.adapter import LoraLayer
 from lora_audit.errors import InputError
 from lora_audit.formats.patterns import check_pattern_keys
 
@@ -25,16 +26,32 @@ _PEFT_FACTOR = re.compile(
 
 
 def _number_problem(value: Any, *, integer: bool) -> str | None:
-    """Ranks must be positive integers; alphas finite non-zero numbers (a negative alpha
-    is a real, negated update: PEFT applies it and compress splits its sign exactly)."""
-    wanted = "must be a positive integer" if integer else "must be a finite number other than 0"
+    """Ranks must be positive integers; alphas finite numbers (a negative alpha is a real,
+    negated update: PEFT applies it and compress splits its sign exactly; an alpha of 0 is
+    a zero update PEFT loads, reported by :func:`zero_scale_warning`)."""
+    wanted = "must be a positive integer" if integer else "must be a finite number"
     if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
         return wanted
     if isinstance(value, float) and not math.isfinite(value):
         return wanted
-    if (integer and value <= 0) or value == 0:
+    if integer and value <= 0:
         return wanted
     return None
+
+
+def zero_scale_warning(layers: Sequence[LoraLayer], *, where: str) -> list[str]:
+    """One warning when layers have scale 0 (``lora_alpha = 0`` or an ``alpha_pattern`` value
+    of 0): PEFT loads such an adapter, and its update ΔW = 0·B·A is zero whatever B and A
+    hold, so every figure of those layers is 0."""
+    zero = [layer.name for layer in layers if layer.scale == 0]
+    if not zero:
+        return []
+    which = "every layer" if len(zero) == len(layers) else f"{len(zero)} of {len(layers)} layers"
+    return [
+        f"{where}: scale 0 in {which} (lora_alpha or alpha_pattern = 0, e.g. {zero[0]!r}): "
+        "the adapter changes nothing (ΔW = 0·B·A = 0), whatever its factors hold — check "
+        "lora_alpha in the config"
+    ]
 
 
 def check_lora_numbers(raw: Mapping[str, Any], *, where: str) -> None:
@@ -51,7 +68,7 @@ def check_lora_numbers(raw: Mapping[str, Any], *, where: str) -> None:
     ------
     InputError
         Naming the key: ``r`` or a ``rank_pattern`` value that is not a positive integer,
-        ``lora_alpha`` or an ``alpha_pattern`` value that is not a finite non-zero number,
+        ``lora_alpha`` or an ``alpha_pattern`` value that is not a finite number,
         a pattern that is not an object, or a pattern key :func:`regex_problem` refuses.
     """
     for field, integer in (("r", True), ("lora_alpha", False)):

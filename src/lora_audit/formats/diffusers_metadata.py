@@ -22,7 +22,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lora_audit.adapter import Adapter, LoraLayer, ScaleSource, natural_key
 from lora_audit.errors import InputError
@@ -53,7 +53,16 @@ _TO_PEFT = (
 #: ``Adapter.format`` of a file read here.
 PIPELINE_FORMAT = "diffusers-pipeline"
 
-__all__ = ["PIPELINE_FORMAT", "component_configs", "pipeline_metadata", "read_pipeline"]
+__all__ = [
+    "PIPELINE_FORMAT",
+    "component_configs",
+    "one_naming",
+    "partial_load_warning",
+    "pipeline_metadata",
+    "read_pipeline",
+]
+
+_T = TypeVar("_T")
 
 
 def component_configs(header: Header, *, where: str) -> dict[str, dict[str, Any]] | None:
@@ -119,6 +128,8 @@ def read_pipeline(
         layers += [_prefixed(layer, component, config, source, real) for layer in part.layers]
         passthrough += [real[f"{component}.{key}"] for key in part.passthrough_keys]
     layers.sort(key=lambda layer: natural_key(layer.name))
+    if (partial := partial_load_warning(header, where=str(tensor_file))) is not None:
+        warnings.append(partial)
     return Adapter(
         path=path,
         tensor_file=tensor_file,
@@ -181,6 +192,59 @@ def _peft_name(key: str) -> str:
         if old in key:
             return key.replace(old, new)
     return key
+
+
+def one_naming(tensors: Mapping[str, _T]) -> dict[str, _T]:
+    """``tensors`` under PEFT's factor names when their names mix diffusers' and PEFT's.
+
+    diffusers' loader converts diffusers names (``.lora.down``, ``.to_q_lora.up``,
+    ``.lora_linear_layer.down``) to PEFT's only when the *first* key it gets has no
+    ``lora_A`` (``loaders/peft.py``, ``load_lora_adapter``: ``if "lora_A" not in
+    first_key``), so a file that mixes both spellings loads in full or in part depending on
+    which tensor comes first. Under PEFT's names throughout — the names that loader converts
+    to — every layer loads whatever the order. Names that do not mix are kept.
+    """
+    renamed = {_peft_name(key): key for key in tensors}
+    if all(new == old for new, old in renamed.items()) or not any(
+        ".lora_A." in key or ".lora_B." in key for key in tensors
+    ):
+        return dict(tensors)
+    if len(renamed) != len(tensors):
+        raise ValueError("two factors would have the same PEFT name")
+    return {new: tensors[old] for new, old in renamed.items()}
+
+
+#: Components whose factors diffusers hands to ``load_lora_adapter`` (the first-key rule);
+#: a file without these prefixes is one model's (``save_lora_adapter``).
+_MODEL_COMPONENTS = frozenset({"unet", "transformer", "prior", "controlnet"})
+
+
+def partial_load_warning(header: Header, *, where: str) -> str | None:
+    """The warning for a file that diffusers itself loads only in part, if it is one.
+
+    ``load_lora_adapter`` converts diffusers names to PEFT's only when the first key of the
+    model's tensors (in the file's data order, which ``safetensors`` keeps) has no ``lora_A``;
+    when it has one, the ``.lora.down``/``.up`` layers of a mixed file are dropped.
+    """
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for key, info in header.tensors.items():
+        component = key.partition(".")[0]
+        group = component if component in _MODEL_COMPONENTS else ""
+        groups.setdefault(group, []).append((info.start, key))
+    for group, keys in groups.items():
+        names = [key for _, key in keys]
+        dropped = [k for k in names if _peft_name(k) != k and ".lora_A." not in k]
+        if not dropped or not any(".lora_A." in k or ".lora_B." in k for k in names):
+            continue
+        first = min(keys)[1]
+        if ".lora_A" in first:
+            return (
+                f"{where}: diffusers' loader reads only part of {group or 'this file'!r}: its "
+                f"first tensor {first!r} is named lora_A, so the {len(dropped)} tensors named "
+                "the diffusers way (.lora.down/.up) are not converted and are dropped; "
+                "lora-audit reads every layer (compress writes them all under PEFT names)"
+            )
+    return None
 
 
 def _prefixed(

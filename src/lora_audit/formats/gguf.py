@@ -61,6 +61,13 @@ class GgufSource:
     def __init__(self, path: Path, tensors: dict[str, Any]) -> None:
         self.path = path
         self._tensors = tensors
+        #: Names of the tensors decoded so far (:mod:`~lora_audit.formats.accounted`).
+        self.materialised: set[str] = set()
+
+    @property
+    def tensor_names(self) -> tuple[str, ...]:
+        """Every tensor name of the file."""
+        return tuple(self._tensors)
 
     def get(self, key: str) -> npt.NDArray[Any]:
         """Tensor ``key`` decoded as described above."""
@@ -69,6 +76,7 @@ class GgufSource:
         gguf = _import_gguf()
         name, index = split_sliced(key)
         tensor = self._tensors[name]
+        self.materialised.add(name)
         try:
             if tensor.tensor_type.name in {"F16", "F32", "F64"}:  # numpy arrays as stored
                 array: npt.NDArray[Any] = np.asarray(tensor.data)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure, natural_key
 from lora_audit.errors import InputError
+from lora_audit.formats.diffusers_metadata import partial_load_warning
 from lora_audit.formats.lycoris import Common, alpha_scale, loha, lokr, need
 from lora_audit.formats.safetensors_io import (
     FLOAT_DTYPES,
@@ -72,6 +73,18 @@ SHOWN_METADATA = (
 def looks_like_kohya(header: Header) -> bool:
     """True when any key is a kohya, LyCORIS or diffusers-processor factor."""
     return any(_ROLE.match(k) or _DIFFUSERS.match(k) for k in header.tensors)
+
+
+def has_diffusers_names(header: Header) -> bool:
+    """True when a factor has a diffusers attention-processor name (``.lora.down.weight``,
+    ``.lora_linear_layer.up.weight``, ``.to_q_lora.down.weight``).
+
+    diffusers' own training path (``convert_state_dict_to_diffusers`` of PEFT's state dict,
+    then ``save_lora_weights``) gives such names to attention modules and keeps
+    ``lora_A``/``lora_B`` for the others (``conv1``, ``ff.net.*``): the file is read here,
+    both spellings as one adapter, as diffusers' loader converts every name to PEFT's.
+    """
+    return any(_DIFFUSERS.match(k) for k in header.tensors)
 
 
 def has_module_alphas(header: Header) -> bool:
@@ -166,6 +179,8 @@ def read_kohya(*, path: Path, tensor_file: Path, header: Header | None = None) -
         warnings.append(_assumed_warning(tensor_file, assumed, total=len(layers)))
     if diffusers:
         fmt = "diffusers"
+        if comfy and (partial := partial_load_warning(header, where=str(tensor_file))):
+            warnings.append(partial)
     elif comfy:
         fmt = "comfyui"
     elif structures - {Structure.LORA} or any(layer.kind is LayerKind.CONV for layer in layers):

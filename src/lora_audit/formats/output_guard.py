@@ -27,7 +27,6 @@ import errno
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -252,11 +251,7 @@ class OutputGuard:
         tmp: str | None = None
         try:
             atomic.remove_stale(target.path.parent)
-            fd, tmp = tempfile.mkstemp(
-                prefix=atomic.temp_prefix(), suffix=".tmp", dir=target.path.parent
-            )
-            atomic.track(tmp)
-            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private; an ordinary file
+            fd, tmp = atomic.new_temp_file(target.path.parent)  # tracked before it exists
             with os.fdopen(fd, "wb") as fh:
                 atomic.fill(fh, data, sync=True)
             atomic.commit(tmp, str(target.path), replace=target.replace)
@@ -280,11 +275,7 @@ class OutputGuard:
         make_parent(target.path, given=path)
         atomic.remove_stale(target.path.parent)
         try:
-            tmp = tempfile.mkdtemp(
-                prefix=atomic.temp_prefix(), suffix=".tmp", dir=target.path.parent
-            )
-            atomic.track(tmp)
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private
+            tmp = atomic.new_temp_dir(target.path.parent)  # tracked before it exists
         except OSError as exc:
             raise _write_error(target, exc) from exc
         try:
@@ -357,12 +348,6 @@ def _listing(directory: Path) -> list[str]:
 
 def _subdirs(directory: Path) -> list[Path]:
     return [directory / n for n in _listing(directory) if (directory / n).is_dir()]
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 def _lost_race(target: OutputTarget) -> UsageError:

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 
 #: Largest header accepted, in bytes. Real adapters have headers of a few hundred KiB.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+#: Most tensors a header may list. The largest adapters hold ~10⁵ (a LoRA on every expert of
+#: a 256-expert MoE: 58 layers × 256 experts × 3 projections × 2 factors ≈ 89,000); parsing,
+#: validating and naming each entry costs ~1 kB and ~20 µs, so a header of a million tiny
+#: entries (75 MB of JSON) would take half a minute and a gigabyte before any warning.
+MAX_TENSORS = 250_000
 
 #: Bytes per element of every dtype safetensors defines.
 DTYPE_SIZES: Mapping[str, int] = {
@@ -115,6 +120,7 @@ def read_header(path: Path) -> Header:
             raw = fh.read(header_len)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    _refuse_too_many(path, raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -127,6 +133,27 @@ def read_header(path: Path) -> Header:
         raise InputError(f"{path}: header is not a JSON object", hint="not a safetensors file")
     header = _validate(path, parsed, data_len=size - 8 - header_len)
     return Header(tensors=header.tensors, metadata=header.metadata, data_start=8 + header_len)
+
+
+def _refuse_too_many(path: Path, raw: bytes) -> None:
+    """Refuse, before parsing, a header listing more than :data:`MAX_TENSORS` tensors.
+
+    Every entry has a ``"data_offsets"`` key, and those bytes cannot occur inside a JSON
+    string (its quotes would be escaped), so counting them (one C-level scan, ~20 ms for
+    75 MB) bounds the entries from above without parsing anything.
+
+    Raises
+    ------
+    InputError
+        Naming the count and the limit.
+    """
+    entries = raw.count(b'"data_offsets"')
+    if entries > MAX_TENSORS:
+        raise InputError(
+            f"{path}: the header lists {entries:,} tensors, more than any adapter holds "
+            f"(limit {MAX_TENSORS:,}); not read",
+            hint="this is not a LoRA adapter, or it was crafted; audit the adapter's own file",
+        )
 
 
 def _validate(path: Path, parsed: dict[str, Any], *, data_len: int) -> Header:
@@ -186,6 +213,9 @@ class SafetensorsSource:
     def __init__(self, path: Path, header: Header) -> None:
         self.path = path
         self.header = header
+        #: Keys whose bytes were read from the file (by :meth:`raw`, :meth:`get` or a
+        #: :class:`BufferedReader`): what :mod:`~lora_audit.formats.accounted` counts as read.
+        self.materialised: set[str] = set()
 
     def get(self, key: str) -> npt.NDArray[Any]:
         """Tensor ``key`` as a numpy array: F16/F32/F64 and integers as stored, BF16 as float32.
@@ -198,6 +228,7 @@ class SafetensorsSource:
     def raw(self, key: str) -> StoredTensor:
         """Tensor ``key`` as stored: its bytes, read from the file, and its dtype and shape."""
         info = self.header.tensors[key]
+        self.materialised.add(key)
         try:
             with self.path.open("rb", buffering=0) as fh:
                 fh.seek(self.header.data_start + info.start)
@@ -253,6 +284,7 @@ class BufferedReader:
             )
         raw = self._scratch_of("u1", info.end - info.start)
         self._readinto(raw, info.start, key)
+        self._source.materialised.add(key)
         flat = out.reshape(-1)
         if info.dtype == "BF16":
             wide = self._scratch_of("<u4", count)

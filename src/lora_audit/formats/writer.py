@@ -6,12 +6,13 @@ PEFT
     ``lora_adapter_metadata``). A directory's model card (``README.md``) is copied with a line
     saying what changed (:mod:`lora_audit.formats.model_card`); ``-o NAME.safetensors`` for a
     directory output is refused (PEFT loads a directory, not a lone file). The config makes
-    PEFT rebuild every layer exactly: the scale of
-    a rewritten layer is baked into its factors, so ``use_rslora`` is turned off and each layer
-    gets ``rank_pattern[key] = k`` and ``alpha_pattern[key] = k`` (scale 1) — or, for a layer
-    left as it was, its rank and ``alpha = scale·r`` — unless it matches the top-level
-    ``r``/``lora_alpha``, which are the most common pair. The old patterns are replaced (their
-    keys could match the new modules first). Everything else in the config is kept.
+    PEFT rebuild every layer exactly, and every layer has one scale ``s``
+    (``scale``: the command folds each layer's own scale into its factors,
+    :mod:`lora_audit.commands.serving`), so that servers reading only ``lora_alpha / r``
+    (vLLM) agree: ``use_rslora`` is turned off, ``r`` is the most common rank and
+    ``lora_alpha = s·r``; a layer at another rank gets ``rank_pattern[key] = k`` and
+    ``alpha_pattern[key] = s·k`` (the same scale). The old patterns are replaced (their keys
+    could match the new modules first). Everything else in the config is kept.
 kohya / LyCORIS / ComfyUI-style / diffusers / XLabs
     One ``.safetensors`` file with the same key names (``lora_down``/``lora_up`` or
     ``lora_A``/``lora_B`` as the layer had them); a rewritten layer gets ``<module>.alpha = k``
@@ -20,6 +21,10 @@ kohya / LyCORIS / ComfyUI-style / diffusers / XLabs
     rank, which x-flux's loader needs). LoHa, LoKr and Tucker layers that are rewritten come
     out as plain ``lora_down``/``lora_up`` layers under the same module name.
     ``ss_network_dim``/``ss_network_alpha`` are updated (``"Dynamic"`` when ranks differ).
+    A diffusers file that mixes diffusers names (``.lora.down``) with PEFT's (``lora_A``), as
+    diffusers' own training scripts write it, is written under PEFT's names throughout, the
+    names diffusers' loader converts it to (:func:`~lora_audit.formats.diffusers_metadata.
+    one_naming`): with mixed names that loader keeps only some layers.
 mlx-lm
     A directory with ``adapters.safetensors`` and ``adapter_config.json``, every layer at one
     rank (:mod:`lora_audit.formats.mlx_write`).
@@ -46,7 +51,7 @@ from typing import IO, TYPE_CHECKING, Any
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure
 from lora_audit.errors import OutputError, UsageError
 from lora_audit.formats import atomic
-from lora_audit.formats.diffusers_metadata import PIPELINE_FORMAT, pipeline_metadata
+from lora_audit.formats.diffusers_metadata import PIPELINE_FORMAT, one_naming, pipeline_metadata
 from lora_audit.formats.model_card import MODEL_CARD, carried_card
 from lora_audit.formats.output_guard import Kind, OutputGuard
 from lora_audit.formats.patterns import pattern_keys
@@ -202,10 +207,12 @@ def write_compressed(
     base: Path | None = None,
     inputs: Sequence[Adapter] = (),
     card_note: str = "",
+    scale: float = 1.0,
 ) -> Path:
     """Write ``adapter`` with ``new_layers`` replacing the layers of the same name.
 
     ``inputs``: further adapters the output must not replace (:func:`check_output`).
+    ``scale``: the one scale of a PEFT output (:func:`peft_config`).
     ``card_note`` is appended to the model card when a directory is written and the input has
     one (``README.md``).
 
@@ -232,9 +239,11 @@ def write_compressed(
         check_one_rank(adapter, {name: new.rank for name, new in new_layers.items()})
     final = Path(os.path.realpath(output))  # now: `-o .` leaves the working directory behind
     tensors, metadata = _tensors(adapter, new_layers)
+    if adapter.format in {"diffusers", PIPELINE_FORMAT}:  # loads in full in diffusers
+        tensors = one_naming(tensors)
     metadata.update(provenance)
     if adapter.format == "peft":
-        config = peft_config(adapter, new_layers)
+        config = peft_config(adapter, new_layers, scale=scale)
         if output_is_directory(adapter):
             with guard.directory(output, role="--output") as tmp:
                 _write_plain(
@@ -362,14 +371,22 @@ def widest_dtype(dtypes: Iterable[str]) -> str:
     return max(dtypes, key=lambda d: DTYPE_SIZES[d] + (d == "F16"))  # F16 beats BF16: precision
 
 
-def peft_config(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> dict[str, Any]:
-    """The ``adapter_config.json`` under which PEFT rebuilds every layer exactly."""
+def peft_config(
+    adapter: Adapter, new_layers: Mapping[str, NewLayer], *, scale: float = 1.0
+) -> dict[str, Any]:
+    """The ``adapter_config.json`` under which PEFT rebuilds every layer exactly.
+
+    A new layer's factors hold ``ΔW / scale`` and get ``alpha = scale·k``; a layer left as
+    it was keeps ``alpha = layer.scale·r``. Where every kept layer's scale is ``scale``
+    (:mod:`lora_audit.commands.serving` sees to it for PEFT outputs), ``lora_alpha / r`` is
+    that one scale whatever ``rank_pattern`` and ``alpha_pattern`` say.
+    """
     pairs: dict[str, tuple[int, float]] = {}
     for layer in adapter.layers:
         if layer.name in new_layers:
             k = new_layers[layer.name].rank
-            pairs[layer.name] = (k, float(k))  # scale 1, baked into the factors
-        else:
+            pairs[layer.name] = (k, scale * k)
+        else:  # its own scale (the one scale where the command made them agree)
             pairs[layer.name] = (layer.rank, layer.scale * layer.rank)
     (top_rank, top_alpha), _ = Counter(pairs.values()).most_common(1)[0]
     rank_pattern: dict[str, int] = {}

@@ -24,7 +24,8 @@ summary, an XML file or a picture:
     :func:`for_terminal` (matplotlib cannot draw lone surrogates); mathtext is switched off
     where the figures are drawn.
 
-:func:`escape_strings` applies one of them to every string in a finished report.
+:func:`escape_strings` applies one of them to every string in a finished report;
+:func:`clipped` shortens a value a table shows in part (a 60 MB training comment).
 """
 
 from __future__ import annotations
@@ -129,6 +130,18 @@ def for_xml(text: str) -> str:
 def for_plot(text: str) -> str:
     """A matplotlib label: :func:`for_terminal` (drawn with ``text.parse_math`` off)."""
     return for_terminal(text)
+
+
+#: The most characters of one metadata value a table shows (the JSON report keeps it all).
+SHOWN_CHARS = 300
+
+
+def clipped(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text``, or its first ``limit`` characters and how long it is: ``… (62,914,560
+    characters)``. Applied before escaping and layout, whose cost grows with the text."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def escape_strings(value: T, escape: Callable[[str], str]) -> T:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,13 @@ def layer_filter(pattern: str | None) -> re.Pattern[str] | None:
         ) from None
 
 
-def render_plot(report: Any, *, fmt: str = "png", layers: str | None = None) -> bytes:
+def render_plot(
+    report: Any,
+    *,
+    fmt: str = "png",
+    layers: str | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> bytes:
     """Draw a finished report and return the image file's bytes.
 
     Parameters
@@ -133,6 +140,10 @@ def render_plot(report: Any, *, fmt: str = "png", layers: str | None = None) -> 
     layers
         ``inspect`` only: a regular expression (``re.search``) choosing the layers whose
         spectra are drawn; all layers when ``None``. The heatmap always shows every layer.
+    warn
+        Receives each distinct warning matplotlib raised while drawing, as one line (a
+        degenerate axis, a layout that does not fit); dropped when ``None``. They never reach
+        stderr as Python's multi-line warnings.
 
     Raises
     ------
@@ -144,8 +155,9 @@ def render_plot(report: Any, *, fmt: str = "png", layers: str | None = None) -> 
         raise UsageError(f"unknown picture format {fmt!r}", hint="use png or svg")
     from matplotlib import rc_context
 
-    with rc_context(_RC), warnings.catch_warnings():  # type: ignore[arg-type]
-        # a name in a script the fonts lack draws as boxes; no multi-line warning on stderr
+    with rc_context(_RC), warnings.catch_warnings(record=True) as caught:  # type: ignore[arg-type]
+        warnings.simplefilter("always")
+        # a name in a script the fonts lack draws as boxes: expected, not worth a line
         warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
         if report.kind == "inspect":
             fig = inspect_figure(report, layers=layer_filter(layers))
@@ -158,6 +170,9 @@ def render_plot(report: Any, *, fmt: str = "png", layers: str | None = None) -> 
         buffer = io.BytesIO()
         metadata = {"Date": None} if fmt == "svg" else {"Software": None}
         fig.savefig(buffer, format=fmt, dpi=DPI, metadata=metadata)
+    if warn is not None:
+        for line in dict.fromkeys(str(w.message).strip().split("\n", 1)[0] for w in caught):
+            warn(f"--plot: matplotlib: {line}")
     return buffer.getvalue()
 
 

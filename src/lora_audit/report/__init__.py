@@ -32,6 +32,7 @@ from lora_audit.report.inspect import (
 from lora_audit.report.inspect_base import BaseLayerReport, BaseStat, BaseSummary
 from lora_audit.report.many import InspectManyReport
 from lora_audit.report.rows import AdapterRow, RowVerdict
+from lora_audit.report.serving import ServerCheck, Serving
 from lora_audit.report.trend import CheckpointSummary, LayerTrend, TrendReport, TrendSettings
 
 __all__ = [
@@ -61,6 +62,8 @@ __all__ = [
     "LayerReport",
     "LayerTrend",
     "RowVerdict",
+    "ServerCheck",
+    "Serving",
     "Settings",
     "ShapeMismatch",
     "Summary",

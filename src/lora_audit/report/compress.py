@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lora_audit.report.common import SCHEMA_VERSION, AdapterInfo, ToolInfo, to_dict
+from lora_audit.report.serving import Serving
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +85,8 @@ class CompressReport:
     layers: tuple[LayerCompression, ...]
     summary: CompressSummary
     warnings: tuple[str, ...] = ()
+    #: How the written PEFT adapter reads in PEFT, vLLM and llama.cpp (``None``: not PEFT).
+    serving: Serving | None = None
     schema_version: str = field(default=SCHEMA_VERSION)
     kind: str = "compress"
 

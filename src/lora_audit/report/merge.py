@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from lora_audit.report.common import SCHEMA_VERSION, ToolInfo
+from lora_audit.report.serving import Serving
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,5 +114,7 @@ class MergeReport:
     summary: MergeSummary
     dropped_extras: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    #: How the written PEFT adapter reads in PEFT, vLLM and llama.cpp (``None``: not PEFT).
+    serving: Serving | None = None
     schema_version: str = field(default=SCHEMA_VERSION)
     kind: str = "merge"

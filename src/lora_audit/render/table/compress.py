@@ -19,6 +19,7 @@ from lora_audit.render.table._layout import (
     title,
     to_text,
 )
+from lora_audit.render.table._serving import add_serving_rows
 from lora_audit.report import CompressReport
 
 
@@ -80,6 +81,7 @@ def totals_table(report: CompressReport) -> Table:
         f"scale assumed for {t.assumed_scale_layers} of {t.layer_count} layers (nothing in "
         "the input gives it)"
     )
+    add_serving_rows(info, report.serving)
     add_output_rows(
         info,
         assumed=assumed if t.assumed_scale_layers else None,

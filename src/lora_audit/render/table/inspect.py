@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from rich.console import Group, RenderableType
@@ -17,7 +18,7 @@ from lora_audit.render._text import (
     rule_text,
     scale_sources_text,
 )
-from lora_audit.render.escape import escaped_report, for_terminal
+from lora_audit.render.escape import clipped, escaped_report, for_terminal
 from lora_audit.render.table._blocks import BlockHeaders, block_prefix, block_rows
 from lora_audit.render.table._cells import num, shape, sparkline
 from lora_audit.render.table._layout import (
@@ -150,9 +151,16 @@ def summary_table(report: InspectReport) -> Table:
     return info
 
 
-@escaped_report(for_terminal)
 def render_inspect(report: InspectReport, *, width: int = 100, color: bool = False) -> str:
-    """The full human-readable inspect report."""
+    """The full human-readable inspect report; each metadata value shows at most
+    :data:`~lora_audit.render.escape.SHOWN_CHARS` characters (the JSON report has them all)."""
+    shown = {k: clipped(v) for k, v in report.adapter.metadata.items()}
+    adapter = dataclasses.replace(report.adapter, metadata=shown)
+    return _render_inspect(dataclasses.replace(report, adapter=adapter), width=width, color=color)
+
+
+@escaped_report(for_terminal)
+def _render_inspect(report: InspectReport, *, width: int = 100, color: bool = False) -> str:
     advice = Text("\n".join(f"→ {line}" for line in report.summary.advice), style="green")
     headers = BlockHeaders()
     grid, prefix = layer_grid(report)

@@ -19,6 +19,7 @@ from lora_audit.render.table._layout import (
     title,
     to_text,
 )
+from lora_audit.render.table._serving import add_serving_rows
 from lora_audit.report.merge import MergeReport
 
 
@@ -91,6 +92,7 @@ def totals_table(report: MergeReport) -> Table:
     assumed = (
         f"scale assumed for {t.assumed_scale_layers} input layer(s) (nothing in the file gives it)"
     )
+    add_serving_rows(info, report.serving)
     add_output_rows(
         info,
         assumed=assumed if t.assumed_scale_layers else None,
