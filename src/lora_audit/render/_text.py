@@ -133,18 +133,19 @@ def adapter_rank_text(s: Summary, *, config_rank: int | None = None) -> str:
 
 
 def rule_text(s: Summary) -> str | None:
-    """``k@0.99-p90-pow2 v1 (τ=0.99, quantile 0.9, rounding pow2): not yet calibrated … — URL``;
-    ``None`` for a report without a basis."""
+    """``k@0.99-p90-pow2 v1 (τ=0.99, quantile 0.9, pow2): not calibrated by retraining yet``
+    (the link to the study is in the JSON); ``None`` for a report without a basis."""
     b = s.advice_basis
     if b is None:
         return None
     custom = ", custom quantile (--coverage)" if b.custom else ""
     if not b.tasks:
-        evidence = "not yet calibrated by retraining"
+        evidence = "not calibrated by retraining yet"
     else:
         evidence = f"validated on {', '.join(b.tasks)} ({b.seeds} seeds; {b.tolerance})"
-    values = f"τ={b.tau:g}, quantile {b.quantile:g}, rounding {b.rounding}{custom}"
-    return f"{b.rule} v{b.version} ({values}): {evidence} — {b.docs}"
+    rounding = "pow2" if b.rounding == "pow2" else "unrounded"
+    values = f"τ={b.tau:g}, quantile {b.quantile:g}, {rounding}{custom}"
+    return f"{b.rule} v{b.version} ({values}): {evidence}"
 
 
 def trend_verdict(report: TrendReport) -> str:
