@@ -104,7 +104,9 @@ def test_trained_lora_with_patterns_equals_inspect_of_save_pretrained(tmp_path: 
     assert ranks["down_proj"] == 4 and ranks["q_proj"] == 8
     v = next(layer for layer in report.layers if layer.name.endswith("v_proj"))
     assert v.scale == pytest.approx(3 / math.sqrt(8))
-    assert report.summary.compress_command is None or "ADAPTER_DIR" in report.summary.compress_command
+    assert (
+        report.summary.compress_command is None or "ADAPTER_DIR" in report.summary.compress_command
+    )
 
 
 def test_eval_mode_bf16_and_untrained_model_are_left_as_they_are(tmp_path: Path) -> None:
@@ -122,7 +124,8 @@ def test_eval_mode_bf16_and_untrained_model_are_left_as_they_are(tmp_path: Path)
 
 def test_dora_is_reported_like_a_saved_dora_adapter(tmp_path: Path) -> None:
     model = get_peft_model(
-        tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"], use_dora=True)
+        tiny_llama(),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"], use_dora=True),
     )
     train(model, steps=2)
     model.save_pretrained(tmp_path / "dora")
@@ -184,7 +187,7 @@ def test_zero3_placeholders_are_refused_never_read_as_untrained() -> None:
             param.ds_shape = tuple(param.shape)
             param.ds_numel = param.numel()
             param.data = torch.empty(0, dtype=param.dtype)
-    with pytest.raises(ShardedFactors, match="ZeRO-3 placeholder.*full shape \\[4, 32\\]"):
+    with pytest.raises(ShardedFactors, match=r"ZeRO-3 placeholder.*full shape \[4, 32\]"):
         lora_audit.inspect_model(model)
 
 

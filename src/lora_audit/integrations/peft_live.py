@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +116,12 @@ def choose_adapter(model: Any, adapter_name: str | None) -> str:
             f"{len(active)} active LoRA adapters ({', '.join(active) or 'none'})",
             hint=f"name the one to audit: adapter_name= one of {', '.join(known)}",
         )
-    return active[0]
+    return str(active[0])
 
 
-def live_adapter(model: Any, adapter_name: str | None = None, *, path: str | None = None) -> Adapter:
+def live_adapter(
+    model: Any, adapter_name: str | None = None, *, path: str | None = None
+) -> Adapter:
     """The adapter ``adapter_name`` (default: the active one) of a PEFT model, in memory.
 
     Parameters
@@ -282,8 +285,10 @@ def _config(model: Any, name: str) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     if isinstance(value, set | frozenset):
         return sorted(str(v) for v in value)
+    if isinstance(value, Enum):  # PEFT's PeftType, TaskType
+        return value.value
     if isinstance(value, str | int | float | bool) or value is None:
-        return value.value if hasattr(value, "value") else value
+        return value
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
