@@ -256,3 +256,15 @@ def test_every_n_steps_must_be_a_positive_int() -> None:
         LoraAuditCallback(every_n_steps=0)
     with pytest.raises(TypeError, match="must be an int"):
         LoraAuditCallback(every_n_steps=2.5)  # type: ignore[arg-type]
+
+
+def test_fsdp_switches_the_audit_off_from_the_start(tmp_path: Path, messages: list[str]) -> None:
+    callback = LoraAuditCallback(every_n_steps=1, device="cpu")
+    args = SimpleNamespace(output_dir=str(tmp_path), fsdp=["full_shard"])
+    state = SimpleNamespace(global_step=1, is_world_process_zero=True)
+    control = SimpleNamespace(should_save=True)
+    callback.on_train_begin(args, state, control)
+    callback.on_step_end(args, state, control, model=peft_model())
+    off = [m for m in messages if "audit is off" in m]
+    assert len(off) == 1 and "TrainingArguments.fsdp is set" in off[0]
+    assert callback.run.history == []

@@ -44,6 +44,7 @@ from typing import Any, Literal
 from transformers import Trainer, TrainerCallback
 
 from lora_audit.decisions.training_alerts import AlertRules
+from lora_audit.errors import LoraAuditError
 from lora_audit.integrations.peft_live import ShardedFactors
 from lora_audit.integrations.run_audit import RunAudit
 from lora_audit.report import InspectReport
@@ -52,6 +53,14 @@ __all__ = ["AlertRules", "LoraAuditCallback"]
 
 #: The Trainer's own logger: its level follows ``TrainingArguments.log_level``.
 logger = logging.getLogger("transformers.trainer")
+
+#: The one warning when the factors are sharded (``why``: what says so).
+_OFF = (
+    "lora-audit: the audit is off for this run: {why}. Under DeepSpeed ZeRO-3 "
+    "(zero_optimization.stage 3) or FSDP the factors are sharded and the callback does not "
+    "gather them; audit the saved checkpoints with `lora-audit trend OUTPUT_DIR` (under ZeRO-3 "
+    "save with stage3_gather_16bit_weights_on_model_save: true)"
+)
 
 #: How many calling frames are searched for the Trainer.
 _FRAMES = 12
@@ -125,6 +134,9 @@ class LoraAuditCallback(TrainerCallback):  # type: ignore[misc]
         self._off, self._cache = False, None
         if self._trainer is None:
             self._trainer = _calling_trainer(self)
+        if getattr(args, "fsdp", None) and state.is_world_process_zero:
+            self._off = True
+            self._tell("sharded", _OFF.format(why="TrainingArguments.fsdp is set"))
         if self._trainer is None and state.is_world_process_zero:
             self._tell(
                 "trainer",
@@ -191,13 +203,11 @@ class LoraAuditCallback(TrainerCallback):  # type: ignore[misc]
             )
         except ShardedFactors as exc:
             self._off = True
-            self._tell(
-                "sharded",
-                f"lora-audit: the audit is off for this run: {exc.message}. Under DeepSpeed "
-                "ZeRO-3 (zero_optimization.stage 3) or FSDP the factors are sharded and the "
-                "callback does not gather them; audit the saved checkpoints with `lora-audit "
-                "trend OUTPUT_DIR` (save with stage3_gather_16bit_weights_on_model_save: true)",
-            )
+            self._tell("sharded", _OFF.format(why=exc.message))
+            return None
+        except LoraAuditError as exc:  # never stop the training run over its audit
+            self._off = True
+            self._tell("error", f"lora-audit: the audit is off for this run: {exc}")
             return None
         self._cache = (step, path, report)
         return report
