@@ -205,3 +205,20 @@ def test_importing_lora_audit_and_its_integrations_stays_torch_free() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class Grouped(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 1, groups=2)
+        self.attn = torch.nn.MultiheadAttention(8, 2)
+
+
+@pytest.mark.parametrize(
+    ("target", "what"),
+    [("conv", "grouped convolution"), ("attn", "nn.MultiheadAttention")],
+)
+def test_layouts_only_the_file_reader_reads_are_refused_by_name(target: str, what: str) -> None:
+    model = get_peft_model(Grouped(), LoraConfig(r=2, target_modules=[target]))
+    with pytest.raises(InputError, match=f"{what}.*not read in memory"):
+        lora_audit.inspect_model(model)

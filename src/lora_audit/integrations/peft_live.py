@@ -174,13 +174,19 @@ def live_adapter(
 
 def _factors(module: Any, name: str) -> tuple[LayerKind, Any, Any] | None:
     """``(kind, A, B)`` of one module's adapter ``name``, ``None`` when it has none."""
-    from peft.tuners.lora.layer import ParamWrapper
+    from peft.tuners.lora.layer import MultiheadAttention, ParamWrapper
 
-    if isinstance(module, ParamWrapper):
+    unread = {
+        ParamWrapper: "LoRA on target_parameters (MoE experts)",
+        MultiheadAttention: "LoRA on nn.MultiheadAttention",
+    }
+    what = next((text for kind, text in unread.items() if isinstance(module, kind)), None)
+    if what is None and getattr(module.get_base_layer(), "groups", 1) > 1:
+        what = "LoRA on a grouped convolution (block-diagonal lora_B)"
+    if what is not None:
         raise InputError(
-            f"{type(module).__name__}: LoRA on target_parameters (MoE experts) is not read "
-            "in memory",
-            hint="save_pretrained and use lora_audit.inspect on the saved adapter",
+            f"{what} is not read in memory",
+            hint="save_pretrained and use lora_audit.inspect, which reads it exactly",
         )
     if name in module.lora_embedding_A:
         return LayerKind.EMBEDDING, module.lora_embedding_A[name], module.lora_embedding_B[name]
