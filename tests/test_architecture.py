@@ -52,6 +52,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "safetensors",
         *inner("formats", "linalg", "engine", "decisions", "commands", "cli"),
     ),
+    # beside cli: trainer integrations call the API and the pipelines, never the command line
+    "integrations": (*UI, *inner("cli")),
 }
 #: top-level modules every stage may use; they import no stage themselves.
 SHARED = ("errors.py", "adapter.py", "regex_guard.py", "choices.py")
@@ -111,10 +113,11 @@ def test_every_stage_imports_only_the_stages_before_it() -> None:
         ("render", "from lora_audit.linalg.spectral import svd"),
         ("report", "import numpy as np"),
         ("formats", "    from lora_audit.engine.spectra import spectra  # deferred, still caught"),
+        ("integrations", "from lora_audit.cli._common import warn"),
     ],
 )
 def test_a_planted_wrong_import_is_caught(tmp_path: Path, folder: str, line: str) -> None:
-    for stage in STAGES:
+    for stage in (*STAGES, "integrations"):
         (tmp_path / stage).mkdir()
         (tmp_path / stage / "__init__.py").write_text("")
     for shared in SHARED:

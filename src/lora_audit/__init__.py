@@ -9,6 +9,7 @@ stays light::
 
     report = lora_audit.inspect("path/to/adapter", energy=0.95)   # an InspectReport
     report.summary.wasted_fraction, report.to_dict()
+    lora_audit.inspect_model(peft_model)                           # a PEFT model in memory
     lora_audit.inspect_many(["runs/"])                             # every adapter below
     lora_audit.check(["a", "b"], max_waste=0.3).status             # "pass" / "fail" / "error"
     lora_audit.compress("a", output="a-small", energy=0.99)
@@ -26,7 +27,7 @@ DISTRIBUTION = "lora-rank-audit"
 HOME = "https://github.com/lora-rank-audit/lora-rank-audit"
 
 #: The public functions, defined in :mod:`lora_audit.api` and imported on first use.
-_API = ("inspect", "inspect_many", "check", "compress")
+_API = ("inspect", "inspect_model", "inspect_many", "check", "compress")
 
 __all__ = [
     "DISTRIBUTION",
@@ -36,10 +37,11 @@ __all__ = [
     "compress",
     "inspect",
     "inspect_many",
+    "inspect_model",
 ]
 
 if TYPE_CHECKING:
-    from lora_audit.api import check, compress, inspect, inspect_many
+    from lora_audit.api import check, compress, inspect, inspect_many, inspect_model
 
 
 def __getattr__(name: str) -> Any:

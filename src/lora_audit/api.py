@@ -1,4 +1,4 @@
-"""The Python API: ``lora_audit.inspect``, ``inspect_many``, ``check`` and ``compress``.
+"""The Python API: ``lora_audit.inspect``, ``inspect_model``, ``inspect_many``, ``check``, …
 
 Each function runs the same pipeline as the command of the same name (:mod:`lora_audit.commands`)
 and returns its finished, frozen report; ``report.to_dict()`` gives the JSON form the command
@@ -17,7 +17,7 @@ import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lora_audit.choices import DeviceName as Device
 from lora_audit.choices import InputFormatName as InputFormat
@@ -145,6 +145,66 @@ def inspect(
     )
     adapter = _one_adapter(path, alpha=alpha, input_format=input_format)
     return inspect_with_base(adapter, options=options, base=base_options, warn=_warn)
+
+
+def inspect_model(
+    model: Any,
+    adapter_name: str | None = None,
+    *,
+    energy: float = 0.99,
+    coverage: float | None = None,
+    device: Device = "auto",
+    method: Method = "auto",
+    path: PathLike | None = None,
+) -> InspectReport:
+    """Audit the LoRA adapter of a PEFT model in memory, as :func:`inspect` audits it saved.
+
+    Each LoRA module's factors and scale are read from the live model (LoRA, rsLoRA,
+    ``rank_pattern``/``alpha_pattern``, DoRA, several adapters) and go through the same engine
+    as :func:`inspect`: no copy to disk, no dense ``ΔW``, no gradient, and the model's mode,
+    dtypes, devices and ``requires_grad`` are left as they were. The report equals that of
+    :func:`inspect` on ``model.save_pretrained(path)`` at the same step (up to the file's own
+    fields: ``tensor_file``, ``file_bytes``, metadata). Needs torch and PEFT.
+
+    Parameters
+    ----------
+    model
+        A ``PeftModel`` (``get_peft_model``), a ``LoraModel``, or a module with PEFT LoRA
+        layers injected (transformers' ``add_adapter``).
+    adapter_name
+        The adapter to audit; ``None``: the active one (an error when several are active).
+    energy, coverage, device, method
+        As for :func:`inspect`.
+    path
+        What the report calls the adapter, e.g. where it will be saved; it appears in the
+        ``compress`` command of the advice. Default ``"ADAPTER_DIR"``.
+
+    Returns
+    -------
+    InspectReport
+        As :func:`inspect` returns; ``report.adapter.tensor_file`` is
+        ``<in memory: adapter 'NAME'>``.
+
+    Raises
+    ------
+    InputError
+        No LoRA module, an unknown or ambiguous adapter, or factors sharded by DeepSpeed
+        ZeRO-3 or FSDP2 (gather them first, or audit the saved checkpoint).
+    """
+    from lora_audit.engine.device import require_torch
+
+    require_torch("inspect_model")
+    import torch
+
+    from lora_audit.commands.inspect_base import inspect_with_base
+    from lora_audit.integrations.peft_live import live_adapter
+
+    options = _audit_options(energy=energy, coverage=coverage, device=device, method=method)
+    with torch.no_grad():
+        adapter = live_adapter(model, adapter_name, path=None if path is None else str(path))
+        for message in adapter.warnings:
+            _warn(message)
+        return inspect_with_base(adapter, options=options, base=None, warn=_warn)
 
 
 def inspect_many(

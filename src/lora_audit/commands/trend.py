@@ -223,6 +223,29 @@ def trend_of(
         warnings.extend(f"{adapter.path}: {w}" for w in adapter.warnings)
         report = inspect_adapter(adapter, options=options.audit, progress=progress, warn=warn)
         reports.append(report)
+    return trend_from_reports(reports, steps=steps, options=options, warnings=warnings, warn=warn)
+
+
+def trend_from_reports(
+    reports: Sequence[InspectReport],
+    *,
+    steps: StepOrder,
+    options: TrendOptions,
+    warnings: Sequence[str] = (),
+    warn: Warn | None = None,
+) -> TrendReport:
+    """The trend of checkpoints already audited (``reports`` in step order, ``steps.steps``).
+
+    :func:`trend_of` audits saved checkpoints and ends here; a training callback that audited
+    each checkpoint in memory when it was saved (:mod:`lora_audit.integrations`) starts here.
+    """
+    warnings = list(warnings)
+
+    def note(message: str) -> None:
+        warnings.append(message)
+        if warn is not None:
+            warn(message)
+
     if len(reports) < options.window:
         note(
             f"drift is judged over the last {options.window} checkpoints; "
