@@ -43,8 +43,9 @@ def rule(units: tuple[str, ...] = (), packages: tuple[str, ...] = ()) -> Rule:
     return Rule(units=frozenset(units), packages=frozenset(packages))
 
 
-#: Imported by every unit; they import no stage. ``adapter`` is not here: it brings numpy.
-LEAVES = ("errors", "regex_guard")
+#: Imported by every unit; they import no stage and no third-party package. ``adapter`` is not
+#: here: it brings numpy.
+LEAVES = ("errors", "regex_guard", "choices")
 STAGES = ("formats", "linalg", "engine", "decisions", "commands", "report", "render", "cli")
 
 #: unit → what it may import. A unit that is not a key is itself a violation.
@@ -54,6 +55,7 @@ RULES: dict[str, Rule] = {
     "__main__": rule(("cli",)),
     "errors": rule(),
     "regex_guard": rule(("errors",)),
+    "choices": rule(("errors",)),
     "output_format": rule(),
     "adapter": rule(("errors",), ("numpy",)),
     "api": rule((*LEAVES, "adapter", "formats", "engine", "decisions", "commands", "report")),
@@ -261,6 +263,7 @@ PLANTED = [
     ("commands/planted.py", "import typer\n", "typer"),
     ("cli/planted.py", "import numpy\n", "numpy"),
     ("helpers.py", "", "(no rule for this unit)"),
+    ("choices.py", "import numpy as np\n", "numpy"),
 ]
 
 

@@ -144,6 +144,14 @@ class LoraLayer:
     scale_source
         Where ``scale`` came from (see :data:`ScaleSource`); ``assumed`` must also produce a
         warning that names the scale assumed.
+    conv_groups
+        ``groups`` of a PEFT LoRA on a grouped convolution (1 otherwise): a dense ``lora_A``
+        followed by a grouped ``lora_B``, read with ``B`` as its block-diagonal ``(out, r)``
+        matrix, so ``ΔW`` is the dense convolution the layer's ``forward`` adds, which does not
+        fit the base weight's ``(out, in/groups, …)`` shape (PEFT cannot merge it either).
+    write_refusal
+        Why ``compress`` and ``merge`` cannot write this layer back in a layout its loader
+        rebuilds exactly; ``None`` when they can.
     """
 
     name: str
@@ -166,6 +174,8 @@ class LoraLayer:
     stored_params: int | None = None
     network_dim: int | None = None
     scale_source: ScaleSource = "assumed"
+    conv_groups: int = 1
+    write_refusal: str | None = None
 
     @property
     def params(self) -> int:

@@ -17,8 +17,12 @@ import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
+from lora_audit.choices import DeviceName as Device
+from lora_audit.choices import InputFormatName as InputFormat
+from lora_audit.choices import MethodName as Method
+from lora_audit.choices import input_format_name
 from lora_audit.errors import InputError, LoraAuditWarning, UsageError
 from lora_audit.report import CheckReport, CompressReport, InspectManyReport, InspectReport
 
@@ -28,9 +32,6 @@ if TYPE_CHECKING:
     from lora_audit.engine.device import EngineOptions
 
 PathLike = str | os.PathLike[str]
-Device = Literal["auto", "cpu", "cuda"]
-Method = Literal["auto", "qr", "gram"]
-InputFormat = Literal["auto", "peft", "kohya", "mlx"]
 
 
 def _warn(message: str) -> None:
@@ -61,15 +62,17 @@ def _one_adapter(path: PathLike, *, alpha: float | None, input_format: InputForm
     from lora_audit.commands.many import find_adapters
     from lora_audit.formats import load_adapter
 
+    fmt = input_format_name(input_format)
     found = find_adapters([Path(path)]).found
     if len(found) != 1:
+        shown = ", ".join(str(f.path) for f in found[:4]) + (", …" if len(found) > 4 else "")
         raise InputError(
-            f"{path}: {len(found)} adapters below it",
+            f"{path}: {len(found)} adapters below it ({shown})",
             hint="name one of them, or use lora_audit.inspect_many",
         )
     if found[0].error is not None:
         raise found[0].error
-    adapter = load_adapter(found[0].path, alpha=alpha, input_format=input_format)
+    adapter = load_adapter(found[0].path, alpha=alpha, input_format=fmt)
     for message in adapter.warnings:
         _warn(message)
     return adapter
@@ -168,12 +171,13 @@ def inspect_many(
     from lora_audit.commands.many import inspect_many as assemble
 
     options = _audit_options(energy=energy, coverage=coverage, device=device, method=method)
+    fmt = input_format_name(input_format)
     found = find_adapters([Path(p) for p in paths], include_checkpoints=include_checkpoints)
     outcomes = audit_all(
         found.found,
         options=options,
         alpha=alpha,
-        input_format=input_format,
+        input_format=fmt,
         warn=_warn,
     )
     return assemble(outcomes, options=options)
@@ -230,12 +234,13 @@ def check(
         min_rank_used=min_rank_used,
     )
     named = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    engine, fmt = _engine(device, method), input_format_name(input_format)
     return run_check(
         [Path(p) for p in named],
         policy=merge(Policy(), values),
-        engine=_engine(device, method),
+        engine=engine,
         alpha=alpha,
-        input_format=input_format,
+        input_format=fmt,
         include_checkpoints=include_checkpoints,
         warn=_warn,
     )

@@ -9,6 +9,7 @@ code  meaning
 1     policy findings (``check``: the adapter wastes too much rank)
 2     usage error (bad flag, bad option value, output exists)
 3     an input could not be read or is invalid; an output could not be written
+70    internal error: a bug in lora-audit (EX_SOFTWARE), not a problem with the input
 130   interrupted (SIGINT, ^C): temporary files removed, no output written
 143   terminated (SIGTERM): temporary files removed, no output written
 ====  ==========================================================
@@ -26,6 +27,7 @@ class ExitCode(IntEnum):
     FINDINGS = 1
     USAGE = 2
     INPUT = 3
+    INTERNAL = 70
     INTERRUPTED = 130
     TERMINATED = 143
 

@@ -161,7 +161,7 @@ def test_debug_keeps_exit_3_when_the_write_itself_fails(lean: str) -> None:
     assert "Traceback" in loud[2] and "OutputError" in loud[2]
 
 
-def test_a_bug_exits_3_with_and_without_debug(lean: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bug_exits_70_with_and_without_debug(lean: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import lora_audit.commands.inspect as inspect_module
 
     def boom(*args: object, **kwargs: object) -> None:
@@ -170,8 +170,10 @@ def test_a_bug_exits_3_with_and_without_debug(lean: str, monkeypatch: pytest.Mon
     monkeypatch.setattr(inspect_module, "inspect_adapter", boom)
     plain = run("inspect", lean)
     loud = run("inspect", lean, "--debug")
-    assert plain[0] == loud[0] == ExitCode.INPUT
-    assert "unexpected ZeroDivisionError: planted" in one_error_line(plain[2])
+    assert plain[0] == loud[0] == ExitCode.INTERNAL == 70
+    line = one_error_line(plain[2])
+    assert "internal error (unexpected ZeroDivisionError: planted)" in line
+    assert "please report it at" in line and "--debug" in line
     assert "Traceback" in loud[2]
 
 
@@ -357,3 +359,13 @@ def test_completion_completes_commands_options_and_choices(
 ) -> None:
     code, out, _ = run(_LORA_AUDIT_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=cword)
     assert code == 0 and out.split() == expected
+
+
+def test_every_exit_code_is_documented() -> None:
+    """The exit-code table of docs/usage.md lists exactly the codes of ``ExitCode`` (70 too)."""
+    import re
+
+    usage = Path(__file__).resolve().parents[2] / "docs" / "usage.md"
+    table = usage.read_text(encoding="utf-8").split("### Exit codes", 1)[1].split("###", 1)[0]
+    documented = {int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.MULTILINE)}
+    assert documented == {int(code) for code in ExitCode}

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from lora_audit.commands.compress import CompressOptions, compress_adapter
 from lora_audit.commands.inspect import AuditOptions, inspect_adapter
 from lora_audit.decisions.compress_ranks import RankRule
+from lora_audit.errors import InputError
 from lora_audit.formats import load_adapter
 
 conversion = pytest.importorskip("diffusers.loaders.lora_conversion_utils")
@@ -86,12 +87,12 @@ def test_wan_per_module_alpha_matches_diffusers(tmp_path: Path, down: str, up: s
 
 
 def test_wan_file_was_read_at_scale_one_before(tmp_path: Path) -> None:
-    """The PEFT reader (the old path for lora_A keys) ignores the alphas: scale 1 everywhere."""
+    """The PEFT reader (the old path for lora_A keys) ignores the alphas: forcing it is refused."""
     path = tmp_path / "wan.safetensors"
     wan_file(path)
-    old = load_adapter(path, input_format="peft")
+    with pytest.raises(InputError, match=r"would ignore the scales in \d+ per-module \.alpha"):
+        load_adapter(path, input_format="peft")
     new = {layer.name: layer for layer in load_adapter(path).layers}
-    assert {layer.scale for layer in old.layers} == {1.0}
     assert all(new[f"diffusion_model.{m}"].scale != 1.0 for m in list(WAN)[1:])
     assert new["diffusion_model.blocks.0.cross_attn.v"].scale == pytest.approx(7 / 4)
 

@@ -118,13 +118,15 @@ def run_guarded(
         raise typer.Exit(int(ExitCode.TERMINATED)) from None
     except typer.Exit:
         raise
-    except Exception as exc:  # a bug, or an input problem we failed to anticipate
+    except Exception as exc:  # a bug (70), never reported as bad input (3)
+        atomic.remove_live()
         _traceback()
         fail(
-            f"unexpected {exc.__class__.__name__}: {exc} — a bug: please report it at "
-            f"{HOME}/issues (run with --debug for the traceback)"
+            f"internal error (unexpected {exc.__class__.__name__}: {exc}) — a bug in "
+            f"lora-audit, not in your input: please report it at {HOME}/issues with the "
+            "output of the same command run with --debug"
         )
-        raise typer.Exit(int(ExitCode.INPUT)) from None
+        raise typer.Exit(int(ExitCode.INTERNAL)) from None
     finally:
         _state.OUTPUTS = None
     raise typer.Exit(code)
@@ -253,12 +255,20 @@ def options_dict(**kwargs: Any) -> dict[str, Any]:
 
 
 def load_reported(path: Path, *, alpha: float | None, input_format: str) -> Adapter:
-    """Read an adapter and print the reader's warnings on stderr."""
+    """Read an adapter and print the reader's warnings on stderr, and a warning naming each
+    adapter saved inside its directory that is not read with it (PEFT's ``d/<name>/``)."""
     from lora_audit.formats import load_adapter
+    from lora_audit.formats.discovery import named_adapters
 
     adapter = load_adapter(path, alpha=alpha, input_format=input_format)
     for message in adapter.warnings:
         warn(message)
+    for other in named_adapters(path) if path.is_dir() else ():
+        warn(
+            f"{other}: another adapter saved inside {path} (PEFT writes each named adapter "
+            f"in its own subdirectory) is not part of this one and was not read; name "
+            f"{other} to read it"
+        )
     return adapter
 
 

@@ -9,6 +9,9 @@ from typing import Annotated
 
 import typer
 
+from lora_audit.choices import Device as Device
+from lora_audit.choices import InputFormat as InputFormat
+from lora_audit.choices import Method as Method
 from lora_audit.cli import _state
 
 # Settings a settings file may give (``cli/settings_file.py``): ``None`` when the flag is not
@@ -78,22 +81,6 @@ AlphaOption = Annotated[
         help="lora_alpha to use when neither adapter_config.json nor the file header gives one.",
     ),
 ]
-
-
-class Device(StrEnum):
-    """Where the spectra are computed."""
-
-    AUTO = "auto"
-    CPU = "cpu"
-    CUDA = "cuda"
-
-
-class Method(StrEnum):
-    """Core factorisation of the spectral engine."""
-
-    AUTO = "auto"
-    QR = "qr"
-    GRAM = "gram"
 
 
 DeviceOption = Annotated[
@@ -186,15 +173,6 @@ DebugOption = Annotated[
         help="Show a traceback with an error (the exit code stays the same).",
     ),
 ]
-
-
-class InputFormat(StrEnum):
-    """``--input-format``: force a reader instead of detecting one from the keys."""
-
-    AUTO = "auto"
-    PEFT = "peft"
-    KOHYA = "kohya"
-    MLX = "mlx"
 
 
 InputFormatOption = Annotated[

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from lora_audit.choices import device_name, method_name
 from lora_audit.cli._ci_outputs import (
     JunitXmlOption,
     NoStepSummaryOption,
@@ -139,7 +140,7 @@ def check_command(
             adapters,
             policy=policy_from(flags, source),
             policy_file=None if source is None else source.path,
-            engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
+            engine=EngineOptions(device=device_name(device), method=method_name(method)),
             alpha=alpha,
             input_format=input_format.value,
             include_checkpoints=include_checkpoints,

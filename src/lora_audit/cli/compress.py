@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from lora_audit.choices import device_name, method_name
 from lora_audit.cli._common import (
     emit_report,
     load_reported,
@@ -159,7 +160,7 @@ def compress_command(
             dry_run=dry_run,
             force=force,
             allow_dora=allow_dora,
-            engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
+            engine=EngineOptions(device=device_name(device), method=method_name(method)),
             base=base,
         )
         if output is None and not dry_run:

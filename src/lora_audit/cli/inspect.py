@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from lora_audit.choices import device_name, method_name
 from lora_audit.cli._common import (
     emit_report,
     exit_code_for,
@@ -120,7 +121,7 @@ def inspect_command(
         options = AuditOptions(
             energy=number("energy", energy),
             coverage=number("coverage", coverage),
-            engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
+            engine=EngineOptions(device=device_name(device), method=method_name(method)),
             settings_file=settings_file_shown(),
         )
         fmt = report_format(output_format, offered=InspectFormat, command="inspect")

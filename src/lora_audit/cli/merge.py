@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from lora_audit.choices import device_name, method_name
 from lora_audit.cli._common import (
     emit_report,
     load_reported,
@@ -183,7 +184,7 @@ def merge_command(
             dry_run=dry_run,
             force=force,
             drop_extras=drop_extras,
-            engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
+            engine=EngineOptions(device=device_name(device), method=method_name(method)),
         )
         if output is None and not dry_run:
             raise UsageError("--output is required", hint="or pass --dry-run to see the plan")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from lora_audit.choices import device_name, method_name
 from lora_audit.cli._common import (
     emit_report,
     exit_code_for,
@@ -119,7 +120,7 @@ def trend_command(
         options = TrendOptions(
             audit=AuditOptions(
                 energy=number("energy", energy),
-                engine=EngineOptions(device=device.value, method=method.value),  # type: ignore[arg-type]
+                engine=EngineOptions(device=device_name(device), method=method_name(method)),
                 settings_file=settings_file_shown(),
             ),
             window=window,

@@ -100,6 +100,12 @@ def _check_one(adapter: Adapter) -> None:
             "all experts of a parameter share one r",
         )
     for layer in adapter.layers:
+        if layer.write_refusal is not None:
+            raise InputError(
+                f"{adapter.path}: merge does not write layer {layer.name!r} back: it is "
+                f"{layer.write_refusal}",
+                hint="inspect and check read it; merge adapters without such layers",
+            )
         if layer.dora:
             raise InputError(
                 f"{adapter.path}: layer {layer.name!r} is DoRA: its magnitude vector rescales "

@@ -10,16 +10,13 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from lora_audit.choices import DeviceName, MethodName, device_name, method_name
 from lora_audit.errors import UsageError
-from lora_audit.linalg.spectral import (
-    Method,
-)
 
 if TYPE_CHECKING:
     import torch
 
-
-DeviceName = Literal["auto", "cpu", "cuda"]
+__all__ = ["DeviceName", "EngineOptions", "device_type", "require_torch", "resolve_device"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,11 +31,21 @@ class EngineOptions:
         Core factorisation; see :mod:`lora_audit.linalg.spectral`.
     chunk_bytes
         Working-memory budget per chunk; ``None`` sizes it from the device.
+
+    Raises
+    ------
+    UsageError
+        For a device or method that is not one of the choices (:mod:`lora_audit.choices`):
+        an unknown name is refused, never read as the Gram path without its QR fallback.
     """
 
     device: DeviceName = "auto"
-    method: Method = "auto"
+    method: MethodName = "auto"
     chunk_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        device_name(self.device)
+        method_name(self.method)
 
 
 #: What to install for ``--device cuda`` (torch is an optional dependency).

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import get_args
 
 from lora_audit.adapter import Adapter
+from lora_audit.choices import InputFormatName, input_format_name
 from lora_audit.errors import InputError
 from lora_audit.formats import mlx, sniff
 from lora_audit.formats.diffusers_metadata import component_configs, read_pipeline
+from lora_audit.formats.forced import check_forced
 from lora_audit.formats.kohya import has_module_alphas, looks_like_kohya, read_kohya
 from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME, looks_like_peft, read_peft
 from lora_audit.formats.safetensors_io import Header, read_header
@@ -28,8 +31,8 @@ PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 
 #: Values of ``--input-format``: ``peft``, ``kohya`` for every single-file SD format
 #: (kohya / sd-scripts, LyCORIS, diffusers attention processors), or ``mlx`` (mlx-lm). GGUF is
-#: told by its magic bytes.
-INPUT_FORMATS = ("auto", "peft", "kohya", "mlx")
+#: told by its magic bytes. Defined in :mod:`lora_audit.choices`.
+INPUT_FORMATS: tuple[str, ...] = get_args(InputFormatName)
 
 __all__ = ["INPUT_FORMATS", "PICKLE_SUFFIXES", "holds_adapter", "load_adapter", "resolve_files"]
 
@@ -151,7 +154,10 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
     ------
     InputError
         When the path holds no readable, valid adapter.
+    UsageError
+        When ``input_format`` is not one of :data:`INPUT_FORMATS`.
     """
+    fmt = input_format_name(input_format)
     tensor_file, config_file = resolve_files(path)
     kind = sniff.sniff(tensor_file)
     if kind == "gguf":
@@ -168,7 +174,7 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
         config_file=config_file,
         header=header,
         alpha=alpha,
-        fmt=input_format,
+        fmt=fmt,
     )
     check_work_bounded(adapter, header=header, file_size=tensor_file.stat().st_size)
     return adapter
@@ -190,6 +196,9 @@ def _read(
         return read_pipeline(
             path=path, tensor_file=tensor_file, header=header, configs=configs, alpha=alpha
         )
+    check_forced(
+        fmt, header=header, config_file=config_file, mlx_config=mlx_config, tensor_file=tensor_file
+    )
     if fmt == "auto":
         detected = _detect(header, config_file=config_file, mlx_config=mlx_config)
         if detected is None:

@@ -295,6 +295,14 @@ def match_base_weights(adapter: Adapter, base: BaseModel) -> BaseMatch:
     non-float dtype are listed in :attr:`BaseMatch.unmatched` with the reason; the caller
     decides whether that is an error.
     """
+    grouped = next((x for x in adapter.layers if x.conv_groups > 1), None)
+    if grouped is not None:
+        raise InputError(
+            f"{adapter.path}: layer {grouped.name!r} is a LoRA on a grouped convolution "
+            f"(groups={grouped.conv_groups}): its ΔW is a dense convolution that does not fit "
+            "the base weight, and PEFT cannot merge it either",
+            hint="audit this adapter without --base",
+        )
     index = _NameIndex(base.keys)
     kohya = adapter.format in {"kohya", "lycoris"}
     fan_in_fan_out = bool(adapter.config.get("fan_in_fan_out", False))
@@ -386,6 +394,9 @@ class _NameIndex:
 
     def __init__(self, keys: Iterable[str]) -> None:
         self.modules = {k.removesuffix(".weight"): k for k in keys if k.endswith(".weight")}
+        for key in keys:  # nn.MultiheadAttention: PEFT's layer <mha> is <mha>.in_proj_weight
+            if key.endswith(".in_proj_weight"):
+                self.modules.setdefault(key.removesuffix(".in_proj_weight"), key)
         self._by_last: dict[str, list[str]] = {}
         for module in self.modules:
             self._by_last.setdefault(module.rsplit(".", 1)[-1], []).append(module)

@@ -4,7 +4,10 @@ files: a named path is always taken; a directory that is not itself one adapter 
 What counts as an adapter below a directory:
 
 * a directory with ``adapter_config.json`` and an ``adapter_model.*`` file (PEFT), or with
-  mlx-lm's ``adapters.safetensors``: the directory (its own files are not looked at again);
+  mlx-lm's ``adapters.safetensors``: the directory (its own files are not looked at again),
+  and the adapter directories directly inside it: PEFT's ``save_pretrained`` writes the
+  default adapter at ``d/`` and every other named adapter at ``d/<name>/``
+  (:func:`named_adapters`);
 * a ``.safetensors`` file whose header holds LoRA factors that a reader knows (kohya, LyCORIS,
   diffusers, PEFT keys); other safetensors files (base models, VAEs) are skipped, and a file
   whose header cannot be read is kept, so that its error is reported rather than hidden;
@@ -178,6 +181,9 @@ def _named(path: Path, search: _Search) -> Path:
         if _is_adapter_dir(target):  # the common case: one adapter directory
             if search.include_checkpoints:
                 _walk(target, search, depth=0, own_files=False, checkpoints_only=True)
+            else:
+                for child in named_adapters(target):
+                    search.add(Found(path=child))
             return target
     _walk(target, search, depth=0, own_files=not whole)
     if not search.found:  # nothing below: read it as named, for the reader's own message
@@ -230,6 +236,8 @@ def _walk(
             if checkpoint and not search.include_checkpoints:
                 search.skipped_checkpoints += 1
             elif checkpoints_only and not checkpoint:
+                if _is_adapter_dir(child):  # PEFT's d/<name>/ beside the default adapter
+                    search.add(Found(path=child))
                 continue
             elif is_repo_dir(child):
                 _repo(child, search, depth=depth)
@@ -274,6 +282,29 @@ def _entries(directory: Path, search: _Search) -> Iterator[os.DirEntry[str]]:
         return iter(())
     search.count(len(entries))
     return iter(entries)
+
+
+def named_adapters(directory: Path) -> list[Path]:
+    """The adapter directories directly inside the adapter directory ``directory``.
+
+    ``PeftModel.save_pretrained(d)`` writes the default adapter at ``d/`` and each adapter
+    added with ``add_adapter(name, …)`` at ``d/<name>/``: reading ``d`` as one adapter reads
+    the default only. Hidden, ``checkpoint-*`` and symlinked directories are not listed; an
+    unlistable directory lists nothing (its reader says why).
+    """
+    try:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)[:MAX_ENTRIES]
+    except OSError:
+        return []
+    return [
+        Path(e.path)
+        for e in entries
+        if not e.name.startswith((".", "checkpoint-"))
+        and e.name not in _SKIPPED_NAMES
+        and e.is_dir(follow_symlinks=False)
+        and _is_adapter_dir(Path(e.path))
+    ]
 
 
 def _is_adapter_dir(path: Path) -> bool:

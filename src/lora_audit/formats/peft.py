@@ -22,6 +22,13 @@ from lora_audit.formats.config_files import load_json_file, parse_json
 from lora_audit.formats.derived_source import Derive, DerivedSource
 from lora_audit.formats.patterns import match_pattern
 from lora_audit.formats.peft_init import init_warnings
+from lora_audit.formats.peft_layouts import (
+    conv_groups,
+    grouped_factors,
+    grouped_layer,
+    grouped_warnings,
+    multihead_attention,
+)
 from lora_audit.formats.peft_moe import expand_experts, wraps_parameter
 from lora_audit.formats.peft_variants import (
     adalora_layers,
@@ -229,6 +236,9 @@ def read_peft(
         layers, passthrough = _pair_layers(
             header, config=config, tensor_file=tensor_file, origins=(origin, top_origin)
         )
+        attention, layers = multihead_attention(
+            layers, config=config, origins=(origin, top_origin), where=where
+        )
         if config.lora_alpha is not None and config.r is not None:
             plain = [x for x in layers if not wraps_parameter(x.name, config.target_parameters)]
             _check_ranks(plain, config=config, where=where)
@@ -243,6 +253,9 @@ def read_peft(
             origin=top_origin,
             tensor_file=tensor_file,
         )
+        layers += attention
+    derived = {**derived, **grouped_factors(layers)}
+    warnings += grouped_warnings(layers, where=str(tensor_file))
     layers.sort(key=lambda layer: natural_key(layer.name))
     if any(layer.scale_source == "assumed" for layer in layers):
         warnings.append(assumed_warning(tensor_file, peft_type=peft_type, alpha=config.lora_alpha))
@@ -385,7 +398,8 @@ def _make_layer(
             )
     embedding = "lora_embedding" in a_key
     rank = a.shape[0]
-    if b.shape[1] != rank or any(d != 1 for d in b.shape[2:]):
+    groups = conv_groups(a.shape, b.shape)  # PEFT's grouped-conv lora_B: (out, r/G, 1, …)
+    if groups == 1 and (b.shape[1] != rank or any(d != 1 for d in b.shape[2:])):
         raise InputError(
             f"{where}: rank mismatch: A {a_key!r} has shape {list(a.shape)} but B {b_key!r} "
             f"has shape {list(b.shape)}",
@@ -405,7 +419,7 @@ def _make_layer(
         alpha, source = config.lora_alpha, origins[1]
     scale = 1.0 if alpha is None else lora_scale(alpha=alpha, rank=rank, rslora=config.use_rslora)
     dora = any("lora_magnitude_vector" in k for k in extras)
-    return LoraLayer(
+    layer = LoraLayer(
         name=name,
         kind=kind,
         a_key=a_key,
@@ -423,6 +437,7 @@ def _make_layer(
         dora=dora,
         scale_source=source if alpha is not None else "assumed",
     )
+    return grouped_layer(layer, groups=groups) if groups > 1 else layer
 
 
 def _check_ranks(layers: list[LoraLayer], *, config: PeftConfig, where: str) -> None:

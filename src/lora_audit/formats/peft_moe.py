@@ -78,7 +78,8 @@ def expand_experts(
         if params:
             groups.setdefault(module, []).append((depth, layer))
         elif looks_like_experts(layer.name):
-            raise _refusal(tensor_file, layer.name, configured=bool(target_parameters))
+            configured = bool(target_parameters) or origin in {"config", "metadata"}
+            raise _refusal(tensor_file, layer.name, configured=configured)
         else:
             out.append(layer)
     derived: dict[str, Derive] = {}
@@ -173,9 +174,9 @@ def _ordered(params: list[str], module: str, tensor_file: Path) -> list[str]:
 
 def _refusal(tensor_file: Path, name: str, *, configured: bool) -> InputError:
     where = (
-        "adapter_config.json names no target_parameters for it"
+        "the adapter's config names no target_parameters for it"
         if configured
-        else ("there is no adapter_config.json")
+        else "there is no adapter_config.json"
     )
     return InputError(
         f"{tensor_file}: {name!r} looks like a PEFT target_parameters (MoE expert) LoRA, whose "

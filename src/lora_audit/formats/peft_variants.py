@@ -259,6 +259,13 @@ def compress_refusal(adapter: Adapter) -> InputError | None:
             "PEFT restores AdaLoRA ranks from its rank_pattern masks and init_r",
         ),
     }
+    refused = next((x for x in adapter.layers if x.write_refusal is not None), None)
+    if refused is not None:
+        return InputError(
+            f"{adapter.path}: compress does not write layer {refused.name!r} back: it is "
+            f"{refused.write_refusal}",
+            hint="inspect and check read it; to shrink it, retrain at the rank `inspect` suggests",
+        )
     what = known.get(adapter.format)
     if what is None and adapter.format == "peft" and adapter.config.get("target_parameters"):
         what = ("PEFT target_parameters (MoE expert)", "all experts of a parameter share one r")

@@ -35,10 +35,12 @@ Golub & Van Loan, *Matrix Computations*, 4th ed., §2.4 and §5.2 (QR-based SVD 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import numpy.typing as npt
+
+from lora_audit.choices import MethodName
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +48,8 @@ if TYPE_CHECKING:
 
 Float64Array = npt.NDArray[np.float64]
 
-Method = Literal["auto", "qr", "gram"]
+#: Core factorisation (defined with the other choices in :mod:`lora_audit.choices`).
+Method = MethodName
 
 #: Gram's error bound must stay below this fraction of σ₁, or ``auto`` redoes the matrix by QR.
 GRAM_RELATIVE_TOLERANCE = 1e-7

@@ -1,0 +1,132 @@
+"""The enumerated choices of the command line and the Python API, each defined once.
+
+``--device``, ``--method`` and ``--input-format`` (and the API's ``device=``, ``method=``,
+``input_format=``) take one of a few names. Each is a ``Literal`` here, for the dataclasses and
+function signatures, and a :class:`~enum.StrEnum` with the same values, for the command line's
+choices; :func:`device_name`, :func:`method_name` and :func:`input_format_name` check a value
+and return it typed, so an unknown name is refused where it enters rather than read as some
+default further down. The stage that uses a choice (the engine, the format readers) calls the
+same check, so the CLI and the API cannot drift.
+
+This module imports only the standard library and :mod:`lora_audit.errors` (no numpy), so the
+command line's ``--help`` can build its choices from it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal, TypeGuard, get_args
+
+from lora_audit.errors import UsageError
+
+DeviceName = Literal["auto", "cpu", "cuda"]
+"""Where the spectra are computed: ``auto`` (CUDA when torch sees one), ``cpu``, ``cuda``."""
+
+MethodName = Literal["auto", "qr", "gram"]
+"""Core factorisation: ``auto`` (Gram, QR where Gram is not accurate enough), ``qr``, ``gram``."""
+
+InputFormatName = Literal["auto", "peft", "kohya", "mlx"]
+"""Reader: ``auto`` detects; ``peft``, ``kohya`` (every single-file SD format) or ``mlx``."""
+
+__all__ = [
+    "Device",
+    "DeviceName",
+    "InputFormat",
+    "InputFormatName",
+    "Method",
+    "MethodName",
+    "device_name",
+    "input_format_name",
+    "method_name",
+]
+
+
+class Device(StrEnum):
+    """``--device``: the values of :data:`DeviceName`."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Method(StrEnum):
+    """``--method``: the values of :data:`MethodName`."""
+
+    AUTO = "auto"
+    QR = "qr"
+    GRAM = "gram"
+
+
+class InputFormat(StrEnum):
+    """``--input-format``: the values of :data:`InputFormatName`."""
+
+    AUTO = "auto"
+    PEFT = "peft"
+    KOHYA = "kohya"
+    MLX = "mlx"
+
+
+def _refuse(what: str, value: object, allowed: tuple[str, ...]) -> UsageError:
+    return UsageError(
+        f"{what}={value!r} is not a valid choice",
+        hint=f"use one of {', '.join(repr(a) for a in allowed)}",
+    )
+
+
+def _plain(value: object) -> object:
+    """An enum member as its plain ``str`` value (reports record the name, not the member)."""
+    return value.value if isinstance(value, StrEnum) else value
+
+
+def _is_device(value: object) -> TypeGuard[DeviceName]:
+    return isinstance(value, str) and value in get_args(DeviceName)
+
+
+def _is_method(value: object) -> TypeGuard[MethodName]:
+    return isinstance(value, str) and value in get_args(MethodName)
+
+
+def _is_input_format(value: object) -> TypeGuard[InputFormatName]:
+    return isinstance(value, str) and value in get_args(InputFormatName)
+
+
+def device_name(value: object) -> DeviceName:
+    """``value`` (a name or a :class:`Device`) as a :data:`DeviceName`.
+
+    Raises
+    ------
+    UsageError
+        When it is not one of ``auto``, ``cpu``, ``cuda``.
+    """
+    text = _plain(value)
+    if not _is_device(text):
+        raise _refuse("device", value, get_args(DeviceName))
+    return text
+
+
+def method_name(value: object) -> MethodName:
+    """``value`` (a name or a :class:`Method`) as a :data:`MethodName`.
+
+    Raises
+    ------
+    UsageError
+        When it is not one of ``auto``, ``qr``, ``gram``.
+    """
+    text = _plain(value)
+    if not _is_method(text):
+        raise _refuse("method", value, get_args(MethodName))
+    return text
+
+
+def input_format_name(value: object) -> InputFormatName:
+    """``value`` (a name or an :class:`InputFormat`) as an :data:`InputFormatName`.
+
+    Raises
+    ------
+    UsageError
+        When it is not one of ``auto``, ``peft``, ``kohya``, ``mlx``.
+    """
+    text = _plain(value)
+    if not _is_input_format(text):
+        raise _refuse("input_format", value, get_args(InputFormatName))
+    return text
