@@ -316,15 +316,34 @@ def test_version_short_and_long() -> None:
     assert "lora-rank-audit" in short[1]
 
 
-def test_help_of_every_command_imports_no_numpy() -> None:
-    code = (
-        "import sys; from lora_audit.cli import app; "
-        "from typer.testing import CliRunner; "
-        f"[CliRunner().invoke(app, [c, '--help']) for c in {list(COMMANDS)!r}]; "
-        "print(sorted(m for m in ('torch', 'numpy', 'safetensors') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+#: What ``--help`` must not load: the renderers and rich's console (``--help`` is plain text),
+#: and the numerical stack.
+HEAVY = ("lora_audit.render", "rich.console", "numpy", "torch", "safetensors", "matplotlib")
+#: Runs ``python -m lora_audit ARGS`` for each ``ARGS`` in argv[1] (JSON) in one process, and
+#: prints, for each, its exit code, whether it printed a usage, and the heavy modules loaded.
+HELP_PROBE = """
+import contextlib, io, json, runpy, sys
+heavy = tuple(sys.argv[2].split(","))
+seen = []
+for args in json.loads(sys.argv[1]):
+    sys.argv = ["lora-audit", *args]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            runpy.run_module("lora_audit", run_name="__main__")
+        except SystemExit as stop:
+            code = stop.code
+    loaded = sorted(m for m in sys.modules if m.startswith(heavy))
+    seen.append([args, code, out.getvalue().startswith("Usage: lora-audit"), loaded])
+print(json.dumps(seen))
+"""
+
+
+def test_help_of_every_command_loads_no_renderer_rich_numpy_or_torch() -> None:
+    helps = [["--help"], *([c, "--help"] for c in COMMANDS)]
+    probe = [sys.executable, "-c", HELP_PROBE, json.dumps(helps), ",".join(HEAVY)]
+    out = subprocess.run(probe, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [[args, 0, True, []] for args in helps]
 
 
 @pytest.mark.parametrize(

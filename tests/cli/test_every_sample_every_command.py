@@ -6,6 +6,7 @@ This module imports neither torch nor any library that needs it, so it runs in t
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -69,20 +70,42 @@ def test_check_table_and_json(path: Path) -> None:
     assert table.exit_code == (1 if report["status"] == "fail" else 0)
 
 
+def energy_k(sigma: np.ndarray, energy: float) -> int:
+    """The smallest k whose top-k singular values hold ``energy`` of ``Σσ²`` (test only)."""
+    cumulative = np.cumsum(sigma**2) / float(np.sum(sigma**2))
+    return int(np.searchsorted(cumulative, energy - 1e-12, side="left")) + 1
+
+
+def numerical_rank(sigma: np.ndarray) -> int:
+    return int((sigma > 1e-6 * max(float(sigma[0]), 1e-300)).sum())
+
+
 @pytest.mark.parametrize("path", SAMPLE_PATHS, ids=IDS)
 def test_compress_writes_the_optimal_truncation(path: Path, tmp_path: Path) -> None:
+    """Every layer is written; each truncated one at the energy rank of --energy, top σ kept."""
     out = tmp_path / ("out" if path.is_dir() else "out.safetensors")
     dora = ["--allow-dora"] if "dora" in path.name else []  # B·A truncated, magnitudes kept
-    result = runner.invoke(app, ["compress", str(path), "-o", str(out), "--energy", "0.9", *dora])
+    args = ["compress", str(path), "-o", str(out), "--energy", "0.9", "-f", "json", *dora]
+    result = runner.invoke(app, args)
     if result.exit_code == 3 and "cannot be compressed" in result.stderr:
         pytest.skip(result.stderr.strip())  # a structure compress refuses by name
     assert result.exit_code == 0, result.stderr
     before, after = dense_sigmas(path), dense_sigmas(out)
-    for name, sigma in after.items():
-        k = int((sigma > 1e-6 * max(float(sigma[0]), 1e-300)).sum())
-        np.testing.assert_allclose(
-            sigma[:k], before[name][:k], rtol=2e-2 if "bf16" in path.name else 1e-4
-        )
+    assert set(after) == set(before)
+    report = {layer["name"]: layer for layer in json.loads(result.stdout)["layers"]}
+    assert set(report) == set(before)
+    written = {layer.name: layer.rank for layer in load_adapter(out).layers}
+    rtol = 2e-2 if "bf16" in path.name else 1e-4
+    for name, sigma in before.items():
+        layer = report[name]
+        k = min(energy_k(sigma, 0.9), layer["rank"], *layer["shape"])
+        smaller = k < layer["rank"] and k * sum(layer["shape"]) < layer["params"]
+        assert layer["action"] == ("truncated" if smaller else "kept"), name
+        if not smaller:  # tensors unchanged: the whole spectrum is the original's
+            np.testing.assert_allclose(after[name], sigma, rtol=0, atol=1e-6 * sigma[0])
+            continue
+        assert layer["new_rank"] == written[name] == numerical_rank(after[name]) == k, name
+        np.testing.assert_allclose(after[name][:k], sigma[:k], rtol=rtol)
 
 
 @pytest.mark.parametrize("path", SAMPLE_PATHS, ids=IDS)
@@ -94,9 +117,35 @@ def test_compare_with_itself_is_zero_difference(path: Path) -> None:
     )
 
 
+def stable_rank(sigma: np.ndarray) -> float:
+    return float(np.sum(sigma**2) / sigma[0] ** 2)
+
+
 def test_trend_over_the_checkpoint_series() -> None:
-    report = run_json(["trend", str(SAMPLES / "minilm-run"), "--format", "json"])
-    assert len(report["checkpoints"]) >= 3
+    """Every checkpoint in step order, every layer's series equal to the dense reference."""
+    run = SAMPLES / "minilm-run"
+    report = run_json(["trend", str(run), "--format", "json"])
+    folders = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [c["step"] for c in report["checkpoints"]] == [int(p.name[11:]) for p in folders]
+    dense = [dense_sigmas(p) for p in folders]
+    assert {layer["name"] for layer in report["layers"]} == set(dense[0])
+    energy, window = report["settings"]["energy"], report["settings"]["window"]
+    stable = {name: [stable_rank(d[name]) for d in dense] for name in dense[0]}
+    for layer in report["layers"]:
+        sigmas = [d[layer["name"]] for d in dense]
+        np.testing.assert_allclose(layer["stable_rank"], stable[layer["name"]], rtol=1e-8)
+        frobenius = [float(np.sqrt(np.sum(s**2))) for s in sigmas]
+        np.testing.assert_allclose(layer["frobenius_norm"], frobenius, rtol=1e-8)
+        assert layer["energy_rank"] == [energy_k(s, energy) for s in sigmas], layer["name"]
+    drifting = {f["layer"] for f in report["findings"] if f["rule"] == "stable-rank-drift"}
+    flagged = {layer["name"] for layer in report["layers"] if "stable_rank" in layer["drift"]}
+    assert drifting == flagged and len(drifting) <= report["drifting_layers"]
+    for finding in report["findings"]:
+        if finding["rule"] == "stable-rank-drift":  # rising, without falling, over the window
+            tail = stable[finding["layer"]][-window:]
+            assert all(b >= a * (1 - 1e-6) for a, b in itertools.pairwise(tail))
+            assert finding["measured"] == pytest.approx((tail[-1] - tail[0]) / tail[0], rel=1e-8)
+            assert finding["measured"] >= finding["limit"]
 
 
 def test_no_torch_was_needed_when_it_is_absent() -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SAMPLES
+from tiny_bert import tiny_base
 
 from lora_audit.commands.compress import CompressOptions, compress_adapter
 from lora_audit.decisions.compress_ranks import RankRule
@@ -43,18 +44,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
         rank_pattern={"key": 4},  # with --rank 6 these are kept (at scale 8/√4) and others cut
     ),
 }
-
-
-def tiny_base() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=48,
-        vocab_size=64,
-    )
-    return transformers.BertModel(config)
 
 
 def lora_deltas(model: Any) -> dict[str, np.ndarray]:

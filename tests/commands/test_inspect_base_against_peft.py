@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from against_base_reference import check, dense_reference
+from tiny_bert import bert_config
 
 from lora_audit.adapter import Adapter
 from lora_audit.commands.inspect import AuditOptions, inspect_adapter
@@ -34,16 +35,6 @@ transformers = pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-8
-
-
-def bert_config() -> Any:
-    return transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=48,
-        vocab_size=64,
-    )
 
 
 def audit(adapter: Adapter, base: Path, **options: Any) -> InspectReport:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SAMPLES
+from tiny_bert import tiny_base
 
 from lora_audit.commands.merge import MergeOptions, merge_adapters
 from lora_audit.decisions.compress_ranks import RankRule
@@ -40,18 +41,6 @@ CONFIGS: tuple[dict[str, Any], ...] = (
         alpha_pattern={"layer.1.attention.self.query": 30},
     ),
 )
-
-
-def tiny_base() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=48,
-        vocab_size=64,
-    )
-    return transformers.BertModel(config)
 
 
 def lora_deltas(model: Any, adapter: str = "default") -> dict[str, np.ndarray]:

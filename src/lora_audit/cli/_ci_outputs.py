@@ -69,7 +69,8 @@ def write_extra_outputs(
     report: CheckReport, *, junit_xml: Path | None, step_summary: Path | None
 ) -> None:
     """Write the JUnit file (atomically, through the output guard) and append the summary."""
-    from lora_audit.render import OutputFormat, render
+    from lora_audit.output_format import OutputFormat
+    from lora_audit.render import render
 
     if junit_xml is not None:
         text = render(report, OutputFormat.JUNIT)

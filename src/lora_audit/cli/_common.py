@@ -255,7 +255,8 @@ def emit_report(
     report: Any, fmt: str, *, output: Path | None, role: str = "--output", color: str = "auto"
 ) -> None:
     """Render a finished report in ``fmt`` and emit it; colour as :func:`use_color` decides."""
-    from lora_audit.render import OutputFormat, render
+    from lora_audit.output_format import OutputFormat
+    from lora_audit.render import render
 
     chosen = OutputFormat(fmt)
     use = chosen is OutputFormat.TABLE and use_color(color, to_file=output is not None)

@@ -51,7 +51,7 @@ from lora_audit.cli._options import (
     QuietOption,
 )
 from lora_audit.cli._usage import examples
-from lora_audit.render import OutputFormat
+from lora_audit.output_format import OutputFormat
 
 if TYPE_CHECKING:
     from lora_audit.engine.batches import Progress

@@ -175,7 +175,7 @@ def validate_output(table: Mapping[str, Any], *, where: str) -> dict[str, str]:
         For a value that is not a string naming a report format (``format``) or one of
         ``auto``, ``always``, ``never`` (``color``).
     """
-    from lora_audit.render import OutputFormat
+    from lora_audit.output_format import OutputFormat
 
     allowed = {"format": tuple(f.value for f in OutputFormat), "color": COLORS}
     for key, value in table.items():

@@ -8,10 +8,10 @@ its report kind.
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import StrEnum
 from typing import Any
 
 from lora_audit.errors import UsageError
+from lora_audit.output_format import OutputFormat as OutputFormat
 from lora_audit.render import (
     github,
     github_trend_compare,
@@ -22,17 +22,6 @@ from lora_audit.render import (
     markdown_trend_compare,
     table,
 )
-
-
-class OutputFormat(StrEnum):
-    """Output formats a command may offer."""
-
-    TABLE = "table"
-    JSON = "json"
-    MARKDOWN = "markdown"
-    GITHUB = "github"
-    JUNIT = "junit"
-
 
 Renderer = Callable[..., str]
 
