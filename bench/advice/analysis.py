@@ -1,0 +1,260 @@
+"""Evaluate the candidate advice rules against the study's results (offline, no training).
+
+Reads ``bench/results/advice/results.jsonl`` (or ``--results``) and, when present,
+``gradience.jsonl`` beside it; writes ``docs/advice/summary.json`` and
+``docs/advice/metric-vs-rank.png`` and prints the tables.
+
+A rule passes on (task, original rank r) when, for every original seed adapter's advice k,
+the worst seed retrained at k scores at least the worst original seed at r minus the
+tolerance (1 point). "Retrained at k" is the sweep's run at the studied rank k (α/r fixed).
+A rule is *tight* when half its advised rank fails on at least one (task, r), or when it
+advises the smallest studied rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rules import RULES, STUDIED, Rule, advised, retrained_at
+
+ROOT = Path(__file__).resolve().parents[2]
+TOLERANCE = 1.0  # accuracy points below the worst original seed
+ORIGINALS = (16, 32, 64)
+DEFAULT = "k@0.99-p90-pow2"  # lora-audit's rule before this study
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    return (
+        [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    )
+
+
+def sweep(records: list[dict[str, Any]]) -> dict[tuple[str, int], list[float]]:
+    """Accuracy (points) of every seed, per (task, rank)."""
+    out: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for r in records:
+        if r["kind"] == "train":
+            out[(r["task"], r["rank"])].append(100 * r["accuracy"])
+    return out
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    std = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return {"mean": statistics.fmean(values), "worst": min(values), "std": std, "n": len(values)}
+
+
+def gradience_rules(path: Path) -> dict[tuple[str, int, int], dict[str, int]]:
+    """Gradience's suggestions (median and p90 of k@0.9, bucketed) per adapter, if recorded."""
+    return {(g["task"], g["rank"], g["seed"]): g for g in load(path)}
+
+
+def evaluate_rule(
+    name: str, advice: dict[tuple[str, int, int], int], acc: dict[tuple[str, int], list[float]]
+) -> dict[str, Any]:
+    """Pass/fail, tightness and saving of one rule given its advice per original adapter."""
+    cells: list[dict[str, Any]] = []
+    tight = False
+    for task in sorted({t for t, _ in acc}):
+        for r in ORIGINALS:
+            ks = sorted({k for (t, rr, _), k in advice.items() if t == task and rr == r})
+            if not ks or (task, r) not in acc:
+                continue
+            worst_original = min(acc[(task, r)])
+            ok, missing = True, False
+            for k in ks:
+                retrained = acc.get((task, retrained_at(k)))
+                if retrained is None or len(retrained) < 3:
+                    missing = True
+                    continue
+                ok &= min(retrained) >= worst_original - TOLERANCE
+            half = [acc.get((task, retrained_at(max(1, k // 2)))) for k in ks]
+            half_fails = any(h is not None and min(h) < worst_original - TOLERANCE for h in half)
+            tight |= half_fails or min(ks) == STUDIED[0]
+            seeds = [k for (t, rr, _), k in advice.items() if t == task and rr == r]
+            cells.append(
+                {
+                    "task": task,
+                    "rank": r,
+                    "advised": ks,
+                    "pass": ok and not missing,
+                    "incomplete": missing,
+                    "half_fails": half_fails,
+                    # what the study validated: retraining at the studied rank ≥ k
+                    "saving": 1 - statistics.fmean(retrained_at(k) for k in seeds) / r,
+                }
+            )
+    return {
+        "rule": name,
+        "cells": cells,
+        "pass": bool(cells) and all(c["pass"] for c in cells),
+        "tight": tight,
+        "saving": statistics.fmean(c["saving"] for c in cells) if cells else 0.0,
+    }
+
+
+def rule_advice(rule: Rule, records: list[dict[str, Any]]) -> dict[tuple[str, int, int], int]:
+    return {
+        (r["task"], r["rank"], r["seed"]): advised(rule, r["audit"]["layers"], r["rank"])
+        for r in records
+        if r["kind"] == "train" and "audit" in r
+    }
+
+
+def compressed(records: list[dict[str, Any]]) -> dict[tuple[str, int, int | None], list[float]]:
+    out: dict[tuple[str, int, int | None], list[float]] = defaultdict(list)
+    for r in records:
+        if r["kind"] == "compress":
+            out[(r["task"], r["rank"], r["target"])].append(100 * r["accuracy"])
+    return out
+
+
+def fmt(values: list[float] | None) -> str:
+    if not values:
+        return "—"
+    return f"{statistics.fmean(values):5.1f} / {min(values):5.1f} (n={len(values)})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=ROOT / "bench/results/advice/results.jsonl")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/advice")
+    args = parser.parse_args(argv)
+    records = load(args.results)
+    acc = sweep(records)
+    calibration = {f"{t} r={r}": stats(v) for (t, r), v in sorted(acc.items())}
+    print("## Sweep: accuracy (points) per task and rank — mean, worst seed, seed std")
+    for (task, r), v in sorted(acc.items()):
+        s = stats(v)
+        flag = "" if s["std"] <= 1.0 else "  <- seed std > 1 point"
+        print(
+            f"{task:8s} r={r:2d}  mean {s['mean']:5.1f}  worst {s['worst']:5.1f}  "
+            f"std {s['std']:4.2f}  n={s['n']}{flag}"
+        )
+    advice = {rule.name: rule_advice(rule, records) for rule in RULES}
+    for key, label in (("median", "gradience-median-k@0.9"), ("p90", "gradience-p90-k@0.9")):
+        g = gradience_rules(args.results.parent / "gradience.jsonl")
+        if g:
+            advice[label] = {k: v[key] for k, v in g.items()}
+    results = [evaluate_rule(name, a, acc) for name, a in advice.items()]
+    print(
+        "\n## Rules: pass = every (task, r) within tolerance; "
+        "tight = half the advice fails somewhere"
+    )
+    print(f"{'rule':28s} pass  tight  saving  advised per (task, r)")
+    for res in sorted(results, key=lambda x: (not x["pass"], -x["saving"])):
+        cells = " ".join(
+            f"{c['task'][:3]}{c['rank']}→{'/'.join(map(str, c['advised']))}"
+            f"{'' if c['pass'] else '?' if c['incomplete'] else '✗'}"
+            for c in res["cells"]
+        )
+        print(
+            f"{res['rule']:28s} {'yes' if res['pass'] else 'no ':4s} "
+            f"{'yes' if res['tight'] else 'no ':5s}"
+            f"  {res['saving']:5.1%}  {cells}"
+        )
+    passing = [x for x in results if x["pass"] and x["tight"]]
+    best = max(passing, key=lambda x: x["saving"])["rule"] if passing else None
+    comp = compressed(records)
+    print(f"\n## Table (rule {best or DEFAULT}): accuracy mean / worst seed, points")
+    print(
+        "task     r   advised  original              retrained             "
+        "compressed@advised    compressed@τ=0.99"
+    )
+    chosen = advice[best or DEFAULT]
+    for task in sorted({t for t, _ in acc}):
+        for r in ORIGINALS:
+            ks = sorted({k for (t, rr, _), k in chosen.items() if t == task and rr == r})
+            for k in ks:
+                print(
+                    f"{task:8s} {r:2d}  {k:3d}→{retrained_at(k):2d}  {fmt(acc.get((task, r))):21s} "
+                    f"{fmt(acc.get((task, retrained_at(k)))):21s} "
+                    f"{fmt(comp.get((task, r, k))):21s} "
+                    f"{fmt(comp.get((task, r, None)))}"
+                )
+    train = [r for r in records if r["kind"] == "train"]
+    summary = {
+        "tolerance_points": TOLERANCE,
+        "default_before": DEFAULT,
+        "supported_rule": best,
+        "sweep": calibration,
+        "rules": results,
+        "compressed": {f"{t} r={r} k={k or 'tau0.99'}": stats(v) for (t, r, k), v in comp.items()},
+        "runs": len(train),
+        "wall_hours": sum(r["seconds"] for r in records if "seconds" in r) / 3600,
+        "cpu_hours": sum(r.get("cpu_seconds", 0) for r in records) / 3600,
+        "seconds_per_run": statistics.fmean(r["seconds"] for r in train) if train else None,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    print(
+        f"\nsupported rule: {best}; runs {len(train)}, wall {summary['wall_hours']:.2f} h, "
+        f"CPU {summary['cpu_hours']:.2f} h"
+    )
+    plot(
+        acc, comp, advice.get(best or DEFAULT, {}), args.out / "metric-vs-rank.png", best or DEFAULT
+    )
+
+
+def plot(
+    acc: dict[tuple[str, int], list[float]],
+    comp: dict[tuple[str, int, int | None], list[float]],
+    chosen: dict[tuple[str, int, int], int],
+    path: Path,
+    rule: str,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({t for t, _ in acc})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        ranks = sorted(r for t, r in acc if t == task)
+        means = [statistics.fmean(acc[(task, r)]) for r in ranks]
+        ax.fill_between(
+            ranks,
+            [min(acc[(task, r)]) for r in ranks],
+            [max(acc[(task, r)]) for r in ranks],
+            alpha=0.25,
+            label="seed range",
+        )
+        ax.plot(ranks, means, "o-", label="trained at r (mean)")
+        for r, marker in zip(ORIGINALS, ("s", "^", "D"), strict=True):
+            pts = [
+                (k, v)
+                for (t, rr, k), vals in comp.items()
+                if t == task and rr == r and k
+                for v in vals
+            ]
+            if pts:
+                ax.scatter(
+                    *zip(*pts, strict=True),
+                    marker=marker,
+                    s=14,
+                    alpha=0.6,
+                    label=f"r={r} compressed to k",
+                )
+            ks = {k for (t, rr, _), k in chosen.items() if t == task and rr == r}
+            for k in ks:
+                ax.axvline(retrained_at(k), color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(STUDIED), [str(r) for r in STUDIED])
+        ax.set_title(f"{task} (dotted: {rule} advice)")
+        ax.set_xlabel("LoRA rank")
+        ax.set_ylabel("held-out accuracy (%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
