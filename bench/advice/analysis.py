@@ -76,7 +76,9 @@ def evaluate_rule(
                     continue
                 ok &= min(retrained) >= worst_original - TOLERANCE
             half = [acc.get((task, retrained_at(max(1, k // 2)))) for k in ks]
-            half_fails = any(h is not None and min(h) < worst_original - TOLERANCE for h in half)
+            half_fails = any(
+                h is not None and len(h) >= 3 and min(h) < worst_original - TOLERANCE for h in half
+            )
             tight |= half_fails or min(ks) == STUDIED[0]
             seeds = [k for (t, rr, _), k in advice.items() if t == task and rr == r]
             cells.append(
@@ -122,40 +124,66 @@ def fmt(values: list[float] | None) -> str:
     return f"{statistics.fmean(values):5.1f} / {min(values):5.1f} (n={len(values)})"
 
 
+def spectra(records: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, float]]:
+    """Per (task, r ≥ 16): the layers' median k@τ and stable rank, averaged over seeds."""
+    out: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r["kind"] == "train" and "audit" in r:
+            layers = list(r["audit"]["layers"].values())
+            for field in ("k@0.8", "k@0.9", "k@0.95", "k@0.99", "stable_rank"):
+                out[(r["task"], r["rank"])][field].append(
+                    statistics.median(x[field] for x in layers)
+                )
+    return {key: {f: statistics.fmean(v) for f, v in d.items()} for key, d in out.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=ROOT / "bench/results/advice/results.jsonl")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/advice")
     args = parser.parse_args(argv)
+    lines: list[str] = []
+
+    def emit(text: str = "") -> None:
+        print(text)
+        lines.append(text)
+
     records = load(args.results)
     acc = sweep(records)
     calibration = {f"{t} r={r}": stats(v) for (t, r), v in sorted(acc.items())}
-    print("## Sweep: accuracy (points) per task and rank — mean, worst seed, seed std")
+    emit("## Sweep: accuracy (points) per task and rank — mean, worst seed, seed std")
     for (task, r), v in sorted(acc.items()):
         s = stats(v)
         flag = "" if s["std"] <= 1.0 else "  <- seed std > 1 point"
-        print(
+        emit(
             f"{task:8s} r={r:2d}  mean {s['mean']:5.1f}  worst {s['worst']:5.1f}  "
             f"std {s['std']:4.2f}  n={s['n']}{flag}"
         )
+    emit("\n## Spectra of the originals: layers' median k@τ and stable rank (mean over seeds)")
+    spec = spectra(records)
+    for (task, r), d in sorted(spec.items()):
+        emit(
+            f"{task:8s} r={r:2d}  k@0.8 {d['k@0.8']:4.1f}  k@0.9 {d['k@0.9']:4.1f}  "
+            f"k@0.95 {d['k@0.95']:4.1f}  k@0.99 {d['k@0.99']:4.1f}  stable {d['stable_rank']:4.2f}"
+        )
     advice = {rule.name: rule_advice(rule, records) for rule in RULES}
+    gradience = gradience_rules(args.results.parent / "gradience.jsonl")
     for key, label in (("median", "gradience-median-k@0.9"), ("p90", "gradience-p90-k@0.9")):
-        g = gradience_rules(args.results.parent / "gradience.jsonl")
-        if g:
-            advice[label] = {k: v[key] for k, v in g.items()}
+        if gradience:
+            advice[label] = {k: v[key] for k, v in gradience.items()}
     results = [evaluate_rule(name, a, acc) for name, a in advice.items()]
-    print(
+    emit(
         "\n## Rules: pass = every (task, r) within tolerance; "
-        "tight = half the advice fails somewhere"
+        "tight = half the advice fails somewhere (✗ fails, ? not all runs done)"
     )
-    print(f"{'rule':28s} pass  tight  saving  advised per (task, r)")
+    emit(f"{'rule':28s} pass  tight  saving  advised per (task, r)")
     for res in sorted(results, key=lambda x: (not x["pass"], -x["saving"])):
         cells = " ".join(
             f"{c['task'][:3]}{c['rank']}→{'/'.join(map(str, c['advised']))}"
             f"{'' if c['pass'] else '?' if c['incomplete'] else '✗'}"
             for c in res["cells"]
         )
-        print(
+        emit(
             f"{res['rule']:28s} {'yes' if res['pass'] else 'no ':4s} "
             f"{'yes' if res['tight'] else 'no ':5s}"
             f"  {res['saving']:5.1%}  {cells}"
@@ -163,41 +191,46 @@ def main(argv: list[str] | None = None) -> None:
     passing = [x for x in results if x["pass"] and x["tight"]]
     best = max(passing, key=lambda x: x["saving"])["rule"] if passing else None
     comp = compressed(records)
-    print(f"\n## Table (rule {best or DEFAULT}): accuracy mean / worst seed, points")
-    print(
-        "task     r   advised  original              retrained             "
-        "compressed@advised    compressed@τ=0.99"
-    )
-    chosen = advice[best or DEFAULT]
-    for task in sorted({t for t, _ in acc}):
-        for r in ORIGINALS:
-            ks = sorted({k for (t, rr, _), k in chosen.items() if t == task and rr == r})
-            for k in ks:
-                print(
-                    f"{task:8s} {r:2d}  {k:3d}→{retrained_at(k):2d}  {fmt(acc.get((task, r))):21s} "
-                    f"{fmt(acc.get((task, retrained_at(k)))):21s} "
-                    f"{fmt(comp.get((task, r, k))):21s} "
-                    f"{fmt(comp.get((task, r, None)))}"
-                )
+    shown = [best, DEFAULT, "k@0.9-median-pow2", "gradience-median-k@0.9"]
+    for name in dict.fromkeys(n for n in shown if n and n in advice):
+        emit(f"\n## {name}: accuracy mean / worst seed (points), n seeds")
+        emit(
+            "task     r   advised  original              retrained             "
+            "compressed@advised    compressed@τ=0.99"
+        )
+        for task in sorted({t for t, _ in acc}):
+            for r in ORIGINALS:
+                ks = sorted({k for (t, rr, _), k in advice[name].items() if t == task and rr == r})
+                for k in ks:
+                    emit(
+                        f"{task:8s} {r:2d}  {k:3d}→{retrained_at(k):2d}  "
+                        f"{fmt(acc.get((task, r))):21s} "
+                        f"{fmt(acc.get((task, retrained_at(k)))):21s} "
+                        f"{fmt(comp.get((task, r, k))):21s} "
+                        f"{fmt(comp.get((task, r, None)))}"
+                    )
     train = [r for r in records if r["kind"] == "train"]
     summary = {
         "tolerance_points": TOLERANCE,
         "default_before": DEFAULT,
         "supported_rule": best,
         "sweep": calibration,
+        "spectra": {f"{t} r={r}": d for (t, r), d in spec.items()},
         "rules": results,
         "compressed": {f"{t} r={r} k={k or 'tau0.99'}": stats(v) for (t, r, k), v in comp.items()},
         "runs": len(train),
         "wall_hours": sum(r["seconds"] for r in records if "seconds" in r) / 3600,
         "cpu_hours": sum(r.get("cpu_seconds", 0) for r in records) / 3600,
         "seconds_per_run": statistics.fmean(r["seconds"] for r in train) if train else None,
+        "cpu_seconds_per_run": statistics.fmean(r["cpu_seconds"] for r in train) if train else None,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    print(
+    emit(
         f"\nsupported rule: {best}; runs {len(train)}, wall {summary['wall_hours']:.2f} h, "
         f"CPU {summary['cpu_hours']:.2f} h"
     )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    (args.out / "tables.txt").write_text("\n".join(lines) + "\n")
     plot(
         acc, comp, advice.get(best or DEFAULT, {}), args.out / "metric-vs-rank.png", best or DEFAULT
     )

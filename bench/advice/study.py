@@ -38,8 +38,13 @@ TASKS = {
     "library": {"labels": len(LIBRARIES), "max_len": 24},
     "kind": {"labels": len(KINDS), "max_len": 24},
 }
-STEPS, LR, HEAD_LR, BATCH = 120, 5e-4, 2e-3, 16
+STEPS, HEAD_LR, BATCH = 120, 3e-3, 16
 TRAIN, TEST = 8000, 2560
+
+
+def lora_lr(rank: int) -> float:
+    """2e-3 up to r=8, then ∝ 1/√r (α=2r makes the step on ΔW grow with r; see docs/advice.md)."""
+    return 2e-3 * min(1.0, (8 / rank) ** 0.5)
 
 
 def done(path: Path) -> set[tuple[str, ...]]:
@@ -75,7 +80,7 @@ def run_one(
         rank=rank,
         seed=seed,
         steps=steps,
-        lr=LR,
+        lr=lora_lr(rank),
         head_lr=HEAD_LR,
         batch=BATCH,
         max_len=spec["max_len"],
