@@ -5,11 +5,11 @@ Run (one core, in the background; a rerun skips every run already in the results
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 nohup taskset -c 1 python bench/advice/study.py \
         > bench/results/advice/study.log 2>&1 &
 
-Phase 1 trains every (seed, task, rank) run and appends one JSON line per run to
+Task by task, phase 1 trains every (rank, seed) run and appends one JSON line per run to
 ``bench/results/advice/results.jsonl`` (copied to ``docs/advice/results.jsonl``); adapters
 with r ≥ 16 are saved and audited (per-layer k@τ, stable ranks, the tool's advice). Phase 2
-compresses those adapters (default τ=0.99, then at the ranks the candidate rules advise) and
-evaluates them as is.
+compresses those adapters (default τ=0.99, then at the power-of-two ranks the candidate rules
+advise) and evaluates them as is; the other advised ranks come last, after every task.
 """
 
 from __future__ import annotations
@@ -112,31 +112,40 @@ def run_one(
     return record
 
 
-def phase_train(tasks: dict[str, dict[str, list[Example]]], results: Path, steps: int) -> None:
-    for task in TASKS:  # task-major, seeds innermost: each finished rank is a complete cell
-        for rank in RANKS:
-            for seed in SEEDS:
-                if ("train", task, str(rank), str(seed)) in done(results):
-                    continue
-                save = RESULTS / "adapters" / f"{task}-r{rank}-s{seed}" if rank >= 16 else None
-                record = run_one(task, rank, seed, tasks[task], steps=steps, save=save)
-                append(results, record)
-                print(
-                    f"{task} r={rank} seed={seed} acc={record['accuracy']:.4f} "
-                    f"{record['seconds']:.0f}s",
-                    flush=True,
-                )
+def phase_train(
+    tasks: dict[str, dict[str, list[Example]]], results: Path, steps: int, task: str
+) -> None:
+    """Every (rank, seed) of ``task``; seeds innermost, so each finished rank is a whole cell."""
+    for rank in RANKS:
+        for seed in SEEDS:
+            if ("train", task, str(rank), str(seed)) in done(results):
+                continue
+            save = RESULTS / "adapters" / f"{task}-r{rank}-s{seed}" if rank >= 16 else None
+            record = run_one(task, rank, seed, tasks[task], steps=steps, save=save)
+            append(results, record)
+            print(
+                f"{task} r={rank} seed={seed} acc={record['accuracy']:.4f} "
+                f"{record['seconds']:.0f}s",
+                flush=True,
+            )
 
 
-def phase_compress(tasks: dict[str, dict[str, list[Example]]], results: Path) -> None:
-    """Compressed originals: default τ first for all, then the advised ranks (smallest first)."""
-    from rules import advised_ranks
+def phase_compress(
+    tasks: dict[str, dict[str, list[Example]]], results: Path, task: str | None, *, exact: bool
+) -> None:
+    """Compressed originals of ``task`` (all when None): the default τ=0.99, then the ranks the
+    candidate rules advise — powers of two first; the other ranks only when ``exact``."""
+    from rules import advised_ranks, next_power_of_two
 
     originals = [json.loads(x) for x in results.read_text().splitlines() if x]
-    originals = [r for r in originals if r["kind"] == "train" and "audit" in r]
+    originals = [
+        r for r in originals if r["kind"] == "train" and "audit" in r and task in (None, r["task"])
+    ]
     plans: list[tuple[dict[str, Any], int | None]] = [(r, None) for r in originals]
-    for r in originals:
-        plans += [(r, k) for k in sorted(advised_ranks(r["audit"]["layers"], r["rank"]))]
+    for pow2 in (True, False) if exact else (True,):
+        for r in originals:
+            ranks = advised_ranks(r["audit"]["layers"], r["rank"])
+            plans += [(r, k) for k in sorted(ranks) if (next_power_of_two(k) == k) == pow2]
     for record, rank in plans:
         key = ("compress", record["task"], str(record["rank"]), str(record["seed"]), str(rank))
         if key in done(results):
@@ -177,10 +186,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tasks = build(RESULTS / "data.json", train=TRAIN, test=TEST)
-    if args.phase in ("all", "train"):
-        phase_train(tasks, args.results, args.steps)
+    for task in TASKS:  # one task finished (trained, then compressed) before the next
+        if args.phase in ("all", "train"):
+            phase_train(tasks, args.results, args.steps, task)
+        if args.phase in ("all", "compress"):
+            phase_compress(tasks, args.results, task, exact=False)
     if args.phase in ("all", "compress"):
-        phase_compress(tasks, args.results)
+        phase_compress(tasks, args.results, None, exact=True)
 
 
 if __name__ == "__main__":
