@@ -62,7 +62,7 @@ def append(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as handle:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
     DOCS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, DOCS / "results.jsonl")
+    shutil.copyfile(path, DOCS / path.name)
 
 
 def run_one(
@@ -120,7 +120,11 @@ def phase_train(
         for seed in SEEDS:
             if ("train", task, str(rank), str(seed)) in done(results):
                 continue
-            save = RESULTS / "adapters" / f"{task}-r{rank}-s{seed}" if rank >= 16 else None
+            save = (
+                results.parent / f"{results.stem}-adapters" / f"{task}-r{rank}-s{seed}"
+                if rank >= 16
+                else None
+            )
             record = run_one(task, rank, seed, tasks[task], steps=steps, save=save)
             append(results, record)
             print(
@@ -151,7 +155,11 @@ def phase_compress(
         if key in done(results):
             continue
         spec = TASKS[record["task"]]
-        out = RESULTS / "compressed" / f"{Path(record['adapter']).name}-k{rank or 'tau'}"
+        out = (
+            results.parent
+            / f"{results.stem}-compressed"
+            / f"{Path(record['adapter']).name}-k{rank or 'tau'}"
+        )
         result = compressed_accuracy(
             ROOT / record["adapter"],
             out,
