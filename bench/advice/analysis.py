@@ -38,12 +38,29 @@ def load(path: Path) -> list[dict[str, Any]]:
 
 
 def sweep(records: list[dict[str, Any]]) -> dict[tuple[str, int], list[float]]:
-    """Accuracy (points) of every seed, per (task, rank)."""
-    out: dict[tuple[str, int], list[float]] = defaultdict(list)
+    """Accuracy (points) of every seed, per (task, rank), in seed order."""
+    by_seed = seeded(records)
+    return {key: [v for _, v in sorted(d.items())] for key, d in by_seed.items()}
+
+
+def seeded(records: list[dict[str, Any]]) -> dict[tuple[str, int], dict[int, float]]:
+    """Accuracy (points) per (task, rank) and seed."""
+    out: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
     for r in records:
         if r["kind"] == "train":
-            out[(r["task"], r["rank"])].append(100 * r["accuracy"])
+            out[(r["task"], r["rank"])][r["seed"]] = 100 * r["accuracy"]
     return out
+
+
+def paired(by_seed: dict[tuple[str, int], dict[int, float]], task: str, k: int, r: int) -> str:
+    """The smallest same-seed difference, retrained at k minus original at r (points).
+
+    A seed fixes the data order for every rank, and seeds move the ranks together, so the
+    same-seed difference is far less noisy than either accuracy alone.
+    """
+    a, b = by_seed.get((task, k), {}), by_seed.get((task, r), {})
+    common = sorted(set(a) & set(b))
+    return f"{min(a[s] - b[s] for s in common):+5.1f}" if common else "  —  "
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -149,15 +166,15 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(text)
 
     records = load(args.results)
-    acc = sweep(records)
+    acc, by_seed = sweep(records), seeded(records)
     calibration = {f"{t} r={r}": stats(v) for (t, r), v in sorted(acc.items())}
-    emit("## Sweep: accuracy (points) per task and rank — mean, worst seed, seed std")
+    emit("## Sweep: accuracy (points) per task and rank — mean, worst seed, seed std, seeds")
     for (task, r), v in sorted(acc.items()):
         s = stats(v)
         flag = "" if s["std"] <= 1.0 else "  <- seed std > 1 point"
         emit(
             f"{task:8s} r={r:2d}  mean {s['mean']:5.1f}  worst {s['worst']:5.1f}  "
-            f"std {s['std']:4.2f}  n={s['n']}{flag}"
+            f"std {s['std']:4.2f}  seeds {' '.join(f'{x:.1f}' for x in v)}{flag}"
         )
     emit("\n## Spectra of the originals: layers' median k@τ and stable rank (mean over seeds)")
     spec = spectra(records)
@@ -196,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         emit(f"\n## {name}: accuracy mean / worst seed (points), n seeds")
         emit(
             "task     r   advised  original              retrained             "
-            "compressed@advised    compressed@τ=0.99"
+            "compressed@advised    compressed@τ=0.99     paired Δ min"
         )
         for task in sorted({t for t, _ in acc}):
             for r in ORIGINALS:
@@ -207,10 +224,16 @@ def main(argv: list[str] | None = None) -> None:
                         f"{fmt(acc.get((task, r))):21s} "
                         f"{fmt(acc.get((task, retrained_at(k)))):21s} "
                         f"{fmt(comp.get((task, r, k))):21s} "
-                        f"{fmt(comp.get((task, r, None)))}"
+                        f"{fmt(comp.get((task, r, None))):21s} "
+                        f"{paired(by_seed, task, retrained_at(k), r)}"
                     )
+    noisy = sorted({t for (t, _), v in acc.items() if len(v) > 1 and stats(v)["std"] > 1.0})
+    emit(
+        f"\ntasks with a rank whose seed std exceeds 1 point (not calibratable): {noisy or 'none'}"
+    )
     train = [r for r in records if r["kind"] == "train"]
     summary = {
+        "not_calibratable": noisy,
         "tolerance_points": TOLERANCE,
         "default_before": DEFAULT,
         "supported_rule": best,
@@ -261,6 +284,8 @@ def plot(
             label="seed range",
         )
         ax.plot(ranks, means, "o-", label="trained at r (mean)")
+        seeds = [(r, v) for r in ranks for v in acc[(task, r)]]
+        ax.scatter(*zip(*seeds, strict=True), s=8, color="C0", alpha=0.5, label="one seed")
         for r, marker in zip(ORIGINALS, ("s", "^", "D"), strict=True):
             pts = [
                 (k, v)
