@@ -74,9 +74,16 @@ def gradience_rules(path: Path) -> dict[tuple[str, int, int], dict[str, int]]:
 
 
 def evaluate_rule(
-    name: str, advice: dict[tuple[str, int, int], int], acc: dict[tuple[str, int], list[float]]
+    name: str,
+    advice: dict[tuple[str, int, int], int],
+    acc: dict[tuple[str, int], list[float]],
+    comp: dict[tuple[str, int, int | None], list[float]],
 ) -> dict[str, Any]:
-    """Pass/fail, tightness and saving of one rule given its advice per original adapter."""
+    """Pass/fail, tightness and saving of one rule given its advice per original adapter.
+
+    Besides the retraining test, ``compress_pass`` applies the same tolerance to the
+    originals compressed to the advised rank (None where not all were evaluated).
+    """
     cells: list[dict[str, Any]] = []
     tight = False
     for task in sorted({t for t, _ in acc}):
@@ -98,6 +105,12 @@ def evaluate_rule(
             )
             tight |= half_fails or min(ks) == STUDIED[0]
             seeds = [k for (t, rr, _), k in advice.items() if t == task and rr == r]
+            squeezed = [comp.get((task, r, k)) for k in ks if k < r]
+            compress_pass = (
+                None
+                if not squeezed or any(c is None or len(c) < 3 for c in squeezed)
+                else all(min(c) >= worst_original - TOLERANCE for c in squeezed if c)
+            )
             cells.append(
                 {
                     "task": task,
@@ -106,13 +119,18 @@ def evaluate_rule(
                     "pass": ok and not missing,
                     "incomplete": missing,
                     "half_fails": half_fails,
+                    "compress_pass": compress_pass,
                     # what the study validated: retraining at the studied rank ≥ k
                     "saving": 1 - statistics.fmean(retrained_at(k) for k in seeds) / r,
                 }
             )
+    known = [c["compress_pass"] for c in cells if c["compress_pass"] is not None]
     return {
         "rule": name,
         "cells": cells,
+        "compress_pass": (all(known) if known else None)
+        if len(known) == len(cells)
+        else (False if not all(known) else None),
         "pass": bool(cells) and all(c["pass"] for c in cells),
         "tight": tight,
         "saving": statistics.fmean(c["saving"] for c in cells) if cells else 0.0,
@@ -130,9 +148,13 @@ def rule_advice(rule: Rule, records: list[dict[str, Any]]) -> dict[tuple[str, in
 def compressed(records: list[dict[str, Any]]) -> dict[tuple[str, int, int | None], list[float]]:
     out: dict[tuple[str, int, int | None], list[float]] = defaultdict(list)
     for r in records:
-        if r["kind"] == "compress":
-            out[(r["task"], r["rank"], r["target"])].append(100 * r["accuracy"])
+        if r["kind"] == "compress":  # the key holds the original rank (``rank`` may not)
+            out[(r["task"], int(r["key"][2]), r["target"])].append(100 * r["accuracy"])
     return out
+
+
+def yes_no(value: bool | None) -> str:
+    return "—" if value is None else "yes" if value else "no"
 
 
 def fmt(values: list[float] | None) -> str:
@@ -188,12 +210,13 @@ def main(argv: list[str] | None = None) -> None:
     for key, label in (("median", "gradience-median-k@0.9"), ("p90", "gradience-p90-k@0.9")):
         if gradience:
             advice[label] = {k: v[key] for k, v in gradience.items()}
-    results = [evaluate_rule(name, a, acc) for name, a in advice.items()]
+    comp = compressed(records)
+    results = [evaluate_rule(name, a, acc, comp) for name, a in advice.items()]
     emit(
         "\n## Rules: pass = every (task, r) within tolerance; "
         "tight = half the advice fails somewhere (✗ fails, ? not all runs done)"
     )
-    emit(f"{'rule':28s} pass  tight  saving  advised per (task, r)")
+    emit(f"{'rule':28s} pass  tight  saving  compressed-pass  advised per (task, r)")
     for res in sorted(results, key=lambda x: (not x["pass"], -x["saving"])):
         cells = " ".join(
             f"{c['task'][:3]}{c['rank']}→{'/'.join(map(str, c['advised']))}"
@@ -203,11 +226,10 @@ def main(argv: list[str] | None = None) -> None:
         emit(
             f"{res['rule']:28s} {'yes' if res['pass'] else 'no ':4s} "
             f"{'yes' if res['tight'] else 'no ':5s}"
-            f"  {res['saving']:5.1%}  {cells}"
+            f"  {res['saving']:5.1%}  {yes_no(res['compress_pass']):15s}  {cells}"
         )
     passing = [x for x in results if x["pass"] and x["tight"]]
     best = max(passing, key=lambda x: x["saving"])["rule"] if passing else None
-    comp = compressed(records)
     shown = [best, DEFAULT, "k@0.9-median-pow2", "gradience-median-k@0.9"]
     for name in dict.fromkeys(n for n in shown if n and n in advice):
         emit(f"\n## {name}: accuracy mean / worst seed (points), n seeds")

@@ -202,7 +202,6 @@ def compressed_accuracy(
     model, tokenizer = load_adapter_model(out, labels)
     accuracy = evaluate(model, tokenizer, examples, max_len)
     return {
-        "rank": rank,
         "accuracy": accuracy,
         "params_after": summary.get("params_after"),
         "relative_error": summary.get("relative_error"),
