@@ -80,12 +80,13 @@ def _at_least(fraction: float) -> str:
 
 
 def _evidence(rule: AdviceRule) -> str:
-    """``not calibrated by retraining yet`` or ``validated on 2 task(s) × 3 seeds``."""
+    """The basis's own words while it has no task (``not calibrated: …``), or ``validated on
+    2 task(s) × 3 seeds``."""
     if rule.custom:
         return "its quantile set by --coverage, so the rule's basis does not apply"
     b = rule.basis
     if not b.tasks:
-        return "not calibrated by retraining yet"
+        return b.tolerance
     return f"validated on {len(b.tasks)} task(s) × {b.seeds} seeds"
 
 

@@ -133,14 +133,14 @@ def adapter_rank_text(s: Summary, *, config_rank: int | None = None) -> str:
 
 
 def rule_text(s: Summary) -> str | None:
-    """``k@0.99-p90-pow2 v1 (τ=0.99, quantile 0.9, pow2): not calibrated by retraining yet``
+    """``k@0.99-p90-pow2 v1 (τ=0.99, quantile 0.9, pow2): not calibrated: …``
     (the link to the study is in the JSON); ``None`` for a report without a basis."""
     b = s.advice_basis
     if b is None:
         return None
     custom = ", custom quantile (--coverage)" if b.custom else ""
     if not b.tasks:
-        evidence = "not calibrated by retraining yet"
+        evidence = b.tolerance
     else:
         evidence = f"validated on {', '.join(b.tasks)} ({b.seeds} seeds; {b.tolerance})"
     rounding = "pow2" if b.rounding == "pow2" else "unrounded"
