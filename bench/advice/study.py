@@ -113,10 +113,14 @@ def run_one(
 
 
 def phase_train(
-    tasks: dict[str, dict[str, list[Example]]], results: Path, steps: int, task: str
+    tasks: dict[str, dict[str, list[Example]]],
+    results: Path,
+    steps: int,
+    task: str,
+    ranks: tuple[int, ...] = RANKS,
 ) -> None:
     """Every (rank, seed) of ``task``; seeds innermost, so each finished rank is a whole cell."""
-    for rank in RANKS:
+    for rank in ranks:
         for seed in SEEDS:
             if ("train", task, str(rank), str(seed)) in done(results):
                 continue
@@ -188,15 +192,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS / "results.jsonl")
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--phase", choices=["all", "train", "compress"], default="all")
+    parser.add_argument(
+        "--ranks",
+        type=lambda v: tuple(int(r) for r in v.split(",")),
+        default=RANKS,
+        help="comma-separated ranks to train (default: all of them), e.g. a first look at a "
+        "longer budget",
+    )
+    parser.add_argument("--tasks", type=lambda v: tuple(v.split(",")), default=tuple(TASKS))
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tasks = build(RESULTS / "data.json", train=TRAIN, test=TEST)
-    for task in TASKS:  # one task finished (trained, then compressed) before the next
+    for task in args.tasks:  # one task finished (trained, then compressed) before the next
         if args.phase in ("all", "train"):
-            phase_train(tasks, args.results, args.steps, task)
+            phase_train(tasks, args.results, args.steps, task, args.ranks)
         if args.phase in ("all", "compress"):
             phase_compress(tasks, args.results, task, exact=False)
     if args.phase in ("all", "compress"):
