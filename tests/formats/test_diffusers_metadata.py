@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from writers import tiny_unet
 
 from lora_audit.commands.compress import CompressOptions, compress_adapter
 from lora_audit.commands.inspect import AuditOptions, inspect_adapter
@@ -37,22 +38,6 @@ UNET_LORA = {
     "rank_pattern": {"to_v": 3},
 }
 TE_LORA = {"r": 2, "lora_alpha": 6, "target_modules": ["q_proj", "v_proj"], "use_rslora": True}
-
-
-def tiny_unet() -> Any:
-    torch.manual_seed(0)
-    return diffusers.UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=8,
-        attention_head_dim=2,
-        norm_num_groups=4,
-    )
 
 
 def tiny_text_encoder() -> Any:

@@ -10,11 +10,11 @@ UNet built from the same config, and each PEFT layer's ``scaling · B · A`` is 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from writers import tiny_unet
 
 from lora_audit.commands.compress import CompressOptions, compress_adapter
 from lora_audit.commands.inspect import AuditOptions, inspect_adapter
@@ -28,22 +28,6 @@ diffusers = pytest.importorskip("diffusers")
 peft = pytest.importorskip("peft")
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
-
-
-def tiny_unet() -> Any:
-    torch.manual_seed(0)
-    return diffusers.UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=8,
-        attention_head_dim=2,
-        norm_num_groups=4,
-    )
 
 
 def save_mixed(directory: Path, *, metadata: bool, targets: list[str] | None = None) -> Path:

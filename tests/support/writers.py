@@ -76,7 +76,8 @@ def lycoris_file(directory: Path, *, algo: str, **kw: Any) -> Path:
     return path
 
 
-def _tiny_unet() -> Any:
+def tiny_unet() -> Any:
+    """A two-block SD UNet from a config (seed 0), small enough for the tests."""
     import diffusers
     import torch
 
@@ -102,7 +103,7 @@ def diffusers_file(directory: Path, *, metadata: bool) -> Path:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    unet = _tiny_unet()
+    unet = tiny_unet()
     config = peft.LoraConfig(
         r=2, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_out.0", "conv1"]
     )
