@@ -49,9 +49,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from lora_audit.errors import Terminated
+
+_T = TypeVar("_T")
 
 #: Prefix of every temporary name lora-audit creates.
 TMP_PREFIX = ".lora-audit-tmp-"
@@ -105,28 +107,24 @@ def untrack(path: str) -> None:
 def new_temp_file(directory: Path) -> tuple[int, str]:
     """Create a temporary file in ``directory`` (mode 0o666 less the umask), tracked before
     it exists; its descriptor, open for writing, and its path."""
-    for _ in range(100):
-        path = os.path.join(directory, f"{temp_prefix()}{secrets.token_hex(6)}.tmp")
-        track(path)
-        try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), path
-        except FileExistsError:  # someone else's: leave it
-            untrack(path)
-        except BaseException:  # a signal may land after the creation: remove what is there
-            remove_path(path)
-            raise
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(directory))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    return _new_temp(directory, lambda path: os.open(path, flags, 0o666))
 
 
 def new_temp_dir(directory: Path) -> str:
     """Create a temporary directory in ``directory`` (mode 0o777 less the umask), tracked
     before it exists; its path."""
+    return _new_temp(directory, lambda path: os.mkdir(path, 0o777))[1]
+
+
+def _new_temp(directory: Path, create: Callable[[str], _T]) -> tuple[_T, str]:
+    """``create`` a fresh temporary name in ``directory``, tracked before it exists (so a
+    signal never leaves it behind); what ``create`` returned, and the path."""
     for _ in range(100):
         path = os.path.join(directory, f"{temp_prefix()}{secrets.token_hex(6)}.tmp")
         track(path)
         try:
-            os.mkdir(path, 0o777)
-            return path
+            return create(path), path
         except FileExistsError:  # someone else's: leave it
             untrack(path)
         except BaseException:  # a signal may land after the creation: remove what is there
