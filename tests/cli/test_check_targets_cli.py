@@ -158,3 +158,23 @@ def test_bad_target_is_a_usage_error(workdir: Path, value: str) -> None:
     assert result.exit_code == 2
     assert result.stdout == ""
     assert "vllm:max-lora-rank=N" in result.stderr
+
+
+def test_settings_file_target_and_the_flag_replacing_it(workdir: Path) -> None:
+    adapter = _sample(workdir, "minilm-r16")
+    (workdir / "lora-audit.toml").write_text('target = ["vllm", "llama.cpp"]\n', "utf-8")
+    code, report, err = check(adapter)
+    assert code == 1, err
+    assert report["targets"] == ["vllm:max-lora-rank=16", "llama.cpp"]
+    assert {f["rule"] for f in report["findings"]} == {"vllm-refused", "llama.cpp-refused"}
+    code, report, _ = check(adapter, "--target", "peft")
+    assert code == 0 and report["targets"] == ["peft"]
+
+
+@pytest.mark.parametrize("line", ['target = "vllm:max-lora-rank=12"', "target = 16"])
+def test_settings_file_bad_target_is_an_input_error(workdir: Path, line: str) -> None:
+    adapter = _sample(workdir, "minilm-r16")
+    (workdir / "lora-audit.toml").write_text(line + "\n", "utf-8")
+    code, _, err = check(adapter)
+    assert code == 3
+    assert "lora-audit.toml: target = " in err and "vllm:max-lora-rank=N" in err

@@ -86,7 +86,7 @@ def check_command(
             "--target",
             help="Also fail when this server will refuse the adapter or read it at other "
             "scales: vllm (max_lora_rank 16), vllm:max-lora-rank=N, llama.cpp or peft. "
-            "Repeatable.",
+            "Repeatable; replaces the settings file's target list.",
             show_default=False,
             metavar="SERVER",
         ),
@@ -137,9 +137,10 @@ def check_command(
         from lora_audit.decisions.serving_targets import parse_target
         from lora_audit.engine.device import EngineOptions
 
-        targets = [parse_target(t) for t in target or ()]
-
+        targets = [parse_target(t) for t in target or ()]  # a usage error comes first
         source = read_settings(config=config, no_config=no_config)
+        if not targets and source is not None:
+            targets = [parse_target(t) for t in source.targets]
         fmt = report_format(output_format, offered=OutputFormat, command="check")
         preflight(output)
         plan_extra_outputs(junit_xml=junit_xml)
