@@ -106,3 +106,19 @@ def test_formats() -> None:
     }
     gguf = Audited(adapter=Source(format="gguf"), layers=(Layer(rank=8, scale=2.0),))
     assert [v.rule for v in target_violations(gguf, [VLLM, LLAMA])] == ["vllm-format"]
+
+
+def test_the_fix_names_an_output_beside_the_input() -> None:
+    layers = (Layer(rank=32, scale=0.5),)
+    for path, out in (("a/b", "a/b-vllm16"), ("a/x.safetensors", "a/x-vllm16.safetensors")):
+        report = Audited(adapter=Source(path=path, rank=32), layers=layers)
+        [finding] = target_violations(report, [VLLM])
+        assert finding.fix == f"lora-audit compress {path} -o {out} --rank 16"
+    here = Audited(adapter=Source(path=".", rank=32), layers=layers)
+    [finding] = target_violations(here, [VLLM])
+    assert (
+        finding.fix.startswith("lora-audit compress . -o /") and "-vllm16 --rank 16" in finding.fix
+    )
+    dora = Audited(adapter=Source(rank=32, use_dora=True), layers=layers)
+    fix = {v.rule: v.fix for v in target_violations(dora, [VLLM])}["vllm-max-lora-rank"]
+    assert fix.endswith("--rank 16 --base BASE")

@@ -183,11 +183,15 @@ def _format(report: TargetAdapter, target: Target) -> Violation:
 
 
 def compress_fix(report: TargetAdapter, *, suffix: str, rank: int, uniform: bool) -> str:
-    """The ``compress`` command that writes a fitting PEFT adapter beside the input."""
+    """The ``compress`` command that writes a fitting PEFT adapter beside the input (with
+    ``--base BASE`` for a DoRA adapter, which compress needs to truncate one exactly)."""
     path = Path(report.adapter.path)
-    out = path.with_name(f"{path.stem}-{suffix}{path.suffix}")
+    beside = path if path.name else path.resolve()  # "." has no name to extend
+    out = beside.with_name(f"{beside.stem}-{suffix}{beside.suffix}")
     words = ["lora-audit", "compress", str(path), "-o", str(out), "--rank", str(rank)]
-    return shlex.join([*words, *(["--uniform-rank"] if uniform else [])])
+    flags = [*(["--uniform-rank"] if uniform else []), *(["--base"] if _dora(report) else [])]
+    fix = shlex.join([*words, *flags])
+    return f"{fix} BASE" if _dora(report) else fix
 
 
 def _dora(report: TargetAdapter) -> bool:
