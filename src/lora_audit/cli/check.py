@@ -61,6 +61,7 @@ EXAMPLES = examples(
     "lora-audit check adapters/a adapters/b --max-waste 0.3 -f github",
     "lora-audit check ./my-adapter -f junit -o lora-audit.xml",
     "lora-audit check ./my-adapter --config ci/lora-audit.toml -q",
+    "lora-audit check ./my-adapter --target vllm:max-lora-rank=32 --target llama.cpp",
 )
 
 
@@ -79,6 +80,17 @@ def check_command(
     max_layer_waste: MaxLayerWasteOption = None,
     min_rank_used: MinRankUsedOption = None,
     coverage: CoverageOption = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            help="Also fail when this server will refuse the adapter or read it at other "
+            "scales: vllm (max_lora_rank 16), vllm:max-lora-rank=N, llama.cpp or peft. "
+            "Repeatable; replaces the settings file's target list.",
+            show_default=False,
+            metavar="SERVER",
+        ),
+    ] = None,
     config: ConfigOption = None,
     no_config: NoConfigOption = False,
     output_format: Annotated[
@@ -122,9 +134,13 @@ def check_command(
         from lora_audit.cli._settings import read_settings, report_format
         from lora_audit.cli.settings_file import policy_from
         from lora_audit.commands.check import run_check
+        from lora_audit.decisions.serving_targets import parse_target
         from lora_audit.engine.device import EngineOptions
 
+        targets = [parse_target(t) for t in target or ()]  # a usage error comes first
         source = read_settings(config=config, no_config=no_config)
+        if not targets and source is not None:
+            targets = [parse_target(t) for t in source.targets]
         fmt = report_format(output_format, offered=OutputFormat, command="check")
         preflight(output)
         plan_extra_outputs(junit_xml=junit_xml)
@@ -149,6 +165,7 @@ def check_command(
             progress=_progress,
             notice=note,
             claim=outputs().add_adapter,
+            targets=targets,
         )
         emit_report(report, fmt.value, output=output, color=color.value)
         write_extra_outputs(report, junit_xml=junit_xml, step_summary=summary)

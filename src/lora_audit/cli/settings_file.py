@@ -8,6 +8,8 @@ Defaults < a settings file < command-line flags, for every command that has the 
   that ``inspect`` and ``check`` in one repository report the same waste;
 - the policy of ``check``: ``max-waste``, ``max-layer-waste``, ``min-rank-used``
   (defaults: :class:`~lora_audit.decisions.check_rules.Policy`);
+- ``check``'s serving targets: ``target`` (a string or an array of them, as ``--target``
+  takes them; the flags replace the file's list);
 - output settings: ``format`` (each command takes it when it offers that format, else it
   warns and writes a table) and ``color`` (``auto``, ``always`` or ``never``).
 
@@ -28,6 +30,7 @@ filesystem root. Keys are the flag names without dashes in front (``max-waste``;
     max-waste = 0.4
     min-rank-used = 1
     format = "table"
+    target = ["vllm:max-lora-rank=32", "llama.cpp"]
 
 An unreadable file, malformed TOML, an unknown key, a value of the wrong type or out of
 range is an :class:`~lora_audit.errors.InputError` (exit 3) naming the file and the key.
@@ -52,6 +55,8 @@ TABLE = ("tool", "lora-audit")
 #: Output settings and their valid values (``format``: every report format of some command).
 COLORS = ("auto", "always", "never")
 OUTPUT_KEYS = ("format", "color")
+#: ``check --target`` in a settings file.
+TARGET_KEY = "target"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,11 +72,14 @@ class SettingsSource:
         field name (``energy``, ``max_waste``, …).
     output
         Its output settings, by key (``format``, ``color``).
+    targets
+        Its ``target`` values (``check --target``), validated, as written.
     """
 
     path: Path
     values: Mapping[str, float | int]
     output: Mapping[str, str] = field(default_factory=dict)
+    targets: tuple[str, ...] = ()
 
     def get(self, name: str) -> float | int | str | None:
         """The file's value of a setting (field name or output key), or ``None``."""
@@ -133,12 +141,38 @@ def read_policy_file(path: Path) -> SettingsSource:
         table = data
         where = str(path)
     output = {k: v for k, v in table.items() if k in OUTPUT_KEYS}
-    numeric = {k: v for k, v in table.items() if k not in OUTPUT_KEYS}
+    numeric = {k: v for k, v in table.items() if k not in (*OUTPUT_KEYS, TARGET_KEY)}
     return SettingsSource(
         path=path,
         values=validate(numeric, where=where),
         output=validate_output(output, where=where),
+        targets=validate_targets(table.get(TARGET_KEY, ()), where=where),
     )
+
+
+def validate_targets(value: Any, *, where: str) -> tuple[str, ...]:
+    """The ``target`` setting: a string or an array of strings that ``--target`` accepts.
+
+    Raises
+    ------
+    InputError
+        For another type, or a value ``--target`` refuses (naming it and the accepted forms).
+    """
+    from lora_audit.decisions.serving_targets import TARGET_HINT, parse_target
+    from lora_audit.errors import UsageError
+
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
+        raise InputError(
+            f"{where}: {TARGET_KEY} = {_toml_repr(value)} must be a string or an array of strings",
+            hint=TARGET_HINT,
+        )
+    for text in values:
+        try:
+            parse_target(text)
+        except UsageError as exc:
+            raise InputError(f"{where}: {TARGET_KEY} = {_toml_repr(text)}: {exc}") from None
+    return tuple(values)
 
 
 def validate(table: Mapping[str, Any], *, where: str) -> dict[str, float | int]:
@@ -155,7 +189,7 @@ def validate(table: Mapping[str, Any], *, where: str) -> dict[str, float | int]:
         key = raw_key.replace("_", "-")
         setting = SETTINGS_BY_KEY.get(key)
         if setting is None:
-            known = ", ".join([*SETTINGS_BY_KEY, *OUTPUT_KEYS])
+            known = ", ".join([*SETTINGS_BY_KEY, *OUTPUT_KEYS, TARGET_KEY])
             raise InputError(f"{where}: unknown key {raw_key!r}", hint=f"known keys: {known}")
         if setting.field in values:
             raise InputError(f"{where}: {key!r} is given twice (as - and _ spellings)")

@@ -25,6 +25,7 @@ from lora_audit.commands.many import (
     inspect_row,
 )
 from lora_audit.decisions.check_rules import Policy, active_rules, evaluate
+from lora_audit.decisions.serving_targets import Target, rule_names, target_violations
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.errors import InputError
@@ -50,6 +51,7 @@ def run_check(
     progress: ProgressFactory | None = None,
     notice: Callable[[str], None] | None = None,
     claim: Callable[[Path], None] | None = None,
+    targets: Sequence[Target] = (),
 ) -> CheckReport:
     """Check every adapter that ``paths`` name or hold against ``policy``.
 
@@ -82,6 +84,9 @@ def run_check(
     claim
         Receives each adapter found, before any is read (the CLI protects them from being
         replaced by an output).
+    targets
+        Servers each adapter must load and read as PEFT does (``--target``;
+        :mod:`lora_audit.decisions.serving_targets`).
 
     Raises
     ------
@@ -123,7 +128,11 @@ def run_check(
     reports = [o.report for o in outcomes if o.report is not None]
     errors = [adapter_error(o) for o in outcomes if o.error is not None]
     report = assemble(
-        reports=reports, errors=errors, policy=policy, policy_file=display_path(policy_file)
+        reports=reports,
+        errors=errors,
+        policy=policy,
+        policy_file=display_path(policy_file),
+        targets=targets,
     )
     if len(outcomes) < 2:
         return report
@@ -176,12 +185,14 @@ def assemble(
     errors: Sequence[AdapterError],
     policy: Policy,
     policy_file: str | None,
+    targets: Sequence[Target] = (),
 ) -> CheckReport:
-    """Apply the rules to finished inspect reports and build the check report (no I/O)."""
+    """Apply the rules (and the ``targets``' rules) to finished inspect reports and build the
+    check report (no I/O)."""
     findings = tuple(
         Finding(**dataclasses.asdict(v))
         for report in reports
-        for v in evaluate(report, policy=policy)
+        for v in [*evaluate(report, policy=policy), *target_violations(report, targets)]
     )
     status: CheckStatus = "error" if errors else "fail" if findings else "pass"
     verdicts: list[AdapterVerdict] = []
@@ -205,7 +216,8 @@ def assemble(
         tool=TOOL,
         policy=policy.as_dict(),
         policy_file=policy_file,
-        rules=tuple(rule.name for rule in active_rules(policy)),
+        rules=(*(rule.name for rule in active_rules(policy)), *rule_names(targets)),
+        targets=tuple(str(t) for t in targets),
         adapters=tuple(reports),
         errors=tuple(errors),
         findings=findings,

@@ -118,6 +118,9 @@ class CheckReport:
     #: One row per adapter (read or not) when more than one was checked; empty (and absent
     #: from the JSON form) for one adapter, whose report keeps the form it always had.
     summary: tuple[AdapterRow, ...] = field(default=(), metadata={OMIT_WHEN_EMPTY: True})
+    #: The servers checked against (``check --target``: ``vllm:max-lora-rank=16``, …);
+    #: empty (and absent from the JSON form) without one.
+    targets: tuple[str, ...] = field(default=(), metadata={OMIT_WHEN_EMPTY: True})
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``report/schema/check.schema.json``)."""
