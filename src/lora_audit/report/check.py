@@ -6,43 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lora_audit.findings import Finding
 from lora_audit.report.common import OMIT_WHEN_EMPTY, SCHEMA_VERSION, ToolInfo, to_dict
 from lora_audit.report.inspect import InspectReport
 from lora_audit.report.rows import AdapterRow
 
 CheckStatus = Literal["pass", "fail", "error"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Finding:
-    """One broken policy rule (``lora-audit check``).
-
-    Attributes
-    ----------
-    adapter
-        The adapter's path as given (``AdapterInfo.path``).
-    layer
-        The layer concerned, or ``None`` for a finding about the whole adapter.
-    rule
-        The rule's name (``"max-waste"``).
-    measured, limit
-        The measured value and the policy's limit it breaks.
-    message
-        What is wrong, without the adapter and layer names (renderers add them).
-    fix
-        What to do about it.
-    severity
-        ``"error"`` (fails the gate).
-    """
-
-    adapter: str
-    layer: str | None
-    rule: str
-    measured: float | int
-    limit: float | int
-    message: str
-    fix: str
-    severity: str = "error"
 
 
 @dataclass(frozen=True, kw_only=True)

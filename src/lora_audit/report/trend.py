@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lora_audit.report.check import Finding
+from lora_audit.findings import Finding
 from lora_audit.report.common import SCHEMA_VERSION, ToolInfo, to_dict
 
 TrendStatus = Literal["pass", "drift"]
