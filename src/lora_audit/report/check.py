@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lora_audit.findings import Finding
-from lora_audit.report.common import OMIT_WHEN_EMPTY, SCHEMA_VERSION, ToolInfo, to_dict
+from lora_audit.report.common import (
+    OMIT_WHEN_EMPTY,
+    SCHEMA_VERSION,
+    NotebookRepr,
+    ToolInfo,
+    short_repr,
+    to_dict,
+)
 from lora_audit.report.inspect import InspectReport
 from lora_audit.report.rows import AdapterRow
 
@@ -47,7 +54,7 @@ class CheckTotals:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CheckReport:
+class CheckReport(NotebookRepr):
     """Everything ``lora-audit check`` reports: the inspect reports plus the findings.
 
     Attributes
@@ -91,6 +98,16 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``report/schema/check.schema.json``)."""
         return to_dict(self)
+
+    def __repr__(self) -> str:
+        return short_repr(
+            self,
+            f"status={self.status!r}",
+            f"adapters={len(self.adapters)}",
+            f"unreadable={len(self.errors)}",
+            f"findings={len(self.findings)}",
+            f"rules={len(self.rules)}",
+        )
 
     def findings_for(self, adapter: str) -> tuple[Finding, ...]:
         """The findings about one adapter (by its path), in report order."""
