@@ -89,3 +89,20 @@ def test_ipython_shows_the_same_line(report: InspectReport) -> None:
     printer = Printer()
     report._repr_pretty_(printer, False)
     assert printer.written == [repr(report)]
+
+
+def test_compare_and_merge_reports_have_a_short_repr(wasteful: Path, tmp_path: Path) -> None:
+    from lora_audit.commands.compare import compare_adapters
+    from lora_audit.commands.merge import MergeOptions, merge_adapters
+    from lora_audit.formats import load_adapter
+
+    lean = load_adapter(write_lean(tmp_path / "lean"))
+    compared = compare_adapters(lean, load_adapter(wasteful), top_k=2)
+    text = repr(compared)
+    assert len(text) < 300 and text.startswith("CompareReport(a='"), text
+    assert "matched=2" in text and "cosine " in text
+    other = load_adapter(write_lean(tmp_path / "other"))
+    options = MergeOptions(rule=None, output=None, dry_run=True)
+    merged = repr(merge_adapters([lean, other], options=options))
+    assert len(merged) < 300, merged
+    assert merged.startswith("MergeReport(inputs=2, output=None, dry_run=True, layers=2"), merged
