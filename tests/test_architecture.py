@@ -45,7 +45,7 @@ def rule(units: tuple[str, ...] = (), packages: tuple[str, ...] = ()) -> Rule:
 
 #: Imported by every unit; they import no stage and no third-party package. ``adapter`` is not
 #: here: it brings numpy.
-LEAVES = ("errors", "regex_guard", "choices")
+LEAVES = ("errors", "regex_guard", "choices", "findings")
 STAGES = ("formats", "linalg", "engine", "decisions", "commands", "report", "render", "cli")
 
 #: unit → what it may import. A unit that is not a key is itself a violation.
@@ -56,6 +56,7 @@ RULES: dict[str, Rule] = {
     "errors": rule(),
     "regex_guard": rule(("errors",)),
     "choices": rule(("errors",)),
+    "findings": rule(),  # the one finding type, built by decisions and held by report
     "output_format": rule(),
     "adapter": rule(("errors",), ("numpy",)),
     # ``inspect_model`` reads a live PEFT model through integrations/peft_live (torch deferred)
@@ -283,6 +284,7 @@ PLANTED = [
     ("cli/planted.py", "import numpy\n", "numpy"),
     ("helpers.py", "", "(no rule for this unit)"),
     ("choices.py", "import numpy as np\n", "numpy"),
+    ("findings.py", "from lora_audit.report import CheckReport\n", "lora_audit.report.CheckReport"),
     (
         "integrations/planted.py",
         "from lora_audit.cli._common import warn\n",

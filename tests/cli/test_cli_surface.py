@@ -177,6 +177,44 @@ def test_a_bug_exits_70_with_and_without_debug(lean: str, monkeypatch: pytest.Mo
     assert "Traceback" in loud[2]
 
 
+def _plant_alpha_callback(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """Make ``--alpha``'s option callback raise ``error`` (it runs before any command body)."""
+    from typing import get_args
+
+    from lora_audit.cli import _options
+
+    def boom(value: float | None) -> float | None:
+        raise error
+
+    monkeypatch.setattr(get_args(_options.AlphaOption)[1], "callback", boom)
+
+
+@pytest.mark.parametrize("command", ["inspect", "check"])
+def test_a_bug_in_an_option_callback_exits_70_too(
+    lean: str, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    _plant_alpha_callback(monkeypatch, ZeroDivisionError("planted in a callback"))
+    plain = run(command, lean, "--alpha", "8")
+    loud = run("--debug", command, lean, "--alpha", "8")
+    assert plain[0] == loud[0] == ExitCode.INTERNAL == 70
+    line = one_error_line(plain[2])
+    assert "internal error (unexpected ZeroDivisionError: planted in a callback)" in line
+    assert "please report it at" in line and "--debug" in line
+    assert plain[1] == ""
+    assert "Traceback" in loud[2] and loud[2].splitlines()[-1] == line
+
+
+def test_a_known_error_in_an_option_callback_keeps_its_code(
+    lean: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lora_audit.errors import UsageError
+
+    _plant_alpha_callback(monkeypatch, UsageError("--alpha is planted", hint="drop it"))
+    code, out, err = run("inspect", lean)
+    assert (code, out) == (ExitCode.USAGE, "")
+    assert one_error_line(err) == "lora-audit: error: --alpha is planted — drop it"
+
+
 def test_debug_is_forgotten_between_runs(lean: str) -> None:
     run("inspect", "nope", "--debug")
     assert "Traceback" not in run("inspect", "nope")[2]

@@ -121,15 +121,21 @@ def run_guarded(
     except Exception as exc:  # a bug (70), never reported as bad input (3)
         atomic.remove_live()
         _traceback()
-        fail(
-            f"internal error (unexpected {exc.__class__.__name__}: {exc}) — a bug in "
-            f"lora-audit, not in your input: please report it at {HOME}/issues with the "
-            "output of the same command run with --debug"
-        )
+        fail(internal_error(exc))
         raise typer.Exit(int(ExitCode.INTERNAL)) from None
     finally:
         _state.OUTPUTS = None
     raise typer.Exit(code)
+
+
+def internal_error(exc: BaseException) -> str:
+    """The error line's text for a bug (exit 70), wherever it was raised: in a command's body
+    (:func:`run_guarded`) or in an option callback, before the body runs (``_usage.Group``)."""
+    return (
+        f"internal error (unexpected {exc.__class__.__name__}: {exc}) — a bug in "
+        f"lora-audit, not in your input: please report it at {HOME}/issues with the "
+        "output of the same command run with --debug"
+    )
 
 
 def _command_path() -> str:

@@ -158,6 +158,10 @@ class Group(typer.core.TyperGroup):
         except typer.Abort:
             sys.stderr.write(f"{PROG}: aborted\n")
             code = int(ExitCode.INTERRUPTED)
+        except Exception as exc:  # raised outside run_guarded: in an option callback
+            if not standalone_mode:
+                raise
+            code = _crash(exc)
         code = code if isinstance(code, int) else int(ExitCode.OK)
         if standalone_mode:
             sys.exit(code)
@@ -178,6 +182,23 @@ def _fail(exc: Any, *, command: str | None) -> int:
         err(usage_line(exc, command=command))
     usage = isinstance(exc, _click_errors.UsageError)
     return int(ExitCode.USAGE if usage else ExitCode.INPUT)
+
+
+def _crash(exc: Exception) -> int:
+    """One error line for an exception no command body caught (a callback's), and its code:
+    a :class:`~lora_audit.errors.LoraAuditError` keeps its own, anything else is a bug (70)."""
+    from lora_audit.cli._common import err_lines, fail, internal_error
+    from lora_audit.errors import LoraAuditError
+
+    if _state.DEBUG:
+        import traceback
+
+        err_lines(traceback.format_exc())
+    if isinstance(exc, LoraAuditError):
+        fail(str(exc))
+        return int(exc.exit_code)
+    fail(internal_error(exc))
+    return int(ExitCode.INTERNAL)
 
 
 _DID_YOU_MEAN = re.compile(r"\.?\s*(Did you mean .*)$", re.DOTALL)

@@ -7,7 +7,6 @@ code is 1 when any rule fires, else 0.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
@@ -30,7 +29,7 @@ from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.errors import InputError
 from lora_audit.formats.discovery import Found
-from lora_audit.report import AdapterError, AdapterRow, CheckReport, Finding, InspectReport
+from lora_audit.report import AdapterError, AdapterRow, CheckReport, InspectReport
 from lora_audit.report.check import AdapterVerdict, CheckStatus, CheckTotals
 
 #: Opens a progress callback for one adapter: ``(adapter path, layer count) → context``.
@@ -190,9 +189,9 @@ def assemble(
     """Apply the rules (and the ``targets``' rules) to finished inspect reports and build the
     check report (no I/O)."""
     findings = tuple(
-        Finding(**dataclasses.asdict(v))
+        f
         for report in reports
-        for v in [*evaluate(report, policy=policy), *target_violations(report, targets)]
+        for f in [*evaluate(report, policy=policy), *target_violations(report, targets)]
     )
     status: CheckStatus = "error" if errors else "fail" if findings else "pass"
     verdicts: list[AdapterVerdict] = []

@@ -2,16 +2,15 @@
 
 The rules depend on these protocols, not on the report model: an
 :class:`~lora_audit.report.InspectReport` satisfies :class:`AuditedAdapter`, and
-``commands.check`` turns each :class:`Violation` into the report's ``Finding``."""
+they return :class:`~lora_audit.findings.Finding` objects, the report's own finding type."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-#: Severity of every finding the current rules produce (all of them fail the gate).
-ERROR: Literal["error"] = "error"
+from lora_audit.findings import ERROR, Finding
+
 #: What a suggested ``compress`` of a PEFT DoRA adapter needs (it refuses one without).
 DORA_FLAGS = "--base BASE"
 #: What :data:`DORA_FLAGS` means, beside the suggested command.
@@ -93,38 +92,6 @@ class AuditedAdapter(Protocol):
     def layers(self) -> Sequence[AuditedLayer]: ...
 
 
-@dataclass(frozen=True, kw_only=True)
-class Violation:
-    """One broken rule; the check report's ``Finding`` has the same fields.
-
-    Attributes
-    ----------
-    adapter
-        The adapter's path as given.
-    layer
-        The layer concerned, or ``None`` for the whole adapter.
-    rule
-        The rule's name (``"max-waste"``).
-    measured, limit
-        The measured value and the limit it breaks.
-    message
-        What is wrong, without the adapter and layer names.
-    fix
-        What to do about it.
-    severity
-        ``"error"`` (fails the gate).
-    """
-
-    adapter: str
-    layer: str | None
-    rule: str
-    measured: float | int
-    limit: float | int
-    message: str
-    fix: str
-    severity: Literal["error"] = ERROR
-
-
 def untrained_adapter(report: AuditedAdapter) -> bool:
     """No layer is trained (``k_τ = 0`` everywhere: every ΔW = 0, as saved before training)."""
     return bool(report.layers) and all(layer.energy_rank == 0 for layer in report.layers)
@@ -136,10 +103,10 @@ UNTRAINED_FIX = (
 )
 
 
-def untrained_violation(report: AuditedAdapter, *, rule: str, limit: float | int) -> Violation:
+def untrained_violation(report: AuditedAdapter, *, rule: str, limit: float | int) -> Finding:
     """The one finding of an untrained adapter, under ``rule`` (its ``limit``)."""
     measured: float | int = 0 if rule == "min-rank-used" else 1.0
-    return Violation(
+    return Finding(
         adapter=report.adapter.path,
         layer=None,
         rule=rule,

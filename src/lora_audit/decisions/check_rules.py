@@ -1,9 +1,10 @@
-"""The gate's policy and its rules: an audited adapter in, :class:`Violation` objects out.
+"""The gate's policy and its rules: an audited adapter in, findings out.
 
 ``lora-audit check`` measures each adapter exactly as ``inspect`` does, at the policy's τ, and
 then asks every active rule whether the result breaks it. Rules read only the numbers named by
 the :class:`AuditedAdapter` protocol (an inspect report satisfies it); they never touch
-tensors, files or the report model, and ``commands.check`` turns violations into findings.
+tensors, files or the report model, and return :class:`~lora_audit.findings.Finding` objects,
+which ``commands.check`` puts in the report as they are.
 
 The rules
 ---------
@@ -43,15 +44,14 @@ from dataclasses import dataclass
 
 from lora_audit.decisions.advice_rule import DEFAULT_ADVICE_RULE
 from lora_audit.decisions.audited import (
-    ERROR,
     AuditedAdapter,
     AuditedLayer,
-    Violation,
     dora_flags,
     untrained_adapter,
     untrained_violation,
 )
 from lora_audit.decisions.retrain_advice import next_power_of_two
+from lora_audit.findings import ERROR, Finding
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,7 +154,7 @@ def merge(policy: Policy, values: dict[str, float | int]) -> Policy:
     return dataclasses.replace(policy, **changes)  # type: ignore[arg-type]
 
 
-RuleCheck = Callable[[AuditedAdapter, Policy], Iterator[Violation]]
+RuleCheck = Callable[[AuditedAdapter, Policy], Iterator[Finding]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,7 +170,7 @@ class Rule:
     active
         Whether the policy turns the rule on.
     check
-        Yields a :class:`Violation` for each rule broken by an adapter.
+        Yields a :class:`~lora_audit.findings.Finding` for each rule broken by an adapter.
     """
 
     name: str
@@ -198,7 +198,7 @@ def _compress_fix(report: AuditedAdapter, policy: Policy) -> str:
     return f"run `lora-audit compress {report.adapter.path} -o OUT --energy {_tau(policy)}`"
 
 
-def _max_waste(report: AuditedAdapter, policy: Policy) -> Iterator[Violation]:
+def _max_waste(report: AuditedAdapter, policy: Policy) -> Iterator[Finding]:
     s = report.summary
     measured = s.wasted_fraction
     if measured <= policy.max_waste:
@@ -222,7 +222,7 @@ def _max_waste(report: AuditedAdapter, policy: Policy) -> Iterator[Violation]:
         fix += _compress_fix(report, policy)
     else:
         fix = _compress_fix(report, policy)
-    yield Violation(
+    yield Finding(
         adapter=report.adapter.path,
         layer=None,
         rule="max-waste",
@@ -243,7 +243,7 @@ def _layer_waste(layer: AuditedLayer) -> float:
     return layer.wasted_params / layer.params if layer.params else 0.0
 
 
-def _max_layer_waste(report: AuditedAdapter, policy: Policy) -> Iterator[Violation]:
+def _max_layer_waste(report: AuditedAdapter, policy: Policy) -> Iterator[Finding]:
     for layer in report.layers:
         measured = _layer_waste(layer)
         if layer.energy_rank == 0 or measured <= policy.max_layer_waste:
@@ -266,7 +266,7 @@ def _max_layer_waste(report: AuditedAdapter, policy: Policy) -> Iterator[Violati
                 f"{layer.params:,} parameters, {measured:.1%} wasted {limit}"
             )
             fix = _compress_fix(report, policy)
-        yield Violation(
+        yield Finding(
             adapter=report.adapter.path,
             layer=layer.name,
             rule="max-layer-waste",
@@ -278,7 +278,7 @@ def _max_layer_waste(report: AuditedAdapter, policy: Policy) -> Iterator[Violati
         )
 
 
-def _min_rank_used(report: AuditedAdapter, policy: Policy) -> Iterator[Violation]:
+def _min_rank_used(report: AuditedAdapter, policy: Policy) -> Iterator[Finding]:
     if untrained_adapter(report):  # one finding for the adapter, not one per layer
         yield untrained_violation(report, rule="min-rank-used", limit=policy.min_rank_used)
         return
@@ -296,7 +296,7 @@ def _min_rank_used(report: AuditedAdapter, policy: Policy) -> Iterator[Violation
                 f"{policy.min_rank_used}"
             )
             fix = "drop it from target_modules if it is not needed, or check its learning rate"
-        yield Violation(
+        yield Finding(
             adapter=report.adapter.path,
             layer=layer.name,
             rule="min-rank-used",
@@ -336,7 +336,7 @@ def active_rules(policy: Policy) -> tuple[Rule, ...]:
     return tuple(rule for rule in RULES if rule.active(policy))
 
 
-def evaluate(report: AuditedAdapter, *, policy: Policy) -> tuple[Violation, ...]:
+def evaluate(report: AuditedAdapter, *, policy: Policy) -> tuple[Finding, ...]:
     """Every finding of every active rule on one adapter's report.
 
     Parameters

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, get_args
 
-from lora_audit.decisions.audited import ERROR, Violation
 from lora_audit.errors import UsageError
+from lora_audit.findings import ERROR, Finding
 
 Server = Literal["vllm", "llama.cpp", "peft"]
 #: ``MaxLoRARanks`` in vLLM's ``vllm/config/lora.py`` (``max_lora_rank`` must be one of them).
@@ -140,9 +140,9 @@ def rule_names(targets: Sequence[Target]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(n for t in targets for n in names[t.server]))
 
 
-def target_violations(report: TargetAdapter, targets: Sequence[Target]) -> list[Violation]:
+def target_violations(report: TargetAdapter, targets: Sequence[Target]) -> list[Finding]:
     """Every finding of ``report`` against ``targets``, target by target."""
-    out: list[Violation] = []
+    out: list[Finding] = []
     for target in dict.fromkeys(targets):
         if report.adapter.format != "peft" and not (
             target.server == "llama.cpp" and report.adapter.format == "gguf"
@@ -157,8 +157,8 @@ def target_violations(report: TargetAdapter, targets: Sequence[Target]) -> list[
 
 def _finding(
     report: TargetAdapter, rule: str, measured: float, limit: float, message: str, fix: str
-) -> Violation:
-    return Violation(
+) -> Finding:
+    return Finding(
         adapter=report.adapter.path,
         layer=None,
         rule=rule,
@@ -170,7 +170,7 @@ def _finding(
     )
 
 
-def _format(report: TargetAdapter, target: Target) -> Violation:
+def _format(report: TargetAdapter, target: Target) -> Finding:
     what = "a GGUF LoRA or a PEFT adapter" if target.server == "llama.cpp" else "PEFT adapters"
     return _finding(
         report,
@@ -206,8 +206,8 @@ SAVED_FIX = (
 )
 
 
-def _vllm(report: TargetAdapter, limit: int) -> list[Violation]:
-    out: list[Violation] = []
+def _vllm(report: TargetAdapter, limit: int) -> list[Finding]:
+    out: list[Finding] = []
     info = report.adapter
     ranks = [x.rank for x in report.layers]
     top = max([*ranks, info.rank or 0])
@@ -269,8 +269,8 @@ def _next_allowed(rank: int) -> int:
     return next((n for n in VLLM_MAX_LORA_RANKS if n >= rank), VLLM_MAX_LORA_RANKS[-1])
 
 
-def _llama(report: TargetAdapter) -> list[Violation]:
-    out: list[Violation] = []
+def _llama(report: TargetAdapter) -> list[Finding]:
+    out: list[Finding] = []
     info = report.adapter
     ranks = [x.rank for x in report.layers]
     dora = _dora(report)

@@ -6,12 +6,12 @@ contract documented in the README and in ``report/schema/inspect.schema.json``.
 
 from __future__ import annotations
 
+from lora_audit.findings import Finding
 from lora_audit.report.check import (
     AdapterError,
     AdapterVerdict,
     CheckReport,
     CheckTotals,
-    Finding,
 )
 from lora_audit.report.common import SCHEMA_VERSION, AdapterInfo, ToolInfo, to_dict
 from lora_audit.report.compare import CompareReport, CompareSummary, LayerComparison, ShapeMismatch

@@ -6,43 +6,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lora_audit.report.common import OMIT_WHEN_EMPTY, SCHEMA_VERSION, ToolInfo, to_dict
+from lora_audit.findings import Finding
+from lora_audit.report.common import (
+    OMIT_WHEN_EMPTY,
+    SCHEMA_VERSION,
+    NotebookRepr,
+    ToolInfo,
+    short_repr,
+    to_dict,
+)
 from lora_audit.report.inspect import InspectReport
 from lora_audit.report.rows import AdapterRow
 
 CheckStatus = Literal["pass", "fail", "error"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Finding:
-    """One broken policy rule (``lora-audit check``).
-
-    Attributes
-    ----------
-    adapter
-        The adapter's path as given (``AdapterInfo.path``).
-    layer
-        The layer concerned, or ``None`` for a finding about the whole adapter.
-    rule
-        The rule's name (``"max-waste"``).
-    measured, limit
-        The measured value and the policy's limit it breaks.
-    message
-        What is wrong, without the adapter and layer names (renderers add them).
-    fix
-        What to do about it.
-    severity
-        ``"error"`` (fails the gate).
-    """
-
-    adapter: str
-    layer: str | None
-    rule: str
-    measured: float | int
-    limit: float | int
-    message: str
-    fix: str
-    severity: str = "error"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +54,7 @@ class CheckTotals:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CheckReport:
+class CheckReport(NotebookRepr):
     """Everything ``lora-audit check`` reports: the inspect reports plus the findings.
 
     Attributes
@@ -125,6 +101,16 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``report/schema/check.schema.json``)."""
         return to_dict(self)
+
+    def __repr__(self) -> str:
+        return short_repr(
+            self,
+            f"status={self.status!r}",
+            f"adapters={len(self.adapters)}",
+            f"unreadable={len(self.errors)}",
+            f"findings={len(self.findings)}",
+            f"rules={len(self.rules)}",
+        )
 
     def findings_for(self, adapter: str) -> tuple[Finding, ...]:
         """The findings about one adapter (by its path), in report order."""

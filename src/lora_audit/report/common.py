@@ -57,6 +57,33 @@ def to_dict(report: Any) -> dict[str, Any]:
     return data
 
 
+#: A path longer than this is shown by its tail in a report's ``repr``.
+_REPR_PATH = 60
+
+
+def short_repr(report: object, *facts: str) -> str:
+    """A report's notebook ``repr``: its class and a few facts on one line, never its layers.
+
+    The dataclass ``repr`` of a report lists every layer (about 18,000 characters for 37
+    layers); this is what ``repr()`` and IPython show instead. ``to_dict()`` has everything.
+    """
+    return f"{type(report).__name__}({', '.join(facts)})"
+
+
+def path_repr(path: str) -> str:
+    """``path`` quoted, shortened to its last characters when long (``'…/my-adapter'``)."""
+    if len(path) > _REPR_PATH:
+        path = "…" + path[-(_REPR_PATH - 1) :]
+    return repr(path)
+
+
+class NotebookRepr:
+    """IPython's pretty printer shows the short ``repr`` too (no fields: JSON unchanged)."""
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}

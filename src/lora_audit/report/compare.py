@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lora_audit.report.common import SCHEMA_VERSION, AdapterInfo, ToolInfo, to_dict
+from lora_audit.report.common import (
+    SCHEMA_VERSION,
+    AdapterInfo,
+    NotebookRepr,
+    ToolInfo,
+    path_repr,
+    short_repr,
+    to_dict,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,7 +88,7 @@ class CompareSummary:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CompareReport:
+class CompareReport(NotebookRepr):
     """Everything ``lora-audit compare`` reports about two adapters."""
 
     tool: ToolInfo
@@ -97,3 +105,18 @@ class CompareReport:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``report/schema/compare.schema.json``)."""
         return to_dict(self)
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return short_repr(
+            self,
+            f"a={path_repr(self.adapter_a.path)}",
+            f"b={path_repr(self.adapter_b.path)}",
+            f"matched={s.matched}",
+            f"relative difference {_number(s.relative_difference)}",
+            f"cosine {_number(s.cosine)}",
+        )
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lora_audit.report.common import SCHEMA_VERSION, AdapterInfo, ToolInfo, to_dict
+from lora_audit.report.common import (
+    SCHEMA_VERSION,
+    AdapterInfo,
+    NotebookRepr,
+    ToolInfo,
+    path_repr,
+    short_repr,
+    to_dict,
+)
 from lora_audit.report.serving import Serving
 
 
@@ -73,7 +81,7 @@ class CompressSummary:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CompressReport:
+class CompressReport(NotebookRepr):
     """Everything ``lora-audit compress`` reports (also for ``--dry-run``)."""
 
     tool: ToolInfo
@@ -93,3 +101,16 @@ class CompressReport:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``report/schema/compress.schema.json``)."""
         return to_dict(self)
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return short_repr(
+            self,
+            f"adapter={path_repr(self.adapter.path)}",
+            f"{self.settings.mode}={self.settings.value:g}",
+            f"dry_run={self.dry_run}",
+            f"layers={s.layer_count}",
+            f"truncated={s.truncated}",
+            f"params {s.params:,} → {s.params_after:,} (saved {s.saved_fraction:.1%})",
+            f"relative error {s.relative_error:.3g}",
+        )

@@ -6,7 +6,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lora_audit.report.common import SCHEMA_VERSION, AdapterInfo, ToolInfo, to_dict
+from lora_audit.report.common import (
+    SCHEMA_VERSION,
+    AdapterInfo,
+    NotebookRepr,
+    ToolInfo,
+    path_repr,
+    short_repr,
+    to_dict,
+)
 from lora_audit.report.inspect_base import BaseLayerReport, BaseSummary
 
 
@@ -148,7 +156,7 @@ class Summary:
 
 
 @dataclass(frozen=True, kw_only=True)
-class InspectReport:
+class InspectReport(NotebookRepr):
     """Everything ``lora-audit inspect`` reports about one adapter."""
 
     tool: ToolInfo
@@ -163,3 +171,17 @@ class InspectReport:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``report/schema/inspect.schema.json``)."""
         return to_dict(self)
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return short_repr(
+            self,
+            f"adapter={path_repr(self.adapter.path)}",
+            f"format={self.adapter.format!r}",
+            f"layers={len(self.layers)}",
+            f"r={self.adapter.rank}",
+            f"energy={self.settings.energy:g}",
+            f"stable rank mean {s.mean_stable_rank:.2f}",
+            f"wasted {s.wasted_fraction:.1%}",
+            f"advised r={s.recommended_rank}",
+        )

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from lora_audit.report.check import AdapterError
-from lora_audit.report.common import SCHEMA_VERSION, ToolInfo, to_dict
+from lora_audit.report.common import (
+    SCHEMA_VERSION,
+    NotebookRepr,
+    ToolInfo,
+    short_repr,
+    to_dict,
+)
 from lora_audit.report.inspect import InspectReport, Settings
 from lora_audit.report.rows import AdapterRow
 
@@ -22,7 +28,7 @@ ManyStatus = Literal["ok", "error"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class InspectManyReport:
+class InspectManyReport(NotebookRepr):
     """Everything ``lora-audit inspect`` reports about several adapters.
 
     Attributes
@@ -52,3 +58,12 @@ class InspectManyReport:
     def to_dict(self) -> dict[str, object]:
         """The JSON form (``report/schema/inspect-many.schema.json``)."""
         return to_dict(self)
+
+    def __repr__(self) -> str:
+        return short_repr(
+            self,
+            f"status={self.status!r}",
+            f"adapters={len(self.adapters)}",
+            f"unreadable={len(self.errors)}",
+            f"energy={self.settings.energy:g}",
+        )

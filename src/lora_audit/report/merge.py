@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from lora_audit.report.common import SCHEMA_VERSION, ToolInfo
+from lora_audit.report.common import SCHEMA_VERSION, NotebookRepr, ToolInfo, path_repr, short_repr
 from lora_audit.report.serving import Serving
 
 
@@ -101,7 +101,7 @@ class MergeSummary:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MergeReport:
+class MergeReport(NotebookRepr):
     """Everything ``lora-audit merge`` reports (also for ``--dry-run``)."""
 
     tool: ToolInfo
@@ -118,3 +118,15 @@ class MergeReport:
     serving: Serving | None = None
     schema_version: str = field(default=SCHEMA_VERSION)
     kind: str = "merge"
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return short_repr(
+            self,
+            f"inputs={len(self.inputs)}",
+            f"output={path_repr(self.output) if self.output else None}",
+            f"dry_run={self.dry_run}",
+            f"layers={s.layer_count}",
+            f"params {s.params:,} → {s.params_after:,} (saved {s.saved_fraction:.1%})",
+            f"relative error {s.relative_error:.3g}",
+        )

@@ -5,8 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lora_audit.report.check import Finding
-from lora_audit.report.common import SCHEMA_VERSION, ToolInfo, to_dict
+from lora_audit.findings import Finding
+from lora_audit.report.common import (
+    SCHEMA_VERSION,
+    NotebookRepr,
+    ToolInfo,
+    short_repr,
+    to_dict,
+)
 
 TrendStatus = Literal["pass", "drift"]
 
@@ -90,7 +96,7 @@ class TrendSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrendReport:
+class TrendReport(NotebookRepr):
     """Everything ``lora-audit trend`` reports about a series of checkpoints."""
 
     tool: ToolInfo
@@ -108,3 +114,13 @@ class TrendReport:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``report/schema/trend.schema.json``)."""
         return to_dict(self)
+
+    def __repr__(self) -> str:
+        return short_repr(
+            self,
+            f"status={self.status!r}",
+            f"checkpoints={len(self.checkpoints)}",
+            f"layers={len(self.layers)}",
+            f"drifting layers={self.drifting_layers}",
+            f"findings={len(self.findings)}",
+        )
