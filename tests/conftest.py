@@ -36,6 +36,24 @@ def _modules_needing_torch() -> list[str]:
 collect_ignore = [] if HAS_TORCH else _modules_needing_torch()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Make SIGINT and SIGTERM deliverable in this process and the commands it starts.
+
+    A shell starts a background job (``bash .ci/run &``, ``nohup``) with SIGINT ignored, and an
+    ignored signal stays ignored across ``exec``: the lora-audit processes the signal tests
+    start would then (rightly: see ``formats/atomic.py``) ignore the ^C they are sent. The tests
+    are about a signal that reaches lora-audit, so the run starts from the defaults; a test of
+    the ignored case sets it itself.
+    """
+    del config
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 _TORCH_LIBRARIES = frozenset({"torch", "peft", "transformers", "diffusers", "lycoris"})
 
 
