@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import torch
-import transformers
 from nested import assert_close
 from peft import LoraConfig, get_peft_model
+from tiny_llama import tiny_llama
 
 import lora_audit
 from lora_audit.errors import InputError
@@ -27,20 +27,6 @@ pytestmark = pytest.mark.peft
 
 #: Fields that describe the file, not the adapter.
 FILE_FIELDS = ("tensor_file", "file_bytes", "metadata", "passthrough_tensors")
-
-
-def tiny_llama() -> transformers.PreTrainedModel:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    return transformers.LlamaForCausalLM(config)
 
 
 def train(model: Any, steps: int = 3, lr: float = 1e-2) -> None:

@@ -23,6 +23,7 @@ import torch
 import transformers
 from nested import assert_close
 from peft import LoraConfig, get_peft_model
+from tiny_llama import tiny_llama
 
 import lora_audit
 from lora_audit.decisions.training_alerts import AlertRules
@@ -45,17 +46,7 @@ RULES = AlertRules(untrained_after_steps=2, spike_after_steps=4, spike_factor=3.
 
 
 def peft_model(r: int = 8) -> Any:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    base = transformers.LlamaForCausalLM(config)
+    base = tiny_llama()
     return get_peft_model(base, LoraConfig(r=r, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
 
 
