@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_proj import TinyProj, proj_sigma
 from typer.testing import CliRunner
 
 import lora_audit
@@ -19,30 +20,14 @@ from lora_audit.formats import load_adapter
 peft = pytest.importorskip("peft")
 
 
-class _Tiny(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = torch.nn.Linear(8, 6)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
-
-
 def _peft_dir(out: Path, *, r: int = 2, alpha: int = 4) -> Path:
     """A PEFT adapter written by ``save_pretrained``, scale lora_alpha / r = 2."""
     torch.manual_seed(0)
     config = peft.LoraConfig(
         r=r, lora_alpha=alpha, target_modules=["proj"], init_lora_weights=False
     )
-    peft.get_peft_model(_Tiny(), config).save_pretrained(out)
+    peft.get_peft_model(TinyProj(), config).save_pretrained(out)
     return out
-
-
-def _reference_sigma(directory: Path, scale: float) -> np.ndarray:
-    t = load_file(str(directory / "adapter_model.safetensors"))
-    a = t["base_model.model.proj.lora_A.weight"].double().numpy()
-    b = t["base_model.model.proj.lora_B.weight"].double().numpy()
-    return np.linalg.svd(scale * b @ a, compute_uv=False)
 
 
 def test_kohya_forced_on_a_peft_directory_is_refused(tmp_path: Path) -> None:
@@ -64,7 +49,7 @@ def test_the_peft_reader_applies_the_config_scale(tmp_path: Path, fmt: str) -> N
     sigma = np.array(
         lora_audit.inspect(d, input_format=fmt, device="cpu").layers[0].singular_values
     )
-    reference = _reference_sigma(d, 2.0)[:2]
+    reference = proj_sigma(d, 2.0)[:2]
     assert np.abs(sigma - reference).max() <= 1e-12 * reference[0]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from tiny_proj import TinyProj, proj_sigma
 from typer.testing import CliRunner
 
 import lora_audit
@@ -19,32 +19,16 @@ from lora_audit.formats.discovery import discover, named_adapters
 peft = pytest.importorskip("peft")
 
 
-class _Tiny(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = torch.nn.Linear(8, 6)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
-
-
 def _two_adapters(out: Path) -> Path:
     torch.manual_seed(0)
     first = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["proj"], init_lora_weights=False)
     second = peft.LoraConfig(r=3, lora_alpha=3, target_modules=["proj"], init_lora_weights=False)
-    model = peft.get_peft_model(_Tiny(), first)
+    model = peft.get_peft_model(TinyProj(), first)
     model.add_adapter("second", second)
     model.save_pretrained(out)
     assert (out / "adapter_model.safetensors").is_file()
     assert (out / "second" / "adapter_model.safetensors").is_file()  # PEFT's own layout
     return out
-
-
-def _sigma(directory: Path, scale: float) -> np.ndarray:
-    t = load_file(str(directory / "adapter_model.safetensors"))
-    b = t["base_model.model.proj.lora_B.weight"].double().numpy()
-    a = t["base_model.model.proj.lora_A.weight"].double().numpy()
-    return np.linalg.svd(scale * b @ a, compute_uv=False)
 
 
 def test_discovery_finds_both(tmp_path: Path) -> None:
@@ -66,7 +50,7 @@ def test_inspect_and_check_audit_both(tmp_path: Path) -> None:
     assert set(reports) == {d, d / "second"}
     for path, scale in ((d, 2.0), (d / "second", 1.0)):
         got = np.array(reports[path]["layers"][0]["singular_values"])
-        want = _sigma(path, scale)[: len(got)]
+        want = proj_sigma(path, scale)[: len(got)]
         assert np.abs(got - want).max() <= 1e-12 * want[0]
     check = CliRunner().invoke(app, ["check", str(d), "--format", "json", "--device", "cpu"])
     assert check.exit_code == 0, check.stderr
