@@ -54,12 +54,14 @@ if TYPE_CHECKING:
     from lora_audit.commands.inspect import AuditOptions
     from lora_audit.formats.discovery import Discovery
     from lora_audit.report import InspectManyReport
+    from lora_audit.report.full_finetune import FullFinetuneReport
 
 EXAMPLES = examples(
     "lora-audit inspect ./my-adapter",
     "lora-audit inspect adapter_model.safetensors -e 0.95 -f json -o report.json",
     "lora-audit inspect ./my-adapter --plot spectra.png",
     "lora-audit inspect ./my-adapter --base ./base-model",
+    "lora-audit inspect ./fine-tuned-model --base ./base-model",
 )
 
 
@@ -69,7 +71,8 @@ def inspect_command(
         typer.Argument(
             help="A PEFT adapter directory or a .safetensors file (PEFT, kohya, LyCORIS, "
             "diffusers), a Hugging Face cache directory (hub/models--org--name), or several, "
-            "or directories to search for adapters.",
+            "or directories to search for adapters. With --base, a fully fine-tuned model "
+            "(file, directory or sharded index): the spectra of W_tuned − W_base.",
             show_default=False,
             metavar="ADAPTER",
         ),
@@ -131,6 +134,13 @@ def inspect_command(
             from lora_audit.commands.base_weights import check_base_options
 
             check_base_options(base, k=base_k, partial=base_partial)  # before any work
+        if base is not None and len(adapters) == 1:
+            from lora_audit.formats.full_model import is_full_model
+
+            if is_full_model(adapters[0]):  # a full fine-tune: the spectra of W_tuned − W_base
+                report = _inspect_full(adapters[0], base=base, options=options)
+                emit_report(report, fmt.value, output=output, color=color.value)
+                return int(ExitCode.OK)
         discovery = find_adapters(adapters, include_checkpoints=include_checkpoints)
         for item in discovery.found:  # no output may replace an adapter found below a path
             outputs().add_adapter(item.path)
@@ -165,6 +175,17 @@ def inspect_command(
         return int(ExitCode.OK)
 
     run_guarded(body, force=force, inputs=adapters, base=base)
+
+
+def _inspect_full(tuned: Path, *, base: Path, options: AuditOptions) -> FullFinetuneReport:
+    """``inspect --base BASE TUNED`` for a full model, one progress step per tensor."""
+    from lora_audit.commands.inspect_full import FullOptions, inspect_full
+    from lora_audit.formats.full_model import open_pair
+
+    count = len(open_pair(base, tuned)[2].pairs)
+    full = FullOptions(energy=options.energy, engine=options.engine)
+    with progress_bar(count, description="ΔW spectra") as advance:
+        return inspect_full(tuned, base=base, options=full, progress=advance, warn=warn)
 
 
 def _inspect_many(

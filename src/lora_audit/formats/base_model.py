@@ -173,8 +173,10 @@ class BaseModel:
         return tensor.reshape(out_features, in_features)
 
 
-def open_base(path: Path) -> BaseModel:
+def open_base(path: Path, *, role: str = "--base") -> BaseModel:
     """Find the base checkpoint at ``path`` and read its key list (no tensor data).
+
+    ``role`` names the input in error messages (``--base``, or ``TUNED`` for a full model).
 
     Raises
     ------
@@ -183,21 +185,21 @@ def open_base(path: Path) -> BaseModel:
         file, several candidates, or a malformed index.
     """
     if not path.exists():
-        raise InputError(f"--base {path}: no such file or directory")
+        raise InputError(f"{role} {path}: no such file or directory")
     kind = path.stat().st_mode
     if not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
         raise InputError(
-            f"--base {path}: {file_kind(kind)}, not a file or directory",
+            f"{role} {path}: {file_kind(kind)}, not a file or directory",
             hint="point --base at the model's directory or its .safetensors file",
         )
     if path.is_file():
         if path.name.endswith(INDEX_SUFFIX):
             return _from_index(path, base=path)
         if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise _refuse_pickle(path)
+            raise _refuse_pickle(path, role=role)
         if path.suffix != ".safetensors":
             raise InputError(
-                f"--base {path}: not a .safetensors file or a *.safetensors.index.json",
+                f"{role} {path}: not a .safetensors file or a *.safetensors.index.json",
                 hint="point --base at the model's directory or its .safetensors file",
             )
         return _single(path, base=path)
@@ -216,22 +218,22 @@ def open_base(path: Path) -> BaseModel:
     if indexes or singles:
         names = ", ".join(p.name for p in (indexes or singles)[:SHOWN])
         raise InputError(
-            f"--base {path}: {len(indexes or singles)} candidate checkpoints ({names})",
+            f"{role} {path}: {len(indexes or singles)} candidate checkpoints ({names})",
             hint="name the .safetensors file (or the index) to use",
         )
     pickles = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
-        raise _refuse_pickle(pickles[0])
+        raise _refuse_pickle(pickles[0], role=role)
     raise InputError(
-        f"--base {path}: no safetensors weights here (no model.safetensors, no "
+        f"{role} {path}: no safetensors weights here (no model.safetensors, no "
         "model.safetensors.index.json)",
         hint="point --base at a model directory saved with safe_serialization=True",
     )
 
 
-def _refuse_pickle(path: Path) -> InputError:
+def _refuse_pickle(path: Path, *, role: str = "--base") -> InputError:
     return InputError(
-        f"--base {path}: pickled checkpoints are never opened (unpickling can run arbitrary code)",
+        f"{role} {path}: pickled checkpoints are never opened (unpickling can run arbitrary code)",
         hint="convert the model to safetensors in a trusted environment, e.g. "
         "AutoModel.from_pretrained(...).save_pretrained(dir, safe_serialization=True)",
     )

@@ -22,6 +22,7 @@ from lora_audit.render import (
     markdown_trend_compare,
     table,
 )
+from lora_audit.render.table import full_finetune
 
 Renderer = Callable[..., str]
 
@@ -55,6 +56,10 @@ RENDERERS: dict[tuple[str, OutputFormat], Renderer] = {
     ("compare", OutputFormat.GITHUB): github_trend_compare.render_compare,
     ("merge", OutputFormat.TABLE): table.render_merge,
     ("merge", OutputFormat.JSON): json_.render,
+    ("inspect-full", OutputFormat.TABLE): full_finetune.render_full,
+    ("inspect-full", OutputFormat.JSON): json_.render,
+    ("extract", OutputFormat.TABLE): full_finetune.render_extract,
+    ("extract", OutputFormat.JSON): json_.render,
 }
 
 
