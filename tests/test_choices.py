@@ -21,6 +21,7 @@ PAIRS = [
     (choices.Device, choices.DeviceName, choices.device_name),
     (choices.Method, choices.MethodName, choices.method_name),
     (choices.InputFormat, choices.InputFormatName, choices.input_format_name),
+    (choices.ExtractFormat, choices.ExtractFormatName, choices.extract_format_name),
 ]
 
 

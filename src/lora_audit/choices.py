@@ -28,14 +28,20 @@ MethodName = Literal["auto", "qr", "gram"]
 InputFormatName = Literal["auto", "peft", "kohya", "mlx"]
 """Reader: ``auto`` detects; ``peft``, ``kohya`` (every single-file SD format) or ``mlx``."""
 
+ExtractFormatName = Literal["peft"]
+"""``extract --to``: the adapter format written (``peft``: ``adapter_config.json`` + weights)."""
+
 __all__ = [
     "Device",
     "DeviceName",
+    "ExtractFormat",
+    "ExtractFormatName",
     "InputFormat",
     "InputFormatName",
     "Method",
     "MethodName",
     "device_name",
+    "extract_format_name",
     "input_format_name",
     "method_name",
 ]
@@ -64,6 +70,12 @@ class InputFormat(StrEnum):
     PEFT = "peft"
     KOHYA = "kohya"
     MLX = "mlx"
+
+
+class ExtractFormat(StrEnum):
+    """``extract --to``: the values of :data:`ExtractFormatName`."""
+
+    PEFT = "peft"
 
 
 def _refuse(what: str, value: object, allowed: tuple[str, ...]) -> UsageError:
@@ -129,4 +141,22 @@ def input_format_name(value: object) -> InputFormatName:
     text = _plain(value)
     if not _is_input_format(text):
         raise _refuse("input_format", value, get_args(InputFormatName))
+    return text
+
+
+def _is_extract_format(value: object) -> TypeGuard[ExtractFormatName]:
+    return isinstance(value, str) and value in get_args(ExtractFormatName)
+
+
+def extract_format_name(value: object) -> ExtractFormatName:
+    """``value`` (a name or an :class:`ExtractFormat`) as an :data:`ExtractFormatName`.
+
+    Raises
+    ------
+    UsageError
+        When it is not ``peft``.
+    """
+    text = _plain(value)
+    if not _is_extract_format(text):
+        raise _refuse("to", value, get_args(ExtractFormatName))
     return text

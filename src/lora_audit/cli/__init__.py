@@ -17,6 +17,8 @@ from lora_audit.cli.compare import EXAMPLES as COMPARE_EXAMPLES
 from lora_audit.cli.compare import compare_command
 from lora_audit.cli.compress import EXAMPLES as COMPRESS_EXAMPLES
 from lora_audit.cli.compress import compress_command
+from lora_audit.cli.extract import EXAMPLES as EXTRACT_EXAMPLES
+from lora_audit.cli.extract import extract_command
 from lora_audit.cli.inspect import EXAMPLES as INSPECT_EXAMPLES
 from lora_audit.cli.inspect import inspect_command
 from lora_audit.cli.merge import EXAMPLES as MERGE_EXAMPLES
@@ -109,6 +111,12 @@ app.command(
     epilog=COMPARE_EXAMPLES,
     short_help="How two adapters differ, layer by layer.",
 )(compare_command)
+app.command(
+    "extract",
+    cls=Command,
+    epilog=EXTRACT_EXAMPLES,
+    short_help="The optimal LoRA of a full fine-tune (TUNED − BASE), as PEFT.",
+)(extract_command)
 
 
 def main() -> None:

@@ -165,6 +165,7 @@ class ExtractedLayer:
     name: str
     shape: tuple[int, int]
     rank: int
+    frobenius_norm: float
     energy_kept: float
     optimal_error: float
     error: float
