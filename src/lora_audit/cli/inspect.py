@@ -138,8 +138,8 @@ def inspect_command(
             from lora_audit.formats.full_model import is_full_model
 
             if is_full_model(adapters[0]):  # a full fine-tune: the spectra of W_tuned − W_base
-                report = _inspect_full(adapters[0], base=base, options=options)
-                emit_report(report, fmt.value, output=output, color=color.value)
+                full = _inspect_full(adapters[0], base=base, options=options)
+                emit_report(full, fmt.value, output=output, color=color.value)
                 return int(ExitCode.OK)
         discovery = find_adapters(adapters, include_checkpoints=include_checkpoints)
         for item in discovery.found:  # no output may replace an adapter found below a path

@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from lora_audit.commands.inspect_full import SPECTRAL, pair_tensors
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, require_torch, resolve_device
 from lora_audit.errors import UsageError
+from lora_audit.formats import atomic
 from lora_audit.formats.full_model import FullPairing, TensorPair, load, open_pair
 from lora_audit.formats.output_guard import OutputGuard
 from lora_audit.formats.safetensors_io import (
@@ -146,16 +147,13 @@ def extract(
     saved = sorted({c.key.rsplit(".", 1)[0] for c in carried if c.how == "modules_to_save"})
     tensors = _tensors(layers, bias, saved, (base_model, tuned_model), pairing)
     config = _config(layers, saved=saved, lora_bias=bool(bias), base=base)
+
+    def weights(fh: IO[bytes]) -> None:
+        write_safetensors(fh, tensors, metadata={})
+
     with guard.directory(output, role="--output") as tmp:
-        for name, data in (
-            ("adapter_model.safetensors", lambda fh: write_safetensors(fh, tensors, metadata={})),
-            ("adapter_config.json", (json.dumps(config, indent=2) + "\n").encode("utf-8")),
-        ):
-            with (tmp / name).open("wb") as fh:
-                if callable(data):
-                    data(fh)
-                else:
-                    fh.write(data)
+        _write(tmp / "adapter_model.safetensors", weights)
+        _write(tmp / "adapter_config.json", (json.dumps(config, indent=2) + "\n").encode())
     not_carried = [c for c in carried if c.how == "not-carried"]
     if not_carried and warn is not None:
         warn(
@@ -163,6 +161,12 @@ def extract(
             f"{not_carried[0].key}: {not_carried[0].reason})"
         )
     return _report(base, tuned, output, options, layers, carried, unchanged, config)
+
+
+def _write(path: Path, data: bytes | Callable[[IO[bytes]], None]) -> None:
+    """Write and fsync one file inside the new (temporary) output directory."""
+    with path.open("wb") as fh:
+        atomic.fill(fh, data, sync=True)
 
 
 def _extract_layer(

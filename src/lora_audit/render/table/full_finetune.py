@@ -88,10 +88,10 @@ def full_totals(report: FullFinetuneReport) -> Table:
     by_kind: dict[str, list[str]] = {}
     for t in report.tensors:
         by_kind.setdefault(t.kind, []).append(t.key)
-    for kind, keys in sorted(by_kind.items()):
+    for kind, names in sorted(by_kind.items()):
         changed = sum(1 for t in report.tensors if t.kind == kind and t.changed)
         info.add_row(
-            f"{kind}s", f"{changed} of {len(keys)} changed (no spectrum): {_keys(tuple(keys))}"
+            f"{kind}s", f"{changed} of {len(names)} changed (no spectrum): {_keys(tuple(names))}"
         )
     for label, keys in (
         ("only in TUNED", s.only_in_tuned),
