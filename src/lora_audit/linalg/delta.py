@@ -27,7 +27,7 @@ High rank
 When ``k@τ`` would be more than :data:`HIGH_RANK_FRACTION` of ``min(out, in)`` (full
 fine-tunes often are), Krylov is no faster than LAPACK: the full float64 SVD is taken instead
 and the result says so (``method="full_svd"``, ``high_rank=True``). LAPACK's values are
-backward stable: ``|σ̃ᵢ − σᵢ| ≤ c·ε·σ₁``, reported as ``bound`` relative to ``σ̃ₖ``.
+backward stable: ``|σ̃ᵢ − σᵢ| ≤ c·ε·σ₁``, reported as ``bound`` relative to ``σ_{k@τ}``.
 """
 
 from __future__ import annotations
@@ -228,9 +228,9 @@ def _full(
     cumulative = torch.cumsum(s * s, 0)
     reached = torch.nonzero(cumulative >= tau * energy)
     k_tau = int(reached[0]) + 1 if reached.numel() else int(s.numel())
-    keep = max(k_tau, rank or 0)
+    keep = min(max(k_tau, rank or 0), int(s.numel()))
     eps = torch.finfo(torch.float64).eps
-    smallest = float(s[keep - 1]) if keep else 0.0
+    smallest = float(s[k_tau - 1])  # σ₁…σ_{k@τ} are certified to ``bound``
     bound = eps * max(delta.shape) * float(s[0]) / smallest if smallest > 0 else math.inf
     return DeltaSpectrum(
         sigma=s[:keep],
