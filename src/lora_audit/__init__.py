@@ -27,7 +27,7 @@ DISTRIBUTION = "lora-rank-audit"
 HOME = "https://github.com/lora-rank-audit/lora-rank-audit"
 
 #: The public functions, defined in :mod:`lora_audit.api` and imported on first use.
-_API = ("inspect", "inspect_model", "inspect_many", "check", "compress")
+_API = ("inspect", "inspect_model", "inspect_many", "check", "compress", "inspect_full", "extract")
 
 __all__ = [
     "DISTRIBUTION",
@@ -35,13 +35,23 @@ __all__ = [
     "__version__",
     "check",
     "compress",
+    "extract",
     "inspect",
+    "inspect_full",
     "inspect_many",
     "inspect_model",
 ]
 
 if TYPE_CHECKING:
-    from lora_audit.api import check, compress, inspect, inspect_many, inspect_model
+    from lora_audit.api import (
+        check,
+        compress,
+        extract,
+        inspect,
+        inspect_full,
+        inspect_many,
+        inspect_model,
+    )
 
 
 def __getattr__(name: str) -> Any:

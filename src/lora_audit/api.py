@@ -24,7 +24,14 @@ from lora_audit.choices import InputFormatName as InputFormat
 from lora_audit.choices import MethodName as Method
 from lora_audit.choices import input_format_name
 from lora_audit.errors import InputError, LoraAuditWarning, UsageError
-from lora_audit.report import CheckReport, CompressReport, InspectManyReport, InspectReport
+from lora_audit.report import (
+    CheckReport,
+    CompressReport,
+    ExtractReport,
+    FullFinetuneReport,
+    InspectManyReport,
+    InspectReport,
+)
 
 if TYPE_CHECKING:
     from lora_audit.adapter import Adapter
@@ -392,3 +399,92 @@ def compress(
     )
     adapter = _one_adapter(path, alpha=alpha, input_format=input_format)
     return compress_adapter(adapter, options=options, warn=_warn)
+
+
+def inspect_full(
+    tuned: PathLike,
+    *,
+    base: PathLike,
+    energy: float = 0.9,
+    device: Device = "auto",
+) -> FullFinetuneReport:
+    """Audit a full fine-tune, as ``lora-audit inspect --base BASE TUNED`` does.
+
+    Parameters
+    ----------
+    tuned
+        The fully fine-tuned model: a ``.safetensors`` file, a directory, a sharded
+        ``*.safetensors.index.json`` or a Hugging Face cache directory.
+    base
+        The model it was fine-tuned from, read the same way.
+    energy
+        τ of each layer's ``k@τ``.
+    device
+        As for :func:`inspect`.
+
+    Returns
+    -------
+    FullFinetuneReport
+        Per 2-D or conv weight the certified top spectrum of ``ΔW = W_tuned − W_base``, its
+        exact energy, ``k@τ``, stable rank, and the stable ranks of ``W`` and ``W + ΔW``;
+        embeddings, biases and norms listed with their exact norms.
+
+    Raises
+    ------
+    InputError
+        When a checkpoint cannot be read, ``tuned`` is an adapter, or nothing matches.
+    """
+    from lora_audit.commands.inspect_full import FullOptions, inspect_full
+    from lora_audit.commands.options import check_fraction
+    from lora_audit.engine.device import EngineOptions
+
+    options = FullOptions(
+        energy=check_fraction("--energy", energy), engine=EngineOptions(device=device)
+    )
+    return inspect_full(Path(tuned), base=Path(base), options=options, warn=_warn)
+
+
+def extract(
+    base: PathLike,
+    tuned: PathLike,
+    *,
+    output: PathLike,
+    energy: float | None = None,
+    rank: int | None = None,
+    force: bool = False,
+    device: Device = "auto",
+) -> ExtractReport:
+    """Write the optimal LoRA of a full fine-tune as PEFT, as ``lora-audit extract`` does.
+
+    Parameters
+    ----------
+    base, tuned
+        The base and the fully fine-tuned model (as for :func:`inspect_full`).
+    output
+        The PEFT adapter directory to write; never an input, an existing one only with
+        ``force``.
+    energy, rank
+        Exactly one: each layer at its ``k@τ`` for ``τ = energy``, or at ``rank``.
+    device
+        As for :func:`inspect`.
+
+    Returns
+    -------
+    ExtractReport
+        Per layer the rank written, the optimal error ``√(1 − C(k))`` and the measured error of
+        the written factors; every other tensor and how it was carried.
+
+    Raises
+    ------
+    UsageError
+        For none or both of ``energy`` and ``rank``, or an output that exists or is an input.
+    InputError
+        When a checkpoint cannot be read.
+    """
+    from lora_audit.commands.extract import ExtractOptions, extract
+    from lora_audit.engine.device import EngineOptions
+
+    options = ExtractOptions(
+        energy=energy, rank=rank, force=force, engine=EngineOptions(device=device)
+    )
+    return extract(Path(base), Path(tuned), output=Path(output), options=options, warn=_warn)
