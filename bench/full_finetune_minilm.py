@@ -8,7 +8,7 @@ The task, data, batch size, step count and seed are those of ``sample_adapters/m
     lora-audit inspect OUT --base all-MiniLM-L6-v2          # the full fine-tune's ΔW
     lora-audit inspect sample_adapters/minilm-r16 --base all-MiniLM-L6-v2   # the LoRA's
 
-read side by side (docs/full-finetune.md). Nothing is downloaded. About a minute on 2 cores::
+read side by side (docs/full-finetune.md). Nothing is downloaded. A few minutes on 2 shared CPU cores::
 
     python bench/full_finetune_minilm.py --out /tmp/minilm-full-ft
 """
