@@ -47,6 +47,17 @@ def test_full_model_or_adapter(tmp_path: Path) -> None:
         tmp_path / "kohya", {"lora_unet_a.lora_down.weight": np.zeros((2, 3), np.float32)}
     )
     assert not is_full_model(kohya)
+    for i, key in enumerate(
+        [
+            "model.layers.0.self_attn.q_proj.lora_a",  # mlx-lm
+            "unet.down.attentions.0.to_q.lora.down.weight",  # diffusers
+            "double_blocks.0.processor.qkv_lora1.down.weight",  # XLabs
+            "lycoris_a.hada_w1_a",
+        ]
+    ):
+        single = tmp_path / f"adapter{i}.safetensors"
+        save_file({key: np.zeros((2, 3), np.float32)}, str(single))
+        assert not is_full_model(single), key
     assert not is_full_model(tmp_path / "missing")
     with pytest.raises(InputError, match="this is an adapter"):
         open_pair(full, kohya)

@@ -6,8 +6,8 @@ Face cache repository directory (``models--org--name``, its ``main`` snapshot). 
 read up front; each tensor is memory-mapped and read when its layer is audited.
 
 A checkpoint is a *full model*, not an adapter, when it is no PEFT directory
-(no ``adapter_config.json``) and none of its keys is an adapter key (``lora_A``, ``lora_down``,
-``hada_w1``, ``lokr_w1``, ``.alpha``, …): :func:`is_full_model`.
+(no ``adapter_config.json``) and none of its keys is an adapter key (any ``lora``, ``hada_w1``,
+``lokr_w1``, ``.alpha``, ``dora_scale``, …): :func:`is_full_model`.
 
 Matching
 --------
@@ -41,11 +41,10 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 TensorKind = Literal["linear", "conv", "embedding", "vector", "other"]
-#: Key fragments that only adapters have.
-ADAPTER_KEY = re.compile(
-    r"(lora_[AB]\b|lora_(?:down|up|mid)\b|lora_embedding_[AB]|lora_magnitude_vector|"
-    r"hada_w[12]|lokr_w[12]|\.alpha$|dora_scale$|lora_te\d?_|lora_unet_|\.oft_|\.boft_)"
-)
+#: Key fragments that only adapters have: any ``lora`` (PEFT ``lora_A``, kohya ``lora_down``,
+#: mlx ``lora_a``, diffusers ``lora.down``/``lora_linear_layer``, XLabs ``qkv_lora1``), LyCORIS
+#: ``hada_w1``/``lokr_w1``, ``.alpha``, ``dora_scale``, OFT.
+ADAPTER_KEY = re.compile(r"(?i)(lora|hada_w[12]|lokr_w[12]|\.alpha$|dora_scale|(^|\.)b?oft_)")
 #: Module names of embedding tables.
 EMBEDDING = re.compile(r"(embed|(^|\.)wte$|(^|\.)wpe$|(^|\.)shared$)")
 
