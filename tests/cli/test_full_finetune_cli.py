@@ -43,7 +43,8 @@ def test_inspect_of_a_full_model_validates_and_renders(pair: tuple[Path, Path]) 
 
 def test_a_full_model_without_base_is_not_read_as_an_adapter(pair: tuple[Path, Path]) -> None:
     result = runner.invoke(app, ["inspect", str(pair[1])])
-    assert result.exit_code != 0
+    assert result.exit_code == 3 and "looks like a full model" in result.stderr
+    assert "to audit this model as a full fine-tune, add --base BASE" in result.stderr
 
 
 def test_extract_writes_peft_and_a_valid_report(pair: tuple[Path, Path], tmp_path: Path) -> None:

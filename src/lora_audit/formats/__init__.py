@@ -87,7 +87,8 @@ def _full_model(directory: Path) -> InputError | None:
         f"{directory}: this looks like a full model ({shown}), not a LoRA adapter",
         hint="pass the adapter instead (a directory with adapter_config.json, or the "
         "adapter's .safetensors file); to measure an adapter against this model, add "
-        f"--base {directory}",
+        f"--base {directory}; to audit this model as a full fine-tune, add --base BASE "
+        "(docs/full-finetune.md)",
     )
 
 
