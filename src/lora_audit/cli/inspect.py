@@ -34,6 +34,7 @@ from lora_audit.cli._options import (
     DeviceOption,
     EnergyOption,
     ForceOption,
+    FuseIntoOption,
     IncludeCheckpointsOption,
     InputFormat,
     InputFormatOption,
@@ -53,6 +54,7 @@ from lora_audit.errors import ExitCode, UsageError
 if TYPE_CHECKING:
     from lora_audit.commands.inspect import AuditOptions
     from lora_audit.formats.discovery import Discovery
+    from lora_audit.linalg.quantize import Scheme
     from lora_audit.report import InspectManyReport
 
 EXAMPLES = examples(
@@ -60,6 +62,7 @@ EXAMPLES = examples(
     "lora-audit inspect adapter_model.safetensors -e 0.95 -f json -o report.json",
     "lora-audit inspect ./my-adapter --plot spectra.png",
     "lora-audit inspect ./my-adapter --base ./base-model",
+    "lora-audit inspect ./my-adapter --base ./base-model --fuse-into q8_0,q4_0,nf4",
 )
 
 
@@ -89,6 +92,7 @@ def inspect_command(
     base: BaseOption = None,
     base_k: BaseKOption = None,
     base_partial: BasePartialOption = False,
+    fuse_into: FuseIntoOption = None,
     include_checkpoints: IncludeCheckpointsOption = False,
     config: ConfigOption = None,
     no_config: NoConfigOption = False,
@@ -131,6 +135,7 @@ def inspect_command(
             from lora_audit.commands.base_weights import check_base_options
 
             check_base_options(base, k=base_k, partial=base_partial)  # before any work
+        schemes = _fuse_schemes(fuse_into, base=base)
         discovery = find_adapters(adapters, include_checkpoints=include_checkpoints)
         for item in discovery.found:  # no output may replace an adapter found below a path
             outputs().add_adapter(item.path)
@@ -152,9 +157,11 @@ def inspect_command(
         loaded = load_reported(adapter, alpha=alpha, input_format=input_format.value)
         request = plot_request(plot, layers=plot_layers, names=[x.name for x in loaded.layers])
         base_options = (
-            None if base is None else BaseOptions(path=base, k=base_k, partial=base_partial)
+            None
+            if base is None
+            else BaseOptions(path=base, k=base_k, partial=base_partial, fuse_into=schemes)
         )
-        passes = 1 if base is None else 2  # the spectra, then the base
+        passes = 1 if base is None else 3 if schemes else 2  # spectra, base, fuse survival
         label = "spectra" if base is None else "spectra + base"
         with progress_bar(passes * len(loaded.layers), description=label) as advance:
             report = inspect_with_base(
@@ -165,6 +172,17 @@ def inspect_command(
         return int(ExitCode.OK)
 
     run_guarded(body, force=force, inputs=adapters, base=base)
+
+
+def _fuse_schemes(text: str | None, *, base: Path | None) -> tuple[Scheme, ...]:
+    """The schemes ``--fuse-into`` names; it needs ``--base``."""
+    if text is None:
+        return ()
+    from lora_audit.decisions.fuse_advice import parse_schemes
+
+    if base is None:
+        raise UsageError("--fuse-into needs --base", hint="add --base path/to/base-model")
+    return parse_schemes(text)
 
 
 def _inspect_many(

@@ -50,6 +50,7 @@ from lora_audit.linalg.against_base import (
     base_metrics,
 )
 from lora_audit.linalg.krylov import KrylovOptions
+from lora_audit.linalg.quantize import Scheme
 from lora_audit.report import BaseLayerReport, BaseStat, BaseSummary, InspectReport, LayerReport
 
 if TYPE_CHECKING:
@@ -89,12 +90,15 @@ class BaseOptions:
         Audit the layers that match and warn about the rest, instead of failing.
     krylov
         Tolerance and limits of the iterative triplets.
+    fuse_into
+        Quantization schemes to check fusing into (``--fuse-into``); empty for none.
     """
 
     path: Path
     k: int | None = None
     partial: bool = False
     krylov: KrylovOptions = field(default_factory=KrylovOptions)
+    fuse_into: tuple[Scheme, ...] = ()
 
 
 def inspect_with_base(
@@ -194,13 +198,21 @@ def audit_base(
         else layer
         for layer in report.layers
     )
-    summary = _summary(base, match, layers, options=options)
-    return replace(
-        report,
-        layers=layers,
-        summary=replace(report.summary, base=summary),
-        warnings=(*report.warnings, *warnings),
-    )
+    summary = replace(report.summary, base=_summary(base, match, layers, options=options))
+    if options.fuse_into:
+        from lora_audit.commands.fuse_survival import fuse_survival
+
+        fused, fuse = fuse_survival(
+            adapter, base, match, schemes=options.fuse_into, progress=progress
+        )
+        if fuse.skipped_layers:
+            note(
+                f"--fuse-into: {len(fuse.skipped_layers)} DoRA layer(s) not checked (e.g. "
+                f"{fuse.skipped_layers[0]}): their fused weight is not W + s·B·A"
+            )
+        layers = tuple(replace(x, fuse=fused.get(x.name, ())) for x in layers)
+        summary = replace(summary, fuse=fuse)
+    return replace(report, layers=layers, summary=summary, warnings=(*report.warnings, *warnings))
 
 
 def compute(

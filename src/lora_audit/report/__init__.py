@@ -21,6 +21,7 @@ from lora_audit.report.compress import (
     CompressSummary,
     LayerCompression,
 )
+from lora_audit.report.fuse import FuseLayerReport, FuseSchemeSummary, FuseSummary
 from lora_audit.report.inspect import (
     AdviceBasis,
     AdviceVerdict,
@@ -55,6 +56,9 @@ __all__ = [
     "CompressSettings",
     "CompressSummary",
     "Finding",
+    "FuseLayerReport",
+    "FuseSchemeSummary",
+    "FuseSummary",
     "InspectManyReport",
     "InspectReport",
     "LayerComparison",
