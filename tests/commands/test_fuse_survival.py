@@ -54,7 +54,9 @@ def raw_delta(adapter_dir: Path, layer: str) -> np.ndarray:
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     scale = config["lora_alpha"] / config["r"]
     with safe_open(adapter_dir / "adapter_model.safetensors", framework="pt") as f:
-        prefix = next(k for k in f.keys() if k.endswith(f"{layer}.lora_A.weight"))[: -len("lora_A.weight")]
+        keys = list(f.keys())
+        key_a = next(k for k in keys if k.endswith(f"{layer}.lora_A.weight"))
+        prefix = key_a.removesuffix("lora_A.weight")
         a = f.get_tensor(prefix + "lora_A.weight").double().numpy()
         b = f.get_tensor(prefix + "lora_B.weight").double().numpy()
     return scale * b @ a  # type: ignore[no-any-return]
@@ -67,18 +69,16 @@ def reference(w: np.ndarray, delta: np.ndarray, roundtrip: Roundtrip) -> dict[st
         fused = (start.astype(np.float64) + delta).astype(np.float32)
         dhat = roundtrip(fused).astype(np.float64) - q_w
         out[f"{mode}kept"] = float((dhat * delta).sum() / (delta * delta).sum())
-        out[f"{mode}relative_error"] = float(
-            np.linalg.norm(dhat - delta) / np.linalg.norm(delta)
-        )
+        out[f"{mode}relative_error"] = float(np.linalg.norm(dhat - delta) / np.linalg.norm(delta))
     return out
 
 
 def check_adapter(adapter_dir: Path, names: tuple[str, ...], schemes: tuple[str, ...]) -> None:
     base_path = minilm_base()
     adapter = load_adapter(adapter_dir)
-    adapter = adapter.__class__(**{**adapter.__dict__, "layers": tuple(
-        x for x in adapter.layers if x.name.endswith(names)
-    )})
+    adapter = adapter.__class__(
+        **{**adapter.__dict__, "layers": tuple(x for x in adapter.layers if x.name.endswith(names))}
+    )
     base = open_base(base_path)
     match = match_base_weights(adapter, base)
     layers, summary = fuse_survival(adapter, base, match, schemes=schemes)  # type: ignore[arg-type]
@@ -116,10 +116,10 @@ def test_r16_sample_where_q4_0_requantizing_loses_most_and_q8_0_keeps_it() -> No
     check_adapter(adapter_dir, names, ("q8_0", "q4_0"))
     adapter = load_adapter(adapter_dir)
     base = open_base(minilm_base())
-    part = adapter.__class__(**{**adapter.__dict__, "layers": tuple(
-        x for x in adapter.layers if x.name.endswith(names)
-    )})
-    layers, summary = fuse_survival(part, base, match_base_weights(part, base), schemes=("q8_0", "q4_0"))
+    part = adapter.__class__(
+        **{**adapter.__dict__, "layers": tuple(x for x in adapter.layers if x.name.endswith(names))}
+    )
+    _, summary = fuse_survival(part, base, match_base_weights(part, base), schemes=("q8_0", "q4_0"))
     q8, q4 = summary.schemes
     assert q8.requantized_kept is not None and q8.requantized_kept > 0.95
     assert q4.requantized_kept is not None and q4.requantized_kept < 0.5
@@ -131,9 +131,9 @@ def test_row_chunks_add_up_to_the_whole_layer(monkeypatch: pytest.MonkeyPatch) -
 
     names = ("layer.2.attention.self.query",)
     adapter = load_adapter(SAMPLE)
-    part = adapter.__class__(**{**adapter.__dict__, "layers": tuple(
-        x for x in adapter.layers if x.name.endswith(names)
-    )})
+    part = adapter.__class__(
+        **{**adapter.__dict__, "layers": tuple(x for x in adapter.layers if x.name.endswith(names))}
+    )
     base = open_base(minilm_base())
     match = match_base_weights(part, base)
     whole, _ = fuse_survival(part, base, match, schemes=("q4_0",))

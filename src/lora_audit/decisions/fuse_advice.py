@@ -60,9 +60,7 @@ def fuse_advice(
     requantized
         The same, fused into the already quantized weight and quantized again.
     """
-    known = {
-        s: min(k, requantized.get(s) or k) for s, k in full.items() if k is not None
-    }
+    known = {s: min(k, requantized.get(s) or k) for s, k in full.items() if k is not None}
     if not known:
         return "no layer has a non-zero update: fusing changes nothing"
     failing = sorted((k, s) for s, k in known.items() if k < KEPT_ENOUGH)

@@ -5,7 +5,7 @@ Formatting only: every number comes finished in the report.
 
 from __future__ import annotations
 
-from lora_audit.report import BaseLayerReport, BaseSummary
+from lora_audit.report import BaseLayerReport, BaseSummary, FuseSummary
 
 #: Per-layer columns, in order (:func:`base_cells` gives the matching cells).
 BASE_HEADERS = ("k", "sr W", "sr W+ΔW", "Δsr", "‖ΔW‖/‖W‖", "σ₁ ratio", "align", "overlap", "ampl.")
@@ -117,4 +117,27 @@ def base_summary_rows(base: BaseSummary) -> list[tuple[str, str]]:
             f"{base.max_residual:.1e}, subspace error ≤ {base.max_subspace_error:.1e}{status})",
         )
     )
+    return rows
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1%}"
+
+
+def fuse_summary_rows(fuse: FuseSummary) -> list[tuple[str, str]]:
+    """``--fuse-into``: per scheme, what fusing keeps of the update, and the advice line."""
+    rows = []
+    for s in fuse.schemes:
+        text = (
+            f"kept {_pct(s.kept)} merged at full precision (error {_pct(s.relative_error)}), "
+            f"{_pct(s.requantized_kept)} requantized (error "
+            f"{_pct(s.requantized_relative_error)}); {_pct(s.below_half_step)} of ΔW's entries "
+            f"below half a step"
+        )
+        if s.worst_layer is not None:
+            text += f"; worst {_pct(s.worst_kept)} ({s.worst_layer})"
+        if s.fallback_layers:
+            text += f"; {len(s.fallback_layers)} layer(s) kept in f16"
+        rows.append((f"fuse {s.scheme}", text))
+    rows.append(("fuse advice", fuse.advice))
     return rows

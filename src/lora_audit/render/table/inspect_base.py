@@ -6,7 +6,12 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lora_audit.render._base_text import BASE_HEADERS, base_cells, base_summary_rows
+from lora_audit.render._base_text import (
+    BASE_HEADERS,
+    base_cells,
+    base_summary_rows,
+    fuse_summary_rows,
+)
 from lora_audit.render.table._blocks import BlockHeaders, block_prefix, block_rows
 from lora_audit.render.table._layout import Column, Grid, Row, grid_table, info_grid, title
 from lora_audit.report import InspectReport
@@ -64,6 +69,7 @@ def base_summary_table(report: InspectReport) -> Table:
     base = report.summary.base
     assert base is not None
     info = info_grid()
-    for label, text in base_summary_rows(base):
+    fuse = report.summary.fuse
+    for label, text in [*base_summary_rows(base), *(fuse_summary_rows(fuse) if fuse else [])]:
         info.add_row(label, text)
     return info
