@@ -123,12 +123,13 @@ def fuse_sums(
     """
     w32 = np.asarray(w, dtype=np.float32)
     base = quantize(w32, scheme)
+    assert base.step is not None
     below = int(np.count_nonzero(np.abs(delta) < 0.5 * base.step.astype(np.float64)))
     update = float(np.einsum("ij,ij->", delta, delta))
     sums = []
     for start in (w32, base.values):
         fused = (start.astype(np.float64) + delta).astype(np.float32)
-        dhat = quantize(fused, scheme).values.astype(np.float64)
+        dhat = quantize(fused, scheme, with_step=False).values.astype(np.float64)
         dhat -= base.values
         projected = float(np.einsum("ij,ij->", dhat, delta))
         dhat -= delta

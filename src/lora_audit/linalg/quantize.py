@@ -80,12 +80,12 @@ NF4_CODE = (
 class Quantized:
     """``D(Q(X))`` and the step each entry was rounded to (both float32, ``X``'s shape).
 
-    ``fallback`` names the format the tensor was kept in when the scheme cannot hold it
-    (``"f16"``), ``None`` otherwise.
+    ``step`` is ``None`` when it was not asked for. ``fallback`` names the format the tensor
+    was kept in when the scheme cannot hold it (``"f16"``), ``None`` otherwise.
     """
 
     values: Float32Array
-    step: Float32Array
+    step: Float32Array | None = None
     fallback: Literal["f16"] | None = None
 
 
@@ -94,7 +94,7 @@ def row_local(scheme: Scheme) -> bool:
     return scheme in ("q8_0", "q4_0")
 
 
-def quantize(x: npt.NDArray[np.floating], scheme: Scheme) -> Quantized:
+def quantize(x: npt.NDArray[np.floating], scheme: Scheme, *, with_step: bool = True) -> Quantized:
     """``D(Q(x))`` of a 2-D tensor under ``scheme``, bit for bit as its implementation.
 
     Parameters
@@ -104,6 +104,8 @@ def quantize(x: npt.NDArray[np.floating], scheme: Scheme) -> Quantized:
         quantizers do.
     scheme
         One of :data:`SCHEMES`.
+    with_step
+        Also give each entry's quantization step (skipped otherwise: it costs a pass).
 
     Returns
     -------
@@ -111,12 +113,13 @@ def quantize(x: npt.NDArray[np.floating], scheme: Scheme) -> Quantized:
     """
     x32 = np.ascontiguousarray(x, dtype=np.float32)
     if scheme == "nf4":
-        return _nf4(x32)
+        return _nf4(x32, with_step=with_step)
     if x32.shape[-1] % GGUF_BLOCK:
         return _f16(x32)
     blocks = x32.reshape(-1, GGUF_BLOCK)
-    values, step = _q8_0(blocks) if scheme == "q8_0" else _q4_0(blocks)
-    return Quantized(values=values.reshape(x32.shape), step=step.reshape(x32.shape))
+    values, d = _q8_0(blocks) if scheme == "q8_0" else _q4_0(blocks)
+    step = np.broadcast_to(d, blocks.shape).reshape(x32.shape) if with_step else None
+    return Quantized(values=values.reshape(x32.shape), step=step)
 
 
 def _roundf(n: Float32Array) -> Float32Array:
@@ -133,7 +136,7 @@ def _q8_0(blocks: Float32Array) -> tuple[Float32Array, Float32Array]:
         inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
     q = _roundf(blocks * inv).astype(np.int8).astype(np.float32)
     d16 = d.astype(np.float16).astype(np.float32)
-    return q * d16, np.broadcast_to(np.abs(d16), blocks.shape)
+    return q * d16, np.abs(d16)
 
 
 def _q4_0(blocks: Float32Array) -> tuple[Float32Array, Float32Array]:
@@ -144,7 +147,7 @@ def _q4_0(blocks: Float32Array) -> tuple[Float32Array, Float32Array]:
     q = np.trunc(blocks * inv + np.float32(8.5)).astype(np.uint8).clip(0, 15)
     d16 = d.astype(np.float16).astype(np.float32)
     levels = q.astype(np.int8) - np.int8(8)
-    return d16 * levels.astype(np.float32), np.broadcast_to(np.abs(d16), blocks.shape)
+    return d16 * levels.astype(np.float32), np.abs(d16)
 
 
 def _f16(x: Float32Array) -> Quantized:
@@ -183,25 +186,34 @@ def _dynamic_lut() -> torch.Tensor:
     return torch.searchsorted(mid, grid, side="left")
 
 
-def _nf4(x: Float32Array) -> Quantized:
+def _nf4(x: Float32Array, *, with_step: bool) -> Quantized:
     import torch
 
     flat = torch.from_numpy(x.reshape(-1))
     code = torch.tensor(NF4_CODE, dtype=torch.float32)
     absmax, scaled = _block_scale(flat, NF4_BLOCK)
     bounds = (code[:-1] + code[1:]) / 2
-    q = torch.bucketize(scaled, bounds)
-    absmax_deq = _double_quantized(absmax)
-    n = flat.numel()
-    per_entry = absmax_deq.repeat_interleave(NF4_BLOCK)[:n]
-    values = code[q] * per_entry
-    edges = torch.cat([code[:1], bounds, code[-1:]])
-    width = edges[q + 1] - edges[q]
-    step = width * per_entry
-    shape = x.shape
-    return Quantized(
-        values=values.numpy().reshape(shape), step=step.numpy().astype(np.float32).reshape(shape)
-    )
+    q = torch.bucketize(scaled, bounds, out_int32=True)
+    del scaled
+    scale = _double_quantized(absmax)
+    values = _per_block(code[q], scale)
+    step = None
+    if with_step:
+        edges = torch.cat([code[:1], bounds, code[-1:]])
+        step = _per_block(edges[q + 1] - edges[q], scale).numpy().reshape(x.shape)
+    return Quantized(values=values.numpy().reshape(x.shape), step=step)
+
+
+def _per_block(levels: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``levels · scale`` of each entry's block (blocks of 64 along the flat tensor)."""
+    import torch
+
+    n = levels.numel()
+    full = n - n % NF4_BLOCK
+    head = levels[:full].view(-1, NF4_BLOCK).mul_(scale[: full // NF4_BLOCK].view(-1, 1))
+    if full == n:
+        return head.view(-1)
+    return torch.cat([head.view(-1), levels[full:] * scale[-1]])
 
 
 def _block_scale(flat: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
