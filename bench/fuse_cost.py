@@ -80,9 +80,8 @@ def main() -> None:
                 fuse_survival(one, base, match, schemes=(scheme,))  # type: ignore[arg-type]
                 took = time.perf_counter() - start
                 seconds.setdefault(scheme, {})[layer.name.rsplit(".", 1)[-1]] = took
-                print(
-                    f"{layer.name:45s} {layer.out_features}×{layer.in_features} {scheme}: {took:6.1f} s"
-                )
+                shape = f"{layer.out_features}×{layer.in_features}"
+                print(f"{layer.name:45s} {shape} {scheme}: {took:6.1f} s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:.0f} MiB")
     for scheme, t in seconds.items():
