@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from lora_audit.report import CheckReport, CompressReport, InspectManyReport, In
 if TYPE_CHECKING:
     from lora_audit.adapter import Adapter
     from lora_audit.commands.inspect import AuditOptions
+    from lora_audit.decisions.fuse_advice import Scheme
     from lora_audit.engine.device import EngineOptions
 
 PathLike = str | os.PathLike[str]
@@ -92,6 +93,7 @@ def inspect(
     base: PathLike | None = None,
     base_k: int | None = None,
     base_partial: bool = False,
+    fuse_into: str | Sequence[str] | None = None,
 ) -> InspectReport:
     """Audit one adapter, as ``lora-audit inspect PATH [--base DIR]`` does.
 
@@ -119,6 +121,10 @@ def inspect(
         The pretrained model to audit the update against (needs torch), the number of top
         singular directions compared (default: each layer's energy rank), and whether layers
         the base lacks are allowed (as ``--base``, ``--base-k``, ``--base-partial``).
+    fuse_into
+        Quantization schemes (``"q8_0,q4_0"`` or ``["nf4"]``) to measure how much of each
+        update survives fusing into them (as ``--fuse-into``; needs ``base``). The results
+        are ``layer.fuse`` and ``report.summary.fuse``.
 
     Returns
     -------
@@ -138,10 +144,18 @@ def inspect(
     from pathlib import Path
 
     from lora_audit.commands.inspect_base import BaseOptions, inspect_with_base
+    from lora_audit.decisions.fuse_advice import parse_schemes
 
     options = _audit_options(energy=energy, coverage=coverage, device=device, method=method)
+    schemes: tuple[Scheme, ...] = ()
+    if fuse_into is not None:
+        if base is None:
+            raise UsageError("fuse_into needs base", hint="pass base=path/to/base-model")
+        schemes = parse_schemes(fuse_into if isinstance(fuse_into, str) else ",".join(fuse_into))
     base_options = (
-        None if base is None else BaseOptions(path=Path(base), k=base_k, partial=base_partial)
+        None
+        if base is None
+        else BaseOptions(path=Path(base), k=base_k, partial=base_partial, fuse_into=schemes)
     )
     adapter = _one_adapter(path, alpha=alpha, input_format=input_format)
     return inspect_with_base(adapter, options=options, base=base_options, warn=_warn)

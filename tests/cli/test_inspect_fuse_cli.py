@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from lora_audit.cli import app
-from lora_audit.errors import ExitCode
+from lora_audit.errors import ExitCode, UsageError
 
 runner = CliRunner()
 
@@ -86,3 +86,19 @@ def test_fuse_into_needs_base_and_a_known_scheme(pair: tuple[Path, Path]) -> Non
     assert code == ExitCode.USAGE and "--fuse-into needs --base" in err
     code, _, err = inspect(str(adapter), "--base", str(base), "--fuse-into", "q3_k")
     assert code == ExitCode.USAGE and "q3_k" in err
+
+
+def test_python_api_gives_the_same_numbers(pair: tuple[Path, Path]) -> None:
+    import lora_audit
+
+    adapter, base = pair
+    report = lora_audit.inspect(adapter, device="cpu", base=base, fuse_into=["q4_0"])
+    code, out, _ = inspect(str(adapter), "--base", str(base), "--fuse-into", "q4_0", "-f", "json")
+    assert code == 0 and report.summary.fuse is not None
+    (scheme,) = report.summary.fuse.schemes
+    assert (
+        scheme.requantized_kept
+        == json.loads(out)["summary"]["fuse"]["schemes"][0]["requantized_kept"]
+    )
+    with pytest.raises(UsageError, match="fuse_into needs base"):
+        lora_audit.inspect(adapter, fuse_into="q4_0")

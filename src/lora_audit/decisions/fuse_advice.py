@@ -18,6 +18,8 @@ from typing import get_args
 from lora_audit.errors import UsageError
 from lora_audit.linalg.quantize import SCHEMES, Scheme
 
+__all__ = ["KEPT_ENOUGH", "SCHEMES", "Scheme", "fuse_advice", "parse_schemes"]
+
 #: The share of ‖ΔW‖² a fused model must keep for fusing to be called safe.
 KEPT_ENOUGH = 0.9
 
