@@ -49,6 +49,13 @@ def nf4_roundtrip(x: np.ndarray) -> np.ndarray:
     return functional.dequantize_4bit(packed, state).numpy()  # type: ignore[no-any-return]
 
 
+def mlx_roundtrip(x: np.ndarray) -> np.ndarray:
+    import mlx.core as mx
+
+    w, scales, biases = mx.quantize(mx.array(x), group_size=64, bits=4)
+    return np.array(mx.dequantize(w, scales, biases, group_size=64, bits=4))
+
+
 def raw_delta(adapter_dir: Path, layer: str) -> np.ndarray:
     """``ΔW`` from the stored tensors and PEFT's ``lora_alpha / r`` (no rank pattern here)."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
@@ -83,7 +90,12 @@ def check_adapter(adapter_dir: Path, names: tuple[str, ...], schemes: tuple[str,
     match = match_base_weights(adapter, base)
     layers, summary = fuse_survival(adapter, base, match, schemes=schemes)  # type: ignore[arg-type]
     assert len(layers) == len(names) and summary.layers == len(names)
-    trips = {"q8_0": gguf_roundtrip("q8_0"), "q4_0": gguf_roundtrip("q4_0"), "nf4": nf4_roundtrip}
+    trips = {
+        "q8_0": gguf_roundtrip("q8_0"),
+        "q4_0": gguf_roundtrip("q4_0"),
+        "nf4": nf4_roundtrip,
+        "mlx-4bit": mlx_roundtrip,
+    }
     with safe_open(base_path / "model.safetensors", framework="pt") as f:
         for layer in adapter.layers:
             w = f.get_tensor(match.weights[layer.name].key).float().numpy()
@@ -108,6 +120,11 @@ def test_bundled_sample_matches_gguf_q8_0_and_q4_0() -> None:
 def test_bundled_sample_matches_bitsandbytes_nf4() -> None:
     pytest.importorskip("bitsandbytes")
     check_adapter(SAMPLE, ("layer.1.attention.self.key",), ("nf4",))
+
+
+def test_bundled_sample_matches_mlx_core_quantize() -> None:
+    pytest.importorskip("mlx.core")
+    check_adapter(SAMPLE, ("layer.5.attention.self.query",), ("mlx-4bit",))
 
 
 def test_r16_sample_where_q4_0_requantizing_loses_most_and_q8_0_keeps_it() -> None:

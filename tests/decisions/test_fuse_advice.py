@@ -44,6 +44,7 @@ def test_no_update() -> None:
 
 def test_parse_schemes() -> None:
     assert parse_schemes("nf4, Q8_0,q4-0,nf4") == ("q8_0", "q4_0", "nf4")
+    assert parse_schemes("mlx_4bit,q4_0") == ("q4_0", "mlx-4bit")
     for bad in ("q3_k", "", ","):
         with pytest.raises(UsageError, match="--fuse-into"):
             parse_schemes(bad)

@@ -134,3 +134,24 @@ def test_nf4_step_is_the_bin_width() -> None:
     assert (err <= 0.5 * q.step + 1e-6).mean() > 0.9
     assert (q.step[1:] > 0).all() and (q.step[0, :32] > 0).all()
     assert quantize(x, "nf4", with_step=False).step is None
+
+
+def mlx_roundtrip(x: np.ndarray) -> np.ndarray:
+    mx = pytest.importorskip("mlx.core")
+    w, scales, biases = mx.quantize(mx.array(x), group_size=64, bits=4)
+    return np.array(mx.dequantize(w, scales, biases, group_size=64, bits=4))
+
+
+def test_mlx_4bit_matches_mlx_core_quantize() -> None:
+    pytest.importorskip("mlx.core")
+    constant = np.full((2, 64), -0.25, dtype=np.float32)  # max = min: the 1e-7 floor
+    for x in [*synthetic(), constant]:
+        assert same_bits(quantize(x, "mlx-4bit").values, mlx_roundtrip(x))
+    for key, w in minilm_weights():
+        assert same_bits(quantize(w, "mlx-4bit").values, mlx_roundtrip(w)), key
+
+
+def test_mlx_4bit_leaves_rows_it_cannot_group_unquantized() -> None:
+    x = np.random.default_rng(3).standard_normal((3, 96)).astype(np.float32)
+    q = quantize(x, "mlx-4bit")
+    assert q.fallback == "unquantized" and same_bits(q.values, x)

@@ -307,8 +307,8 @@ FuseIntoOption = Annotated[
     typer.Option(
         "--fuse-into",
         help="With --base: how much of each layer's update survives fusing it into the base "
-        "and quantizing, for each scheme named (comma-separated: q8_0, q4_0, nf4), with one "
-        "line of advice.",
+        "and quantizing, for each scheme named (comma-separated: q8_0, q4_0, nf4, mlx-4bit), "
+        "with one line of advice.",
         show_default=False,
         metavar="SCHEMES",
     ),

@@ -25,14 +25,15 @@ KEPT_ENOUGH = 0.9
 
 
 def parse_schemes(text: str) -> tuple[Scheme, ...]:
-    """``"q4_0,nf4"`` → ``("q4_0", "nf4")`` in :data:`SCHEMES` order, each once.
+    """``"q4_0,nf4"`` → ``("q4_0", "nf4")`` in :data:`SCHEMES` order, each once
+    (``q4-0``, ``Q4_0`` and ``mlx_4bit`` are read as ``q4_0`` and ``mlx-4bit``).
 
     Raises
     ------
     UsageError
         For an empty list or a scheme not known.
     """
-    names = [part.strip().lower().replace("-", "_") for part in text.split(",") if part.strip()]
+    names = [_ALIASES.get(n, n) for p in text.split(",") if (n := p.strip().lower())]
     known = get_args(Scheme)
     unknown = [name for name in names if name not in known]
     if unknown or not names:
@@ -42,6 +43,9 @@ def parse_schemes(text: str) -> tuple[Scheme, ...]:
             hint=f"use one or more of {', '.join(SCHEMES)}, comma-separated",
         )
     return tuple(s for s in SCHEMES if s in names)
+
+
+_ALIASES = {"q8-0": "q8_0", "q4-0": "q4_0", "mlx_4bit": "mlx-4bit", "mlx4": "mlx-4bit"}
 
 
 def _pct(value: float) -> str:

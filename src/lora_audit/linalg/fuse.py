@@ -25,12 +25,11 @@ numbers are ratios of totals.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from lora_audit.linalg.quantize import Scheme, quantize
+from lora_audit.linalg.quantize import Fallback, Scheme, quantize
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +49,7 @@ class FuseSums:
     entries
         Entries counted.
     fallback
-        ``"f16"`` when the scheme could not hold the tensor and it stayed float16.
+        ``"f16"`` or ``"unquantized"`` when the scheme could not hold the tensor.
     """
 
     update: float = 0.0
@@ -58,7 +57,7 @@ class FuseSums:
     error: float = 0.0
     below: int = 0
     entries: int = 0
-    fallback: Literal["f16"] | None = None
+    fallback: Fallback | None = None
 
     def __add__(self, other: FuseSums) -> FuseSums:
         return FuseSums(

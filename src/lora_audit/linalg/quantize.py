@@ -23,6 +23,14 @@ bit for bit theirs (the tests compare with the libraries themselves):
     does (``x·(1/absmax₂)`` looked up in a 65536-entry table of nearest levels), and
     dequantized ``absmax = code[q]·absmax₂ + mean``. Done in torch float32, as bitsandbytes
     does on the CPU (version 0.50).
+``mlx-4bit``
+    MLX's affine quantization (``mx.quantize(w, group_size=64, bits=4)``, what
+    ``mlx_lm.convert -q`` and ``mlx_lm.fuse`` of a 4-bit model use): groups of 64 along each
+    row, ``scale = ±max((max − min)/15, 1e-7)`` signed towards the edge of larger magnitude,
+    that edge made exactly representable (``scale = edge/round(edge/scale)``, ``bias = edge``,
+    unless that rounds to 0), ``q = clip(round((x − bias)/scale), 0, 15)``, value
+    ``scale·q + bias``; on a float32 weight. A row whose length is not a multiple of 64 is
+    left unquantized, as mlx-lm's quantization predicate does (``fallback = "unquantized"``).
 
 The step of an entry is ``|d|`` for Q8_0/Q4_0, the width of the NF4 bin (between the
 midpoints around its level, times the block's dequantized absmax) for NF4, and the float16
@@ -44,14 +52,18 @@ if TYPE_CHECKING:
 Float32Array = npt.NDArray[np.float32]
 
 #: The schemes ``--fuse-into`` knows, in the order reports list them.
-Scheme = Literal["q8_0", "q4_0", "nf4"]
-SCHEMES: tuple[Scheme, ...] = ("q8_0", "q4_0", "nf4")
+Scheme = Literal["q8_0", "q4_0", "nf4", "mlx-4bit"]
+SCHEMES: tuple[Scheme, ...] = ("q8_0", "q4_0", "nf4", "mlx-4bit")
+#: Where a scheme cannot hold a tensor: kept in float16, or left unquantized.
+Fallback = Literal["f16", "unquantized"]
 
 #: GGUF's block length for Q8_0 and Q4_0.
 GGUF_BLOCK = 32
 #: bitsandbytes' default 4-bit block size, and the block size of its double quantization.
 NF4_BLOCK = 64
 NF4_ABSMAX_BLOCK = 256
+#: MLX's default group size for affine quantization.
+MLX_GROUP = 64
 #: Entries of bitsandbytes' CPU lookup table for 8-bit rounding.
 LUT_SIZE = 65536
 
@@ -86,12 +98,12 @@ class Quantized:
 
     values: Float32Array
     step: Float32Array | None = None
-    fallback: Literal["f16"] | None = None
+    fallback: Fallback | None = None
 
 
 def row_local(scheme: Scheme) -> bool:
     """Whether the scheme quantizes each row on its own (so rows may be processed in chunks)."""
-    return scheme in ("q8_0", "q4_0")
+    return scheme != "nf4"
 
 
 def quantize(x: npt.NDArray[np.floating], scheme: Scheme, *, with_step: bool = True) -> Quantized:
@@ -114,6 +126,8 @@ def quantize(x: npt.NDArray[np.floating], scheme: Scheme, *, with_step: bool = T
     x32 = np.ascontiguousarray(x, dtype=np.float32)
     if scheme == "nf4":
         return _nf4(x32, with_step=with_step)
+    if scheme == "mlx-4bit":
+        return _mlx_affine(x32, with_step=with_step)
     if x32.shape[-1] % GGUF_BLOCK:
         return _f16(x32)
     blocks = x32.reshape(-1, GGUF_BLOCK)
@@ -148,6 +162,29 @@ def _q4_0(blocks: Float32Array) -> tuple[Float32Array, Float32Array]:
     d16 = d.astype(np.float16).astype(np.float32)
     levels = q.astype(np.int8) - np.int8(8)
     return d16 * levels.astype(np.float32), np.abs(d16)
+
+
+def _mlx_affine(x: Float32Array, *, with_step: bool, bits: int = 4) -> Quantized:
+    if x.shape[-1] % MLX_GROUP:
+        step = np.zeros_like(x) if with_step else None
+        return Quantized(values=x.copy(), step=step, fallback="unquantized")
+    g = x.reshape(-1, MLX_GROUP)
+    n_bins = np.float32((1 << bits) - 1)
+    w_min = g.min(axis=1, keepdims=True)
+    w_max = g.max(axis=1, keepdims=True)
+    side = np.abs(w_min) > np.abs(w_max)
+    scale = np.maximum((w_max - w_min) / n_bins, np.float32(1e-7)).astype(np.float32)
+    scale = np.where(side, scale, -scale).astype(np.float32)
+    edge = np.where(side, w_min, w_max)
+    q0 = np.round(edge / scale)
+    at_zero = q0 == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(at_zero, scale, edge / q0).astype(np.float32)
+    bias = np.where(at_zero, np.float32(0), edge).astype(np.float32)
+    q = np.clip(np.round((g - bias) / scale), 0, n_bins)
+    values = (scale * q + bias).astype(np.float32).reshape(x.shape)
+    step = np.broadcast_to(np.abs(scale), g.shape).reshape(x.shape) if with_step else None
+    return Quantized(values=values, step=step)
 
 
 def _f16(x: Float32Array) -> Quantized:

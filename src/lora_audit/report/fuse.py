@@ -17,7 +17,7 @@ class FuseLayerReport:
     Attributes
     ----------
     scheme
-        ``q8_0``, ``q4_0`` or ``nf4``.
+        ``q8_0``, ``q4_0``, ``nf4`` or ``mlx-4bit``.
     kept
         ``⟨Δ̂, ΔW⟩ / ‖ΔW‖²``: the share of the update the fused model keeps (1 exact, 0 lost);
         ``None`` for a zero update.
@@ -30,8 +30,9 @@ class FuseLayerReport:
         quantized again (``Δ̂ = D(Q(D(Q(W)) + ΔW)) − D(Q(W))``: mlx-lm's ``fuse`` of a
         quantized model, PEFT's merge into a bitsandbytes 4-bit layer).
     fallback
-        ``"f16"`` when the scheme cannot hold the tensor (a row length not a multiple of the
-        block) and it is kept in float16, as llama.cpp's converter does; ``None`` otherwise.
+        When the scheme cannot hold the tensor (a row length not a multiple of the block):
+        ``"f16"`` when it is kept in float16, as llama.cpp's converter does,
+        ``"unquantized"`` when it is left as it is, as mlx-lm does; ``None`` otherwise.
     """
 
     scheme: str
@@ -40,7 +41,7 @@ class FuseLayerReport:
     below_half_step: float
     requantized_kept: float | None
     requantized_relative_error: float | None
-    fallback: Literal["f16"] | None = None
+    fallback: Literal["f16", "unquantized"] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +58,7 @@ class FuseSchemeSummary:
         The layer that keeps the least of its update (the smaller of ``kept`` and
         ``requantized_kept``), and how much; ``None`` when no layer has an update.
     fallback_layers
-        Layers kept in float16 because the scheme cannot hold them.
+        Layers kept in float16 or unquantized because the scheme cannot hold them.
     """
 
     scheme: str
@@ -78,7 +79,8 @@ class FuseSummary:
     Attributes
     ----------
     schemes
-        One summary per scheme asked for, in the order ``q8_0``, ``q4_0``, ``nf4``.
+        One summary per scheme asked for, in the order ``q8_0``, ``q4_0``, ``nf4``,
+        ``mlx-4bit``.
     advice
         One sentence: whether fusing is safe, and what to do if not.
     threshold
