@@ -5,6 +5,8 @@ Formatting only: every number comes finished in the report.
 
 from __future__ import annotations
 
+import math
+
 from lora_audit.report import BaseLayerReport, BaseSummary, FuseSummary
 
 #: Per-layer columns, in order (:func:`base_cells` gives the matching cells).
@@ -121,7 +123,8 @@ def base_summary_rows(base: BaseSummary) -> list[tuple[str, str]]:
 
 
 def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{x:.1%}"
+    """Percent to 0.1, rounded down like the advice's (0.8996 is "89.9%", not "90.0%")."""
+    return "–" if x is None else f"{math.floor(x * 1000 + 1e-9) / 10:.1f}%"
 
 
 def fuse_summary_rows(fuse: FuseSummary) -> list[tuple[str, str]]:
