@@ -30,7 +30,11 @@ def numpy_reference(w: np.ndarray, delta: np.ndarray, top: int, eps: float) -> d
     k = min(top, *w.shape)
     best = np.abs(um[:, :k].T @ u).max(axis=1)
     idx = [i for i in range(k) if best[i] < eps]
-    return {"indices": tuple(idx), "similarities": best, "energy": (sm[idx] ** 2).sum() / (sm**2).sum()}
+    return {
+        "indices": tuple(idx),
+        "similarities": best,
+        "energy": (sm[idx] ** 2).sum() / (sm**2).sum(),
+    }
 
 
 def run(w: np.ndarray, delta: np.ndarray, **options: float) -> Intruders:
@@ -78,7 +82,9 @@ def test_a_planted_intruder_is_found_with_its_energy(out: int, inp: int) -> None
     w = pretrained_like(out, inp, seed=7)
     u_w = np.linalg.svd(w, full_matrices=False)[0]
     p = min(out, inp)
-    u = u_w[:, p - 16 :].sum(axis=1) / 4.0  # unit norm, |cos| = 0.25 with 16 of them, 0 with the rest
+    u = (
+        u_w[:, p - 16 :].sum(axis=1) / 4.0
+    )  # unit norm, |cos| = 0.25 with 16 of them, 0 with the rest
     rng = np.random.default_rng(0)
     v = rng.standard_normal(inp)
     v /= np.linalg.norm(v)
