@@ -77,6 +77,9 @@ def test_the_table_shows_the_column_and_the_summary(pair: tuple[Path, Path]) -> 
     code, out, err = inspect(str(adapter), "--base", str(base), *args)
     assert code == 0, err
     assert "intr" in out and "top 3 singular vectors" in out and "< 0.4" in out
+    code, out, err = inspect(str(adapter), "--base", str(base), *args, "-f", "markdown")
+    assert code == 0, err
+    assert "| intruders |" in out and "- intruders: 1 in 1 of 2 layers" in out
     code, out, _ = inspect(str(adapter), "--base", str(base), "-f", "json")
     assert code == 0 and json.loads(out)["summary"]["base"]["intruders"] is None
 

@@ -173,8 +173,8 @@ def inspect_command(
             if base is None
             else BaseOptions(path=base, k=base_k, partial=base_partial, intruders=intruder_options)
         )
-        passes = 1 if base is None else 2  # the spectra, then the base
-        label = "spectra" if base is None else "spectra + base"
+        passes = 1 if base is None else 2 if intruder_options is None else 3
+        label = ("spectra", "spectra + base", "spectra + base + intruders")[passes - 1]
         with progress_bar(passes * len(loaded.layers), description=label) as advance:
             report = inspect_with_base(
                 loaded, options=options, base=base_options, progress=advance, warn=warn

@@ -119,7 +119,8 @@ def inspect_with_base(
     """``inspect`` of one adapter, with the base-aware audit when ``base`` is given.
 
     The one pipeline behind ``lora-audit inspect [--base DIR]`` and :func:`lora_audit.inspect`.
-    ``progress`` counts layers: each once for the spectra, and once more for the base.
+    ``progress`` counts layers: each once for the spectra, once more for the base, and once
+    more for ``--intruders``.
     """
     from lora_audit.commands.inspect import inspect_adapter
 
@@ -203,13 +204,12 @@ def audit_base(
             f"(e.g. {not_converged[0]}); their σ₁ and alignment numbers are less accurate "
             "(see residual and subspace_error)"
         )
-    found = (
-        {}
-        if options.intruders is None
-        else compute_intruders(
-            adapter, base, match, options=options.intruders, device=engine.device, warn=note
-        )
-    )
+    found: dict[str, Intruders] = {}
+    if options.intruders is not None:
+        found = compute_intruders(
+            adapter, base, match, options=options.intruders, device=engine.device, warn=note,
+            progress=progress,
+        )  # fmt: skip
     layers = tuple(
         replace(
             layer,

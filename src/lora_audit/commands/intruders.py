@@ -11,12 +11,12 @@ few dense matrices of the largest layer.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.choices import DeviceName
-from lora_audit.engine.batches import Warn
+from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import resolve_device
 from lora_audit.errors import UsageError
 from lora_audit.formats.base_model import BaseMatch, BaseModel, magnitude_key
@@ -107,9 +107,12 @@ def compute_intruders(
     options: IntruderOptions,
     device: DeviceName = "auto",
     warn: Warn | None = None,
-    on_layer: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Intruders]:
-    """:class:`Intruders` of every matched layer ``--intruder-layers`` selects, by name."""
+    """:class:`Intruders` of every matched layer ``--intruder-layers`` selects, by name.
+
+    ``progress`` counts every layer of the adapter once: those not examined at the start.
+    """
     import numpy as np
     import torch
 
@@ -123,6 +126,8 @@ def compute_intruders(
     )
     failed_store = False
     results: dict[str, Intruders] = {}
+    if progress is not None:
+        progress(len(adapter.layers) - len(layers))
     for layer in layers:
         like = torch.empty(0, dtype=torch.float64, device=target)
         w = load_weights(adapter, base, match, [layer], like=like)[0]
@@ -147,8 +152,8 @@ def compute_intruders(
         results[layer.name] = intruder_dimensions(
             w, delta, top=options.top, epsilon=options.epsilon, basis=basis
         )
-        if on_layer is not None:
-            on_layer(layer.name)
+        if progress is not None:
+            progress(1)
     if failed_store and warn is not None and cache.limit > 0:
         warn(
             f"--intruders: could not store every base basis in {cache.folder} (not writable, "
