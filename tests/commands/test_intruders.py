@@ -199,3 +199,39 @@ def test_minilm_sample_against_the_real_base(tmp_path: Path) -> None:
             expected, _, _, _ = peft_intruders._calc_intruder_ids(w, w + delta, 10, 0.5)
             assert list(layer.base.intruders.indices) == expected, layer.name
             assert (layer.name.endswith("pooler.dense")) == (expected == [0])
+
+
+def test_dora_uses_the_effective_weight_as_peft_merges_it(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    model = transformers.BertModel(bert_config())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(str(tmp_path / "base"), safe_serialization=True)
+    config = peft.LoraConfig(
+        r=4,
+        lora_alpha=64,
+        target_modules=["query", "value"],
+        use_dora=True,
+        init_lora_weights=False,
+    )
+    peft_model = peft.get_peft_model(model, config)
+    with torch.no_grad():  # magnitudes as training would leave them: no longer the row norms
+        for module in peft_layers(peft_model).values():
+            m = module.lora_magnitude_vector["default"].weight
+            m.mul_(1 + 0.5 * torch.randn_like(m))
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    reference = peft_layers(copy.deepcopy(peft_model).double())
+    before = {n: m.get_base_layer().weight.detach().clone() for n, m in reference.items()}
+    for module in reference.values():  # PEFT's own DoRA merge, in float64
+        module.merge(adapter_names=["default"])
+    cache = BasisCache(folder=tmp_path / "cache", limit=10**8)
+    report = audit(tmp_path / "adapter", tmp_path / "base", IntruderOptions(cache=cache))
+    for layer in report.layers:
+        assert layer.base is not None and layer.base.update == "dora"
+        found = layer.base.intruders
+        assert found is not None
+        w = before[layer.name]
+        merged = reference[layer.name].get_base_layer().weight.detach()
+        expected, _, s_m, _ = peft_intruders._calc_intruder_ids(w, merged, 10, 0.5)
+        assert list(found.indices) == expected, layer.name
+        np.testing.assert_allclose(found.sigma, s_m[:10].numpy(), rtol=1e-10)
