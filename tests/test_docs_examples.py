@@ -108,6 +108,7 @@ def _lora_audit(words: list[str], shell: Shell) -> tuple[str, str]:
     args = [w for word in words[1:] for w in _expand(word, shell.cwd)]
     if absolute := [a for a in args if a.startswith("/")]:
         return "", f"{absolute}: examples name paths relative to the work directory\n"
+    os.chdir(shell.cwd)  # relative paths are the process's: after ``cd``, the session's
     result = CliRunner().invoke(app, args, env=env, catch_exceptions=False)
     shell.status = result.exit_code
     assert shell.status != 70, result.output  # a crash of lora-audit itself
