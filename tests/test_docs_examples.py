@@ -117,16 +117,22 @@ def _lora_audit(words: list[str], shell: Shell) -> tuple[str, str]:
 
 def _bash(command: str, shell: Shell, stdin: str | None = None) -> str | None:
     """Run a command that is not lora-audit in bash; ``None`` when its program is missing."""
-    program = shlex.split(command)[0].split("=")[0] if not ASSIGNMENT.match(command) else ""
-    if program and shutil.which(program) is None:
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    program = "" if ASSIGNMENT.match(command) else shlex.split(command)[0]
+    if program and shutil.which(program, path=path) is None:
         shell.skipped.append(f"{command} ({program} is not installed)")
         return None
-    if ASSIGNMENT.match(command) and " " not in command.split("=", 1)[0]:
-        shell.assignments.append(command)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(  # noqa: S603 — the docs' own commands, in tmp_path
+    if ASSIGNMENT.match(command):
+        shell.assignments.append(command)  # ``NAME=$(…)``: seen by the commands after it
+    env = {**os.environ, "PATH": path}  # ``python`` is this interpreter
+    done = subprocess.run(
         ["bash", "-c", "\n".join([*shell.assignments, command])],
-        cwd=shell.cwd, env=env, input=stdin, capture_output=True, text=True, timeout=60,
+        cwd=shell.cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=False,
     )
     shell.status = done.returncode
@@ -153,7 +159,7 @@ def run_command(text: str, shell: Shell) -> str | None:
 def run_python(example: Example, globs: dict[str, object]) -> str | None:
     """A doctest's failures (``None`` if it passed); a script just has to run."""
     if ">>>" not in example.body:
-        exec(compile(example.body, example.where, "exec"), globs)  # noqa: S102 — the docs' code
+        exec(compile(example.body, example.where, "exec"), globs)
         return None
     test = doctest.DocTestParser().get_doctest(
         example.body, globs, example.where, str(example.page), example.line
@@ -184,6 +190,8 @@ def run_page(page: Path, work: Path) -> list[str]:
                 actual = run_command(command.text, shell)
                 if actual is not None and (diff := mismatch(command.shown, actual)):
                     problems.append(f"{example.where}: $ {command.text}\n{diff}")
+    if shell.skipped:
+        print("not run here:", *shell.skipped, sep="\n  ")  # shown with -rA
     return problems
 
 
@@ -192,7 +200,9 @@ def _pages_with_examples() -> list[Path]:
 
 
 @pytest.mark.parametrize("page", _pages_with_examples(), ids=lambda p: p.name)
-def test_examples_run_and_match(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_examples_run_and_match(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in CLEARED:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)

@@ -100,7 +100,11 @@ def examples(page: Path) -> list[Example]:
             text = "\n".join(body) + "\n"
             found.append(
                 Example(
-                    page=page, line=index + 1, kind=kind, body=text, marker=marker,
+                    page=page,
+                    line=index + 1,
+                    kind=kind,
+                    body=text,
+                    marker=marker,
                     argument=argument,
                 )
             )
@@ -162,9 +166,7 @@ def mismatch(shown: str, actual: str) -> str | None:
     parts = _line_patterns(shown)
     if re.fullmatch("".join(parts), tidy):
         return None
-    agree = next(
-        (n for n in range(len(parts), -1, -1) if re.match("".join(parts[:n]), tidy)), 0
-    )
+    agree = next((n for n in range(len(parts), -1, -1) if re.match("".join(parts[:n]), tidy)), 0)
     first = _tidy(shown)[agree] if agree < len(parts) else "(the end: more output follows)"
     diff = difflib.unified_diff(_tidy(shown), _tidy(actual), "shown", "actual", lineterm="")
     return f"first shown line that does not match: {first!r}\n" + "\n".join(diff)
