@@ -225,3 +225,17 @@ def test_every_page_is_searched() -> None:
     assert {"README.md", "usage.md", "ci.md", "python-api.md"} <= {p.name for p in PAGES}
     sessions = [e for page in PAGES for e in examples(page) if e.kind == "session"]
     assert len(sessions) >= 20, [e.where for e in sessions]
+
+
+def test_the_matching_rules() -> None:
+    """``…`` lines stand for any lines, an inline ``…`` for any text; nothing else is loose."""
+    assert mismatch("a\n…\nd", "a\nb\nc\nd\n") is None
+    assert mismatch("a\n …  (the rest)\n", "a\nb\nc\n") is None
+    assert mismatch("a\nd", "a\nb\nd") is not None  # a line left out without a …
+    assert mismatch("a\nb", "a\nb\nc") is not None  # more output than shown
+    assert mismatch("x … z", "x y\n  z") is None  # an inline … may run over a line break
+    assert mismatch("x … (what is left out)", "x y z") is None
+    assert mismatch("x (y)", "x (z)") is not None  # a note counts only after a …
+    assert mismatch("\na  \n\n", "a\n") is None  # trailing blanks and blank edges
+    (command,) = commands("$ lora-audit a \\\n    b\nout\n")
+    assert command.text == "lora-audit a b" and command.shown == "out"
