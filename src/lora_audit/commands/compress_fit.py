@@ -1,0 +1,54 @@
+"""``compress --fit TARGET``: the options under which compress writes the best adapter that
+the target loads and reads as PEFT does (the rules: :mod:`lora_audit.decisions.serving_fit`).
+
+Nothing here computes: the fit is the compress pipeline with the rank rule clamped to the
+target's bound, ``uniform_rank`` where the server needs one rank, and the refusals first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from lora_audit.commands.adapter_info import adapter_info
+from lora_audit.decisions.serving_fit import fit_refusal, fit_rule, fit_uniform
+from lora_audit.errors import UsageError
+
+if TYPE_CHECKING:
+    from lora_audit.adapter import Adapter
+    from lora_audit.commands.compress import CompressOptions
+
+
+def fit_options(adapter: Adapter, options: CompressOptions) -> CompressOptions:
+    """``options`` with ``options.fit``'s constraints applied (unchanged without a fit).
+
+    Raises
+    ------
+    UsageError
+        When the target refuses what the adapter has (:func:`~lora_audit.decisions.
+        serving_fit.fit_refusal`), when the rank rule contradicts the target's bound, or for
+        ``--allow-dora`` on a DoRA adapter (its output would only approximate the input).
+    """
+    target = options.fit
+    if target is None:
+        return options
+    refusal = fit_refusal(
+        target,
+        adapter_info(adapter),
+        adapter.layers,
+        bias=str(adapter.config.get("bias") or "none"),
+    )
+    if refusal is not None:
+        raise refusal
+    if options.allow_dora and options.base is None and any(x.dora for x in adapter.layers):
+        raise UsageError(
+            f"{adapter.path}: --fit {target} writes an exact fit, and --allow-dora keeps "
+            "magnitude vectors trained against the full-rank update",
+            hint="pass --base BASE instead of --allow-dora to truncate the DoRA layers exactly",
+        )
+    ranks = [x.rank for x in adapter.layers]
+    return replace(
+        options,
+        rule=fit_rule(target, options.rule, ranks),
+        uniform_rank=options.uniform_rank or fit_uniform(target),
+    )
