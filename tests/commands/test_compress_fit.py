@@ -266,3 +266,14 @@ def test_a_rule_with_fit_is_clamped_or_refused() -> None:
     assert check("o2", "vllm:max-lora-rank=8") == (0, {})
     code, _, err = cli("compress", name, "-o", "o3", "--fit", "tgi")
     assert code == 2 and "vllm:max-lora-rank=N" in err
+
+
+def test_the_api_fits_as_the_cli_does() -> None:
+    import lora_audit
+
+    name = write("r64", **ADAPTERS["r64"])
+    report = lora_audit.compress(name, output="api-out", fit="vllm", device="cpu")
+    assert report.settings.fit == "vllm:max-lora-rank=16"
+    assert {x.new_rank for x in report.layers} == {16}
+    assert report.summary.energy_kept == pytest.approx(1 - report.summary.relative_error**2)
+    assert check("api-out", "vllm") == (0, {})

@@ -46,7 +46,6 @@ from lora_audit.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
     from lora_audit.adapter import Adapter
-    from lora_audit.decisions.compress_ranks import RankRule
 
 EXAMPLES = examples(
     "lora-audit compress ./my-adapter -o ./my-adapter-small -e 0.99",
@@ -175,10 +174,11 @@ def compress_command(
         read_settings(config=config, no_config=no_config)
         fmt = report_format(output_format, offered=CompressFormat, command="compress")
 
+        from lora_audit.commands.compress_fit import given_rule
         from lora_audit.decisions.serving_targets import parse_target
 
         target = None if fit is None else parse_target(fit)
-        rule = _given_rule(
+        rule = given_rule(
             target is not None,
             rank=rank,
             energy=energy,
@@ -213,31 +213,6 @@ def compress_command(
         return int(ExitCode.OK)
 
     run_guarded(body, force=force, inputs=[adapter], base=base)
-
-
-def _given_rule(
-    fitting: bool,
-    *,
-    rank: int | None,
-    energy: float | None,
-    ratio: float | None,
-    budget: str | None,
-    min_rank: int,
-    max_rank: int | None,
-) -> RankRule | None:
-    """The rule the flags give: exactly one is needed, or none with ``--fit`` (``None``)."""
-    from lora_audit.commands.options import rank_rule
-
-    if fitting and all(x is None for x in (rank, energy, ratio, budget)):
-        return None
-    return rank_rule(
-        rank=rank,
-        energy=energy,
-        ratio=ratio,
-        budget=budget,
-        min_rank=min_rank,
-        max_rank=max_rank,
-    )
 
 
 def _claim_outputs(loaded: Adapter, *, output: Path | None, report: Path | None) -> None:

@@ -17,6 +17,39 @@ from lora_audit.errors import UsageError
 if TYPE_CHECKING:
     from lora_audit.adapter import Adapter
     from lora_audit.commands.compress import CompressOptions
+    from lora_audit.decisions.compress_ranks import RankRule
+
+
+def given_rule(
+    fitting: bool,
+    *,
+    rank: int | None,
+    energy: float | None,
+    ratio: float | None,
+    budget: str | None,
+    min_rank: int,
+    max_rank: int | None,
+) -> RankRule | None:
+    """The rule the flags give: exactly one of them, or none with ``--fit`` (``None``: the
+    target's own, :func:`~lora_audit.decisions.serving_fit.fit_rule`).
+
+    Raises
+    ------
+    UsageError
+        As :func:`~lora_audit.commands.options.rank_rule` does.
+    """
+    from lora_audit.commands.options import rank_rule
+
+    if fitting and all(x is None for x in (rank, energy, ratio, budget)):
+        return None
+    return rank_rule(
+        rank=rank,
+        energy=energy,
+        ratio=ratio,
+        budget=budget,
+        min_rank=min_rank,
+        max_rank=max_rank,
+    )
 
 
 def fit_options(adapter: Adapter, options: CompressOptions) -> CompressOptions:
