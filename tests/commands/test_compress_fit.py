@@ -208,7 +208,7 @@ def test_fit_llama_cpp_pads_to_one_rank_and_keeps_every_number() -> None:
     assert fix == "lora-audit compress patterns -o patterns-llama.cpp --fit llama.cpp"
     code, out, err = cli(*shlex.split(fix)[1:])
     assert code == 0, err
-    assert "fit         llama.cpp: keeps 1.0000 of the adapter" in out
+    assert "fit         llama.cpp: keeps 1.0000 of the adapter's ‖ΔW‖F² (per layer above)" in out
     assert check("patterns-llama.cpp", "llama.cpp") == (0, {})
     assert check("patterns-llama.cpp", "vllm:max-lora-rank=32") == (0, {})
 

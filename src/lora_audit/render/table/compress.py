@@ -76,7 +76,7 @@ def totals_table(report: CompressReport) -> Table:
         info.add_row(
             "fit",
             f"{report.settings.fit}: keeps {t.energy_kept:.4f} of the adapter's ‖ΔW‖F² "
-            "(all layers together; per layer above)",
+            "(per layer above)",
         )
     after = (
         "(dry run: nothing written)"
