@@ -178,6 +178,8 @@ def test_fit_vllm_passes_check_and_is_the_optimum_under_vllms_rule(name: str) ->
     report = json.loads(Path("fit.json").read_text())
     jsonschema.validate(report, json.loads((SCHEMA / "compress.schema.json").read_text()))
     assert report["settings"]["fit"] == "vllm:max-lora-rank=16"
+    with safetensors_torch.safe_open(f"{name}-vllm16/adapter_model.safetensors", "pt") as f:
+        assert (f.metadata() or {})["lora_audit.fit"] == "vllm:max-lora-rank=16"
 
     before = peft_deltas(name)
     served, refused = vllm_deltas(f"{name}-vllm16", 16)

@@ -194,10 +194,10 @@ def compress_adapter(
             adapter,
             new_layers=new_layers,
             output=options.output,
-            provenance=_provenance(adapter, options.rule, sha256=digest.result()),
+            provenance=_provenance(adapter, options, sha256=digest.result()),
             force=options.force,
             base=options.base,
-            card_note=card_note(plans, rule=options.rule),
+            card_note=card_note(plans, rule=options.rule, fit=options.fit),
             scale=scale,
         )
         file_after = written.stat().st_size
@@ -260,8 +260,10 @@ def start_digest(adapter: Adapter) -> Future[str]:
     return future
 
 
-def _provenance(adapter: Adapter, rule: RankRule, *, sha256: str) -> dict[str, str]:
-    return {
+def _provenance(adapter: Adapter, options: CompressOptions, *, sha256: str) -> dict[str, str]:
+    rule = options.rule
+    fit = {} if options.fit is None else {"lora_audit.fit": str(options.fit)}
+    return fit | {
         "lora_audit.version": __version__,
         "lora_audit.method": rule.mode,
         "lora_audit.parameter": format_value(rule.value),
@@ -275,7 +277,7 @@ def _provenance(adapter: Adapter, rule: RankRule, *, sha256: str) -> dict[str, s
 _RULE_FLAGS = {"rank": "--rank", "energy": "--energy", "ratio": "--ratio", "budget": "--budget"}
 
 
-def card_note(plans: Sequence[_Plan], *, rule: RankRule) -> str:
+def card_note(plans: Sequence[_Plan], *, rule: RankRule, fit: Target | None = None) -> str:
     """The line appended to a carried-over model card: tool, date, rule, ranks, energy."""
     import datetime
 
@@ -290,12 +292,17 @@ def card_note(plans: Sequence[_Plan], *, rule: RankRule) -> str:
     today = datetime.datetime.now(datetime.UTC).date().isoformat()
     return (
         f"*Compressed by lora-audit {__version__} on {today} with `lora-audit compress "
-        f"{_RULE_FLAGS[rule.mode]} {format_value(rule.value)}`: {len(truncated)} of "
+        f"{_RULE_FLAGS[rule.mode]} {format_value(rule.value)}{_fit_flag(fit)}`: "
+        f"{len(truncated)} of "
         f"{len(plans)} layers truncated, rank {_span(before)} → {_span(after)}, "
         f"{params:,} → {params_after:,} LoRA parameters; every layer keeps at least "
         f"{kept:.2%} of its energy ‖ΔW‖F². The card above describes the adapter before "
         "compression.*"
     )
+
+
+def _fit_flag(fit: Target | None) -> str:
+    return "" if fit is None else f" --fit {fit}"
 
 
 def _span(ranks: Sequence[int]) -> str:
