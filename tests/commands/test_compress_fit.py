@@ -279,3 +279,25 @@ def test_the_api_fits_as_the_cli_does() -> None:
     assert {x.new_rank for x in report.layers} == {16}
     assert report.summary.energy_kept == pytest.approx(1 - report.summary.relative_error**2)
     assert check("api-out", "vllm") == (0, {})
+
+
+def test_fit_peft_truncates_dora_only_with_the_base() -> None:
+    name = write("dora", r=8, lora_alpha=16, use_dora=True)
+    for extra in ((), ("--allow-dora",)):
+        code, out, err = cli("compress", name, "-o", "out", "--fit", "peft", *extra)
+        assert code == 2 and out == "" and "--base BASE" in err, err
+    code, out, err = cli(
+        "compress", name, "-o", "plan", "--fit", "peft", "--rank", "4", "--dry-run"
+    )
+    assert code == 2 and "--base BASE" in err  # the same answer for a plan
+    assert not Path("out").exists() and not Path("plan").exists()
+
+
+def test_dry_run_plans_the_fit_and_writes_nothing() -> None:
+    name = write("r64", **ADAPTERS["r64"])
+    code, out, err = cli("compress", name, "--fit", "vllm", "--dry-run", "-f", "json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["dry_run"] and report["settings"]["fit"] == "vllm:max-lora-rank=16"
+    assert {x["new_rank"] for x in report["layers"]} == {16}
+    assert sorted(p.name for p in Path().iterdir()) == [".git", "r64"]

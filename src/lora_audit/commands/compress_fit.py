@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from lora_audit.commands.adapter_info import adapter_info
+from lora_audit.commands.serving import converter_stops
 from lora_audit.decisions.serving_fit import fit_refusal, fit_rule, fit_uniform
 from lora_audit.errors import UsageError
 
@@ -60,7 +61,7 @@ def fit_options(adapter: Adapter, options: CompressOptions) -> CompressOptions:
     UsageError
         When the target refuses what the adapter has (:func:`~lora_audit.decisions.
         serving_fit.fit_refusal`), when the rank rule contradicts the target's bound, or for
-        ``--allow-dora`` on a DoRA adapter (its output would only approximate the input).
+        a DoRA adapter without ``base`` (its output would only approximate the input).
     """
     target = options.fit
     if target is None:
@@ -70,14 +71,16 @@ def fit_options(adapter: Adapter, options: CompressOptions) -> CompressOptions:
         adapter_info(adapter),
         adapter.layers,
         bias=str(adapter.config.get("bias") or "none"),
+        stops=len(converter_stops(adapter)) if adapter.format == "peft" else None,
     )
     if refusal is not None:
         raise refusal
-    if options.allow_dora and options.base is None and any(x.dora for x in adapter.layers):
+    if options.base is None and any(x.dora for x in adapter.layers):
         raise UsageError(
-            f"{adapter.path}: --fit {target} writes an exact fit, and --allow-dora keeps "
-            "magnitude vectors trained against the full-rank update",
-            hint="pass --base BASE instead of --allow-dora to truncate the DoRA layers exactly",
+            f"{adapter.path}: --fit {target} writes an exact fit, and a DoRA adapter is "
+            "truncated exactly only with the base weights (--allow-dora would keep magnitude "
+            "vectors trained against the full-rank update)",
+            hint="pass --base BASE (the base model's weights)",
         )
     ranks = [x.rank for x in adapter.layers]
     return replace(

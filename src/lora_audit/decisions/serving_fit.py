@@ -99,9 +99,13 @@ def fit_refusal(
     layers: Sequence[TargetLayer],
     *,
     bias: str = "none",
+    stops: int | None = None,
 ) -> UsageError | None:
     """Why ``compress --fit target`` cannot write an adapter the server reads exactly (or
     ``None``): a format other than PEFT, DoRA, ``modules_to_save``, other extra tensors, bias.
+
+    ``bias`` is the config's; ``stops`` the number of tensors llama.cpp's converter stops at
+    (default: every tensor that is not a LoRA factor, ``info.passthrough_tensors``).
     """
     where = f"{info.path}: {FIT_FLAG} {target}"
     if info.format != "peft":
@@ -121,8 +125,9 @@ def fit_refusal(
     if target.server == "vllm" and bias != "none":
         refused.append(f"bias {bias!r}")
         fixes.append('retrain with bias="none"')
-    if target.server == "llama.cpp" and info.passthrough_tensors and not info.modules_to_save:
-        refused.append(f"{info.passthrough_tensors} tensors that are not LoRA factors")
+    stops = info.passthrough_tensors if stops is None else stops
+    if target.server == "llama.cpp" and stops and not info.modules_to_save:
+        refused.append(f"{stops} tensors that are not LoRA factors")
         fixes.append(SAVED_FIX)
     if not refused:
         return None
