@@ -329,6 +329,7 @@ def compress(
     alpha: float | None = None,
     input_format: InputFormat = "auto",
     uniform_rank: bool = False,
+    fit: str | None = None,
 ) -> CompressReport:
     """Truncate an adapter exactly (Eckart–Young), as ``lora-audit compress`` does.
 
@@ -355,6 +356,10 @@ def compress(
     uniform_rank
         Zero-pad every layer of a PEFT output to one rank (exact), so that llama.cpp's
         per-layer ``lora_alpha / rank`` reads it as PEFT and vLLM do (``report.serving``).
+    fit
+        A serving target, as ``check --target`` takes it (``"vllm"``,
+        ``"vllm:max-lora-rank=32"``, ``"llama.cpp"``, ``"peft"``): write the best adapter
+        it loads; with it, the rank arguments are optional (clamped to the target).
 
     Returns
     -------
@@ -370,19 +375,29 @@ def compress(
         When the adapter cannot be read, or is a kind that cannot be written back.
     """
     from lora_audit.commands.compress import CompressOptions, compress_adapter
-    from lora_audit.commands.options import rank_rule
+    from lora_audit.commands.compress_fit import given_rule
+    from lora_audit.decisions.serving_fit import fit_rule
+    from lora_audit.decisions.serving_targets import parse_target
 
+    target = None if fit is None else parse_target(fit)
+    rule = given_rule(
+        target is not None,
+        rank=rank,
+        energy=energy,
+        ratio=ratio,
+        budget=None if budget is None else str(budget),
+        min_rank=min_rank,
+        max_rank=max_rank,
+    )
     if output is None and not dry_run:
         raise UsageError("--output is required", hint="or pass dry_run=True to see the plan")
+    adapter = _one_adapter(path, alpha=alpha, input_format=input_format)
+    if target is not None:
+        rule = fit_rule(target, rule, [x.rank for x in adapter.layers])
+    assert rule is not None  # given_rule gave one, or fit_rule did
     options = CompressOptions(
-        rule=rank_rule(
-            rank=rank,
-            energy=energy,
-            ratio=ratio,
-            budget=None if budget is None else str(budget),
-            min_rank=min_rank,
-            max_rank=max_rank,
-        ),
+        rule=rule,
+        fit=target,
         output=None if output is None else Path(output),
         dry_run=dry_run,
         force=force,
@@ -390,5 +405,4 @@ def compress(
         engine=_engine(device, method),
         uniform_rank=uniform_rank,
     )
-    adapter = _one_adapter(path, alpha=alpha, input_format=input_format)
     return compress_adapter(adapter, options=options, warn=_warn)
