@@ -191,9 +191,10 @@ def test_no_lora_modules_is_refused_by_name() -> None:
 def test_importing_lora_audit_and_its_integrations_stays_torch_free() -> None:
     code = (
         "import sys, lora_audit, lora_audit.integrations.peft_live, "
-        "lora_audit.integrations.run_audit\n"
+        "lora_audit.integrations.run_audit, lora_audit.integrations.mlx_lm\n"
         "lora_audit.inspect_model\n"
-        "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"
+        "heavy = ('torch', 'transformers', 'peft', 'mlx', 'mlx_lm')\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
