@@ -123,3 +123,12 @@ def test_unknown_keys_of_a_later_minor_version_are_ignored(saved: Path, tmp_path
     result = runner.invoke(app, ["trend", str(later), "-f", "json"])
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["checkpoints"] == read(saved)["checkpoints"]
+
+
+def test_the_callbacks_folder_named_instead_of_its_file_says_which_file(tmp_path: Path) -> None:
+    folder = tmp_path / "out" / "lora-audit"
+    folder.mkdir(parents=True)
+    (folder / "trend.json").write_text("{}")
+    result = runner.invoke(app, ["trend", str(folder)])
+    assert result.exit_code == 2
+    assert f"name the file: {folder / 'trend.json'}" in result.stderr

@@ -156,3 +156,9 @@ def test_a_model_without_lora_is_refused() -> None:
     )
     with pytest.raises(InputError, match="no mlx-lm LoRA modules"):
         inspect_mlx_model(llama.Model(args))
+
+
+@pytest.mark.parametrize("every", [0, 2.5, True])
+def test_every_n_steps_must_be_a_positive_int(every: Any) -> None:
+    with pytest.raises(ValueError, match="must be a positive int"):
+        LoraAuditMlxCallback(object(), every_n_steps=every)

@@ -58,7 +58,8 @@ def trend_command(
         list[Path],
         typer.Argument(
             help="The checkpoints of one run (directories or .safetensors files, any order), "
-            "or one directory that holds them (e.g. a trainer's output_dir).",
+            "or one directory that holds them (e.g. a trainer's output_dir), or one trend "
+            "report to read back (.json: trend -f json, or output_dir/lora-audit/trend.json).",
             show_default=False,
             metavar="CHECKPOINT",
         ),
@@ -173,9 +174,12 @@ def _audited(
     for path in paths:
         outputs().add_adapter(path)
     if len(paths) < 2:
+        written = paths[0] / "trend.json" if len(paths) == 1 else None
         raise UsageError(
             f"trend needs at least two checkpoints; {len(paths)} found",
-            hint="name them all (run/checkpoint-*/) or the directory that holds them",
+            hint=f"to read the trend a training callback wrote, name the file: {written}"
+            if written is not None and written.is_file()
+            else "name them all (run/checkpoint-*/) or the directory that holds them",
         )
     for message in notes:
         warn(message)

@@ -228,8 +228,9 @@ class LoraAuditMlxCallback:
         write_files: bool = True,
         wrapped_callback: Any = None,
     ) -> None:
-        if every_n_steps is not None and (isinstance(every_n_steps, bool) or every_n_steps < 1):
-            raise ValueError(f"every_n_steps = {every_n_steps!r} must be a positive int")
+        n = every_n_steps
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"every_n_steps = {n!r} must be a positive int")
         self.model, self.args, self.wrapped = model, args, wrapped_callback
         self.every_n_steps, self.write_files = every_n_steps, write_files
         self.energy, self.coverage, self.method = energy, coverage, method
