@@ -156,6 +156,7 @@ def inspect_model(
     device: Device = "auto",
     method: Method = "auto",
     path: PathLike | None = None,
+    gather: bool = False,
 ) -> InspectReport:
     """Audit the LoRA adapter of a PEFT model in memory, as :func:`inspect` audits it saved.
 
@@ -178,6 +179,10 @@ def inspect_model(
     path
         What the report calls the adapter, e.g. where it will be saved; it appears in the
         ``compress`` command of the advice. Default ``"ADAPTER_DIR"``.
+    gather
+        Under FSDP2 (``fully_shard``), gather each module's factors with
+        ``DTensor.full_tensor()``, one module at a time. That is a collective: call
+        ``inspect_model(model, gather=True)`` on every rank (each gets the report).
 
     Returns
     -------
@@ -189,7 +194,7 @@ def inspect_model(
     ------
     InputError
         No LoRA module, an unknown or ambiguous adapter, or factors sharded by DeepSpeed
-        ZeRO-3 or FSDP2 (gather them first, or audit the saved checkpoint).
+        ZeRO-3, or by FSDP2 without ``gather=True`` (or audit the saved checkpoint).
     """
     from lora_audit.engine.device import require_torch
 
@@ -201,7 +206,8 @@ def inspect_model(
 
     options = _audit_options(energy=energy, coverage=coverage, device=device, method=method)
     with torch.no_grad():
-        adapter = live_adapter(model, adapter_name, path=None if path is None else str(path))
+        where = None if path is None else str(path)
+        adapter = live_adapter(model, adapter_name, path=where, gather=gather)
         for message in adapter.warnings:
             _warn(message)
         return inspect_with_base(adapter, options=options, base=None, warn=_warn)
