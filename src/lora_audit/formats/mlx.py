@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, ScaleSource, natural_key
+from lora_audit.choices import AdapterFormat
 from lora_audit.errors import InputError
 from lora_audit.formats.config_files import load_json_file
 from lora_audit.formats.safetensors_io import (
@@ -215,7 +216,7 @@ def read_mlx(
     return Adapter(
         path=path,
         tensor_file=tensor_file,
-        format="mlx",
+        format=AdapterFormat.MLX,
         layers=tuple(layers),
         passthrough_keys=tuple(passthrough),
         config=config or {},
