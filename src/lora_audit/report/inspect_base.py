@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, kw_only=True)
 class IntruderLayerReport:
-    """Intruder dimensions of one layer (``inspect --base --intruders``; schema 2.4).
+    """Intruder dimensions of one layer (``inspect --base --intruders``; schema 2.5).
 
     Shuttleworth et al. (NeurIPS 2025), as PEFT's ``peft/tuners/lora/intruders.py`` computes
     them: the *i*-th left singular vector of ``W + ΔW`` (thin SVD) is an intruder when its best
@@ -40,7 +40,7 @@ class IntruderLayerReport:
 
 @dataclass(frozen=True, kw_only=True)
 class IntruderSummary:
-    """Adapter-wide intruder dimensions (``inspect --base --intruders``; schema 2.4).
+    """Adapter-wide intruder dimensions (``inspect --base --intruders``; schema 2.5).
 
     Attributes
     ----------
@@ -120,7 +120,7 @@ class BaseLayerReport:
         singular directions were random. Values near them mean the update ignores ``W``'s
         top directions; values near 1 mean it reinforces them.
     intruders
-        Intruder dimensions (``--intruders``; schema 2.4), ``None`` when not computed.
+        Intruder dimensions (``--intruders``; schema 2.5), ``None`` when not computed.
     """
 
     key: str
@@ -194,7 +194,7 @@ class BaseSummary:
     max_residual, max_subspace_error, converged
         The worst accuracy figures over all layers.
     intruders
-        Intruder dimensions over the layers examined (``--intruders``; schema 2.4), or
+        Intruder dimensions over the layers examined (``--intruders``; schema 2.5), or
         ``None`` when not computed.
     """
 
