@@ -57,6 +57,11 @@ def test_the_key_is_the_content_and_the_orientation() -> None:
     assert basis_key(w.reshape(4, 6)) != basis_key(w)  # same bytes, another shape
 
 
+def entry(folder: Path, key: str) -> Path:
+    [path] = folder.glob(f"{key}-*.npy")
+    return path
+
+
 def test_round_trip_and_refusals(tmp_path: Path) -> None:
     cache = BasisCache(folder=tmp_path / "c", limit=10**6)
     u = matrix(8, 3, seed=1)
@@ -64,12 +69,17 @@ def test_round_trip_and_refusals(tmp_path: Path) -> None:
     assert cache.store("k", u)
     np.testing.assert_array_equal(cache.load("k", (8, 3)), u)
     assert cache.load("k", (3, 8)) is None, "a basis of another shape is a miss"
-    assert [p.name for p in (tmp_path / "c").iterdir()] == ["k.npy"], "no temporary left"
-    (tmp_path / "c" / "k.npy").write_bytes(b"\x93NUMPY garbage")
+    path = entry(tmp_path / "c", "k")
+    assert [p.name for p in (tmp_path / "c").iterdir()] == [path.name], "no temporary left"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # one bit of one value: still a finite float64
+    path.write_bytes(bytes(data))
+    assert cache.load("k", (8, 3)) is None, "an entry that fails its checksum is a miss"
+    path.write_bytes(b"\x93NUMPY garbage")
     assert cache.load("k", (8, 3)) is None, "a damaged entry is a miss"
     bad = u.copy()
     bad[0, 0] = np.nan
-    assert cache.store("nan", bad) and cache.load("nan", (8, 3)) is None
+    assert not cache.store("nan", bad) and cache.load("nan", (8, 3)) is None
 
 
 def test_least_recently_used_entries_go_first(tmp_path: Path) -> None:
@@ -77,10 +87,10 @@ def test_least_recently_used_entries_go_first(tmp_path: Path) -> None:
     cache = BasisCache(folder=tmp_path, limit=3 * one)
     for i, key in enumerate("abc"):
         assert cache.store(key, matrix(10, 10, seed=i))
-        os.utime(tmp_path / f"{key}.npy", (1000 + i, 1000 + i))
+        os.utime(entry(tmp_path, key), (1000 + i, 1000 + i))
     assert cache.load("a", (10, 10)) is not None  # a hit makes "a" the most recent
     assert cache.store("d", matrix(10, 10, seed=9))
-    assert sorted(p.stem for p in tmp_path.glob("*.npy")) == ["a", "c", "d"]
+    assert sorted(p.stem[0] for p in tmp_path.glob("*.npy")) == ["a", "c", "d"]
     assert sum(p.stat().st_size for p in tmp_path.glob("*.npy")) <= cache.limit
 
 

@@ -18,9 +18,11 @@ of another matrix. Hashing costs one pass over bytes that were just loaded anywa
 Storage
 -------
 ``$LORA_AUDIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/lora-audit``, else ``~/.cache/lora-audit``;
-entries are ``intruder-bases-v1/<key>.npy`` (float64, no pickle), written to a temporary name
-and renamed into place (:mod:`lora_audit.formats.atomic`), so a reader never sees half a file and
-two writers of one key both leave a complete one. The total size is bounded by
+entries are ``intruder-bases-v1/<key>-<digest>.npy`` (float64, no pickle; ``digest`` is the
+SHA-256 of the basis's own bytes, checked on every load, so a damaged entry is a miss rather
+than a wrong answer), written to a temporary name and renamed into place
+(:mod:`lora_audit.formats.atomic`), so a reader never sees half a file and two writers of one
+key both leave a complete one. The total size is bounded by
 ``$LORA_AUDIT_CACHE_MAX_BYTES`` (default 16 GiB; 0 turns the cache off): after a write, the
 least recently used entries (by mtime, refreshed on every hit) are removed until the rest fit.
 A cache that cannot be read or written never fails an audit: an unreadable entry is a miss,
@@ -82,6 +84,11 @@ def basis_key(w: npt.NDArray[np.float64]) -> str:
     return digest.hexdigest()
 
 
+def _digest(u: npt.NDArray[np.float64]) -> str:
+    """A checksum of a stored basis (its bytes), 32 hex digits."""
+    return hashlib.sha256(np.ascontiguousarray(u).data).hexdigest()[:32]
+
+
 @dataclass(frozen=True, kw_only=True)
 class BasisCache:
     """The cache folder of :data:`FORMAT` entries and its size bound (``limit`` bytes)."""
@@ -94,23 +101,22 @@ class BasisCache:
         """The cache the environment names (see the module docstring)."""
         return cls(folder=cache_root() / FORMAT, limit=max_bytes())
 
-    def _path(self, key: str) -> Path:
-        return self.folder / f"{key}.npy"
-
     def load(self, key: str, shape: tuple[int, int]) -> npt.NDArray[np.float64] | None:
-        """The basis stored under ``key`` if it has ``shape`` and is finite float64; else None."""
-        if self.limit <= 0:
+        """The basis stored under ``key`` if it has ``shape``, is float64 and matches its
+        checksum; else ``None``."""
+        if self.limit <= 0 or not key.isalnum():
             return None
-        path = self._path(key)
-        try:
-            u = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            return None
-        if u.dtype != np.float64 or u.shape != shape or not np.isfinite(u).all():
-            return None
-        with contextlib.suppress(OSError):
-            os.utime(path)  # most recently used
-        return np.asarray(u, dtype=np.float64)
+        for path in sorted(self.folder.glob(f"{key}-*.npy")):
+            try:
+                u = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError):
+                continue
+            if u.dtype != np.float64 or u.shape != shape or path.stem != f"{key}-{_digest(u)}":
+                continue
+            with contextlib.suppress(OSError):
+                os.utime(path)  # most recently used
+            return np.asarray(u, dtype=np.float64)
+        return None
 
     def store(self, key: str, u: npt.NDArray[np.float64]) -> bool:
         """Write ``u`` under ``key`` atomically and trim the cache to its bound.
@@ -122,8 +128,9 @@ class BasisCache:
             bound, or the write failed (permissions, a full disk).
         """
         data = np.ascontiguousarray(u, dtype=np.float64)
-        if self.limit <= 0 or data.nbytes > self.limit:
+        if self.limit <= 0 or data.nbytes > self.limit or not np.isfinite(data).all():
             return False
+        name = f"{key}-{_digest(data)}.npy"
         tmp: str | None = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -135,16 +142,17 @@ class BasisCache:
 
             with os.fdopen(fd, "wb") as fh:
                 atomic.fill(fh, write, sync=True)
-            atomic.commit(tmp, str(self._path(key)), replace=True)
+            atomic.commit(tmp, str(self.folder / name), replace=True)
         except OSError:
             if tmp is not None:
                 atomic.discard(tmp)
             return False
-        self.trim(keep=key)
+        self.trim(keep=name)
         return True
 
     def trim(self, *, keep: str | None = None) -> None:
-        """Remove the least recently used entries until the total fits ``limit``."""
+        """Remove the least recently used entries (but not the file ``keep``) until the total
+        fits ``limit``."""
         entries = []
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.folder):
@@ -156,7 +164,7 @@ class BasisCache:
         for _, name, size in sorted(entries):
             if total <= self.limit:
                 break
-            if name == f"{keep}.npy":
+            if name == keep:
                 continue
             with contextlib.suppress(OSError):
                 os.unlink(self.folder / name)
