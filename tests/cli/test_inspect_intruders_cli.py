@@ -84,6 +84,15 @@ def test_the_table_shows_the_column_and_the_summary(pair: tuple[Path, Path]) -> 
     assert code == 0 and json.loads(out)["summary"]["base"]["intruders"] is None
 
 
+def test_a_malformed_cache_bound_is_a_usage_error(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapter, base = pair
+    monkeypatch.setenv("LORA_AUDIT_CACHE_MAX_BYTES", "16G")
+    code, _, err = inspect(str(adapter), "--base", str(base), "--intruders")
+    assert code == 2 and "LORA_AUDIT_CACHE_MAX_BYTES" in err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

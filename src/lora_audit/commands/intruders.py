@@ -20,7 +20,7 @@ from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import resolve_device
 from lora_audit.errors import UsageError
 from lora_audit.formats.base_model import BaseMatch, BaseModel, magnitude_key
-from lora_audit.formats.basis_cache import BasisCache, basis_key
+from lora_audit.formats.basis_cache import BasisCache, basis_key, max_bytes
 from lora_audit.linalg.intruders import (
     DEFAULT_EPSILON,
     DEFAULT_TOP,
@@ -60,12 +60,20 @@ def check_intruder_request(options: IntruderOptions) -> re.Pattern[str] | None:
     Raises
     ------
     UsageError
-        For ``top < 1``, ``ε`` outside ``(0, 1]``, or a bad pattern.
+        For ``top < 1``, ``ε`` outside ``(0, 1]``, a bad pattern, or a malformed
+        ``$LORA_AUDIT_CACHE_MAX_BYTES``.
     """
     problem = check_intruder_options(options.top, options.epsilon)
     if problem is not None:
         flag = "--intruder-top" if options.top < 1 else "--intruder-epsilon"
         raise UsageError(f"{flag}: {problem}", hint="PEFT's defaults are top 10, ε = 0.5")
+    if options.cache is None:
+        try:
+            max_bytes()
+        except ValueError as exc:
+            raise UsageError(
+                f"--intruders: {exc}", hint="set it to a size in bytes, or 0 for no cache"
+            ) from None
     if options.layers is None:
         return None
     from lora_audit.regex_guard import regex_problem
