@@ -22,7 +22,8 @@ over fewer terms), so it would report intruders that are not; and an iterative `
 moves ``cᵢ`` by up to the sine of its error angle, which near a cluster of singular values is
 not bounded by anything computable from the iteration alone. The dense SVDs are exact up to
 float64 rounding: ``cᵢ`` is within about ``1e-12`` of its exact value unless ``σ′ᵢ`` is
-(nearly) repeated, in which case ``u′ᵢ`` itself is not defined — as for PEFT.
+(nearly) repeated, in which case ``u′ᵢ`` itself is not defined, or ``u′ᵢ`` leans on a repeated
+singular value of ``W``, whose vectors are any basis of their subspace — as for PEFT.
 
 The energy an intruder carries is its share of the fine-tuned weight's energy,
 ``σ′ᵢ² / ‖W + ΔW‖_F²`` (summed over the intruders).
