@@ -37,6 +37,7 @@ from lora_audit.cli._options import (
     IncludeCheckpointsOption,
     InputFormat,
     InputFormatOption,
+    JSONL,
     InspectFormat,
     InspectFormatOption,
     Method,
@@ -46,6 +47,7 @@ from lora_audit.cli._options import (
     PlotLayersOption,
     PlotOption,
     QuietOption,
+    ResumeOption,
 )
 from lora_audit.cli._usage import examples
 from lora_audit.errors import ExitCode, UsageError
@@ -60,6 +62,7 @@ EXAMPLES = examples(
     "lora-audit inspect adapter_model.safetensors -e 0.95 -f json -o report.json",
     "lora-audit inspect ./my-adapter --plot spectra.png",
     "lora-audit inspect ./my-adapter --base ./base-model",
+    "lora-audit inspect ./adapters -f jsonl -o census.jsonl --resume census.jsonl",
 )
 
 
@@ -90,6 +93,7 @@ def inspect_command(
     base_k: BaseKOption = None,
     base_partial: BasePartialOption = False,
     include_checkpoints: IncludeCheckpointsOption = False,
+    resume: ResumeOption = None,
     config: ConfigOption = None,
     no_config: NoConfigOption = False,
     quiet: QuietOption = False,
@@ -98,7 +102,8 @@ def inspect_command(
     """Per-layer singular spectra, stable and effective ranks, energy ranks and advice.
 
     With several adapters (named, or found below a directory): each one's report, then one
-    summary row per adapter; exit 3 when one could not be read.
+    summary row per adapter; exit 3 when one could not be read. --format jsonl writes one
+    line per adapter as it finishes, then a summary line, in bounded memory whatever the count.
 
     energy, coverage and format come from the flags, else from the settings file
     (lora-audit.toml, or [tool.lora-audit] in pyproject.toml), else the defaults.
@@ -131,11 +136,23 @@ def inspect_command(
             from lora_audit.commands.base_weights import check_base_options
 
             check_base_options(base, k=base_k, partial=base_partial)  # before any work
-        discovery = find_adapters(adapters, include_checkpoints=include_checkpoints)
+        streamed = _streamed(fmt.value, resume=resume, plot=plot, base=base)
+        discovery = find_adapters(
+            adapters, include_checkpoints=include_checkpoints, streamed=streamed
+        )
         for item in discovery.found:  # no output may replace an adapter found below a path
             outputs().add_adapter(item.path)
         if (found_note := discovery_note(discovery)) is not None:
             note(found_note)
+        if streamed:
+            from lora_audit.cli._jsonl import run_lines
+            from lora_audit.commands.stream import LineRun
+
+            run = LineRun(command="inspect", options=options)
+            return run_lines(
+                discovery.found, run=run, alpha=alpha, input_format=input_format.value,
+                output=output, resume=resume,
+            )  # fmt: skip
         if len(discovery.found) != 1:
             if plot is not None or base is not None:
                 raise UsageError(
@@ -165,6 +182,20 @@ def inspect_command(
         return int(ExitCode.OK)
 
     run_guarded(body, force=force, inputs=adapters, base=base)
+
+
+def _streamed(fmt: str, *, resume: Path | None, plot: Path | None, base: Path | None) -> bool:
+    """Whether the run writes jsonl lines; the options that need the whole run are refused."""
+    if fmt != JSONL:
+        if resume is not None:
+            raise UsageError("--resume needs --format jsonl", hint="add --format jsonl")
+        return False
+    if plot is not None or base is not None:
+        raise UsageError(
+            f"{'--plot' if plot is not None else '--base'} is not available with --format jsonl",
+            hint="use --format json for one adapter with --plot or --base",
+        )
+    return True
 
 
 def _inspect_many(
