@@ -23,9 +23,9 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
-from lora_audit.errors import OutputError, UsageError
+from lora_audit.errors import ExitCode, OutputError, UsageError
 
 if TYPE_CHECKING:
     from lora_audit.commands.stream import LineRun
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from lora_audit.formats.resume import EarlierLine
 
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
+#: The exit code of a run by its summary's status (as ``exit_code_for`` gives a report's).
+_EXIT = {"ok": ExitCode.OK, "pass": ExitCode.OK, "fail": ExitCode.FINDINGS, "error": ExitCode.INPUT}
 
 
 @contextmanager
@@ -66,14 +68,25 @@ class LineSink:
         Close the descriptor when done.
     """
 
-    def __init__(self, fd: int | None, *, sync: bool = False, owned: bool = False) -> None:
+    def __init__(
+        self,
+        fd: int | None,
+        *,
+        sync: bool = False,
+        owned: bool = False,
+        stream: TextIO | None = None,
+    ) -> None:
         self._fd = fd
         self._sync = sync
         self._owned = owned
+        self._stream = stream  # a text stream without a descriptor (a test's captured stdout)
 
     def write(self, text: str) -> None:
         """Write one line whole, then let a pending signal through."""
-        if self._fd is not None:
+        if self._stream is not None:
+            self._stream.write(text)
+            self._stream.flush()
+        elif self._fd is not None:
             data = memoryview(text.encode("utf-8"))
             try:
                 while data:
@@ -100,7 +113,11 @@ def stdout_sink(*, quiet: bool) -> LineSink:
     if quiet:
         return LineSink(None)
     sys.stdout.flush()
-    return LineSink(sys.stdout.fileno())
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation: captured, no descriptor
+        return LineSink(None, stream=sys.stdout)
+    return LineSink(fd)
 
 
 def file_sink(path: Path, *, special: bool, replace: bool, append_at: int | None) -> LineSink:
@@ -133,7 +150,7 @@ def run_lines(
     resume: Path | None,
 ) -> int:
     """Audit ``found`` and write its lines (skipping those of ``resume``); the exit code."""
-    from lora_audit.cli._common import exit_code_for, fail, progress_bar, warn
+    from lora_audit.cli._common import fail, progress_bar, warn
     from lora_audit.commands.stream import iter_lines
     from lora_audit.formats.resume import read_earlier
     from lora_audit.report.lines import SummaryLine, to_line
@@ -141,7 +158,8 @@ def run_lines(
     earlier = None if resume is None else read_earlier(resume, command=run.command)
     done = {} if earlier is None else earlier.lines
     _same_settings(done, run=run, resume=resume)
-    sink = _open(output, resume=resume, append_at=None if earlier is None else earlier.complete_bytes)
+    append_at = None if earlier is None else earlier.complete_bytes
+    sink = _open(output, resume=resume, append_at=append_at)
     todo = sum(str(item.path) not in done for item in found)
     summary: SummaryLine | None = None
     try:
@@ -158,7 +176,7 @@ def run_lines(
     finally:
         sink.close()
     assert summary is not None  # iter_lines always ends with it
-    return int(exit_code_for(summary))  # type: ignore[arg-type]
+    return int(_EXIT[summary.status])
 
 
 def _open(output: Path | None, *, resume: Path | None, append_at: int | None) -> LineSink:

@@ -21,6 +21,7 @@ from lora_audit.cli._common import (
     warn,
 )
 from lora_audit.cli._options import (
+    JSONL,
     AlphaOption,
     BaseKOption,
     BaseOption,
@@ -37,7 +38,6 @@ from lora_audit.cli._options import (
     IncludeCheckpointsOption,
     InputFormat,
     InputFormatOption,
-    JSONL,
     InspectFormat,
     InspectFormatOption,
     Method,

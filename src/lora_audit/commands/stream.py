@@ -229,4 +229,3 @@ def iter_lines(
         skip.tally.add(line.status, len(line.findings))
         yield line
     yield summary_line(skip.tally, run=run)
-

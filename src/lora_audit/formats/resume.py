@@ -77,8 +77,11 @@ def read_earlier(path: Path, *, command: str) -> Earlier:
         if isinstance(report, dict):
             s = report.get("settings", {})
             settings = (s.get("energy"), s.get("coverage"), s.get("method"))
+        findings = item.get("findings")
         lines[str(item["path"])] = EarlierLine(
-            status=str(item["status"]), findings=len(item.get("findings") or ()), settings=settings
+            status=str(item["status"]),
+            findings=len(findings) if isinstance(findings, list) else 0,
+            settings=settings,
         )
     return Earlier(lines=lines, complete_bytes=end)
 
