@@ -185,16 +185,18 @@ def _open(output: Path | None, *, resume: Path | None, append_at: int | None) ->
 
     if output is None:
         return stdout_sink(quiet=_state.QUIET)
-    appending = resume is not None and append_at is not None and _same_file(output, resume)
-    if appending:
+    if append_at is not None and appends(output, resume):
         return file_sink(output, special=False, replace=False, append_at=append_at)
     target = outputs().plan(output, role="--output")
     return file_sink(target.path, special=target.special, replace=target.replace, append_at=None)
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def appends(output: Path | None, resume: Path | None) -> bool:
+    """Whether ``-o`` names the ``--resume`` file (an existing one): then it is appended to."""
+    if output is None or resume is None:
+        return False
     try:
-        return os.path.samefile(a, b)
+        return os.path.samefile(output, resume)
     except OSError:
         return False
 

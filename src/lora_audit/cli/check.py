@@ -27,6 +27,7 @@ from lora_audit.cli._common import (
     run_guarded,
     warn,
 )
+from lora_audit.cli._jsonl import appends
 from lora_audit.cli._options import (
     AlphaOption,
     ColorChoice,
@@ -152,7 +153,8 @@ def check_command(
         fmt = report_format(output_format, offered=OutputFormat, command="check")
         if fmt is OutputFormat.JSONL or resume is not None:
             _jsonl_only(fmt, resume=resume, junit_xml=junit_xml)
-        preflight(output)
+        if not appends(output, resume):  # --resume FILE -o FILE appends to it
+            preflight(output)
         plan_extra_outputs(junit_xml=junit_xml)
         summary = step_summary_file(main_format=fmt.value, output=output, disabled=no_step_summary)
         flags = _validated_flags(

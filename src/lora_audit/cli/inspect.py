@@ -20,6 +20,7 @@ from lora_audit.cli._common import (
     run_guarded,
     warn,
 )
+from lora_audit.cli._jsonl import appends
 from lora_audit.cli._options import (
     JSONL,
     AlphaOption,
@@ -130,7 +131,8 @@ def inspect_command(
             settings_file=settings_file_shown(),
         )
         fmt = report_format(output_format, offered=InspectFormat, command="inspect")
-        preflight(output)  # a bad -o or --plot fails before any work
+        if not appends(output, resume):  # --resume FILE -o FILE appends to it
+            preflight(output)  # a bad -o or --plot fails before any work
         plot_request(plot, layers=plot_layers)
         if base is not None or base_k is not None or base_partial:
             from lora_audit.commands.base_weights import check_base_options
