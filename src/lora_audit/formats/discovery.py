@@ -94,8 +94,8 @@ class Discovery:
 class _Search:
     root: Path
     include_checkpoints: bool
-    max_entries: int = MAX_ENTRIES
-    max_adapters: int = MAX_ADAPTERS
+    max_entries: int
+    max_adapters: int
     entries: int = 0
     found: list[Found] = field(default_factory=list)
     skipped_checkpoints: int = 0
@@ -151,9 +151,12 @@ def discover(
     checkpoints = files = 0
     only_checkpoints: list[Found] = []
     for path in dict.fromkeys(paths):
-        search = _Search(root=path, include_checkpoints=include_checkpoints)
-        if streamed:
-            search.max_adapters, search.max_entries = STREAMED_ADAPTERS, STREAMED_ENTRIES
+        search = _Search(
+            root=path,
+            include_checkpoints=include_checkpoints,
+            max_entries=STREAMED_ENTRIES if streamed else MAX_ENTRIES,
+            max_adapters=STREAMED_ADAPTERS if streamed else MAX_ADAPTERS,
+        )
         target = _named(path, search)
         checkpoints += search.skipped_checkpoints
         files += search.skipped_files
