@@ -56,7 +56,7 @@ def test_threads_never_outnumber_the_cores(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(host_buffers, "cpu_workers", spy)
     live, peak = set(), [0]
     lock = threading.Lock()
-    real = many._audit
+    real = many.audit_one
 
     def counted(*args: object, **kwargs: object) -> many.Outcome:
         with lock:
@@ -69,7 +69,7 @@ def test_threads_never_outnumber_the_cores(tmp_path: Path, monkeypatch: pytest.M
             with lock:
                 live.discard(threading.get_ident())
 
-    monkeypatch.setattr(many, "_audit", counted)
+    monkeypatch.setattr(many, "audit_one", counted)
     outcomes = audit_all(find_adapters([tmp_path]).found, options=OPTIONS)
     assert len(outcomes) == 9
     assert 1 < peak[0] <= many.IN_FLIGHT  # adapters side by side, bounded

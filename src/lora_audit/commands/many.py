@@ -137,7 +137,7 @@ def iter_outcomes(
     def one(item: Found) -> tuple[Outcome, list[str]]:
         messages: list[str] = []
         with cpu_share(share):
-            outcome = _audit(item, options=options, alpha=alpha, fmt=input_format, warn=messages)
+            outcome = audit_one(item, options=options, alpha=alpha, fmt=input_format, warn=messages)
         return outcome, messages
 
     blas = single_threaded_blas() if workers > 1 else nullcontext()
@@ -168,9 +168,10 @@ def _ordered(
         yield pending.pop(0).result()
 
 
-def _audit(
+def audit_one(
     item: Found, *, options: AuditOptions, alpha: float | None, fmt: str, warn: list[str]
 ) -> Outcome:
+    """Read and inspect one adapter in this thread; its warnings appended to ``warn``."""
     from lora_audit.formats import load_adapter
 
     if item.error is not None:
