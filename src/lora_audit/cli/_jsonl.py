@@ -166,13 +166,15 @@ def run_lines(
         with signals_between_lines(), progress_bar(todo, description=f"{todo} adapters") as bar:
             for line in iter_lines(
                 found, run=run, alpha=alpha, input_format=input_format, done=done,
-                warn=warn, on_error=lambda exc: fail(str(exc)),
+                warn=warn, on_error=fail,
             ):  # fmt: skip
-                sink.write(to_line(line))
                 if isinstance(line, SummaryLine):
                     summary = line
-                elif bar is not None:
-                    bar(1)
+                    sink.write(to_line(line))
+                else:
+                    sink.write(line.text)
+                    if bar is not None:
+                        bar(1)
     finally:
         sink.close()
     assert summary is not None  # iter_lines always ends with it

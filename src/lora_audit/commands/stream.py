@@ -8,9 +8,9 @@ handed on, so memory is that of :data:`~lora_audit.commands.many.IN_FLIGHT` adap
 path per adapter found, whatever the count. ``check`` gets the same lines, with the policy's
 findings per adapter and its exit code from the summary.
 
-:func:`adapter_line` and :func:`summary_line` are the pure steps: the Python API's
-:func:`lora_audit.inspect_line` builds the same line on a worker of a distributed run, and
-:func:`tally_lines` reduces finished lines to the summary.
+:func:`adapter_line` and :func:`summary_line` are the pure steps:
+:func:`lora_audit.fleet.inspect_line` builds the same line on a worker of a distributed run,
+and :func:`lora_audit.fleet.summary_line` reduces finished lines to the summary.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from lora_audit.decisions.check_rules import Policy, active_rules
 from lora_audit.decisions.serving_targets import Target, rule_names
 from lora_audit.engine.batches import Warn
 from lora_audit.engine.device import device_type
-from lora_audit.errors import InputError
 from lora_audit.formats.discovery import Found
 from lora_audit.formats.resume import EarlierLine
 from lora_audit.report import Settings
@@ -37,6 +36,7 @@ from lora_audit.report.lines import (
     LineTotals,
     RunStatus,
     SummaryLine,
+    to_line,
 )
 
 
@@ -71,18 +71,6 @@ class LineRun:
             method=o.engine.method,
             settings_file=o.settings_file,
         )
-
-
-def check_run(
-    policy: Policy, *, options: AuditOptions, policy_file: str | None, targets: tuple[Target, ...]
-) -> LineRun:
-    """The :class:`LineRun` of ``check`` with ``policy`` (its energy and coverage apply)."""
-    from dataclasses import replace
-
-    opts = replace(options, energy=policy.energy, coverage=policy.coverage)
-    return LineRun(
-        command="check", options=opts, policy=policy, policy_file=policy_file, targets=targets
-    )
 
 
 def adapter_line(outcome: Outcome, *, run: LineRun) -> AdapterLine:
@@ -164,14 +152,6 @@ def summary_line(tally: Tally, *, run: LineRun) -> SummaryLine:
     )
 
 
-def tally_lines(lines: Iterable[AdapterLine]) -> Tally:
-    """The totals of finished adapter lines (the reduction of a distributed run)."""
-    tally = Tally()
-    for line in lines:
-        tally.add(line.status, len(line.findings))
-    return tally
-
-
 @dataclass(kw_only=True)
 class _Skip:
     done: Mapping[str, EarlierLine]
@@ -187,6 +167,38 @@ class _Skip:
                 self.tally.resumed += 1
 
 
+@dataclass(frozen=True, kw_only=True)
+class Written:
+    """One adapter's finished line, and what the summary and stderr need of it (the report
+    itself is dropped once the line is made).
+
+    Attributes
+    ----------
+    text
+        The line (newline-terminated).
+    status, findings
+        For the summary's totals.
+    error
+        Why it could not be read, for stderr; ``None`` when it was.
+    """
+
+    text: str
+    status: str
+    findings: int = 0
+    error: str | None = None
+
+
+def finished(outcome: Outcome, *, run: LineRun) -> Written:
+    """An adapter's outcome as the line to write, with what the summary and stderr need."""
+    line = adapter_line(outcome, run=run)
+    return Written(
+        text=to_line(line),
+        status=line.status,
+        findings=len(line.findings),
+        error=None if outcome.error is None else str(outcome.error),
+    )
+
+
 def iter_lines(
     found: Iterable[Found],
     *,
@@ -195,8 +207,8 @@ def iter_lines(
     input_format: str = "auto",
     done: Mapping[str, EarlierLine] | None = None,
     warn: Warn | None = None,
-    on_error: Callable[[InputError], None] | None = None,
-) -> Iterator[AdapterLine | SummaryLine]:
+    on_error: Callable[[str], None] | None = None,
+) -> Iterator[Written | SummaryLine]:
     """The run's lines: one per adapter not in ``done``, in audit order, then the summary.
 
     Parameters
@@ -215,17 +227,13 @@ def iter_lines(
     """
     skip = _Skip(done=done or {})
     outcomes = iter_outcomes(
-        skip.todo(found),
-        options=run.options,
-        alpha=alpha,
-        input_format=input_format,
-        warn=warn,
+        skip.todo(found), options=run.options, alpha=alpha, input_format=input_format, warn=warn
     )
     for outcome in outcomes:
-        if outcome.error is not None and on_error is not None:
-            on_error(outcome.error)
-        line = adapter_line(outcome, run=run)
-        del outcome
-        skip.tally.add(line.status, len(line.findings))
-        yield line
+        item = finished(outcome, run=run)
+        del outcome  # nothing of the adapter is kept but its line
+        if item.error is not None and on_error is not None:
+            on_error(item.error)
+        skip.tally.add(item.status, item.findings)
+        yield item
     yield summary_line(skip.tally, run=run)
