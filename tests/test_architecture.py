@@ -95,7 +95,7 @@ RULES: dict[str, Rule] = {
     # never the command line
     "integrations": rule(
         (CONSTANTS, *LEAVES, "adapter", "api", *STAGES[:-1]),
-        ("numpy", "torch", "transformers", "peft"),
+        ("numpy", "torch", "transformers", "peft", "mlx", "mlx_lm"),
     ),
 }
 

@@ -6,8 +6,8 @@ audits the live adapter (:func:`lora_audit.inspect_model`) and hands each
 logged under ``lora_audit/…``, the early warnings (:mod:`lora_audit.decisions.training_alerts`),
 and at each saved checkpoint a trend point. :meth:`RunAudit.write` writes
 ``<output_dir>/lora-audit/``: ``trend.json`` (the report ``lora-audit trend -f json`` gives for
-the saved checkpoints), ``report.json`` (the last audit, as ``lora-audit inspect -f json``)
-and ``advice.txt`` (its advice lines).
+the saved checkpoints, which ``lora-audit trend FILE.json`` reads back), ``report.json`` (the
+last audit, as ``lora-audit inspect -f json``) and ``advice.txt`` (its advice lines).
 """
 
 from __future__ import annotations
