@@ -58,7 +58,7 @@ RULES: dict[str, Rule] = {
     "choices": rule(("errors",)),
     "findings": rule(),  # the one finding type, built by decisions and held by report
     "output_format": rule(),
-    "adapter": rule(("errors",), ("numpy",)),
+    "adapter": rule(("errors", "choices"), ("numpy",)),
     # ``inspect_model`` reads a live PEFT model through integrations/peft_live (torch deferred)
     "api": rule(
         (

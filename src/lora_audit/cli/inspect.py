@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,6 +20,12 @@ from lora_audit.cli._common import (
     progress_bar,
     run_guarded,
     warn,
+)
+from lora_audit.cli._intruder_options import (
+    IntruderEpsilonOption,
+    IntruderLayersOption,
+    IntrudersOption,
+    IntruderTopOption,
 )
 from lora_audit.cli._jsonl import appends
 from lora_audit.cli._options import (
@@ -55,6 +62,7 @@ from lora_audit.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
     from lora_audit.commands.inspect import AuditOptions
+    from lora_audit.commands.intruders import IntruderOptions
     from lora_audit.formats.discovery import Discovery
     from lora_audit.report import InspectManyReport
 
@@ -93,6 +101,10 @@ def inspect_command(
     base: BaseOption = None,
     base_k: BaseKOption = None,
     base_partial: BasePartialOption = False,
+    intruders: IntrudersOption = False,
+    intruder_top: IntruderTopOption = None,
+    intruder_epsilon: IntruderEpsilonOption = None,
+    intruder_layers: IntruderLayersOption = None,
     include_checkpoints: IncludeCheckpointsOption = False,
     resume: ResumeOption = None,
     config: ConfigOption = None,
@@ -138,6 +150,11 @@ def inspect_command(
             from lora_audit.commands.base_weights import check_base_options
 
             check_base_options(base, k=base_k, partial=base_partial)  # before any work
+        intruder_options = _intruder_options(
+            intruders, top=intruder_top, epsilon=intruder_epsilon, layers=intruder_layers
+        )
+        if intruder_options is not None and base is None:
+            raise UsageError("--intruders needs --base", hint="add --base path/to/base-model")
         streamed = _streamed(fmt.value, resume=resume, plot=plot, base=base)
         discovery = find_adapters(
             adapters, include_checkpoints=include_checkpoints, streamed=streamed
@@ -171,10 +188,12 @@ def inspect_command(
         loaded = load_reported(adapter, alpha=alpha, input_format=input_format.value)
         request = plot_request(plot, layers=plot_layers, names=[x.name for x in loaded.layers])
         base_options = (
-            None if base is None else BaseOptions(path=base, k=base_k, partial=base_partial)
+            None
+            if base is None
+            else BaseOptions(path=base, k=base_k, partial=base_partial, intruders=intruder_options)
         )
-        passes = 1 if base is None else 2  # the spectra, then the base
-        label = "spectra" if base is None else "spectra + base"
+        passes = 1 if base is None else 2 if intruder_options is None else 3
+        label = ("spectra", "spectra + base", "spectra + base + intruders")[passes - 1]
         with progress_bar(passes * len(loaded.layers), description=label) as advance:
             report = inspect_with_base(
                 loaded, options=options, base=base_options, progress=advance, warn=warn
@@ -198,6 +217,32 @@ def _streamed(fmt: str, *, resume: Path | None, plot: Path | None, base: Path | 
             hint="use --format json for one adapter with --plot or --base",
         )
     return True
+def _intruder_options(
+    on: bool, *, top: int | None, epsilon: float | None, layers: str | None
+) -> IntruderOptions | None:
+    """``--intruders`` and its settings, checked before any work (``None`` when off)."""
+    from lora_audit.commands.intruders import IntruderOptions, check_intruder_request
+
+    if not on:
+        given = [
+            flag
+            for flag, value in (
+                ("--intruder-top", top),
+                ("--intruder-epsilon", epsilon),
+                ("--intruder-layers", layers),
+            )
+            if value is not None
+        ]
+        if given:
+            raise UsageError(f"{given[0]} needs --intruders", hint="add --intruders")
+        return None
+    options = IntruderOptions(layers=layers)
+    if top is not None:
+        options = replace(options, top=top)
+    if epsilon is not None:
+        options = replace(options, epsilon=epsilon)
+    check_intruder_request(options)
+    return options
 
 
 def _inspect_many(

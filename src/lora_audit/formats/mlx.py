@@ -37,6 +37,7 @@ from lora_audit.adapter import (
     TensorSource,
     natural_key,
 )
+from lora_audit.choices import AdapterFormat
 from lora_audit.errors import InputError
 from lora_audit.formats.config_files import load_json_file
 from lora_audit.formats.safetensors_io import (
@@ -251,7 +252,7 @@ def mlx_adapter(
     return Adapter(
         path=path,
         tensor_file=tensor_file,
-        format="mlx",
+        format=AdapterFormat.MLX,
         layers=tuple(layers),
         passthrough_keys=tuple(passthrough),
         config=config or {},

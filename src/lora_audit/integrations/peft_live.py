@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, natural_key
+from lora_audit.choices import AdapterFormat
 from lora_audit.errors import InputError
 from lora_audit.formats.peft_init import init_warnings
 
@@ -168,7 +169,7 @@ def live_adapter(
     return Adapter(
         path=Path(path or UNSAVED_PATH),
         tensor_file=Path(where),
-        format="peft",
+        format=AdapterFormat.PEFT,
         layers=tuple(layers),
         passthrough_keys=tuple(extras_all),
         modules_to_save=tuple(str(m) for m in config.get("modules_to_save") or ()),

@@ -5,7 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from lora_audit.render._base_text import BASE_HEADERS, base_cells, base_summary_rows
+from lora_audit.render._base_text import (
+    BASE_HEADERS,
+    INTRUDER_HEADER,
+    base_cells,
+    base_summary_rows,
+    intruder_cell,
+)
 from lora_audit.render._text import (
     RANK_NOTE,
     SETTING_NAMES,
@@ -191,6 +197,12 @@ def _base_section(report: InspectReport) -> list[str]:
         lines += ["ΔW is DoRA's effective update.", ""]
     lines += [f"- {label}: {prose(text)}" for label, text in base_summary_rows(base)]
     lines.append("")
-    rows = [[code(layer.name), *base_cells(layer.base)] for layer in layers if layer.base]
-    lines += table(["layer", *BASE_HEADERS], rows, right=len(BASE_HEADERS))
+    extra = base.intruders is not None
+    rows = [
+        [code(layer.name), *base_cells(layer.base), *([intruder_cell(layer.base)] if extra else [])]
+        for layer in layers
+        if layer.base
+    ]
+    headers = [*BASE_HEADERS, *([INTRUDER_HEADER] if extra else [])]
+    lines += table(["layer", *headers], rows, right=len(headers))
     return lines

@@ -29,7 +29,13 @@ from lora_audit.report.inspect import (
     Settings,
     Summary,
 )
-from lora_audit.report.inspect_base import BaseLayerReport, BaseStat, BaseSummary
+from lora_audit.report.inspect_base import (
+    BaseLayerReport,
+    BaseStat,
+    BaseSummary,
+    IntruderLayerReport,
+    IntruderSummary,
+)
 from lora_audit.report.many import InspectManyReport
 from lora_audit.report.rows import AdapterRow, RowVerdict
 from lora_audit.report.serving import ServerCheck, Serving
@@ -57,6 +63,8 @@ __all__ = [
     "Finding",
     "InspectManyReport",
     "InspectReport",
+    "IntruderLayerReport",
+    "IntruderSummary",
     "LayerComparison",
     "LayerCompression",
     "LayerReport",

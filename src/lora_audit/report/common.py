@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Bumped on any incompatible change to the JSON form (major) or on additions (minor).
-SCHEMA_VERSION = "2.5"
+SCHEMA_VERSION = "2.6"
 
 
 @dataclass(frozen=True, kw_only=True)
