@@ -217,6 +217,8 @@ def _streamed(fmt: str, *, resume: Path | None, plot: Path | None, base: Path | 
             hint="use --format json for one adapter with --plot or --base",
         )
     return True
+
+
 def _intruder_options(
     on: bool, *, top: int | None, epsilon: float | None, layers: str | None
 ) -> IntruderOptions | None:
