@@ -74,6 +74,8 @@ RULES: dict[str, Rule] = {
         ("torch",),
     ),
     "samples": rule(),
+    # the functions a distributed census ships to its workers (docs/fleet.md)
+    "fleet": rule((*LEAVES, "api", "formats", "commands", "report")),
     # the stages
     "formats": rule((*LEAVES, "adapter"), ("numpy", "torch", "gguf", "safetensors")),
     "linalg": rule(LEAVES, ("numpy", "torch")),

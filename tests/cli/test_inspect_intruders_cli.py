@@ -60,7 +60,7 @@ def test_json_validates_and_counts_the_planted_intruder(
     assert code == 0, err
     report = json.loads(out)
     jsonschema.validate(report, schema())
-    assert report["schema_version"] == "2.5"
+    assert tuple(map(int, report["schema_version"].split("."))) >= (2, 5)  # intruders: 2.5
     by_name = {x["name"]: x["base"]["intruders"] for x in report["layers"]}
     assert by_name["model.layers.0.q_proj"]["indices"][:1] == [0]
     assert by_name["model.layers.0.v_proj"]["count"] == 0

@@ -27,7 +27,9 @@ from lora_audit.cli._intruder_options import (
     IntrudersOption,
     IntruderTopOption,
 )
+from lora_audit.cli._jsonl import appends
 from lora_audit.cli._options import (
+    JSONL,
     AlphaOption,
     BaseKOption,
     BaseOption,
@@ -53,6 +55,7 @@ from lora_audit.cli._options import (
     PlotLayersOption,
     PlotOption,
     QuietOption,
+    ResumeOption,
 )
 from lora_audit.cli._usage import examples
 from lora_audit.errors import ExitCode, UsageError
@@ -68,6 +71,7 @@ EXAMPLES = examples(
     "lora-audit inspect adapter_model.safetensors -e 0.95 -f json -o report.json",
     "lora-audit inspect ./my-adapter --plot spectra.png",
     "lora-audit inspect ./my-adapter --base ./base-model",
+    "lora-audit inspect ./adapters -f jsonl -o census.jsonl --resume census.jsonl",
 )
 
 
@@ -102,6 +106,7 @@ def inspect_command(
     intruder_epsilon: IntruderEpsilonOption = None,
     intruder_layers: IntruderLayersOption = None,
     include_checkpoints: IncludeCheckpointsOption = False,
+    resume: ResumeOption = None,
     config: ConfigOption = None,
     no_config: NoConfigOption = False,
     quiet: QuietOption = False,
@@ -110,7 +115,8 @@ def inspect_command(
     """Per-layer singular spectra, stable and effective ranks, energy ranks and advice.
 
     With several adapters (named, or found below a directory): each one's report, then one
-    summary row per adapter; exit 3 when one could not be read.
+    summary row per adapter; exit 3 when one could not be read. --format jsonl writes one
+    line per adapter as it finishes, then a summary line, in bounded memory whatever the count.
 
     energy, coverage and format come from the flags, else from the settings file
     (lora-audit.toml, or [tool.lora-audit] in pyproject.toml), else the defaults.
@@ -137,7 +143,8 @@ def inspect_command(
             settings_file=settings_file_shown(),
         )
         fmt = report_format(output_format, offered=InspectFormat, command="inspect")
-        preflight(output)  # a bad -o or --plot fails before any work
+        if not appends(output, resume):  # --resume FILE -o FILE appends to it
+            preflight(output)  # a bad -o or --plot fails before any work
         plot_request(plot, layers=plot_layers)
         if base is not None or base_k is not None or base_partial:
             from lora_audit.commands.base_weights import check_base_options
@@ -148,11 +155,23 @@ def inspect_command(
         )
         if intruder_options is not None and base is None:
             raise UsageError("--intruders needs --base", hint="add --base path/to/base-model")
-        discovery = find_adapters(adapters, include_checkpoints=include_checkpoints)
+        streamed = _streamed(fmt.value, resume=resume, plot=plot, base=base)
+        discovery = find_adapters(
+            adapters, include_checkpoints=include_checkpoints, streamed=streamed
+        )
         for item in discovery.found:  # no output may replace an adapter found below a path
             outputs().add_adapter(item.path)
         if (found_note := discovery_note(discovery)) is not None:
             note(found_note)
+        if streamed:
+            from lora_audit.cli._jsonl import run_lines
+            from lora_audit.commands.stream import LineRun
+
+            run = LineRun(command="inspect", options=options)
+            return run_lines(
+                discovery.found, run=run, alpha=alpha, input_format=input_format.value,
+                output=output, resume=resume,
+            )  # fmt: skip
         if len(discovery.found) != 1:
             if plot is not None or base is not None:
                 raise UsageError(
@@ -184,6 +203,20 @@ def inspect_command(
         return int(ExitCode.OK)
 
     run_guarded(body, force=force, inputs=adapters, base=base)
+
+
+def _streamed(fmt: str, *, resume: Path | None, plot: Path | None, base: Path | None) -> bool:
+    """Whether the run writes jsonl lines; the options that need the whole run are refused."""
+    if fmt != JSONL:
+        if resume is not None:
+            raise UsageError("--resume needs --format jsonl", hint="add --format jsonl")
+        return False
+    if plot is not None or base is not None:
+        raise UsageError(
+            f"{'--plot' if plot is not None else '--base'} is not available with --format jsonl",
+            hint="use --format json for one adapter with --plot or --base",
+        )
+    return True
 
 
 def _intruder_options(
