@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from lora_audit.cli import app
 from lora_audit.errors import ExitCode, UsageError
+from lora_audit.report.common import SCHEMA_VERSION
 
 runner = CliRunner()
 
@@ -55,7 +56,7 @@ def test_json_validates_and_carries_fuse_survival(pair: tuple[Path, Path]) -> No
     assert code == 0, err
     report = json.loads(out)
     jsonschema.validate(report, schema())
-    assert report["schema_version"] == "2.4"
+    assert report["schema_version"] == SCHEMA_VERSION
     fuse = report["summary"]["fuse"]
     assert [s["scheme"] for s in fuse["schemes"]] == ["q8_0", "q4_0"]
     q8, q4 = fuse["schemes"]

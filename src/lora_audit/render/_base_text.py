@@ -54,6 +54,33 @@ def base_cells(b: BaseLayerReport) -> list[str]:
     ]
 
 
+#: The column ``--intruders`` adds (:func:`intruder_cell`).
+INTRUDER_HEADER = "intruders"
+
+
+def intruder_cell(b: BaseLayerReport) -> str:
+    """Intruder dimensions of one layer and their energy share; ``–`` when not examined."""
+    x = b.intruders
+    if x is None:
+        return "–"
+    return str(x.count) if x.count == 0 else f"{x.count} ({x.energy:.1%})"
+
+
+def intruder_summary_text(base: BaseSummary) -> str | None:
+    """The summary line of ``--intruders``; ``None`` when they were not computed."""
+    x = base.intruders
+    if x is None:
+        return None
+    where = "" if x.layers_pattern is None else f" matching {x.layers_pattern!r}"
+    text = (
+        f"{x.total} in {x.layers_with_intruders} of {x.layers_examined} layers{where} (top "
+        f"{x.top} singular vectors of W+ΔW whose best |cos| with W's is < {x.epsilon:g}"
+    )
+    if x.max_layer is not None:
+        text += f"; most: {x.max_count} in {x.max_layer}"
+    return text + "; exact, full SVDs)"
+
+
 def base_summary_rows(base: BaseSummary) -> list[tuple[str, str]]:
     """Adapter-wide base-aware numbers, and which are exact or iterative, as (label, text)."""
     where = base.index or (base.files[0] if len(base.files) == 1 else base.path)
@@ -108,6 +135,8 @@ def base_summary_rows(base: BaseSummary) -> list[tuple[str, str]]:
                 f"{extreme('update_energy_at_rank', 'min', '.4f')})",
             )
         )
+    if (intruders := intruder_summary_text(base)) is not None:
+        rows.append(("intruders", intruders))
     exact = ", ".join(dict.fromkeys(BASE_LABELS.get(f, f) for f in base.exact))
     iterative = ", ".join(dict.fromkeys(BASE_LABELS.get(f, f) for f in base.iterative))
     status = "" if base.converged else "; NOT all converged"

@@ -30,7 +30,13 @@ from lora_audit.report.inspect import (
     Settings,
     Summary,
 )
-from lora_audit.report.inspect_base import BaseLayerReport, BaseStat, BaseSummary
+from lora_audit.report.inspect_base import (
+    BaseLayerReport,
+    BaseStat,
+    BaseSummary,
+    IntruderLayerReport,
+    IntruderSummary,
+)
 from lora_audit.report.many import InspectManyReport
 from lora_audit.report.rows import AdapterRow, RowVerdict
 from lora_audit.report.serving import ServerCheck, Serving
@@ -61,6 +67,8 @@ __all__ = [
     "FuseSummary",
     "InspectManyReport",
     "InspectReport",
+    "IntruderLayerReport",
+    "IntruderSummary",
     "LayerComparison",
     "LayerCompression",
     "LayerReport",

@@ -8,9 +8,11 @@ from rich.text import Text
 
 from lora_audit.render._base_text import (
     BASE_HEADERS,
+    INTRUDER_HEADER,
     base_cells,
     base_summary_rows,
     fuse_summary_rows,
+    intruder_cell,
 )
 from lora_audit.render.table._blocks import BlockHeaders, block_prefix, block_rows
 from lora_audit.render.table._layout import Column, Grid, Row, grid_table, info_grid, title
@@ -55,6 +57,9 @@ def base_parts(
             for c, b in zip(cells, bases, strict=True)
         ],
     )
+    if base.intruders is not None:
+        cells_i = [intruder_cell(b) for b in bases]
+        columns.append(Column(header=INTRUDER_HEADER, short="intr.", cells=cells_i))
     grid = Grid(name="layer", rows=rows, columns=columns)
     return [
         Text(""),
