@@ -58,7 +58,7 @@ RULES: dict[str, Rule] = {
     "choices": rule(("errors",)),
     "findings": rule(),  # the one finding type, built by decisions and held by report
     "output_format": rule(),
-    "adapter": rule(("errors",), ("numpy",)),
+    "adapter": rule(("errors", "choices"), ("numpy",)),
     # ``inspect_model`` reads a live PEFT model through integrations/peft_live (torch deferred)
     "api": rule(
         (
@@ -74,6 +74,8 @@ RULES: dict[str, Rule] = {
         ("torch",),
     ),
     "samples": rule(),
+    # the functions a distributed census ships to its workers (docs/fleet.md)
+    "fleet": rule((*LEAVES, "api", "formats", "commands", "report")),
     # the stages
     "formats": rule((*LEAVES, "adapter"), ("numpy", "torch", "gguf", "safetensors")),
     "linalg": rule(LEAVES, ("numpy", "torch")),
@@ -93,7 +95,7 @@ RULES: dict[str, Rule] = {
     # never the command line
     "integrations": rule(
         (CONSTANTS, *LEAVES, "adapter", "api", *STAGES[:-1]),
-        ("numpy", "torch", "transformers", "peft"),
+        ("numpy", "torch", "transformers", "peft", "mlx", "mlx_lm"),
     ),
 }
 

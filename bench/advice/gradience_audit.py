@@ -9,7 +9,8 @@ wheel and unpack it, then point ``--gradience`` at the unpacked directory::
 
 For each audited adapter in ``results.jsonl`` it runs ``audit_lora_peft_dir`` and
 ``suggest_global_ranks_from_audit`` (the median and p90 of the layers' k@0.9, rounded up to
-1, 2, 4 … 64) and appends one line to ``gradience.jsonl`` beside the results.
+1, 2, 4 … 64) and appends one line to ``gradience.jsonl`` beside the results
+(``<stem>-gradience.jsonl`` for a results file named otherwise).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     from gradience.vnext.rank_suggestion import suggest_global_ranks_from_audit
 
     torch.set_num_threads(1)
-    out = args.results.parent / "gradience.jsonl"
+    out = gradience_file(args.results)
     seen = (
         {(g["task"], g["rank"], g["seed"]) for g in map(json.loads, out.read_text().splitlines())}
         if out.exists()
@@ -64,7 +65,14 @@ def main(argv: list[str] | None = None) -> None:
         print(entry, flush=True)
     (ROOT / "docs" / "advice").mkdir(parents=True, exist_ok=True)
     if out.exists():
-        (ROOT / "docs" / "advice" / "gradience.jsonl").write_text(out.read_text())
+        (ROOT / "docs" / "advice" / out.name).write_text(out.read_text())
+
+
+def gradience_file(results: Path) -> Path:
+    """Where Gradience's suggestions for ``results`` go: ``gradience.jsonl`` beside the
+    first study's ``results.jsonl``, ``<stem>-gradience.jsonl`` beside any other."""
+    name = "gradience.jsonl" if results.stem == "results" else f"{results.stem}-gradience.jsonl"
+    return results.parent / name
 
 
 if __name__ == "__main__":

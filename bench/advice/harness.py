@@ -47,6 +47,8 @@ class Recipe:
     rslora: bool = False
     warmup: float = 0.06
     head_lr: float | None = None
+    #: PEFT ``rank_pattern`` (module regex → rank); each such layer keeps α/r via alpha_pattern.
+    rank_pattern: dict[str, int] | None = None
 
 
 def _batches(tokenizer: Any, examples: Sequence[Example], max_len: int, batch: int) -> Any:
@@ -107,6 +109,8 @@ def train(recipe: Recipe, train_set: Sequence[Example], labels: int) -> tuple[An
         lora_alpha=recipe.alpha_over_r * recipe.rank,
         lora_dropout=0.0,
         use_rslora=recipe.rslora,
+        rank_pattern=dict(recipe.rank_pattern or {}),
+        alpha_pattern={k: recipe.alpha_over_r * v for k, v in (recipe.rank_pattern or {}).items()},
     )
     model = get_peft_model(model, config)
     head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]

@@ -10,6 +10,7 @@ the rounding matters only for ``compress`` and for the parameter count.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,3 +65,32 @@ def retrained_at(k: int) -> int:
 def advised_ranks(layers: Mapping[str, Mapping[str, Any]], rank: int) -> set[int]:
     """Every rank below ``rank`` some candidate rule advises (where ``compress`` is evaluated)."""
     return {k for rule in RULES if (k := advised(rule, layers, rank)) < rank}
+
+
+def pattern_key(name: str) -> str:
+    """A PEFT ``rank_pattern`` key for module ``name`` only (``bert.`` dropped, dots escaped)."""
+    return re.escape(name.removeprefix("bert."))
+
+
+def advised_pattern(
+    rule: Rule, layers: Mapping[str, Mapping[str, Any]], rank: int
+) -> tuple[int, dict[str, int]]:
+    """The global rank and ``rank_pattern`` ``rule`` advises, as lora-audit's plan makes them:
+    every layer whose k@τ exceeds the global rank gets its own k@τ, rounded the same way,
+    capped at ``rank``."""
+    k = advised(rule, layers, rank)
+    pattern: dict[str, int] = {}
+    for name, layer in layers.items():
+        need = int(layer[f"k@{rule.energy}"])
+        if need > k:
+            pattern[pattern_key(name)] = min(next_power_of_two(need) if rule.pow2 else need, rank)
+    return k, pattern
+
+
+def pattern_params(
+    layers: Mapping[str, Mapping[str, Any]], k: int, pattern: Mapping[str, int]
+) -> float:
+    """Mean rank over layers of a (global ``k`` + ``pattern``) plan (a parameter proxy: MiniLM's
+    layers differ in shape, so the analysis weighs by shape separately)."""
+    ranks = [pattern.get(pattern_key(name), k) for name in layers]
+    return sum(ranks) / len(ranks)

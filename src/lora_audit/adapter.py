@@ -28,6 +28,8 @@ from typing import Any, Literal, Protocol, cast, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from lora_audit.choices import AdapterFormat
+
 Float64Array = npt.NDArray[np.float64]
 
 
@@ -206,7 +208,8 @@ class Adapter:
     tensor_file
         The safetensors file the tensors come from.
     format
-        Format name (``"peft"``).
+        What the adapter was read as (:class:`~lora_audit.choices.AdapterFormat`, a ``str``:
+        ``"peft"``).
     layers
         Adapted layers in file order.
     passthrough_keys
@@ -225,7 +228,7 @@ class Adapter:
 
     path: Path
     tensor_file: Path
-    format: str
+    format: AdapterFormat
     layers: tuple[LoraLayer, ...]
     passthrough_keys: tuple[str, ...] = ()
     modules_to_save: tuple[str, ...] = ()

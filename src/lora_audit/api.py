@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ from lora_audit.report import (
 if TYPE_CHECKING:
     from lora_audit.adapter import Adapter
     from lora_audit.commands.inspect import AuditOptions
+    from lora_audit.decisions.fuse_advice import Scheme
     from lora_audit.engine.device import EngineOptions
 
 PathLike = str | os.PathLike[str]
@@ -99,6 +100,7 @@ def inspect(
     base: PathLike | None = None,
     base_k: int | None = None,
     base_partial: bool = False,
+    fuse_into: str | Sequence[str] | None = None,
 ) -> InspectReport:
     """Audit one adapter, as ``lora-audit inspect PATH [--base DIR]`` does.
 
@@ -126,6 +128,10 @@ def inspect(
         The pretrained model to audit the update against (needs torch), the number of top
         singular directions compared (default: each layer's energy rank), and whether layers
         the base lacks are allowed (as ``--base``, ``--base-k``, ``--base-partial``).
+    fuse_into
+        Quantization schemes (``"q8_0,q4_0"`` or ``["nf4"]``) to measure how much of each
+        update survives fusing into them (as ``--fuse-into``; needs ``base``). The results
+        are ``layer.fuse`` and ``report.summary.fuse``.
 
     Returns
     -------
@@ -145,10 +151,18 @@ def inspect(
     from pathlib import Path
 
     from lora_audit.commands.inspect_base import BaseOptions, inspect_with_base
+    from lora_audit.decisions.fuse_advice import parse_schemes
 
     options = _audit_options(energy=energy, coverage=coverage, device=device, method=method)
+    schemes: tuple[Scheme, ...] = ()
+    if fuse_into is not None:
+        if base is None:
+            raise UsageError("fuse_into needs base", hint="pass base=path/to/base-model")
+        schemes = parse_schemes(fuse_into if isinstance(fuse_into, str) else ",".join(fuse_into))
     base_options = (
-        None if base is None else BaseOptions(path=Path(base), k=base_k, partial=base_partial)
+        None
+        if base is None
+        else BaseOptions(path=Path(base), k=base_k, partial=base_partial, fuse_into=schemes)
     )
     adapter = _one_adapter(path, alpha=alpha, input_format=input_format)
     return inspect_with_base(adapter, options=options, base=base_options, warn=_warn)
@@ -163,6 +177,7 @@ def inspect_model(
     device: Device = "auto",
     method: Method = "auto",
     path: PathLike | None = None,
+    gather: bool = False,
 ) -> InspectReport:
     """Audit the LoRA adapter of a PEFT model in memory, as :func:`inspect` audits it saved.
 
@@ -185,6 +200,10 @@ def inspect_model(
     path
         What the report calls the adapter, e.g. where it will be saved; it appears in the
         ``compress`` command of the advice. Default ``"ADAPTER_DIR"``.
+    gather
+        Under FSDP2 (``fully_shard``), gather each module's factors with
+        ``DTensor.full_tensor()``, one module at a time. That is a collective: call
+        ``inspect_model(model, gather=True)`` on every rank (each gets the report).
 
     Returns
     -------
@@ -196,7 +215,7 @@ def inspect_model(
     ------
     InputError
         No LoRA module, an unknown or ambiguous adapter, or factors sharded by DeepSpeed
-        ZeRO-3 or FSDP2 (gather them first, or audit the saved checkpoint).
+        ZeRO-3, or by FSDP2 without ``gather=True`` (or audit the saved checkpoint).
     """
     from lora_audit.engine.device import require_torch
 
@@ -208,7 +227,8 @@ def inspect_model(
 
     options = _audit_options(energy=energy, coverage=coverage, device=device, method=method)
     with torch.no_grad():
-        adapter = live_adapter(model, adapter_name, path=None if path is None else str(path))
+        where = None if path is None else str(path)
+        adapter = live_adapter(model, adapter_name, path=where, gather=gather)
         for message in adapter.warnings:
             _warn(message)
         return inspect_with_base(adapter, options=options, base=None, warn=_warn)
@@ -336,6 +356,7 @@ def compress(
     alpha: float | None = None,
     input_format: InputFormat = "auto",
     uniform_rank: bool = False,
+    fit: str | None = None,
 ) -> CompressReport:
     """Truncate an adapter exactly (Eckart–Young), as ``lora-audit compress`` does.
 
@@ -362,6 +383,10 @@ def compress(
     uniform_rank
         Zero-pad every layer of a PEFT output to one rank (exact), so that llama.cpp's
         per-layer ``lora_alpha / rank`` reads it as PEFT and vLLM do (``report.serving``).
+    fit
+        A serving target, as ``check --target`` takes it (``"vllm"``,
+        ``"vllm:max-lora-rank=32"``, ``"llama.cpp"``, ``"peft"``): write the best adapter
+        it loads; with it, the rank arguments are optional (clamped to the target).
 
     Returns
     -------
@@ -377,19 +402,29 @@ def compress(
         When the adapter cannot be read, or is a kind that cannot be written back.
     """
     from lora_audit.commands.compress import CompressOptions, compress_adapter
-    from lora_audit.commands.options import rank_rule
+    from lora_audit.commands.compress_fit import given_rule
+    from lora_audit.decisions.serving_fit import fit_rule
+    from lora_audit.decisions.serving_targets import parse_target
 
+    target = None if fit is None else parse_target(fit)
+    rule = given_rule(
+        target is not None,
+        rank=rank,
+        energy=energy,
+        ratio=ratio,
+        budget=None if budget is None else str(budget),
+        min_rank=min_rank,
+        max_rank=max_rank,
+    )
     if output is None and not dry_run:
         raise UsageError("--output is required", hint="or pass dry_run=True to see the plan")
+    adapter = _one_adapter(path, alpha=alpha, input_format=input_format)
+    if target is not None:
+        rule = fit_rule(target, rule, [x.rank for x in adapter.layers])
+    assert rule is not None  # given_rule gave one, or fit_rule did
     options = CompressOptions(
-        rule=rank_rule(
-            rank=rank,
-            energy=energy,
-            ratio=ratio,
-            budget=None if budget is None else str(budget),
-            min_rank=min_rank,
-            max_rank=max_rank,
-        ),
+        rule=rule,
+        fit=target,
         output=None if output is None else Path(output),
         dry_run=dry_run,
         force=force,
@@ -397,7 +432,6 @@ def compress(
         engine=_engine(device, method),
         uniform_rank=uniform_rank,
     )
-    adapter = _one_adapter(path, alpha=alpha, input_format=input_format)
     return compress_adapter(adapter, options=options, warn=_warn)
 
 

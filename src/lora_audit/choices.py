@@ -8,6 +8,10 @@ and return it typed, so an unknown name is refused where it enters rather than r
 default further down. The stage that uses a choice (the engine, the format readers) calls the
 same check, so the CLI and the API cannot drift.
 
+:class:`AdapterFormat` is the other vocabulary of formats: what an adapter was read as (its
+``format``, in every report), one name per reader variant; which reader gives each and which
+writer writes it back is in :mod:`lora_audit.formats.registry`.
+
 This module imports only the standard library and :mod:`lora_audit.errors` (no numpy), so the
 command line's ``--help`` can build its choices from it.
 """
@@ -32,6 +36,7 @@ ExtractFormatName = Literal["peft"]
 """``extract --to``: the adapter format written (``peft``: ``adapter_config.json`` + weights)."""
 
 __all__ = [
+    "AdapterFormat",
     "Device",
     "DeviceName",
     "ExtractFormat",
@@ -70,6 +75,29 @@ class InputFormat(StrEnum):
     PEFT = "peft"
     KOHYA = "kohya"
     MLX = "mlx"
+
+
+class AdapterFormat(StrEnum):
+    """What an adapter was read as: ``Adapter.format`` and the reports' ``adapter.format``.
+
+    A :class:`~enum.StrEnum`, so a member is its name (``AdapterFormat.PEFT == "peft"``) and
+    every report writes the plain string. One row each in ``docs/formats.md``.
+    """
+
+    PEFT = "peft"
+    PEFT_LOHA = "peft-loha"
+    PEFT_LOKR = "peft-lokr"
+    PEFT_ADALORA = "peft-adalora"
+    DIFFUSERS_PIPELINE = "diffusers-pipeline"
+    KOHYA = "kohya"
+    LYCORIS = "lycoris"
+    COMFYUI = "comfyui"
+    DIFFUSERS = "diffusers"
+    XLABS = "xlabs"
+    MLX = "mlx"
+    GGUF = "gguf"
+    MERGED = "merged"
+    """``merge``'s sum of its inputs, in memory only: never read from or written to a file."""
 
 
 class ExtractFormat(StrEnum):

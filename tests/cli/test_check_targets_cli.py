@@ -1,5 +1,5 @@
 """``lora-audit check --target``: adapters that vLLM or llama.cpp would refuse or read at other
-scales fail with a fix, and the ``compress`` command the fix names gives one that passes.
+scales fail with a fix, and the ``compress --fit`` command the fix names gives one that passes.
 
 The r=64 adapter is saved by PEFT itself on the tiny BERT; the others are the bundled samples.
 """
@@ -109,22 +109,30 @@ def test_dora_fails_vllm(workdir: Path) -> None:
     assert "DoRA" in finding["message"] and "use_dora" in finding["fix"]
 
 
-def test_per_layer_scales_fail_vllm_and_llama_cpp_and_compress_fixes_them(workdir: Path) -> None:
+def test_per_layer_scales_fail_vllm_and_llama_cpp_and_the_fix_says_what_goes_first(
+    workdir: Path,
+) -> None:
     """rsLoRA with rank_pattern and alpha_pattern: vLLM reads one lora_alpha / √r, llama.cpp
-    lora_alpha / each layer's rank; compress --rank (--uniform-rank) writes one scale."""
+    lora_alpha / each layer's rank. The sample also has modules_to_save heads, which both
+    servers refuse and ``--fit`` cannot remove: the fix says so, and ``--fit`` refuses it
+    (tests/commands/test_compress_fit.py fits such an adapter without heads)."""
     adapter = _sample(workdir, "minilm-r8-rslora-patterns")
     code, report, err = check(adapter, "--target", "vllm", "--target", "llama.cpp")
     assert code == 1, err
     rules = _rules(report)
     assert 0 < rules["vllm-one-scale"]["measured"] < len(report["adapters"][0]["layers"])
     assert rules["llama.cpp-scale"]["measured"] == len(report["adapters"][0]["layers"])
-    _run_fix(rules["vllm-one-scale"]["fix"])
-    _run_fix(rules["llama.cpp-scale"]["fix"])
-    code, report, _ = check(f"{adapter}-vllm", "--target", "vllm")
-    assert "vllm-one-scale" not in _rules(report)
-    assert "vllm-max-lora-rank" not in _rules(report)
-    code, report, _ = check(f"{adapter}-gguf-ready", "--target", "llama.cpp")
-    assert "llama.cpp-scale" not in _rules(report)
+    first = "once the adapter is without modules_to_save: "
+    for rule, target in (
+        ("vllm-one-scale", "vllm:max-lora-rank=16"),
+        ("llama.cpp-scale", "llama.cpp"),
+    ):
+        fix = rules[rule]["fix"]
+        assert fix.startswith(first) and fix.endswith(f"--fit {target}"), fix
+        words = shlex.split(fix.removeprefix(first))
+        result = runner.invoke(app, [*words[1:], "--device", "cpu"])
+        assert result.exit_code == 2 and result.stdout == ""
+        assert "modules_to_save (classifier, score)" in result.stderr
 
 
 def test_json_with_targets_validates_against_the_schema(workdir: Path) -> None:

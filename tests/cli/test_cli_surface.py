@@ -292,7 +292,7 @@ def test_metavars_name_what_is_expected() -> None:
     assert "Usage: lora-audit inspect [OPTIONS] ADAPTER..." in out
     for shown in ("ADAPTER...  ", "-e, --energy FLOAT", "-o, --output PATH", "--base-k INT"):
         assert shown in out, shown
-    assert "-f, --format [table|json|markdown]" in out
+    assert "-f, --format [table|json|markdown|jsonl]" in out
     assert "--force  " in out, "a flag shows no metavar"
     assert "Usage: lora-audit check [OPTIONS] ADAPTER..." in run("check", "--help")[1]
     assert "--budget COUNT" in run("compress", "--help")[1]
@@ -389,7 +389,7 @@ def test_help_of_every_command_loads_no_renderer_rich_numpy_or_torch() -> None:
     [
         ("lora-audit ins", "1", ["inspect"]),
         ("lora-audit inspect x --ene", "3", ["--energy"]),
-        ("lora-audit inspect x -f ", "4", ["table", "json", "markdown"]),
+        ("lora-audit inspect x -f ", "4", ["table", "json", "markdown", "jsonl"]),
     ],
 )
 def test_completion_completes_commands_options_and_choices(

@@ -149,12 +149,12 @@ def test_interrupted_write_leaves_nothing(
 def test_disk_full_is_exit_3(
     mixed_adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lora_audit.formats.writer as writer
+    import lora_audit.formats.writers as writers
 
     def full(path: Path, data: bytes) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(writer, "_write_plain", full)
+    monkeypatch.setattr(writers, "write_plain", full)
     result = runner.invoke(
         app, ["compress", str(mixed_adapter), "-o", str(tmp_path / "o"), "--rank", "2"]
     )

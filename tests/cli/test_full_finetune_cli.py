@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from lora_audit.cli import app
 from lora_audit.report import schema_bundle
+from lora_audit.report.common import SCHEMA_VERSION
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -33,7 +34,7 @@ def test_inspect_of_a_full_model_validates_and_renders(pair: tuple[Path, Path]) 
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     jsonschema.validate(report, schema_bundle.load("inspect-full.schema.json"))
-    assert report["kind"] == "inspect-full" and report["schema_version"] == "2.4"
+    assert report["kind"] == "inspect-full" and report["schema_version"] == SCHEMA_VERSION
     assert len(report["layers"]) == 7 and report["tensors"]
     table = runner.invoke(app, ["inspect", str(tuned), "--base", str(base), "-e", "0.9"])
     assert table.exit_code == 0, table.stderr

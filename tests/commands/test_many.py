@@ -56,7 +56,7 @@ def test_threads_never_outnumber_the_cores(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(host_buffers, "cpu_workers", spy)
     live, peak = set(), [0]
     lock = threading.Lock()
-    real = many._audit
+    real = many.audit_one
 
     def counted(*args: object, **kwargs: object) -> many.Outcome:
         with lock:
@@ -69,7 +69,7 @@ def test_threads_never_outnumber_the_cores(tmp_path: Path, monkeypatch: pytest.M
             with lock:
                 live.discard(threading.get_ident())
 
-    monkeypatch.setattr(many, "_audit", counted)
+    monkeypatch.setattr(many, "audit_one", counted)
     outcomes = audit_all(find_adapters([tmp_path]).found, options=OPTIONS)
     assert len(outcomes) == 9
     assert 1 < peak[0] <= many.IN_FLIGHT  # adapters side by side, bounded
@@ -96,3 +96,15 @@ def test_cpu_share_limits_the_workers_and_is_undone() -> None:
     with host_buffers.cpu_share(1):
         assert host_buffers.cpu_workers() == 1
     assert host_buffers.cpu_workers() == cores
+
+
+def test_the_inline_executor_runs_at_once_and_keeps_errors_for_result() -> None:
+    from lora_audit.engine.host_buffers import InlineExecutor
+
+    ran: list[int] = []
+    pool = InlineExecutor()
+    assert list(pool.map(lambda x: ran.append(x) or x * 2, [1, 2])) == [2, 4] and ran == [1, 2]
+    failed = pool.submit(lambda: 1 // 0)
+    assert failed.done()
+    with pytest.raises(ZeroDivisionError):
+        failed.result()

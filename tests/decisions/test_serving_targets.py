@@ -75,7 +75,7 @@ def test_rank_over_the_limit_counts_layers_and_names_a_server_value() -> None:
     [finding] = target_violations(report, [Target(server="vllm", max_lora_rank=8)])
     assert (finding.rule, finding.measured, finding.limit) == ("vllm-max-lora-rank", 16, 8)
     assert "2 of 2 layers" in finding.message and "--max-lora-rank 16" in finding.message
-    assert finding.fix.endswith("--rank 8")
+    assert finding.fix.endswith("-o adapters/a-vllm8 --fit vllm:max-lora-rank=8")
 
 
 def test_rslora_one_scale_is_alpha_over_root_r() -> None:
@@ -88,7 +88,8 @@ def test_rslora_one_scale_is_alpha_over_root_r() -> None:
     rules = {v.rule: v for v in target_violations(report, [VLLM, LLAMA])}
     assert rules["vllm-one-scale"].measured == 1
     assert rules["llama.cpp-scale"].measured == 2  # llama.cpp: alpha / r, never √r
-    assert "--uniform-rank" in rules["llama.cpp-scale"].fix
+    assert rules["llama.cpp-scale"].fix.endswith("--fit llama.cpp")
+    assert rules["vllm-one-scale"].fix.endswith("--fit vllm:max-lora-rank=16")
 
 
 def test_llama_cpp_reads_alpha_over_each_layers_rank() -> None:
@@ -113,12 +114,12 @@ def test_the_fix_names_an_output_beside_the_input() -> None:
     for path, out in (("a/b", "a/b-vllm16"), ("a/x.safetensors", "a/x-vllm16.safetensors")):
         report = Audited(adapter=Source(path=path, rank=32), layers=layers)
         [finding] = target_violations(report, [VLLM])
-        assert finding.fix == f"lora-audit compress {path} -o {out} --rank 16"
+        assert finding.fix == f"lora-audit compress {path} -o {out} --fit vllm:max-lora-rank=16"
     here = Audited(adapter=Source(path=".", rank=32), layers=layers)
     [finding] = target_violations(here, [VLLM])
-    assert (
-        finding.fix.startswith("lora-audit compress . -o /") and "-vllm16 --rank 16" in finding.fix
-    )
+    assert finding.fix.startswith("lora-audit compress . -o /")
+    assert finding.fix.endswith("-vllm16 --fit vllm:max-lora-rank=16")
+    # --fit refuses DoRA: the fix says what has to go first
     dora = Audited(adapter=Source(rank=32, use_dora=True), layers=layers)
     fix = {v.rule: v.fix for v in target_violations(dora, [VLLM])}["vllm-max-lora-rank"]
-    assert fix.endswith("--rank 16 --base BASE")
+    assert fix.startswith("once the adapter is without DoRA: lora-audit compress ")

@@ -138,3 +138,16 @@ def test_beside_other_adapters_a_folder_of_checkpoints_is_only_counted(tmp_path:
     found = discover([root / "b-peft", root / "run"])
     assert [f.path for f in found.found] == [root / "b-peft"]
     assert found.skipped_checkpoints == 2 and found.searched
+
+
+def test_a_streamed_run_takes_more_adapters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discovery, "MAX_ADAPTERS", 1)
+    monkeypatch.setattr(discovery, "STREAMED_ADAPTERS", 2)
+    for name in "abc"[:2]:
+        write_lean(tmp_path / "two" / name)
+    assert len(discover([tmp_path / "two"], streamed=True).found) == 2
+    write_lean(tmp_path / "two" / "c")
+    with pytest.raises(InputError, match="more than 2 adapters"):
+        discover([tmp_path / "two"], streamed=True)

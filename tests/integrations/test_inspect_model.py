@@ -166,15 +166,21 @@ def test_conv_embedding_and_linear_layers_of_a_custom_module(tmp_path: Path) -> 
     assert kinds == {"conv": "conv", "emb": "embedding", "head": "linear"}
 
 
-def test_zero3_placeholders_are_refused_never_read_as_untrained() -> None:
+@pytest.mark.parametrize("gather", [False, True])
+@pytest.mark.parametrize(("which", "shape"), [("lora_", r"\[4, 32\]"), ("lora_B", r"\[32, 4\]")])
+def test_zero3_placeholders_are_refused_never_read_as_untrained(
+    which: str, shape: str, gather: bool
+) -> None:
+    """All factors partitioned, or only ``lora_B`` (how PEFT #1402 looked: B seemed 0);
+    ``gather=True`` gathers FSDP2 DTensors only, never a ZeRO-3 placeholder."""
     model = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj"]))
     for name, param in model.named_parameters():
-        if "lora_" in name:  # what DeepSpeed ZeRO-3 leaves outside a gather
+        if which in name:  # what DeepSpeed ZeRO-3 leaves outside a gather
             param.ds_shape = tuple(param.shape)
             param.ds_numel = param.numel()
             param.data = torch.empty(0, dtype=param.dtype)
-    with pytest.raises(ShardedFactors, match=r"ZeRO-3 placeholder.*full shape \[4, 32\]"):
-        lora_audit.inspect_model(model)
+    with pytest.raises(ShardedFactors, match=rf"ZeRO-3 placeholder.*full shape {shape}"):
+        lora_audit.inspect_model(model, gather=gather)
 
 
 def test_no_lora_modules_is_refused_by_name() -> None:
@@ -185,9 +191,10 @@ def test_no_lora_modules_is_refused_by_name() -> None:
 def test_importing_lora_audit_and_its_integrations_stays_torch_free() -> None:
     code = (
         "import sys, lora_audit, lora_audit.integrations.peft_live, "
-        "lora_audit.integrations.run_audit\n"
+        "lora_audit.integrations.run_audit, lora_audit.integrations.mlx_lm\n"
         "lora_audit.inspect_model\n"
-        "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"
+        "heavy = ('torch', 'transformers', 'peft', 'mlx', 'mlx_lm')\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

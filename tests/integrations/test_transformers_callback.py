@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import jsonschema
 import pytest
 import torch
 import transformers
@@ -28,6 +29,7 @@ from tiny_llama import tiny_llama
 import lora_audit
 from lora_audit.decisions.training_alerts import AlertRules
 from lora_audit.integrations.transformers import LoraAuditCallback
+from lora_audit.report.schema_bundle import load as load_schema
 
 pytestmark = pytest.mark.peft
 
@@ -159,6 +161,32 @@ def test_a_normal_run_logs_to_tensorboard_writes_the_trend_and_stays_silent(
         assert ours["tensor_file"] == "<in memory: adapter 'default'>"
     for key in ("layers", "findings", "status", "settings", "drifting_layers"):
         assert_close(trend[key], reference[key], where=key)
+
+    # 2b. `lora-audit trend` reads the callback's own file: schema-valid, and its values are
+    # those of the in-memory audits of the checkpoints
+    jsonschema.validate(trend, load_schema("trend.schema.json"))
+    written = str(out / "lora-audit" / "trend.json")
+    read_back = subprocess.run(
+        [sys.executable, "-m", "lora_audit", "trend", written, "-f", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    again = json.loads(read_back.stdout)
+    assert without(again, "tool") == without(trend, "tool")
+    audits = callback.run.checkpoints
+    assert [c["step"] for c in again["checkpoints"]] == [step for step, _ in audits]
+    for point, (_, report) in zip(again["checkpoints"], audits, strict=True):
+        assert point["mean_stable_rank"] == report.summary.mean_stable_rank
+        assert point["wasted_fraction"] == report.summary.wasted_fraction
+        assert point["untrained_layers"] == len(report.summary.untrained_layers)
+    for layer in again["layers"]:
+        assert layer["stable_rank"] == [
+            next(x.stable_rank for x in r.layers if x.name == layer["name"]) for _, r in audits
+        ]
+        assert layer["frobenius_norm"] == [
+            next(x.frobenius_norm for x in r.layers if x.name == layer["name"]) for _, r in audits
+        ]
 
     # 3. the last in-memory audit equals inspect of the adapter saved at that step
     step, live = callback.run.checkpoints[-1]

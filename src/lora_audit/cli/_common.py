@@ -31,6 +31,7 @@ def err(message: str) -> None:
     from lora_audit.render.escape import for_terminal
 
     sys.stderr.write(for_terminal(message.rstrip("\n")) + "\n")
+    sys.stderr.flush()  # in order with the report on a shared terminal (or a test's capture)
 
 
 def err_lines(text: str) -> None:

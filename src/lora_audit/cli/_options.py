@@ -193,12 +193,31 @@ InputFormatOption = Annotated[
 ]
 
 
+#: ``--format jsonl``: not a renderer of a finished report but lines written as adapters finish
+#: (:mod:`lora_audit.cli._jsonl`), offered by ``inspect`` and ``check``.
+JSONL = "jsonl"
+
+
 class InspectFormat(StrEnum):
-    """Formats ``inspect`` offers (a test keeps this equal to ``formats_for("inspect")``)."""
+    """Formats ``inspect`` offers (a test keeps this equal to ``formats_for("inspect")``, plus
+    ``jsonl``)."""
 
     TABLE = "table"
     JSON = "json"
     MARKDOWN = "markdown"
+    JSONL = JSONL
+
+
+class CheckFormat(StrEnum):
+    """Formats ``check`` offers: every registered one (``formats_for("check")``) and
+    ``jsonl``."""
+
+    TABLE = "table"
+    JSON = "json"
+    MARKDOWN = "markdown"
+    GITHUB = "github"
+    JUNIT = "junit"
+    JSONL = JSONL
 
 
 class TrendFormat(StrEnum):
@@ -302,12 +321,34 @@ BasePartialOption = Annotated[
         "instead of failing.",
     ),
 ]
+FuseIntoOption = Annotated[
+    str | None,
+    typer.Option(
+        "--fuse-into",
+        help="With --base: how much of each layer's update survives fusing it into the base "
+        "and quantizing, for each scheme named (comma-separated: q8_0, q4_0, nf4, mlx-4bit), "
+        "with one line of advice.",
+        show_default=False,
+        metavar="SCHEMES",
+    ),
+]
 IncludeCheckpointsOption = Annotated[
     bool,
     typer.Option(
         "--include-checkpoints",
         help="Also audit the checkpoint-* directories found below a directory (they are "
         "skipped by default; a checkpoint named directly is always audited).",
+    ),
+]
+
+ResumeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--resume",
+        help="With --format jsonl: skip the adapters that already have a line in FILE (an "
+        "interrupted run's output; with -o FILE, the new lines are appended to it).",
+        show_default=False,
+        metavar="FILE",
     ),
 ]
 

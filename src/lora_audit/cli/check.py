@@ -27,6 +27,7 @@ from lora_audit.cli._common import (
     run_guarded,
     warn,
 )
+from lora_audit.cli._jsonl import appends
 from lora_audit.cli._options import (
     AlphaOption,
     ColorChoice,
@@ -49,12 +50,18 @@ from lora_audit.cli._options import (
     NoConfigOption,
     OutputOption,
     QuietOption,
+    ResumeOption,
 )
+from lora_audit.cli._options import CheckFormat as OutputFormat
 from lora_audit.cli._usage import examples
-from lora_audit.output_format import OutputFormat
+from lora_audit.errors import UsageError
 
 if TYPE_CHECKING:
+    from lora_audit.cli.settings_file import SettingsSource
+    from lora_audit.decisions.check_rules import Policy
+    from lora_audit.decisions.serving_targets import Target
     from lora_audit.engine.batches import Progress
+    from lora_audit.engine.device import EngineOptions
 
 EXAMPLES = examples(
     "lora-audit check ./my-adapter",
@@ -99,8 +106,9 @@ def check_command(
             "--format",
             "-f",
             help="Report format: table, json (the inspect reports plus findings), markdown "
-            "(for $GITHUB_STEP_SUMMARY), github (workflow annotations) or junit (XML). "
-            "Default table, or format in the settings file.",
+            "(for $GITHUB_STEP_SUMMARY), github (workflow annotations), junit (XML) or jsonl "
+            "(one line per adapter as it finishes, then a summary line; no --junit-xml, no "
+            "step summary). Default table, or format in the settings file.",
             show_default=False,
         ),
     ] = None,
@@ -114,6 +122,7 @@ def check_command(
     method: MethodOption = Method.AUTO,
     input_format: InputFormatOption = InputFormat.AUTO,
     include_checkpoints: IncludeCheckpointsOption = False,
+    resume: ResumeOption = None,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -142,7 +151,10 @@ def check_command(
         if not targets and source is not None:
             targets = [parse_target(t) for t in source.targets]
         fmt = report_format(output_format, offered=OutputFormat, command="check")
-        preflight(output)
+        if fmt is OutputFormat.JSONL or resume is not None:
+            _jsonl_only(fmt, resume=resume, junit_xml=junit_xml)
+        if not appends(output, resume):  # --resume FILE -o FILE appends to it
+            preflight(output)
         plan_extra_outputs(junit_xml=junit_xml)
         summary = step_summary_file(main_format=fmt.value, output=output, disabled=no_step_summary)
         flags = _validated_flags(
@@ -152,6 +164,13 @@ def check_command(
             max_layer_waste=max_layer_waste,
             min_rank_used=min_rank_used,
         )
+        if fmt is OutputFormat.JSONL:
+            return _check_lines(
+                adapters, policy=policy_from(flags, source), source=source, targets=targets,
+                engine=EngineOptions(device=device_name(device), method=method_name(method)),
+                alpha=alpha, input_format=input_format.value,
+                include_checkpoints=include_checkpoints, output=output, resume=resume,
+            )  # fmt: skip
         report = run_check(
             adapters,
             policy=policy_from(flags, source),
@@ -172,6 +191,57 @@ def check_command(
         return exit_code_for(report)
 
     run_guarded(body, force=force, inputs=adapters)
+
+
+def _jsonl_only(fmt: OutputFormat, *, resume: Path | None, junit_xml: Path | None) -> None:
+    """``--resume`` needs ``--format jsonl``, which writes no whole-run JUnit file."""
+    if fmt is not OutputFormat.JSONL:
+        raise UsageError("--resume needs --format jsonl", hint="add --format jsonl")
+    if junit_xml is not None:
+        raise UsageError(
+            "--junit-xml is not available with --format jsonl (JUnit XML is written for the "
+            "whole run at its end)",
+            hint="use --format json or junit, or leave --junit-xml out",
+        )
+
+
+def _check_lines(
+    adapters: list[Path],
+    *,
+    policy: Policy,
+    source: SettingsSource | None,
+    targets: list[Target],
+    engine: EngineOptions,
+    alpha: float | None,
+    input_format: str,
+    include_checkpoints: bool,
+    output: Path | None,
+    resume: Path | None,
+) -> int:
+    """``check --format jsonl``: the lines, and the exit code of their summary."""
+    from lora_audit.cli._jsonl import run_lines
+    from lora_audit.commands.check import display_path
+    from lora_audit.commands.inspect import AuditOptions
+    from lora_audit.commands.many import discovery_note, find_adapters
+    from lora_audit.commands.stream import LineRun
+
+    policy_file = display_path(None if source is None else source.path)
+    options = AuditOptions(
+        energy=policy.energy, coverage=policy.coverage, engine=engine, settings_file=policy_file
+    )
+    run = LineRun(
+        command="check", options=options, policy=policy, policy_file=policy_file,
+        targets=tuple(targets),
+    )  # fmt: skip
+    discovery = find_adapters(adapters, include_checkpoints=include_checkpoints, streamed=True)
+    for item in discovery.found:
+        outputs().add_adapter(item.path)
+    if (found_note := discovery_note(discovery)) is not None:
+        note(found_note)
+    return run_lines(
+        discovery.found, run=run, alpha=alpha, input_format=input_format, output=output,
+        resume=resume,
+    )  # fmt: skip
 
 
 def _validated_flags(**given: float | int | None) -> dict[str, float | int]:

@@ -52,6 +52,7 @@ EXAMPLES = examples(
     "lora-audit compress ./my-adapter --rank 8 --dry-run",
     "lora-audit compress lora.safetensors -o lora-2M.safetensors --budget 2M "
     "--report plan.json -f json",
+    "lora-audit compress ./my-adapter -o ./my-adapter-vllm --fit vllm:max-lora-rank=16",
 )
 
 
@@ -113,6 +114,19 @@ def compress_command(
         ),
     ] = False,
     uniform_rank: UniformRankOption = False,
+    fit: Annotated[
+        str | None,
+        typer.Option(
+            "--fit",
+            metavar="TARGET",
+            help="Write the best adapter that TARGET loads and reads as PEFT does: vllm "
+            "(every rank ≤ max-lora-rank, default 16), vllm:max-lora-rank=N, llama.cpp (one "
+            "rank, zero-padded) or peft; the same TARGET as check --target. A rank rule given "
+            "with it is clamped to the target; without one, as much as the target allows is "
+            "kept.",
+            show_default=False,
+        ),
+    ] = None,
     output_format: CompressFormatOption = None,
     report_file: Annotated[
         Path | None,
@@ -146,7 +160,8 @@ def compress_command(
 ) -> None:
     """Rewrite an adapter at a smaller rank with the optimal (Eckart–Young) error.
 
-    Give exactly one of --rank, --energy, --ratio, --budget. -o is the compressed adapter;
+    Give exactly one of --rank, --energy, --ratio, --budget (or --fit TARGET, with at most
+    one of them). -o is the compressed adapter;
     --report is the report file (default: the report goes to stdout). The settings file's
     energy does not choose --energy here; its format applies to the report.
     """
@@ -159,17 +174,31 @@ def compress_command(
         read_settings(config=config, no_config=no_config)
         fmt = report_format(output_format, offered=CompressFormat, command="compress")
 
-        from lora_audit.commands.options import rank_rule
+        from lora_audit.commands.compress_fit import given_rule
+        from lora_audit.decisions.serving_targets import parse_target
 
+        target = None if fit is None else parse_target(fit)
+        rule = given_rule(
+            target is not None,
+            rank=rank,
+            energy=energy,
+            ratio=ratio,
+            budget=budget,
+            min_rank=min_rank,
+            max_rank=max_rank,
+        )
+        if output is None and not dry_run:
+            raise UsageError("--output is required", hint="or pass --dry-run to see the plan")
+        loaded = load_reported(adapter, alpha=alpha, input_format=input_format.value)
+        _claim_outputs(loaded, output=None if dry_run else output, report=report_file)
+        if target is not None:
+            from lora_audit.decisions.serving_fit import fit_rule
+
+            rule = fit_rule(target, rule, [x.rank for x in loaded.layers])
+        assert rule is not None  # rank_rule gave one, or fit_rule did
         options = CompressOptions(
-            rule=rank_rule(
-                rank=rank,
-                energy=energy,
-                ratio=ratio,
-                budget=budget,
-                min_rank=min_rank,
-                max_rank=max_rank,
-            ),
+            rule=rule,
+            fit=target,
             output=output,
             dry_run=dry_run,
             force=force,
@@ -178,10 +207,6 @@ def compress_command(
             base=base,
             uniform_rank=uniform_rank,
         )
-        if output is None and not dry_run:
-            raise UsageError("--output is required", hint="or pass --dry-run to see the plan")
-        loaded = load_reported(adapter, alpha=alpha, input_format=input_format.value)
-        _claim_outputs(loaded, output=None if dry_run else output, report=report_file)
         with progress_bar(len(loaded.layers), description="compress") as advance:
             report = compress_adapter(loaded, options=options, progress=advance, warn=warn)
         emit_report(report, fmt.value, output=report_file, role="--report", color=color.value)

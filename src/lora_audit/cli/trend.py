@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -42,6 +42,10 @@ from lora_audit.cli._options import (
 from lora_audit.cli._usage import examples
 from lora_audit.errors import UsageError
 
+if TYPE_CHECKING:
+    from lora_audit.commands.trend import TrendOptions
+    from lora_audit.report import TrendReport
+
 EXAMPLES = examples(
     "lora-audit trend output_dir/",
     "lora-audit trend run/checkpoint-*/ --window 4 --fail-on-drift",
@@ -54,7 +58,8 @@ def trend_command(
         list[Path],
         typer.Argument(
             help="The checkpoints of one run (directories or .safetensors files, any order), "
-            "or one directory that holds them (e.g. a trainer's output_dir).",
+            "or one directory that holds them (e.g. a trainer's output_dir), or one trend "
+            "report to read back (.json: trend -f json, or output_dir/lora-audit/trend.json).",
             show_default=False,
             metavar="CHECKPOINT",
         ),
@@ -108,7 +113,8 @@ def trend_command(
             settings_file_shown,
         )
         from lora_audit.commands.inspect import AuditOptions
-        from lora_audit.commands.trend import TrendOptions, expand_run, trend_of
+        from lora_audit.commands.trend import TrendOptions
+        from lora_audit.commands.trend_file import is_trend_file, read_trend_file, retrend
         from lora_audit.engine.device import EngineOptions
 
         read_settings(config=config, no_config=no_config)
@@ -130,22 +136,65 @@ def trend_command(
         fmt = report_format(output_format, offered=TrendFormat, command="trend")
         preflight(output)
         request = plot_request(plot)
-        paths, notes = expand_run(checkpoints)
-        for path in paths:
-            outputs().add_adapter(path)
-        if len(paths) < 2:
-            raise UsageError(
-                f"trend needs at least two checkpoints; {len(paths)} found",
-                hint="name them all (run/checkpoint-*/) or the directory that holds them",
+        if len(checkpoints) == 1 and is_trend_file(checkpoints[0]):
+            if alpha is not None or input_format is not InputFormat.AUTO:
+                raise UsageError(
+                    "--alpha and --input-format apply to checkpoints, not to a trend file",
+                    hint="leave them out, or name the checkpoints",
+                )
+            outputs().add_input(checkpoints[0])
+            report = retrend(
+                read_trend_file(checkpoints[0]),
+                window=window,
+                min_rise=min_rise,
+                fail_on_drift=fail_on_drift,
+                energy=_asked_energy(energy),
+                warn=warn,
             )
-        for message in notes:
-            warn(message)
-        loaded = [load_reported(p, alpha=alpha, input_format=input_format.value) for p in paths]
-        total = sum(len(adapter.layers) for adapter in loaded)
-        with progress_bar(total, description="checkpoints") as advance:
-            report = trend_of(loaded, options=options, progress=advance, warn=warn, notes=notes)
+        else:
+            report = _audited(checkpoints, options, alpha=alpha, input_format=input_format)
         draw(report, request)
         emit_report(report, fmt.value, output=output, color=color.value)
         return exit_code_for(report)
 
     run_guarded(body, force=force, inputs=checkpoints)
+
+
+def _audited(
+    checkpoints: list[Path],
+    options: TrendOptions,
+    *,
+    alpha: float | None,
+    input_format: InputFormat,
+) -> TrendReport:
+    """Read and audit the checkpoints ``checkpoints`` names (a run folder, or each)."""
+    from lora_audit.commands.trend import expand_run, trend_of
+
+    paths, notes = expand_run(checkpoints)
+    for path in paths:
+        outputs().add_adapter(path)
+    if len(paths) < 2:
+        written = paths[0] / "trend.json" if len(paths) == 1 else None
+        raise UsageError(
+            f"trend needs at least two checkpoints; {len(paths)} found",
+            hint=f"to read the trend a training callback wrote, name the file: {written}"
+            if written is not None and written.is_file()
+            else "name them all (run/checkpoint-*/) or the directory that holds them",
+        )
+    for message in notes:
+        warn(message)
+    loaded = [load_reported(p, alpha=alpha, input_format=input_format.value) for p in paths]
+    total = sum(len(adapter.layers) for adapter in loaded)
+    with progress_bar(total, description="checkpoints") as advance:
+        return trend_of(loaded, options=options, progress=advance, warn=warn, notes=notes)
+
+
+def _asked_energy(flag: float | None) -> float | None:
+    """τ as the flag or the settings file asks it; ``None`` when neither does."""
+    from lora_audit.cli import _state
+    from lora_audit.cli._settings import number
+
+    source = _state.SETTINGS
+    if flag is None and (source is None or source.values.get("energy") is None):
+        return None
+    return number("energy", flag)

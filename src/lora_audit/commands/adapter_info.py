@@ -27,7 +27,7 @@ def adapter_info(adapter: Adapter) -> AdapterInfo:
     return AdapterInfo(
         path=str(adapter.path),
         tensor_file=str(adapter.tensor_file),
-        format=adapter.format,
+        format=str(adapter.format),  # the plain name: reports hold no enum member
         base_model=adapter.base_model,
         layer_count=len(adapter.layers),
         dtypes=tuple(sorted({layer.dtype for layer in adapter.layers})),

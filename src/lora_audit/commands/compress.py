@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from lora_audit import __version__
 from lora_audit.adapter import Adapter, LoraLayer
 from lora_audit.commands.adapter_info import TOOL, adapter_info
+from lora_audit.commands.compress_fit import fit_options
 from lora_audit.commands.serving import (
     check_uniform,
     global_scale,
@@ -35,6 +36,7 @@ from lora_audit.decisions.compress_ranks import (
     select_ranks,
     truncation,
 )
+from lora_audit.decisions.serving_fit import check_fitted
 from lora_audit.engine.batches import Progress, Warn
 from lora_audit.engine.device import EngineOptions, device_type
 from lora_audit.engine.refactorisation import truncate_layers
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
 
     import numpy as np
     import numpy.typing as npt
+
+    from lora_audit.decisions.serving_targets import Target
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +85,9 @@ class CompressOptions:
         Zero-pad every layer of a PEFT output to one rank, so that llama.cpp's per-tensor
         ``alpha / rank`` rule gives every layer the same scale as PEFT and vLLM
         (:mod:`lora_audit.commands.serving`).
+    fit
+        ``--fit TARGET``: clamp ``rule`` to the server's rank bound, pad where it needs one
+        rank, refuse what it refuses (:mod:`lora_audit.commands.compress_fit`).
     """
 
     rule: RankRule
@@ -91,6 +98,7 @@ class CompressOptions:
     engine: EngineOptions = field(default_factory=EngineOptions)
     base: Path | None = None
     uniform_rank: bool = False
+    fit: Target | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +133,7 @@ def compress_adapter(
     refusal = compress_refusal(adapter)
     if refusal is not None:
         raise refusal
+    options = fit_options(adapter, options)
     warnings = list(adapter.warnings)
     if any(layer.dora for layer in adapter.layers) and options.base is None:
         if not options.allow_dora:
@@ -161,6 +170,8 @@ def compress_adapter(
     refuse_untrained(str(adapter.path), list(sigmas.values()))
     plans = _plan(adapter, sigmas, rule=options.rule)
     ranks = {p.layer.name: p.new_rank for p in plans if p.truncate}
+    if options.fit is not None:
+        check_fitted(options.fit, [p.new_rank for p in plans])
     # DoRA's exact refactorisation bakes in scale 1: the one scale is then 1
     scale = 1.0 if dora is not None else global_scale(adapter, ranks)
     file_after: int | None = None
@@ -183,10 +194,10 @@ def compress_adapter(
             adapter,
             new_layers=new_layers,
             output=options.output,
-            provenance=_provenance(adapter, options.rule, sha256=digest.result()),
+            provenance=_provenance(adapter, options, sha256=digest.result()),
             force=options.force,
             base=options.base,
-            card_note=card_note(plans, rule=options.rule),
+            card_note=card_note(plans, rule=options.rule, fit=options.fit),
             scale=scale,
         )
         file_after = written.stat().st_size
@@ -249,8 +260,10 @@ def start_digest(adapter: Adapter) -> Future[str]:
     return future
 
 
-def _provenance(adapter: Adapter, rule: RankRule, *, sha256: str) -> dict[str, str]:
-    return {
+def _provenance(adapter: Adapter, options: CompressOptions, *, sha256: str) -> dict[str, str]:
+    rule = options.rule
+    fit = {} if options.fit is None else {"lora_audit.fit": str(options.fit)}
+    return fit | {
         "lora_audit.version": __version__,
         "lora_audit.method": rule.mode,
         "lora_audit.parameter": format_value(rule.value),
@@ -264,7 +277,7 @@ def _provenance(adapter: Adapter, rule: RankRule, *, sha256: str) -> dict[str, s
 _RULE_FLAGS = {"rank": "--rank", "energy": "--energy", "ratio": "--ratio", "budget": "--budget"}
 
 
-def card_note(plans: Sequence[_Plan], *, rule: RankRule) -> str:
+def card_note(plans: Sequence[_Plan], *, rule: RankRule, fit: Target | None = None) -> str:
     """The line appended to a carried-over model card: tool, date, rule, ranks, energy."""
     import datetime
 
@@ -279,12 +292,17 @@ def card_note(plans: Sequence[_Plan], *, rule: RankRule) -> str:
     today = datetime.datetime.now(datetime.UTC).date().isoformat()
     return (
         f"*Compressed by lora-audit {__version__} on {today} with `lora-audit compress "
-        f"{_RULE_FLAGS[rule.mode]} {format_value(rule.value)}`: {len(truncated)} of "
+        f"{_RULE_FLAGS[rule.mode]} {format_value(rule.value)}{_fit_flag(fit)}`: "
+        f"{len(truncated)} of "
         f"{len(plans)} layers truncated, rank {_span(before)} → {_span(after)}, "
         f"{params:,} → {params_after:,} LoRA parameters; every layer keeps at least "
         f"{kept:.2%} of its energy ‖ΔW‖F². The card above describes the adapter before "
         "compression.*"
     )
+
+
+def _fit_flag(fit: Target | None) -> str:
+    return "" if fit is None else f" --fit {fit}"
 
 
 def _span(ranks: Sequence[int]) -> str:
@@ -338,6 +356,7 @@ def _report(
             max_rank=options.rule.max_rank,
             device=device_type(options.engine.device),
             method=options.engine.method,
+            fit=None if options.fit is None else str(options.fit),
         ),
         output=None if output is None else str(output),
         output_format=fmt,
@@ -351,6 +370,7 @@ def _report(
             min_energy_kept=min((layer.energy_kept for layer in layers), default=1.0),
             max_relative_error=max((layer.relative_error for layer in layers), default=0.0),
             relative_error=math.sqrt(lost / total) if total > 0 else 0.0,
+            energy_kept=1 - lost / total if total > 0 else 1.0,
             file_bytes=info.file_bytes,
             file_bytes_after=file_after,
             saved_fraction=1 - params_after / params if params else 0.0,

@@ -25,6 +25,13 @@ from lora_audit.commands.base_weights import (
     load_magnitudes,
     load_weights,
 )
+from lora_audit.commands.intruders import (
+    IntruderOptions,
+    check_intruder_request,
+    compute_intruders,
+    intruder_layer_report,
+    intruder_summary,
+)
 from lora_audit.engine.batches import (
     Progress,
     Warn,
@@ -49,7 +56,9 @@ from lora_audit.linalg.against_base import (
     BaseMetrics,
     base_metrics,
 )
+from lora_audit.linalg.intruders import Intruders
 from lora_audit.linalg.krylov import KrylovOptions
+from lora_audit.linalg.quantize import Scheme
 from lora_audit.report import BaseLayerReport, BaseStat, BaseSummary, InspectReport, LayerReport
 
 if TYPE_CHECKING:
@@ -89,12 +98,18 @@ class BaseOptions:
         Audit the layers that match and warn about the rest, instead of failing.
     krylov
         Tolerance and limits of the iterative triplets.
+    fuse_into
+        Quantization schemes to check fusing into (``--fuse-into``); empty for none.
+    intruders
+        Also find intruder dimensions (``--intruders``); ``None``: not computed.
     """
 
     path: Path
     k: int | None = None
     partial: bool = False
     krylov: KrylovOptions = field(default_factory=KrylovOptions)
+    fuse_into: tuple[Scheme, ...] = ()
+    intruders: IntruderOptions | None = None
 
 
 def inspect_with_base(
@@ -108,12 +123,15 @@ def inspect_with_base(
     """``inspect`` of one adapter, with the base-aware audit when ``base`` is given.
 
     The one pipeline behind ``lora-audit inspect [--base DIR]`` and :func:`lora_audit.inspect`.
-    ``progress`` counts layers: each once for the spectra, and once more for the base.
+    ``progress`` counts layers: each once for the spectra, once more for the base, and once
+    more for ``--intruders``.
     """
     from lora_audit.commands.inspect import inspect_adapter
 
     if base is not None:
         check_base_options(base.path, k=base.k, partial=base.partial)  # before any work
+        if base.intruders is not None:
+            check_intruder_request(base.intruders)
     report = inspect_adapter(adapter, options=options, progress=progress, warn=warn)
     if base is None:
         return report
@@ -142,6 +160,8 @@ def audit_base(
         For ``k < 1``.
     """
     check_base_options(options.path, k=options.k, partial=options.partial)
+    if options.intruders is not None:
+        check_intruder_request(options.intruders)
     base = open_base(options.path)
     match = match_base_weights(adapter, base)
     warnings: list[str] = []
@@ -188,19 +208,41 @@ def audit_base(
             f"(e.g. {not_converged[0]}); their σ₁ and alignment numbers are less accurate "
             "(see residual and subspace_error)"
         )
+    found: dict[str, Intruders] = {}
+    if options.intruders is not None:
+        found = compute_intruders(
+            adapter, base, match, options=options.intruders, device=engine.device, warn=note,
+            progress=progress,
+        )  # fmt: skip
     layers = tuple(
-        replace(layer, base=_layer_report(match.weights[layer.name], metrics[layer.name]))
+        replace(
+            layer,
+            base=_layer_report(match.weights[layer.name], metrics[layer.name], found),
+        )
         if layer.name in metrics
         else layer
         for layer in report.layers
     )
-    summary = _summary(base, match, layers, options=options)
-    return replace(
-        report,
-        layers=layers,
-        summary=replace(report.summary, base=summary),
-        warnings=(*report.warnings, *warnings),
-    )
+    base_summary = _summary(base, match, layers, options=options)
+    if options.intruders is not None:
+        base_summary = replace(
+            base_summary, intruders=intruder_summary(found, options=options.intruders)
+        )
+    summary = replace(report.summary, base=base_summary)
+    if options.fuse_into:
+        from lora_audit.commands.fuse_survival import fuse_survival
+
+        fused, fuse = fuse_survival(
+            adapter, base, match, schemes=options.fuse_into, progress=progress
+        )
+        if fuse.skipped_layers:
+            note(
+                f"--fuse-into: {len(fuse.skipped_layers)} DoRA layer(s) not checked (e.g. "
+                f"{fuse.skipped_layers[0]}): their fused weight is not W + s·B·A"
+            )
+        layers = tuple(replace(x, fuse=fused.get(x.name, ())) for x in layers)
+        summary = replace(summary, fuse=fuse)
+    return replace(report, layers=layers, summary=summary, warnings=(*report.warnings, *warnings))
 
 
 def compute(
@@ -250,14 +292,18 @@ def compute(
     return results
 
 
-def _layer_report(weight: BaseWeight, m: BaseMetrics) -> BaseLayerReport:
+def _layer_report(
+    weight: BaseWeight, m: BaseMetrics, intruders: Mapping[str, Intruders]
+) -> BaseLayerReport:
     """The report's form of one layer's metrics: the same numbers, plus where W came from."""
     numbers = {f.name: getattr(m, f.name) for f in fields(m) if f.name != "dora"}
+    found = intruders.get(weight.layer)
     return BaseLayerReport(
         key=weight.key,
         file=weight.file.name,
         transposed=weight.transpose,
         update="dora" if m.dora else "lora",
+        intruders=None if found is None else intruder_layer_report(found),
         **numbers,
     )
 

@@ -11,7 +11,7 @@ depend on which thread finished first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -40,9 +40,11 @@ class Outcome:
     error: InputError | None = None
 
 
-def find_adapters(paths: Sequence[Path], *, include_checkpoints: bool = False) -> Discovery:
+def find_adapters(
+    paths: Sequence[Path], *, include_checkpoints: bool = False, streamed: bool = False
+) -> Discovery:
     """Every adapter ``paths`` name or hold (see :mod:`lora_audit.formats.discovery`)."""
-    return discover(paths, include_checkpoints=include_checkpoints)
+    return discover(paths, include_checkpoints=include_checkpoints, streamed=streamed)
 
 
 def discovery_note(discovery: Discovery) -> str | None:
@@ -100,35 +102,57 @@ def audit_all(
         When the engine options cannot be met (``--device cuda`` without a GPU), before any
         adapter is read.
     """
+    outcomes: list[Outcome] = []
+    for outcome in iter_outcomes(
+        found, options=options, alpha=alpha, input_format=input_format, warn=warn
+    ):
+        if outcome.error is not None and on_error is not None:
+            on_error(outcome.error)
+        outcomes.append(outcome)
+        if progress is not None:
+            progress(1)
+    return outcomes
+
+
+def iter_outcomes(
+    found: Iterable[Found],
+    *,
+    options: AuditOptions,
+    alpha: float | None = None,
+    input_format: str = "auto",
+    warn: Warn | None = None,
+) -> Iterator[Outcome]:
+    """:func:`audit_all` one outcome at a time, in order, with at most a few reports held.
+
+    The caller drops each outcome before asking for the next, so memory stays that of
+    :data:`IN_FLIGHT` adapters whatever the count (``--format jsonl``). Warnings reach
+    ``warn`` in audit order.
+    """
     device = device_type(options.engine.device)
-    workers = 1 if device == "cuda" else max(1, min(len(found), cpu_cores(), IN_FLIGHT))
-    share = max(1, cpu_cores() // workers)
+    cores = cpu_cores()
+    count = len(found) if isinstance(found, Sized) else IN_FLIGHT
+    workers = 1 if device == "cuda" else max(1, min(count, cores, IN_FLIGHT))
+    share = max(1, cores // workers)
 
     def one(item: Found) -> tuple[Outcome, list[str]]:
         messages: list[str] = []
         with cpu_share(share):
-            outcome = _audit(item, options=options, alpha=alpha, fmt=input_format, warn=messages)
+            outcome = audit_one(item, options=options, alpha=alpha, fmt=input_format, warn=messages)
         return outcome, messages
 
-    outcomes: list[Outcome] = []
     blas = single_threaded_blas() if workers > 1 else nullcontext()
     with blas, ThreadPoolExecutor(max_workers=workers) as pool:
         for outcome, messages in _ordered(pool, one, found, window=workers * 2):
             for message in messages:
                 if warn is not None:
                     warn(message)
-            if outcome.error is not None and on_error is not None:
-                on_error(outcome.error)
-            outcomes.append(outcome)
-            if progress is not None:
-                progress(1)
-    return outcomes
+            yield outcome
 
 
 def _ordered(
     pool: ThreadPoolExecutor,
     fn: Callable[[Found], tuple[Outcome, list[str]]],
-    items: Sequence[Found],
+    items: Iterable[Found],
     *,
     window: int,
 ) -> Iterator[tuple[Outcome, list[str]]]:
@@ -144,9 +168,10 @@ def _ordered(
         yield pending.pop(0).result()
 
 
-def _audit(
+def audit_one(
     item: Found, *, options: AuditOptions, alpha: float | None, fmt: str, warn: list[str]
 ) -> Outcome:
+    """Read and inspect one adapter in this thread; its warnings appended to ``warn``."""
     from lora_audit.formats import load_adapter
 
     if item.error is not None:

@@ -292,7 +292,7 @@ def _report(
         MergeInput(
             path=str(a.path),
             tensor_file=str(a.tensor_file),
-            format=a.format,
+            format=str(a.format),
             weight=w,
             layer_count=len(a.layers),
             file_bytes=_size(a.tensor_file),

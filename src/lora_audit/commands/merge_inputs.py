@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lora_audit.adapter import Adapter, LoraLayer, Structure, natural_key
+from lora_audit.choices import AdapterFormat
 from lora_audit.commands.merge_sense import check_common
 from lora_audit.errors import InputError, UsageError
 from lora_audit.linalg.stacking import stack_factors
@@ -30,8 +31,9 @@ from lora_audit.linalg.stacking import stack_factors
 if TYPE_CHECKING:
     from lora_audit.linalg.spectral import Float64Array
 
-#: Format → family: adapters merge only within one family.
-FAMILIES = {"peft": "peft", "kohya": "kohya", "lycoris": "kohya"}
+_F = AdapterFormat
+#: Format → family (the format a merge is written in): adapters merge only within one family.
+FAMILIES = {_F.PEFT: _F.PEFT, _F.KOHYA: _F.KOHYA, _F.LYCORIS: _F.KOHYA}
 #: PEFT config fields that say which modules are adapted.
 TARGETING = ("target_modules", "layers_to_transform", "layers_pattern", "exclude_modules")
 #: PEFT task types whose model classes add their head to ``modules_to_save`` on load.
@@ -126,7 +128,7 @@ def _check_one(adapter: Adapter) -> None:
 def _check_base(adapters: Sequence[Adapter]) -> None:
     """The same base model (where the files say) and the same weight orientation."""
     checks: tuple[tuple[str, Callable[[Adapter], object]], ...]
-    if FAMILIES[adapters[0].format] == "peft":
+    if FAMILIES[adapters[0].format] is _F.PEFT:
         checks = (
             ("base_model_name_or_path", lambda a: a.config.get("base_model_name_or_path")),
             ("fan_in_fan_out", lambda a: bool(a.config.get("fan_in_fan_out", False))),
@@ -294,7 +296,7 @@ def merged_adapter(adapters: Sequence[Adapter], parts: Mapping[str, tuple[Part, 
     return Adapter(
         path=adapters[0].path,
         tensor_file=adapters[0].tensor_file,
-        format="merged",
+        format=_F.MERGED,
         layers=tuple(layers),
         source=MergedSource(parts),
     )
@@ -313,7 +315,7 @@ def output_template(
         if all(a.metadata.get(k) == v for a in adapters[1:]) and not k.startswith(_STALE_PREFIXES)
     }
     config: dict[str, Any] = {}
-    if family == "peft":
+    if family is _F.PEFT:
         config = _peft_config(adapters, parts, drop_extras=drop_extras)
         if "lora_adapter_metadata" in first.metadata:  # a bare file: written as one again
             metadata["lora_adapter_metadata"] = first.metadata["lora_adapter_metadata"]
@@ -322,7 +324,7 @@ def output_template(
     return Adapter(
         path=first.path,
         tensor_file=first.tensor_file,
-        format="peft" if family == "peft" else "kohya",
+        format=family,
         layers=layers,
         passthrough_keys=() if drop_extras else first.passthrough_keys,
         modules_to_save=() if drop_extras else first.modules_to_save,

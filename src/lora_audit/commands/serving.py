@@ -156,8 +156,7 @@ def serving(
     off = sum(k != top for k in ranks.values())
     dora = bool(adapter.config.get("use_dora")) or any(x.dora for x in adapter.layers)
     saved = adapter.config.get("modules_to_save") or ()
-    extras = [*adapter.passthrough_keys, *(k for x in adapter.layers for k in x.extra_keys)]
-    stops = [k for k in extras if not _converter_keeps(k)]
+    stops = converter_stops(adapter)
     checks = [
         ServerCheck(
             server="peft",
@@ -175,6 +174,13 @@ def serving(
         rescaled_layers=rescaled_layers,
         checks=tuple(checks),
     )
+
+
+def converter_stops(adapter: Adapter) -> list[str]:
+    """The tensors of ``adapter`` at which llama.cpp's ``convert_lora_to_gguf.py`` stops:
+    every one that is not a LoRA factor, a base layer or a norm."""
+    extras = [*adapter.passthrough_keys, *(k for x in adapter.layers for k in x.extra_keys)]
+    return [k for k in extras if not _converter_keeps(k)]
 
 
 def _converter_keeps(key: str) -> bool:

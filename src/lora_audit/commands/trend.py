@@ -239,23 +239,44 @@ def trend_from_reports(
     :func:`trend_of` audits saved checkpoints and ends here; a training callback that audited
     each checkpoint in memory when it was saved (:mod:`lora_audit.integrations`) starts here.
     """
-    warnings = list(warnings)
-
-    def note(message: str) -> None:
-        warnings.append(message)
-        if warn is not None:
-            warn(message)
-
-    if len(reports) < options.window:
-        note(
-            f"drift is judged over the last {options.window} checkpoints; "
-            f"{len(reports)} given, so none is flagged"
-        )
-    trends = _layer_trends(reports)
     checkpoints = tuple(
         _checkpoint(report, step=step) for report, step in zip(reports, steps.steps, strict=True)
     )
-    layers, findings = _drift(trends, checkpoints, steps=steps, options=options)
+    return trend_from_series(
+        checkpoints,
+        _layer_trends(reports),
+        steps=steps,
+        options=options,
+        warnings=warnings,
+        warn=warn,
+    )
+
+
+def window_note(window: int, given: int) -> str:
+    """The warning of a trend with fewer checkpoints than its drift window."""
+    return f"drift is judged over the last {window} checkpoints; {given} given, so none is flagged"
+
+
+def trend_from_series(
+    checkpoints: Sequence[CheckpointSummary],
+    layers: Sequence[LayerTrend],
+    *,
+    steps: StepOrder,
+    options: TrendOptions,
+    warnings: Sequence[str] = (),
+    warn: Warn | None = None,
+) -> TrendReport:
+    """The trend report of measured series: drift judged with ``options``' window and rise.
+
+    :func:`trend_from_reports` ends here, and so does reading back a trend file
+    (:mod:`lora_audit.commands.trend_file`), which judges the series it holds again.
+    """
+    warnings = list(warnings)
+    if len(checkpoints) < options.window:
+        warnings.append(window_note(options.window, len(checkpoints)))
+        if warn is not None:
+            warn(warnings[-1])
+    judged, findings = _drift(layers, checkpoints, steps=steps, options=options)
     engine = options.audit.engine
     drift = bool(findings)
     return TrendReport(
@@ -271,12 +292,12 @@ def trend_from_reports(
             step_unit=steps.unit,
             settings_file=options.audit.settings_file,
         ),
-        checkpoints=checkpoints,
-        layers=layers,
+        checkpoints=tuple(checkpoints),
+        layers=judged,
         findings=findings,
         status="drift" if drift else "pass",
         warnings=tuple(warnings),
-        drifting_layers=sum(bool(layer.drift) for layer in layers),
+        drifting_layers=sum(bool(layer.drift) for layer in judged),
     )
 
 

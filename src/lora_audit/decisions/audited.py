@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from lora_audit.choices import AdapterFormat
 from lora_audit.findings import ERROR, Finding
 
 #: What a suggested ``compress`` of a PEFT DoRA adapter needs (it refuses one without).
@@ -29,7 +30,7 @@ DORA_SCALE_NOTE = (
 def dora_flags(adapter_format: str) -> tuple[str, str]:
     """The flags a suggested ``compress`` of a DoRA adapter needs to run, and what they
     mean: ``--base BASE`` for PEFT's magnitudes, ``--allow-dora`` for kohya/LyCORIS."""
-    if adapter_format == "peft":
+    if adapter_format == AdapterFormat.PEFT:
         return DORA_FLAGS, DORA_NOTE
     return DORA_SCALE_FLAGS, DORA_SCALE_NOTE
 

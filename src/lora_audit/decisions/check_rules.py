@@ -42,6 +42,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from lora_audit.choices import AdapterFormat
 from lora_audit.decisions.advice_rule import DEFAULT_ADVICE_RULE
 from lora_audit.decisions.audited import (
     AuditedAdapter,
@@ -184,7 +185,7 @@ def _tau(policy: Policy) -> str:
 
 
 def _compress_fix(report: AuditedAdapter, policy: Policy) -> str:
-    if report.adapter.format == "gguf":  # compress refuses GGUF: name the route that works
+    if report.adapter.format == AdapterFormat.GGUF:  # compress refuses GGUF: name the route
         return (
             f"run `lora-audit compress PEFT_ADAPTER -o OUT --energy {_tau(policy)}` on the "
             "adapter this GGUF was converted from, then convert OUT with convert_lora_to_gguf.py"

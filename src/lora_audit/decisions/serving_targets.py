@@ -16,8 +16,9 @@ applies it (docs/ci.md, "Serving targets"; the same rules as :mod:`lora_audit.co
 ``peft``
     Nothing beyond what the reader already requires (it reads a PEFT adapter as PEFT does).
 
-One finding per adapter and problem, each with a fix; a ``lora-audit compress`` command where
-one exists (its PEFT output has one scale for every layer, ``--uniform-rank`` one rank).
+One finding per adapter and problem, each with a fix; a ``lora-audit compress … --fit TARGET``
+command where one exists (:mod:`lora_audit.decisions.serving_fit`: the best adapter that the
+target loads and reads as PEFT does).
 """
 
 from __future__ import annotations
@@ -182,16 +183,27 @@ def _format(report: TargetAdapter, target: Target) -> Finding:
     )
 
 
-def compress_fix(report: TargetAdapter, *, suffix: str, rank: int, uniform: bool) -> str:
-    """The ``compress`` command that writes a fitting PEFT adapter beside the input (with
-    ``--base BASE`` for a DoRA adapter, which compress needs to truncate one exactly)."""
-    path = Path(report.adapter.path)
-    beside = path if path.name else path.resolve()  # "." has no name to extend
+def fit_command(path: str, target: Target) -> str:
+    """The ``lora-audit compress PATH -o OUT --fit TARGET`` command that writes the best
+    adapter that ``target`` loads, beside the input (``ADAPTER-vllm16``, ``ADAPTER-llama.cpp``;
+    :mod:`lora_audit.decisions.serving_fit`)."""
+    source = Path(path)
+    beside = source if source.name else source.resolve()  # "." has no name to extend
+    limit = target.max_lora_rank or VLLM_DEFAULT_MAX_LORA_RANK
+    suffix = f"vllm{limit}" if target.server == "vllm" else str(target.server)
     out = beside.with_name(f"{beside.stem}-{suffix}{beside.suffix}")
-    words = ["lora-audit", "compress", str(path), "-o", str(out), "--rank", str(rank)]
-    flags = [*(["--uniform-rank"] if uniform else []), *(["--base"] if _dora(report) else [])]
-    fix = shlex.join([*words, *flags])
-    return f"{fix} BASE" if _dora(report) else fix
+    words = ["lora-audit", "compress", str(source), "-o", str(out), "--fit", str(target)]
+    return shlex.join(words)
+
+
+def _fit_fix(report: TargetAdapter, target: Target) -> str:
+    """:func:`fit_command`, after what ``--fit`` refuses (DoRA, ``modules_to_save``) is gone."""
+    command = fit_command(report.adapter.path, target)
+    first = [
+        *(["without DoRA"] if _dora(report) else []),
+        *(["without modules_to_save"] if report.adapter.modules_to_save else []),
+    ]
+    return f"once the adapter is {' and '.join(first)}: {command}" if first else command
 
 
 def _dora(report: TargetAdapter) -> bool:
@@ -222,7 +234,7 @@ def _vllm(report: TargetAdapter, limit: int) -> list[Finding]:
                 f"has rank {top} ({over} of {len(ranks)} layers above {limit}); vLLM refuses "
                 f"a LoRA rank greater than max_lora_rank {limit} (or serve it with "
                 f"--max-lora-rank {_next_allowed(top)})",
-                compress_fix(report, suffix=f"vllm{limit}", rank=limit, uniform=False),
+                _fit_fix(report, Target(server="vllm", max_lora_rank=limit)),
             )
         )
     refused = [
@@ -259,7 +271,7 @@ def _vllm(report: TargetAdapter, limit: int) -> list[Finding]:
                     f"{off} of {len(ranks)} layers are not at vLLM's one scale lora_alpha / r = "
                     f"{info.lora_alpha:g} / {denominator} = {scale:.6g} (vLLM does not read "
                     "rank_pattern or alpha_pattern): they would be served at another scale",
-                    compress_fix(report, suffix="vllm", rank=min(max(ranks), limit), uniform=False),
+                    _fit_fix(report, Target(server="vllm", max_lora_rank=limit)),
                 )
             )
     return out
@@ -306,7 +318,7 @@ def _llama(report: TargetAdapter) -> list[Finding]:
                     f"{off} of {len(ranks)} layers are not at scale lora_alpha / their rank "
                     f"(lora_alpha {alpha:g}), the only scale llama.cpp applies: they would be "
                     "served at another scale",
-                    compress_fix(report, suffix="gguf-ready", rank=max(ranks), uniform=True),
+                    _fit_fix(report, Target(server="llama.cpp")),
                 )
             )
     return out

@@ -11,19 +11,18 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from lora_audit.adapter import Adapter, LoraLayer, ReadsIntoBuffers, Structure
 
-if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
-
+_T = TypeVar("_T")
 Float64Array = npt.NDArray[np.float64]
 
 
@@ -88,7 +87,7 @@ def single_threaded_blas() -> Iterator[None]:
 
 
 @contextmanager
-def cpu_pool() -> Iterator[ThreadPoolExecutor]:
+def cpu_pool() -> Iterator[Executor]:
     """A pool of :func:`cpu_workers` threads, with BLAS single-threaded while it is open.
 
     The CPU paths run one layer per thread; each layer's BLAS calls are small (thin factors
@@ -96,17 +95,35 @@ def cpu_pool() -> Iterator[ThreadPoolExecutor]:
     letting every worker's calls fan out again over all cores makes them fight: on 2 cores
     the compress refactorisation ran 2.2× slower with OpenBLAS's default threading than with
     one BLAS thread per worker (``bench/bench.py``). The limit is process-wide and is lifted
-    when the last pool closes.
+    when the last pool closes. With one worker the jobs run in the calling thread
+    (:class:`InlineExecutor`): starting a thread per adapter was a third of the cost of a small
+    adapter when many are audited side by side.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     workers = cpu_workers()
     if workers == 1 and _SHARE.get() is None:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            yield pool
+        yield InlineExecutor()
+        return
+    if workers == 1:
+        with single_threaded_blas():
+            yield InlineExecutor()
         return
     with single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
         yield pool
+
+
+class InlineExecutor(Executor):
+    """An executor that runs each job at once in the calling thread (one worker, no thread)."""
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        """Run ``fn(*args, **kwargs)`` now; its result (or exception) in a finished future."""
+        future: Future[_T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # re-raised by future.result(), as a pool would
+            future.set_exception(exc)
+        return future
 
 
 class Readers:

@@ -1,5 +1,8 @@
 """On-disk adapter formats: find the files a path refers to, detect the format, read it.
 
+Which reader reads a file is decided by the registry (:mod:`lora_audit.formats.registry`:
+its ``READERS`` are the detection order, and it checks every read adapter).
+
 Safetensors and GGUF are read; what a file is comes from its first bytes
 (:mod:`lora_audit.formats.sniff`). Pickled checkpoints (``.bin``, ``.pt``, ``.pth``, ``.ckpt``)
 are refused without being opened, because unpickling runs arbitrary code.
@@ -14,20 +17,11 @@ from typing import get_args
 from lora_audit.adapter import Adapter
 from lora_audit.choices import InputFormatName, input_format_name
 from lora_audit.errors import InputError
-from lora_audit.formats import mlx, sniff
-from lora_audit.formats.accounted import check_accounted
-from lora_audit.formats.diffusers_metadata import METADATA_KEY, component_configs, read_pipeline
-from lora_audit.formats.forced import check_forced
-from lora_audit.formats.kohya import (
-    has_diffusers_names,
-    has_module_alphas,
-    looks_like_kohya,
-    read_kohya,
-)
-from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME, looks_like_peft, read_peft
-from lora_audit.formats.safetensors_io import Header, read_header
-from lora_audit.formats.work_bounds import check_work_bounded
-from lora_audit.formats.xlabs import looks_like_xlabs, read_xlabs
+from lora_audit.formats import mlx, registry, sniff
+from lora_audit.formats.diffusers_metadata import component_configs
+from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME
+from lora_audit.formats.protocols import Probe
+from lora_audit.formats.safetensors_io import read_header
 
 #: Tensor files that ``adapter_config.json`` beside them describes: PEFT's, and mlx-lm's final
 #: file and the numbered checkpoints its trainer writes beside it.
@@ -168,67 +162,10 @@ def load_adapter(path: Path, *, alpha: float | None = None, input_format: str = 
     """
     fmt = input_format_name(input_format)
     tensor_file, config_file = resolve_files(path)
-    kind = sniff.sniff(tensor_file)
-    if kind == "gguf":
-        from lora_audit.formats.gguf import read_gguf
-
-        gguf_adapter = read_gguf(path=path, tensor_file=tensor_file, alpha=alpha)
-        return check_accounted(gguf_adapter)
-    refusal = sniff.refuse_container(tensor_file, kind)
-    if refusal is not None:
-        raise refusal
-    header = read_header(tensor_file)
-    adapter = _read(
-        path=path,
-        tensor_file=tensor_file,
-        config_file=config_file,
-        header=header,
-        alpha=alpha,
-        fmt=fmt,
+    found = registry.probe(
+        path=path, tensor_file=tensor_file, config_file=config_file, forced=fmt, alpha=alpha
     )
-    check_work_bounded(adapter, header=header, file_size=tensor_file.stat().st_size)
-    return check_accounted(adapter)  # no tensor named like a LoRA factor outside every layer
-
-
-def _read(
-    *,
-    path: Path,
-    tensor_file: Path,
-    config_file: Path | None,
-    header: Header,
-    alpha: float | None,
-    fmt: str,
-) -> Adapter:
-    """The safetensors reader that ``fmt`` (for ``auto``: the keys and config) names, applied."""
-    mlx_config = config_file is not None and mlx.is_mlx_config_file(config_file)
-    configs = component_configs(header, where=str(tensor_file)) if config_file is None else None
-    if configs and fmt in {"auto", "peft"}:  # diffusers save_lora_weights: one config a component
-        return read_pipeline(
-            path=path, tensor_file=tensor_file, header=header, configs=configs, alpha=alpha
-        )
-    check_forced(
-        fmt, header=header, config_file=config_file, mlx_config=mlx_config, tensor_file=tensor_file
-    )
-    if fmt == "auto":
-        detected = _detect(header, config_file=config_file, mlx_config=mlx_config)
-        if detected is None:
-            raise sniff.no_factors_error(tensor_file, header.tensors)
-        fmt = detected
-    if fmt == "mlx":
-        return mlx.read_mlx(
-            path=path,
-            tensor_file=tensor_file,
-            config_file=config_file if mlx_config else None,
-            header=header,
-            alpha=alpha,
-        )
-    if fmt == "kohya" and looks_like_xlabs(header):
-        return read_xlabs(path=path, tensor_file=tensor_file, header=header)
-    if fmt == "kohya":
-        return read_kohya(path=path, tensor_file=tensor_file, header=header)
-    return read_peft(
-        path=path, tensor_file=tensor_file, config_file=config_file, alpha=alpha, header=header
-    )
+    return registry.read(found)
 
 
 def holds_adapter(tensor_file: Path) -> bool:
@@ -241,35 +178,12 @@ def holds_adapter(tensor_file: Path) -> bool:
         When the header cannot be read (a truncated or corrupt file).
     """
     header = read_header(tensor_file)
-    if component_configs(header, where=str(tensor_file)):
-        return True
-    return _detect(header, config_file=None, mlx_config=False) is not None
-
-
-def _detect(header: Header, *, config_file: Path | None, mlx_config: bool) -> str | None:
-    """The reader for a safetensors file, from its config and keys; ``None`` for no LoRA."""
-    if mlx_config:
-        return "mlx"
-    if config_file is None and _single_file_sd(header):
-        # a GLoRA or full-diff file has kohya-style .alpha keys and no factor
-        return None if sniff.not_lora(header.tensors) else "kohya"
-    if config_file is not None or looks_like_peft(header):
-        return "peft"
-    if mlx.looks_like_mlx(header):
-        return "mlx"
-    return None
-
-
-def _single_file_sd(header: Header) -> bool:
-    """A file without ``adapter_config.json`` that the kohya reader reads, not the PEFT one.
-
-    ``lora_A`` keys alone do not make a file PEFT: ComfyUI-style files keep a per-module
-    ``.alpha`` beside them, which PEFT never writes; diffusers' own files name attention
-    factors ``.lora.down``/``.up`` beside ``lora_A``/``lora_B`` for the other modules. XLabs
-    (x-flux) files are read by their own reader (``--input-format kohya`` covers them too).
-    """
-    if has_module_alphas(header) or looks_like_xlabs(header):
-        return True
-    if has_diffusers_names(header) and METADATA_KEY not in header.metadata:
-        return True  # diffusers' mixed names (a model-level config: the PEFT reader's)
-    return not looks_like_peft(header) and looks_like_kohya(header)
+    found = Probe(
+        path=tensor_file,
+        tensor_file=tensor_file,
+        config_file=None,
+        kind="safetensors",
+        header=header,
+        configs=component_configs(header, where=str(tensor_file)),
+    )
+    return registry.claimed(found)

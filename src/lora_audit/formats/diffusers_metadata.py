@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lora_audit.adapter import Adapter, LoraLayer, ScaleSource, natural_key
+from lora_audit.choices import AdapterFormat
 from lora_audit.errors import InputError
 from lora_audit.formats.config_files import parse_json
 from lora_audit.formats.patterns import match_pattern
@@ -51,7 +52,7 @@ _TO_PEFT = (
     (".lora.up.", ".lora_B."),
 )
 #: ``Adapter.format`` of a file read here.
-PIPELINE_FORMAT = "diffusers-pipeline"
+PIPELINE_FORMAT = AdapterFormat.DIFFUSERS_PIPELINE
 
 __all__ = [
     "PIPELINE_FORMAT",

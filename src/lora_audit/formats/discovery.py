@@ -18,7 +18,9 @@ Skipped while searching (a path named on the command line is never skipped): hid
 and ``checkpoint-*`` directories unless ``include_checkpoints``. The order is deterministic:
 the paths as given, each one's finds sorted by name. The search is bounded: more than
 :data:`MAX_ENTRIES` directory entries, :data:`MAX_DEPTH` levels or :data:`MAX_ADAPTERS` finds
-below one path is refused with a message naming the limit.
+below one path is refused with a message naming the limit; a streamed run (``--format
+jsonl``, which holds no report per adapter) allows :data:`STREAMED_ADAPTERS` adapters and
+:data:`STREAMED_ENTRIES` entries.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ MAX_ENTRIES = 100_000
 MAX_DEPTH = 24
 #: Adapters one search may find.
 MAX_ADAPTERS = 2_000
+#: Adapters one search may find for a streamed run (one path each is held, ~200 bytes).
+STREAMED_ADAPTERS = 1_000_000
+#: Directory entries one search may look at for a streamed run.
+STREAMED_ENTRIES = 10_000_000
 
 _SKIPPED_NAMES = frozenset({"__pycache__", "node_modules"})
 _ADAPTER_SUFFIXES = (".safetensors",)
@@ -88,6 +94,8 @@ class Discovery:
 class _Search:
     root: Path
     include_checkpoints: bool
+    max_entries: int
+    max_adapters: int
     entries: int = 0
     found: list[Found] = field(default_factory=list)
     skipped_checkpoints: int = 0
@@ -95,13 +103,13 @@ class _Search:
 
     def count(self, n: int) -> None:
         self.entries += n
-        if self.entries > MAX_ENTRIES:
-            raise _limit(self.root, f"more than {MAX_ENTRIES:,} directory entries")
+        if self.entries > self.max_entries:
+            raise _limit(self.root, f"more than {self.max_entries:,} directory entries")
 
     def add(self, item: Found) -> None:
         self.found.append(item)
-        if len(self.found) > MAX_ADAPTERS:
-            raise _limit(self.root, f"more than {MAX_ADAPTERS:,} adapters")
+        if len(self.found) > self.max_adapters:
+            raise _limit(self.root, f"more than {self.max_adapters:,} adapters")
 
 
 def _limit(root: Path, what: str) -> InputError:
@@ -111,7 +119,9 @@ def _limit(root: Path, what: str) -> InputError:
     )
 
 
-def discover(paths: Sequence[Path], *, include_checkpoints: bool = False) -> Discovery:
+def discover(
+    paths: Sequence[Path], *, include_checkpoints: bool = False, streamed: bool = False
+) -> Discovery:
     """Every adapter that ``paths`` name or hold, in a deterministic order.
 
     Parameters
@@ -120,6 +130,9 @@ def discover(paths: Sequence[Path], *, include_checkpoints: bool = False) -> Dis
         Files and directories as given on the command line; repeated ones count once.
     include_checkpoints
         Also search ``checkpoint-*`` directories below a named directory.
+    streamed
+        The run holds nothing per adapter but its path (``--format jsonl``): the larger
+        limits apply.
 
     Returns
     -------
@@ -138,7 +151,12 @@ def discover(paths: Sequence[Path], *, include_checkpoints: bool = False) -> Dis
     checkpoints = files = 0
     only_checkpoints: list[Found] = []
     for path in dict.fromkeys(paths):
-        search = _Search(root=path, include_checkpoints=include_checkpoints)
+        search = _Search(
+            root=path,
+            include_checkpoints=include_checkpoints,
+            max_entries=STREAMED_ENTRIES if streamed else MAX_ENTRIES,
+            max_adapters=STREAMED_ADAPTERS if streamed else MAX_ADAPTERS,
+        )
         target = _named(path, search)
         checkpoints += search.skipped_checkpoints
         files += search.skipped_files

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, ScaleSource, natural_key
+from lora_audit.choices import AdapterFormat
 from lora_audit.errors import InputError
 from lora_audit.formats.stacked import sliced, split_sliced
 
@@ -184,7 +185,7 @@ def read_gguf(*, path: Path, tensor_file: Path, alpha: float | None) -> Adapter:
     return Adapter(
         path=path,
         tensor_file=tensor_file,
-        format="gguf",
+        format=AdapterFormat.GGUF,
         layers=tuple(layers),
         passthrough_keys=tuple(passthrough),
         config={},

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure, natural_key
+from lora_audit.choices import AdapterFormat
 from lora_audit.errors import InputError
 from lora_audit.formats.diffusers_metadata import partial_load_warning
 from lora_audit.formats.lycoris import Common, alpha_scale, loha, lokr, need
@@ -178,15 +179,16 @@ def read_kohya(*, path: Path, tensor_file: Path, header: Header | None = None) -
     if assumed := [layer.name for layer in layers if layer.scale_source == "assumed"]:
         warnings.append(_assumed_warning(tensor_file, assumed, total=len(layers)))
     if diffusers:
-        fmt = "diffusers"
+        fmt = AdapterFormat.DIFFUSERS
         if comfy and (partial := partial_load_warning(header, where=str(tensor_file))):
             warnings.append(partial)
     elif comfy:
-        fmt = "comfyui"
+        fmt = AdapterFormat.COMFYUI
     elif structures - {Structure.LORA} or any(layer.kind is LayerKind.CONV for layer in layers):
-        fmt = "lycoris" if structures - {Structure.LORA, Structure.TUCKER} else "kohya"
+        lycoris = structures - {Structure.LORA, Structure.TUCKER}
+        fmt = AdapterFormat.LYCORIS if lycoris else AdapterFormat.KOHYA
     else:
-        fmt = "kohya"
+        fmt = AdapterFormat.KOHYA
     metadata = dict(header.metadata)
     return Adapter(
         path=path,

@@ -29,7 +29,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lora_audit.adapter import Adapter, LayerKind, LoraLayer, ScaleSource, natural_key
+from lora_audit.adapter import (
+    Adapter,
+    LayerKind,
+    LoraLayer,
+    ScaleSource,
+    TensorSource,
+    natural_key,
+)
+from lora_audit.choices import AdapterFormat
 from lora_audit.errors import InputError
 from lora_audit.formats.config_files import load_json_file
 from lora_audit.formats.safetensors_io import (
@@ -56,13 +64,16 @@ _EMBEDDING_NAMES = frozenset({"embed_tokens", "wte", "tok_embeddings", "word_emb
 class MlxSource:
     """The factors of an mlx-lm file in the ``B (out, r)`` / ``A (r, in)`` orientation.
 
+    ``stored`` gives the tensors as saved: the file (:class:`SafetensorsSource`), or a
+    training run's arrays in memory (:mod:`lora_audit.integrations.mlx_lm`).
+
     ``get(key)`` of a 2-D ``lora_a``/``lora_b`` returns its transpose; ``get("<key>[e]")``
     returns slice ``e`` of a stacked tensor; other keys come back as stored. Arrays are numpy
     (BF16 widened to float32).
     """
 
-    def __init__(self, path: Path, header: Header) -> None:
-        self.stored = SafetensorsSource(path, header)
+    def __init__(self, stored: TensorSource) -> None:
+        self.stored = stored
 
     def get(self, key: str) -> npt.NDArray[Any]:
         """The factor (or stored tensor) ``key`` as described above."""
@@ -167,7 +178,33 @@ def read_mlx(
         factors that do not pair up.
     """
     config = read_config(config_file) if config_file is not None else None
-    where = str(config_file or tensor_file)
+    return mlx_adapter(
+        path=path,
+        tensor_file=tensor_file,
+        config=config,
+        where=str(config_file or tensor_file),
+        header=header,
+        alpha=alpha,
+        stored=SafetensorsSource(tensor_file, header),
+    )
+
+
+def mlx_adapter(
+    *,
+    path: Path,
+    tensor_file: Path,
+    config: Mapping[str, Any] | None,
+    where: str,
+    header: Header,
+    alpha: float | None,
+    stored: TensorSource,
+) -> Adapter:
+    """An mlx-lm adapter from its config and tensors, as :func:`read_mlx` reads the files.
+
+    ``header`` lists the tensors as saved (names, dtypes, shapes); ``stored`` gives them. A
+    training run in memory (:mod:`lora_audit.integrations.mlx_lm`) passes the arrays it
+    would save, so its report is that of the saved file.
+    """
     scale, source, config_rank, warnings = _scale_and_rank(config, where=where, alpha=alpha)
     pairs: dict[tuple[str, str | None], dict[str, str]] = {}
     magnitudes: dict[str, str] = {}
@@ -215,14 +252,14 @@ def read_mlx(
     return Adapter(
         path=path,
         tensor_file=tensor_file,
-        format="mlx",
+        format=AdapterFormat.MLX,
         layers=tuple(layers),
         passthrough_keys=tuple(passthrough),
         config=config or {},
         metadata=header.metadata,
         base_model=str(config["model"]) if config and config.get("model") else None,
         warnings=tuple(warnings),
-        source=MlxSource(tensor_file, header),
+        source=MlxSource(stored),
     )
 
 

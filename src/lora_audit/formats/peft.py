@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, ScaleSource, lora_scale, natural_key
+from lora_audit.choices import AdapterFormat
 from lora_audit.errors import InputError
 from lora_audit.formats.config_checks import (
     check_lora_numbers,
@@ -63,6 +64,12 @@ _EXTRA = re.compile(
     r"^(?P<module>.+)\.(?:lora_B\.bias|lora_magnitude_vector(?:\.weight)?)\Z", re.DOTALL
 )
 _SUPPORTED_PEFT_TYPES = {"LORA", "LOHA", "LOKR", "ADALORA"}
+#: ``Adapter.format`` of the PEFT types other than LoRA.
+_VARIANT_FORMATS = {
+    "LOHA": AdapterFormat.PEFT_LOHA,
+    "LOKR": AdapterFormat.PEFT_LOKR,
+    "ADALORA": AdapterFormat.PEFT_ADALORA,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,7 +226,7 @@ def read_peft(
     where = str(config_file or tensor_file)
     warnings = init_warnings(config.raw, where=where)
     derived: dict[str, Derive] = {}
-    fmt = {"LOHA": "peft-loha", "LOKR": "peft-lokr", "ADALORA": "peft-adalora"}.get(peft_type)
+    fmt = _VARIANT_FORMATS.get(peft_type)
     if peft_type in {"LOHA", "LOKR"}:
         layers, passthrough = lycoris_peft_layers(
             header,
@@ -268,7 +275,7 @@ def read_peft(
     return Adapter(
         path=path,
         tensor_file=tensor_file,
-        format=fmt or "peft",
+        format=fmt or AdapterFormat.PEFT,
         layers=tuple(layers),
         passthrough_keys=tuple(passthrough),
         modules_to_save=config.modules_to_save,

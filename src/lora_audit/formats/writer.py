@@ -40,8 +40,6 @@ no output (and, with ``--force``, the previous output) behind. The input is neve
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,30 +47,30 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, Structure
+from lora_audit.choices import AdapterFormat
 from lora_audit.errors import OutputError, UsageError
 from lora_audit.formats import atomic
-from lora_audit.formats.diffusers_metadata import PIPELINE_FORMAT, one_naming, pipeline_metadata
 from lora_audit.formats.model_card import MODEL_CARD, carried_card
 from lora_audit.formats.output_guard import Kind, OutputGuard
 from lora_audit.formats.patterns import pattern_keys
-from lora_audit.formats.peft import CONFIG_NAME, WEIGHTS_NAME
+from lora_audit.formats.protocols import WriteJob
 from lora_audit.formats.safetensors_io import (
     DTYPE_SIZES,
     SafetensorsSource,
     StoredTensor,
     encode_floats,
     stored_from_numpy,
-    write_safetensors,
 )
-from lora_audit.formats.xlabs import check_one_rank
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
+    from lora_audit.formats.protocols import FormatWriter
+
 
 #: Single-file formats that store no alpha: a rewritten layer's factors carry its scale.
-NO_ALPHA_FORMATS = frozenset({"diffusers", "xlabs"})
+NO_ALPHA_FORMATS = frozenset({AdapterFormat.DIFFUSERS, AdapterFormat.XLABS})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,14 +92,18 @@ class NewLayer:
         return int(self.b.shape[1])
 
 
+def writer_of(adapter: Adapter) -> FormatWriter:
+    """The registry's writer for ``adapter``'s format
+    (:func:`~lora_audit.formats.registry.writer_for`)."""
+    from lora_audit.formats.registry import writer_for
+
+    return writer_for(adapter.format)
+
+
 def output_is_directory(adapter: Adapter) -> bool:
     """PEFT adapters read from a directory (or with a config), and mlx-lm adapters, are written
     as directories."""
-    return adapter.format == "mlx" or (
-        adapter.format == "peft"
-        and bool(adapter.config)
-        and "lora_adapter_metadata" not in adapter.metadata
-    )
+    return output_kind(adapter) == "directory"
 
 
 def refuse_unwritable(adapter: Adapter) -> None:
@@ -112,22 +114,12 @@ def refuse_unwritable(adapter: Adapter) -> None:
     UsageError
         With what to do instead.
     """
-    if adapter.format == "gguf":
-        raise UsageError(
-            f"{adapter.path}: compress does not write GGUF adapters",
-            hint="compress the PEFT adapter the GGUF was converted from, then convert the "
-            "result again with llama.cpp's convert_lora_to_gguf.py (inspect and check read "
-            "GGUF directly)",
-        )
-    if adapter.format == "mlx":
-        from lora_audit.formats.mlx_write import check_ranks
-
-        check_ranks(adapter, {})
+    writer_of(adapter).refuse(adapter)
 
 
 def output_kind(adapter: Adapter) -> Kind:
     """Whether ``compress`` writes ``adapter`` as a directory or as one file."""
-    return "directory" if output_is_directory(adapter) else "file"
+    return writer_of(adapter).output_kind(adapter)
 
 
 def refuse_file_name(adapter: Adapter, output: Path) -> None:
@@ -141,11 +133,7 @@ def refuse_file_name(adapter: Adapter, output: Path) -> None:
         Naming the directory to pass instead.
     """
     if output_kind(adapter) == "directory" and output.suffix.lower() == ".safetensors":
-        what, loader = (
-            ("an mlx-lm", "mlx_lm.load")
-            if adapter.format == "mlx"
-            else ("a PEFT", "PeftModel.from_pretrained")
-        )
+        what, loader = writer_of(adapter).loader
         raise UsageError(
             f"-o {output}: {what} adapter with adapter_config.json is written as a directory, "
             f"which is what {loader} loads, not as one .safetensors file",
@@ -222,51 +210,21 @@ def write_compressed(
         The tensor file written.
     """
     guard = check_output(adapter, output, force=force, base=base, inputs=inputs)
-    if adapter.format == "mlx":
-        from lora_audit.formats.mlx_write import write_mlx
-
-        with guard.directory(output, role="--output") as tmp:
-            write_mlx(
-                adapter,
-                new_layers,
-                directory=tmp,
-                metadata={**adapter.metadata, **provenance},
-                write_plain=_write_plain,
-            )
-            _carry_card(adapter, tmp, note=card_note)
-        return Path(os.path.realpath(output)) / "adapters.safetensors"
-    if adapter.format == "xlabs":
-        check_one_rank(adapter, {name: new.rank for name, new in new_layers.items()})
-    final = Path(os.path.realpath(output))  # now: `-o .` leaves the working directory behind
-    tensors, metadata = _tensors(adapter, new_layers)
-    if adapter.format in {"diffusers", PIPELINE_FORMAT}:  # loads in full in diffusers
-        tensors = one_naming(tensors)
-    metadata.update(provenance)
-    if adapter.format == "peft":
-        config = peft_config(adapter, new_layers, scale=scale)
-        if output_is_directory(adapter):
-            with guard.directory(output, role="--output") as tmp:
-                _write_plain(
-                    tmp / WEIGHTS_NAME, lambda fh: write_safetensors(fh, tensors, metadata=metadata)
-                )
-                text = json.dumps(config, indent=2) + "\n"  # pattern order matters to PEFT
-                _write_plain(tmp / CONFIG_NAME, text.encode("utf-8"))
-                _carry_card(adapter, tmp, note=card_note)
-            return final / WEIGHTS_NAME
-        metadata["lora_adapter_metadata"] = json.dumps(config)
-    elif adapter.format == PIPELINE_FORMAT:
-        metadata["lora_adapter_metadata"] = json.dumps(pipeline_metadata(adapter, new_layers))
-    else:
-        metadata.update(_kohya_metadata(adapter, new_layers))
-    return guard.write(
-        output,
-        lambda fh: write_safetensors(fh, tensors, metadata=metadata),
-        role="--output",
-        adapter=True,
+    writer = writer_of(adapter)
+    writer.check_ranks(adapter, {name: new.rank for name, new in new_layers.items()})
+    job = WriteJob(
+        adapter=adapter,
+        new_layers=new_layers,
+        output=output,
+        guard=guard,
+        provenance=provenance,
+        card_note=card_note,
+        scale=scale,
     )
+    return writer.write(job)
 
 
-def _tensors(
+def output_tensors(
     adapter: Adapter, new_layers: Mapping[str, NewLayer]
 ) -> tuple[dict[str, StoredTensor], dict[str, str]]:
     """Every tensor of the output: the new layers', and the others' bytes as they were."""
@@ -312,9 +270,7 @@ def _new_keys(adapter: Adapter, layer: LoraLayer, new: NewLayer) -> dict[str, St
         b = new.b.reshape(layer.out_features, k, *([1] * len(spatial)))
     else:
         a, b = new.a, new.b
-    if adapter.format in {"peft", PIPELINE_FORMAT} or (
-        adapter.format in NO_ALPHA_FORMATS and layer.structure is Structure.LORA
-    ):
+    if not writer_of(adapter).stores_alpha(adapter, layer):
         return {layer.a_key: a, layer.b_key: b}
     module = layer.name
     alpha = {f"{module}.alpha": encode_floats(np.array(float(k)), b.dtype)}
@@ -412,7 +368,7 @@ def _number(x: float) -> float | int:
     return int(x) if float(x).is_integer() else x
 
 
-def _kohya_metadata(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> dict[str, str]:
+def kohya_metadata(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> dict[str, str]:
     ranks = {
         new_layers[n].rank if n in new_layers else layer.network_dim or layer.rank
         for n, layer in ((layer.name, layer) for layer in adapter.layers)
@@ -425,13 +381,13 @@ def _kohya_metadata(adapter: Adapter, new_layers: Mapping[str, NewLayer]) -> dic
     return {"ss_network_dim": "Dynamic", "ss_network_alpha": "Dynamic"}
 
 
-def _carry_card(adapter: Adapter, directory: Path, *, note: str) -> None:
+def carry_card(adapter: Adapter, directory: Path, *, note: str) -> None:
     """Copy the input's model card into the new directory, ``note`` appended."""
     if (card := carried_card(adapter, note)) is not None:
-        _write_plain(directory / MODEL_CARD, card)
+        write_plain(directory / MODEL_CARD, card)
 
 
-def _write_plain(path: Path, data: bytes | Callable[[IO[bytes]], None]) -> None:
+def write_plain(path: Path, data: bytes | Callable[[IO[bytes]], None]) -> None:
     """Write and fsync ``data`` (bytes, or a function that writes them) inside a new directory."""
     with path.open("wb") as fh:
         atomic.fill(fh, data, sync=True)

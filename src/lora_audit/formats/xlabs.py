@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, natural_key
+from lora_audit.choices import AdapterFormat
 from lora_audit.errors import InputError
 from lora_audit.formats.one_rank import require_one_rank
 from lora_audit.formats.safetensors_io import FLOAT_DTYPES, Header, SafetensorsSource
@@ -71,7 +72,7 @@ def read_xlabs(*, path: Path, tensor_file: Path, header: Header) -> Adapter:
     return Adapter(
         path=path,
         tensor_file=tensor_file,
-        format="xlabs",
+        format=AdapterFormat.XLABS,
         layers=tuple(layers),
         metadata=dict(header.metadata),
         source=SafetensorsSource(tensor_file, header),

@@ -12,8 +12,9 @@ does), so nothing of the size of ``ΔW`` is formed and no gradient is recorded.
 
 Factors the model does not hold whole are refused by name (:class:`ShardedFactors`): a
 DeepSpeed ZeRO-3 placeholder (``numel() == 0`` with ``ds_*`` attributes) and an FSDP2
-``DTensor``. They are never read as zeros, which is how an untrained-looking adapter would
-otherwise appear (PEFT #1402).
+``DTensor`` (unless ``gather=True``: then each is gathered with ``full_tensor()``, one module
+at a time, on every rank). They are never read as zeros, which is how an untrained-looking
+adapter would otherwise appear (PEFT #1402).
 
 torch is imported inside the functions only: importing this module stays torch-free.
 """
@@ -30,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lora_audit.adapter import Adapter, LayerKind, LoraLayer, natural_key
+from lora_audit.choices import AdapterFormat
 from lora_audit.errors import InputError
 from lora_audit.formats.peft_init import init_warnings
 
@@ -120,7 +122,7 @@ def choose_adapter(model: Any, adapter_name: str | None) -> str:
 
 
 def live_adapter(
-    model: Any, adapter_name: str | None = None, *, path: str | None = None
+    model: Any, adapter_name: str | None = None, *, path: str | None = None, gather: bool = False
 ) -> Adapter:
     """The adapter ``adapter_name`` (default: the active one) of a PEFT model, in memory.
 
@@ -133,6 +135,10 @@ def live_adapter(
     path
         What the report calls the adapter (where it is or will be saved); default
         :data:`UNSAVED_PATH`.
+    gather
+        Gather FSDP2 ``DTensor`` factors (:func:`gathered`), one module at a time, in the
+        modules' order. ``DTensor.full_tensor()`` is a collective: call this on every rank of
+        the mesh, or none. ZeRO-3 placeholders are still refused.
 
     Raises
     ------
@@ -150,6 +156,8 @@ def live_adapter(
         if found is None:
             continue
         kind, a, b = found
+        if gather:
+            a, b = gathered(a), gathered(b)
         _check_whole(module_path, a, b)
         extras = _extras(module, name, module_path)
         layer = _layer(module_path, module, name, kind=kind, a=a, b=b, extras=tuple(extras))
@@ -161,7 +169,7 @@ def live_adapter(
     return Adapter(
         path=Path(path or UNSAVED_PATH),
         tensor_file=Path(where),
-        format="peft",
+        format=AdapterFormat.PEFT,
         layers=tuple(layers),
         passthrough_keys=tuple(extras_all),
         modules_to_save=tuple(str(m) for m in config.get("modules_to_save") or ()),
@@ -196,6 +204,17 @@ def _factors(module: Any, name: str) -> tuple[LayerKind, Any, Any] | None:
     return (LayerKind.CONV if a.dim() > 2 else LayerKind.LINEAR), a, b
 
 
+def gathered(tensor: Any) -> Any:
+    """A whole host copy of an FSDP2 ``DTensor`` (``full_tensor()``, a collective); else
+    ``tensor`` itself. The gathered tensor leaves the device at once."""
+    if type(tensor).__name__ != "DTensor":
+        return tensor
+    import torch
+
+    with torch.no_grad():
+        return tensor.detach().full_tensor().cpu()
+
+
 def is_sharded(tensor: Any) -> bool:
     """A ZeRO-3 placeholder (``numel() == 0``, ``ds_*`` attributes) or an FSDP2 ``DTensor``."""
     if type(tensor).__name__ == "DTensor":
@@ -216,8 +235,9 @@ def _check_whole(module_path: str, a: Any, b: Any) -> None:
         raise ShardedFactors(
             f"{module_path}: the LoRA factors are sharded ({how}); reading them here would "
             "see a part, not the adapter",
-            hint="audit the saved checkpoint (lora_audit.inspect), or gather them first on "
-            "every rank (deepspeed.zero.GatheredParameters; FSDP2: DTensor.full_tensor())",
+            hint="audit the saved checkpoint (lora_audit.inspect); under FSDP2 call "
+            "inspect_model(model, gather=True) on every rank; under ZeRO-3 inside "
+            "deepspeed.zero.GatheredParameters on every rank",
         )
 
 

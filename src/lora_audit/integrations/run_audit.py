@@ -6,8 +6,8 @@ audits the live adapter (:func:`lora_audit.inspect_model`) and hands each
 logged under ``lora_audit/…``, the early warnings (:mod:`lora_audit.decisions.training_alerts`),
 and at each saved checkpoint a trend point. :meth:`RunAudit.write` writes
 ``<output_dir>/lora-audit/``: ``trend.json`` (the report ``lora-audit trend -f json`` gives for
-the saved checkpoints), ``report.json`` (the last audit, as ``lora-audit inspect -f json``)
-and ``advice.txt`` (its advice lines).
+the saved checkpoints, which ``lora-audit trend FILE.json`` reads back), ``report.json`` (the
+last audit, as ``lora-audit inspect -f json``) and ``advice.txt`` (its advice lines).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lora_audit.choices import device_name, method_name
 from lora_audit.decisions.training_alerts import Alert, AlertKind, AlertRules, Measurement, alerts
 from lora_audit.report import InspectReport, TrendReport
 
@@ -131,12 +132,9 @@ class RunAudit:
         from lora_audit.engine.device import EngineOptions
 
         first = self.checkpoints[0][1].settings
+        engine = EngineOptions(device=device_name(first.device), method=method_name(first.method))
         options = TrendOptions(
-            audit=AuditOptions(
-                energy=first.energy,
-                coverage=first.coverage,
-                engine=EngineOptions(device=first.device, method=first.method),  # type: ignore[arg-type]
-            ),
+            audit=AuditOptions(energy=first.energy, coverage=first.coverage, engine=engine),
             window=window,
             min_rise=min_rise,
         )

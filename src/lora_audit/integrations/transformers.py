@@ -19,7 +19,8 @@ How the metrics reach every ``report_to`` integration
 Checkpoints and the end of the run
     At each ``on_save`` the adapter as saved is audited (one trend point), and
     ``<output_dir>/lora-audit/`` gets ``trend.json`` (what ``lora-audit trend output_dir -f
-    json`` reports for the checkpoints), ``report.json`` (the latest audit) and
+    json`` reports for the checkpoints; ``lora-audit trend output_dir/lora-audit/trend.json``
+    reads it back), ``report.json`` (the latest audit) and
     ``advice.txt``; at ``on_train_end`` once more, with the final audit.
 
 Distributed training

@@ -5,7 +5,9 @@ Formatting only: every number comes finished in the report.
 
 from __future__ import annotations
 
-from lora_audit.report import BaseLayerReport, BaseSummary
+import math
+
+from lora_audit.report import BaseLayerReport, BaseSummary, FuseSummary
 
 #: Per-layer columns, in order (:func:`base_cells` gives the matching cells).
 BASE_HEADERS = ("k", "sr W", "sr W+ΔW", "Δsr", "‖ΔW‖/‖W‖", "σ₁ ratio", "align", "overlap", "ampl.")
@@ -50,6 +52,33 @@ def base_cells(b: BaseLayerReport) -> list[str]:
         base_num(b.subspace_overlap, ".3f"),
         base_num(b.amplification, ".1f"),
     ]
+
+
+#: The column ``--intruders`` adds (:func:`intruder_cell`).
+INTRUDER_HEADER = "intruders"
+
+
+def intruder_cell(b: BaseLayerReport) -> str:
+    """Intruder dimensions of one layer and their energy share; ``–`` when not examined."""
+    x = b.intruders
+    if x is None:
+        return "–"
+    return str(x.count) if x.count == 0 else f"{x.count} ({x.energy:.1%})"
+
+
+def intruder_summary_text(base: BaseSummary) -> str | None:
+    """The summary line of ``--intruders``; ``None`` when they were not computed."""
+    x = base.intruders
+    if x is None:
+        return None
+    where = "" if x.layers_pattern is None else f" matching {x.layers_pattern!r}"
+    text = (
+        f"{x.total} in {x.layers_with_intruders} of {x.layers_examined} layers{where} (top "
+        f"{x.top} singular vectors of W+ΔW whose best |cos| with W's is < {x.epsilon:g}"
+    )
+    if x.max_layer is not None:
+        text += f"; most: {x.max_count} in {x.max_layer}"
+    return text + "; exact, full SVDs)"
 
 
 def base_summary_rows(base: BaseSummary) -> list[tuple[str, str]]:
@@ -106,6 +135,8 @@ def base_summary_rows(base: BaseSummary) -> list[tuple[str, str]]:
                 f"{extreme('update_energy_at_rank', 'min', '.4f')})",
             )
         )
+    if (intruders := intruder_summary_text(base)) is not None:
+        rows.append(("intruders", intruders))
     exact = ", ".join(dict.fromkeys(BASE_LABELS.get(f, f) for f in base.exact))
     iterative = ", ".join(dict.fromkeys(BASE_LABELS.get(f, f) for f in base.iterative))
     status = "" if base.converged else "; NOT all converged"
@@ -117,4 +148,28 @@ def base_summary_rows(base: BaseSummary) -> list[tuple[str, str]]:
             f"{base.max_residual:.1e}, subspace error ≤ {base.max_subspace_error:.1e}{status})",
         )
     )
+    return rows
+
+
+def _pct(x: float | None) -> str:
+    """Percent to 0.1, rounded down like the advice's (0.8996 is "89.9%", not "90.0%")."""
+    return "–" if x is None else f"{math.floor(x * 1000 + 1e-9) / 10:.1f}%"
+
+
+def fuse_summary_rows(fuse: FuseSummary) -> list[tuple[str, str]]:
+    """``--fuse-into``: per scheme, what fusing keeps of the update, and the advice line."""
+    rows = []
+    for s in fuse.schemes:
+        text = (
+            f"kept {_pct(s.kept)} merged at full precision (error {_pct(s.relative_error)}), "
+            f"{_pct(s.requantized_kept)} requantized (error "
+            f"{_pct(s.requantized_relative_error)}); {_pct(s.below_half_step)} of ΔW's entries "
+            f"below half a step"
+        )
+        if s.worst_layer is not None:
+            text += f"; worst {_pct(s.worst_kept)} ({s.worst_layer})"
+        if s.fallback_layers:
+            text += f"; {len(s.fallback_layers)} layer(s) kept in f16"
+        rows.append((f"fuse {s.scheme}", text))
+    rows.append(("fuse advice", fuse.advice))
     return rows

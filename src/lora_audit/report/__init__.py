@@ -31,6 +31,7 @@ from lora_audit.report.full_finetune import (
     FullSummary,
     FullTensorReport,
 )
+from lora_audit.report.fuse import FuseLayerReport, FuseSchemeSummary, FuseSummary
 from lora_audit.report.inspect import (
     AdviceBasis,
     AdviceVerdict,
@@ -39,7 +40,13 @@ from lora_audit.report.inspect import (
     Settings,
     Summary,
 )
-from lora_audit.report.inspect_base import BaseLayerReport, BaseStat, BaseSummary
+from lora_audit.report.inspect_base import (
+    BaseLayerReport,
+    BaseStat,
+    BaseSummary,
+    IntruderLayerReport,
+    IntruderSummary,
+)
 from lora_audit.report.many import InspectManyReport
 from lora_audit.report.rows import AdapterRow, RowVerdict
 from lora_audit.report.serving import ServerCheck, Serving
@@ -73,8 +80,13 @@ __all__ = [
     "FullSettings",
     "FullSummary",
     "FullTensorReport",
+    "FuseLayerReport",
+    "FuseSchemeSummary",
+    "FuseSummary",
     "InspectManyReport",
     "InspectReport",
+    "IntruderLayerReport",
+    "IntruderSummary",
     "LayerComparison",
     "LayerCompression",
     "LayerReport",

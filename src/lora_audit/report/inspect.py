@@ -15,6 +15,7 @@ from lora_audit.report.common import (
     short_repr,
     to_dict,
 )
+from lora_audit.report.fuse import FuseLayerReport, FuseSummary
 from lora_audit.report.inspect_base import BaseLayerReport, BaseSummary
 
 
@@ -68,6 +69,8 @@ class LayerReport:
     base: BaseLayerReport | None = None
     #: More than half of the layer's parameters are what ``compress --energy τ`` removes.
     mostly_wasted: bool = False
+    #: Fuse survival per scheme (``inspect --base … --fuse-into``); empty without it.
+    fuse: tuple[FuseLayerReport, ...] = ()
 
     @property
     def wasted_params(self) -> int:
@@ -153,6 +156,8 @@ class Summary:
     retrain_energy_kept: float | None = None
     #: ``lora_alpha`` under kohya/LyCORIS's name (``--network_alpha``); ``None`` for others.
     network_alpha: float | None = None
+    #: Adapter-wide fuse survival and its advice (``--fuse-into``); ``None`` without it.
+    fuse: FuseSummary | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,6 +7,64 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, kw_only=True)
+class IntruderLayerReport:
+    """Intruder dimensions of one layer (``inspect --base --intruders``; schema 2.5).
+
+    Shuttleworth et al. (NeurIPS 2025), as PEFT's ``peft/tuners/lora/intruders.py`` computes
+    them: the *i*-th left singular vector of ``W + ΔW`` (thin SVD) is an intruder when its best
+    ``|cos|`` with every left singular vector of ``W`` is below ``epsilon``, for ``i < top``.
+    Exact (dense float64 SVDs of ``W`` and ``W + ΔW``).
+
+    Attributes
+    ----------
+    top, epsilon
+        Vectors examined (``min(--intruder-top, out, in)``) and the threshold.
+    count, indices
+        How many are intruders, and their 0-based positions by descending ``σ(W + ΔW)``.
+    energy
+        Their share of ``‖W + ΔW‖_F²``: ``Σᵢ σᵢ(W + ΔW)² / ‖W + ΔW‖_F²`` over the intruders.
+    similarities
+        Each examined vector's best ``|cos|`` with ``W``'s left singular vectors.
+    sigma
+        The examined singular values of ``W + ΔW``.
+    """
+
+    top: int
+    epsilon: float
+    count: int
+    indices: tuple[int, ...]
+    energy: float
+    similarities: tuple[float, ...]
+    sigma: tuple[float, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntruderSummary:
+    """Adapter-wide intruder dimensions (``inspect --base --intruders``; schema 2.5).
+
+    Attributes
+    ----------
+    top, epsilon
+        ``--intruder-top`` and ``--intruder-epsilon``.
+    layers_pattern
+        ``--intruder-layers``, or ``None`` for every matched layer.
+    layers_examined, layers_with_intruders, total
+        Layers examined, those with at least one intruder, and intruders over all of them.
+    max_count, max_layer
+        The most intruders in one layer and that layer (``None`` when there are none).
+    """
+
+    top: int
+    epsilon: float
+    layers_pattern: str | None
+    layers_examined: int
+    layers_with_intruders: int
+    total: int
+    max_count: int
+    max_layer: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
 class BaseLayerReport:
     """How one layer's update sits against its pretrained weight ``W`` (``inspect --base``).
 
@@ -61,6 +119,8 @@ class BaseLayerReport:
         (root mean square) and ``subspace_overlap`` (mean) would be for an update whose
         singular directions were random. Values near them mean the update ignores ``W``'s
         top directions; values near 1 mean it reinforces them.
+    intruders
+        Intruder dimensions (``--intruders``; schema 2.5), ``None`` when not computed.
     """
 
     key: str
@@ -91,6 +151,7 @@ class BaseLayerReport:
     iterative: tuple[str, ...]
     random_alignment: float
     random_overlap: float
+    intruders: IntruderLayerReport | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +193,9 @@ class BaseSummary:
         ``√(Σ‖ΔW‖_F² / Σ‖W‖_F²)`` over the audited layers.
     max_residual, max_subspace_error, converged
         The worst accuracy figures over all layers.
+    intruders
+        Intruder dimensions over the layers examined (``--intruders``; schema 2.5), or
+        ``None`` when not computed.
     """
 
     path: str
@@ -148,3 +212,4 @@ class BaseSummary:
     max_residual: float
     max_subspace_error: float
     converged: bool
+    intruders: IntruderSummary | None = None

@@ -25,7 +25,12 @@ from typing import Any
 #: The ``$defs`` key of the bundled inspect schema.
 INSPECT_DEF = "inspect_report"
 #: Schemas that refer to the inspect schema and so carry a bundled copy of it.
-BUNDLING = ("check.schema.json", "compare.schema.json", "inspect-many.schema.json")
+BUNDLING = (
+    "check.schema.json",
+    "compare.schema.json",
+    "inspect-many.schema.json",
+    "jsonl.schema.json",
+)
 
 
 def schema_dir() -> Path:

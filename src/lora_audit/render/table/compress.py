@@ -28,6 +28,7 @@ def compress_title(report: CompressReport, *, prefix: str) -> str:
     s = report.settings
     rule = rank_rule_text(mode=s.mode, value=s.value, min_rank=s.min_rank, max_rank=s.max_rank)
     text = f"{report.adapter.path} → {report.output or '(dry run)'} · {rule}"
+    text += f" · fit {s.fit}" if s.fit else ""
     return text + (f" · names start with {prefix}" if prefix else "")
 
 
@@ -71,6 +72,12 @@ def totals_table(report: CompressReport) -> Table:
         f"adapter ‖ΔW − ΔW_k‖F/‖ΔW‖F = {t.relative_error:.4f}; worst layer "
         f"{t.max_relative_error:.4f}; min energy kept {t.min_energy_kept:.4f}",
     )
+    if report.settings.fit:
+        info.add_row(
+            "fit",
+            f"{report.settings.fit}: keeps {t.energy_kept:.4f} of the adapter's ‖ΔW‖F² "
+            "(per layer above)",
+        )
     after = (
         "(dry run: nothing written)"
         if t.file_bytes_after is None

@@ -6,7 +6,14 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lora_audit.render._base_text import BASE_HEADERS, base_cells, base_summary_rows
+from lora_audit.render._base_text import (
+    BASE_HEADERS,
+    INTRUDER_HEADER,
+    base_cells,
+    base_summary_rows,
+    fuse_summary_rows,
+    intruder_cell,
+)
 from lora_audit.render.table._blocks import BlockHeaders, block_prefix, block_rows
 from lora_audit.render.table._layout import Column, Grid, Row, grid_table, info_grid, title
 from lora_audit.report import InspectReport
@@ -50,6 +57,9 @@ def base_parts(
             for c, b in zip(cells, bases, strict=True)
         ],
     )
+    if base.intruders is not None:
+        cells_i = [intruder_cell(b) for b in bases]
+        columns.append(Column(header=INTRUDER_HEADER, short="intr.", cells=cells_i))
     grid = Grid(name="layer", rows=rows, columns=columns)
     return [
         Text(""),
@@ -64,6 +74,7 @@ def base_summary_table(report: InspectReport) -> Table:
     base = report.summary.base
     assert base is not None
     info = info_grid()
-    for label, text in base_summary_rows(base):
+    fuse = report.summary.fuse
+    for label, text in [*base_summary_rows(base), *(fuse_summary_rows(fuse) if fuse else [])]:
         info.add_row(label, text)
     return info
