@@ -200,6 +200,7 @@ def phase_pattern(
     task: str,
     rule_name: str,
     originals: tuple[int, ...],
+    source: Path | None = None,
 ) -> None:
     """Retrain the ``rank_pattern`` plan ``rule_name`` makes for ``task``'s seed-0 original at
     each rank of ``originals``, with every seed (a plain global rank needs no new run: with α/r
@@ -207,7 +208,7 @@ def phase_pattern(
     from rules import RULES, advised_pattern
 
     rule = next(r for r in RULES if r.name == rule_name)
-    records = [json.loads(x) for x in results.read_text().splitlines() if x]
+    records = [json.loads(x) for x in (source or results).read_text().splitlines() if x]
     for rank in originals:
         source = next(
             (r for r in records if r["kind"] == "train" and r["task"] == task
@@ -253,6 +254,12 @@ def main(argv: list[str] | None = None) -> None:
         help="with --phase pattern: the candidate rule whose rank_pattern plan is retrained",
     )
     parser.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="with --phase pattern: the results file holding the originals (default: --results)",
+    )
+    parser.add_argument(
         "--ranks",
         type=lambda v: tuple(int(r) for r in v.split(",")),
         default=RANKS,
@@ -269,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.phase == "pattern":
         for task in args.tasks:
             originals = tuple(r for r in args.ranks if r >= 16)
-            phase_pattern(tasks, args.results, args.steps, task, args.rule, originals)
+            phase_pattern(tasks, args.results, args.steps, task, args.rule, originals, args.source)
         return
     for task in args.tasks:  # one task finished (trained, then compressed) before the next
         if args.phase in ("all", "train"):
