@@ -288,6 +288,19 @@ def main(argv: list[str] | None = None) -> None:
                         f"{fmt(comp.get((task, r, None))):21s} "
                         f"{paired(by_seed, task, retrained_at(k), r)}"
                     )
+    patterns: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r["kind"] == "pattern":
+            patterns[(r["task"], r["rank"], r["rule"])].append(r)
+    if patterns:
+        emit("\n## rank_pattern plans retrained (the seed-0 original's plan, every seed)")
+        emit("task     r   rule               plan                 original              retrained")
+        for (task, r, rule), runs in sorted(patterns.items()):
+            plan = f"{runs[0]['global_rank']} + {len(runs[0]['rank_pattern'])} layer(s)"
+            emit(
+                f"{task:8s} {r:2d}  {rule:18s} {plan:20s} {fmt(acc.get((task, r))):21s} "
+                f"{fmt([100 * x['accuracy'] for x in runs])}"
+            )
     emit(
         f"\ntasks with a rank whose seed std exceeds 1 point: {noisy or 'none'}; originals "
         f"not calibratable (their own seed std > 1 point): "
