@@ -55,7 +55,7 @@ def test_wasteful_adapter_fails(adapters: dict[str, str]) -> None:
     assert code == 1, err
     assert err == ""
     assert "✗ adapters/wasteful · max-waste · measured 0.875, limit 0.5" in out
-    assert "fix: retrain at r=2" in out
+    assert "fix: retrain at r=1" in out  # k@0.9 of the planted spectrum
     assert "FAIL: 2 adapters checked, 1 passed, 1 failed with 1 finding(s)" in out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from conftest import sample_adapter_dirs, sample_sd_files
 
 from lora_audit.adapter import Adapter, LayerKind
 from lora_audit.commands.inspect import AuditOptions, inspect_adapter
+from lora_audit.decisions.advice_rule import DEFAULT_ADVICE_RULE
 from lora_audit.engine.device import EngineOptions
 from lora_audit.formats import load_adapter
 from lora_audit.report import InspectReport
@@ -75,7 +77,8 @@ def test_chunking_does_not_change_results(mixed_adapter: Path) -> None:
 
 
 def test_summary_totals(mixed_adapter: Path) -> None:
-    options = AuditOptions(energy=0.99, coverage=0.5)
+    rule = dataclasses.replace(DEFAULT_ADVICE_RULE, tau=0.99)  # the plan's k@τ = the waste's
+    options = AuditOptions(energy=0.99, coverage=0.5, advice=rule)
     report = inspect_adapter(load_adapter(mixed_adapter), options=options)
     s = report.summary
     assert s.params == sum(lr.rank * sum(lr.shape) for lr in report.layers)

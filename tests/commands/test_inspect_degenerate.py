@@ -69,7 +69,27 @@ def untrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def patterned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("patterned") / "adapter"
-    return save(folder, init_lora_weights=False, **PATTERNS)  # random B: "trained"
+    return flatten(save(folder, init_lora_weights=False, **PATTERNS))  # random B: "trained"
+
+
+def flatten(folder: Path) -> Path:
+    """Make every layer's ΔW have r − 1 equal singular values and a last one of 0.05
+    (orthonormal A and B): its last rank is waste at τ = 0.99, yet the advice rule (k@0.9,
+    rounded up to a power of two) keeps every rank it has: the advice is its configuration."""
+    from safetensors.torch import load_file, save_file
+
+    file = folder / "adapter_model.safetensors"
+    tensors = load_file(str(file))
+    for key in [k for k in tensors if "lora_A" in k]:
+        a, b = tensors[key], tensors[key.replace("lora_A", "lora_B")]
+        generator = torch.Generator().manual_seed(len(key))
+        qa = torch.linalg.qr(torch.randn(a.shape[1], a.shape[0], generator=generator))[0]
+        qb = torch.linalg.qr(torch.randn(b.shape[0], b.shape[1], generator=generator))[0]
+        tensors[key] = qa.T.contiguous()
+        qb[:, -1] *= 0.05
+        tensors[key.replace("lora_A", "lora_B")] = qb.contiguous()
+    save_file(tensors, str(file), metadata={"format": "pt"})
+    return folder
 
 
 def test_an_untrained_adapter_is_called_untrained_once(untrained: Path) -> None:

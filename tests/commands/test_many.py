@@ -86,7 +86,7 @@ def test_the_report_has_one_row_per_adapter_with_its_verdict(tmp_path: Path) -> 
     ]  # fmt: skip
     lean, wasteful, broken = report.summary
     assert lean.wasted_fraction == 0.0 and wasteful.wasted_fraction == pytest.approx(14 / 16)
-    assert wasteful.recommended_rank == 2 and wasteful.nominal_rank == 16
+    assert wasteful.recommended_rank == 1 and wasteful.nominal_rank == 16  # k@0.9 = 1
     assert broken.message and broken.wasted_fraction is None
     assert report.status == "error"
 

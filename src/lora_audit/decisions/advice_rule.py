@@ -107,25 +107,32 @@ def quantile_name(q: float) -> str:
 #: THE default advice rule: the only place its values live. The issue-#22 study
 #: (bench/advice, docs/advice.md) chooses the values; edit them here and bump ``version``.
 DEFAULT_ADVICE_RULE = AdviceRule(
-    id="k@0.99-p90-pow2",
-    version=1,
-    tau=0.99,
+    id="k@0.9-p90-pow2",
+    version=2,
+    tau=0.9,
     quantile=0.9,
     rounding="pow2",
     rank_pattern=True,
     basis=AdviceBasis(
-        tasks=(),
-        seeds=0,
-        # The first study (docs/advice.md: 2 encoder tasks, r = 1-64, 3 seeds, 120 steps) had
-        # seed spreads of 1-4 points, above its 1-point tolerance: keeping r passed, no smaller
-        # rank held on every seed, so it could not choose a rule. The rule stays as it was.
-        tolerance="not calibrated: the first retraining study was too noisy to choose a rank",
+        # The 400-step study (docs/advice.md): all-MiniLM-L6-v2, PEFT LoRA on every encoder
+        # Linear, r = 1-64, 3 seeds. Of 18 candidate rules and Gradience's two, this is the one
+        # that saves the most parameters while its advice, retrained, stays within tolerance on
+        # every original whose seed std is at most 1 point, and half of it fails (library r=64).
+        tasks=(
+            "all-MiniLM-L6-v2 docstring-library classification (8 classes, 400 steps)",
+            "all-MiniLM-L6-v2 docstring-kind classification (3 classes, 400 steps)",
+        ),
+        seeds=3,
+        tolerance=(
+            "worst retrained seed >= worst original seed - 1 accuracy point, on the originals "
+            "whose seed std is at most 1 point"
+        ),
         docs=f"{HOME}/blob/main/docs/advice.md",
         not_validated_on=(
-            "encoder classifiers",
             "decoder LLMs",
             "diffusion models",
-            "any task, until a retraining study with seed spread under 1 point is done",
+            "runs much longer than 400 steps",
+            "rsLoRA, DoRA and alpha/r other than 2",
         ),
     ),
 )
