@@ -39,7 +39,7 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 CLEARED = ("COLUMNS", "NO_COLOR", "FORCE_COLOR", "CI", "GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY")
 ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=")
 #: At most this many skipped examples in all: a skip needs a GPU, a big model or the network.
-MAX_SKIPS = 8
+MAX_SKIPS = 12
 
 
 def _layers(rank: int, spectrum: list[float], *, untrained: int | None = None) -> FakeAdapter:

@@ -125,7 +125,7 @@ def test_a_format_the_command_lacks_warns_and_writes_a_table(repo: Path) -> None
     assert code == 1 and out.startswith("::error ")
     code, out, err = run("inspect", "wasteful")
     assert code == 0 and "::error" not in out and "wasteful" in out
-    assert "format = 'github' is not a format of inspect (table, json, markdown)" in err
+    assert "format = 'github' is not a format of inspect (table, json, markdown, jsonl)" in err
 
 
 def test_color_from_the_file(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
