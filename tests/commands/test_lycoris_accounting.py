@@ -159,7 +159,9 @@ def test_scale_source_reaches_the_report_and_the_schema() -> None:
         )
     )
     jsonschema.validate(data, schema)
-    assert data["summary"]["keep_structure"] is True and data["summary"]["network_dims"] == [4]
+    assert data["summary"]["network_dims"] == [4]
+    verdict = data["summary"]["advice_verdict"]
+    assert data["summary"]["keep_structure"] is (verdict == "keep-structure")
     bad = {**data, "layers": [{**data["layers"][0], "scale_source": "guessed"}]}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
