@@ -3,40 +3,13 @@ and what it refuses (no files, no torch)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
+from serving_doubles import Audited, Layer, Source
 
 from lora_audit.decisions.compress_ranks import RankRule, select_ranks
 from lora_audit.decisions.serving_fit import check_fitted, fit_refusal, fit_rule, fit_uniform
 from lora_audit.decisions.serving_targets import Target, fit_command, parse_target
 from lora_audit.errors import UsageError
-
-
-@dataclass(frozen=True, kw_only=True)
-class Source:
-    path: str = "adapters/a"
-    format: str = "peft"
-    rank: int | None = 8
-    lora_alpha: float | None = 16.0
-    use_rslora: bool = False
-    use_dora: bool = False
-    modules_to_save: tuple[str, ...] = ()
-    passthrough_tensors: int = 0
-
-
-@dataclass(frozen=True, kw_only=True)
-class Layer:
-    rank: int
-    scale: float
-    dora: bool = False
-
-
-@dataclass(frozen=True, kw_only=True)
-class Audited:
-    adapter: Source = field(default_factory=Source)
-    layers: tuple[Layer, ...] = ()
-
 
 VLLM16 = parse_target("vllm")
 LLAMA = parse_target("llama.cpp")

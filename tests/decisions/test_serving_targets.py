@@ -4,9 +4,9 @@ and which formats each server loads (no files, no torch)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import pytest
+from serving_doubles import Audited, Layer, Source
 
 from lora_audit.decisions.serving_targets import (
     VLLM_DEFAULT_MAX_LORA_RANK,
@@ -17,32 +17,6 @@ from lora_audit.decisions.serving_targets import (
     target_violations,
 )
 from lora_audit.errors import UsageError
-
-
-@dataclass(frozen=True, kw_only=True)
-class Source:
-    path: str = "adapters/a"
-    format: str = "peft"
-    rank: int | None = 8
-    lora_alpha: float | None = 16.0
-    use_rslora: bool = False
-    use_dora: bool = False
-    modules_to_save: tuple[str, ...] = ()
-    passthrough_tensors: int = 0
-
-
-@dataclass(frozen=True, kw_only=True)
-class Layer:
-    rank: int
-    scale: float
-    dora: bool = False
-
-
-@dataclass(frozen=True, kw_only=True)
-class Audited:
-    adapter: Source = field(default_factory=Source)
-    layers: tuple[Layer, ...] = ()
-
 
 VLLM = Target(server="vllm", max_lora_rank=16)
 LLAMA = Target(server="llama.cpp")
